@@ -1,0 +1,159 @@
+"""Errors raised by inference-sched.
+
+Every error derives from :class:`InferenceSchedError`; each branch also derives from the
+builtin a caller already catches, so ``except ValueError`` keeps working::
+
+    InferenceSchedError
+    ├── ConfigError(ValueError)          .path, .value
+    │   ├── UnknownPluginTypeError       .plugin_type, .suggestions
+    │   └── ParameterError               (a plugin parameter failed its check)
+    ├── PluginError                      .plugin_type, .plugin_name
+    │   ├── PluginRegistrationError      (class rejected at register time)
+    │   └── PluginLoadError              (entry point failed to import; .distribution)
+    ├── NoEndpointError(LookupError)     .profile, .filter  (which filter emptied the set)
+    ├── SchedulingError(RuntimeError)    .profile_errors (every profile failed)
+    └── DataError(ValueError)            .source, .line     (metrics text, events, traces)
+
+Context lives in attributes as well as in the message, so callers can branch on it
+without parsing text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "InferenceSchedError",
+    "NoEndpointError",
+    "ParameterError",
+    "PluginError",
+    "PluginLoadError",
+    "PluginRegistrationError",
+    "SchedulingError",
+    "UnknownPluginTypeError",
+]
+
+_MISSING = object()
+
+
+class InferenceSchedError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(InferenceSchedError, ValueError):
+    """A configuration is invalid.
+
+    Attributes:
+        path: GIE-style path of the offending field, e.g. ``plugins[3].parameters.blockSize``
+            (empty for whole-document problems).
+        value: the offending value when there is one.
+        errors: every problem found when several were collected (else ``[self]``).
+    """
+
+    def __init__(self, message: str, *, path: str = "", value: object = _MISSING) -> None:
+        self.path = path
+        self.value = None if value is _MISSING else value
+        self.message = message
+        self.errors: list[ConfigError] = [self]
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class UnknownPluginTypeError(ConfigError):
+    """A config names a plugin type that no built-in or installed plugin registers."""
+
+    def __init__(self, plugin_type: str, suggestions: list[str], *, path: str = "") -> None:
+        self.plugin_type = plugin_type
+        self.suggestions = suggestions
+        hint = f" (did you mean {_quote_or(suggestions)}?)" if suggestions else ""
+        super().__init__(
+            f"unknown plugin type {plugin_type!r}{hint}; "
+            "run `inference-sched plugins` to list the registered types",
+            path=path,
+            value=plugin_type,
+        )
+
+
+class ParameterError(ConfigError):
+    """A plugin parameter failed its check (wrong type, out of range, unknown key)."""
+
+
+class PluginError(InferenceSchedError):
+    """A plugin class or instance misbehaved.
+
+    Attributes:
+        plugin_type: the plugin's registered type (kebab-case).
+        plugin_name: the instance name, when an instance is involved.
+    """
+
+    def __init__(self, message: str, *, plugin_type: str = "", plugin_name: str = "") -> None:
+        self.plugin_type = plugin_type
+        self.plugin_name = plugin_name
+        super().__init__(message)
+
+
+class PluginRegistrationError(PluginError):
+    """``@register`` rejected a class (bad type string, duplicate, no Protocol satisfied)."""
+
+
+class PluginLoadError(PluginError):
+    """A third-party plugin's entry point failed to import or named the wrong class.
+
+    Attributes:
+        distribution: ``name version`` of the distribution that declared the entry point.
+    """
+
+    def __init__(self, message: str, *, plugin_type: str, distribution: str) -> None:
+        self.distribution = distribution
+        super().__init__(message, plugin_type=plugin_type)
+
+
+class NoEndpointError(InferenceSchedError, LookupError):
+    """A profile ended with no candidate endpoint.
+
+    Attributes:
+        profile: the profile's name.
+        filter: name of the filter that emptied the candidate set, or ``""`` when the
+            set was empty before any filter ran (empty pool or gateway subset).
+    """
+
+    def __init__(self, profile: str, filter: str = "") -> None:
+        self.profile = profile
+        self.filter = filter
+        where = f"filter {filter!r} removed every candidate" if filter else "no candidates"
+        super().__init__(f"profile {profile!r}: no endpoints available: {where}")
+
+
+class SchedulingError(InferenceSchedError, RuntimeError):
+    """No profile produced a result, or the profile handler rejected the results.
+
+    Attributes:
+        profile_errors: the error of each profile that failed, by profile name.
+    """
+
+    def __init__(self, message: str, profile_errors: Mapping[str, Exception] | None = None) -> None:
+        self.profile_errors = dict(profile_errors or {})
+        super().__init__(message)
+
+
+class DataError(InferenceSchedError, ValueError):
+    """Input data (metrics text, KV events, traces, request bodies) is malformed.
+
+    Attributes:
+        source: where the data came from (an endpoint name, a file path).
+        line: 1-based line number, or 0 when not line-oriented.
+    """
+
+    def __init__(self, message: str, *, source: str = "", line: int = 0) -> None:
+        self.source = source
+        self.line = line
+        where = source + (f":{line}" if line else "")
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+def _quote_or(words: list[str]) -> str:
+    quoted = [repr(w) for w in words]
+    if len(quoted) == 1:
+        return quoted[0]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
