@@ -1,0 +1,549 @@
+"""NumPy twins of every kernel: the contracts, and the in-process benchmark baseline.
+
+Each function here has the same name, arguments and ``out`` contract as the Numba kernel
+in :mod:`~inference_sched.kernels.scoring`, :mod:`~inference_sched.kernels.picking` or
+:mod:`~inference_sched.kernels.filtering`, and the property tests hold the two equal
+(index outputs exactly, float32 outputs to a few ulp). They are written as idiomatic,
+vectorised NumPy, because the benchmarks report the kernels' speed-up over them.
+
+Conventions shared by all kernels:
+
+* ``candidates`` is an int32 array of endpoint-table *rows*; columns (``values``,
+  bitsets, masks, codes) are indexed by row and are usually longer than ``candidates``.
+  ``n`` below is ``len(candidates)`` (or the length of the score vector), and may be 0.
+* Dtypes are pinned exactly: metric columns float64, scores and score ``out`` arrays
+  float32, tie keys and uniforms float64 in [0, 1), ranks and rows int32, counters int64,
+  weights float64, scalars Python ``float``/``int``. Callers convert once, so each Numba
+  kernel compiles one signature.
+* Results go to the first ``n`` entries of a caller-owned ``out`` (``len(out) >= n``, the
+  rest is left alone) or come back as a returned count. Nothing raises for expected
+  input such as NaN, inf or an empty candidate set.
+* A scorer writes NaN for a candidate whose input is NaN (and for some kernels, inf) so the
+  profile can count bad metrics; :func:`weighted_sum` then zeroes and counts them.
+"""
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    # scoring
+    "min_max_inverted",
+    "one_minus",
+    "threshold_load",
+    "load_aware",
+    "active_request",
+    "lora_affinity",
+    "weighted_sum",
+    "weighted_sum_batch",
+    # picking
+    "tie_keys_from_salt",
+    "top_k_ranked",
+    "top_k_ranked_salted",
+    "top_k_ranked_shared",
+    "top_k_ranked_shared_salted",
+    "top_k_ranked_batch",
+    "ares_keys",
+    # filtering
+    "filter_by_mask",
+    "filter_by_code",
+    "filter_below",
+]
+
+# --------------------------------------------------------------------------- scoring
+
+
+def min_max_inverted(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Min-max normalise the gathered values, inverted (GIE queue-scorer).
+
+    With ``v = values[candidates]`` and ``lo``/``hi`` the min/max of its finite entries,
+    ``out[i] = (hi - v[i]) / (hi - lo)``, so the lowest value scores 1 and the highest 0.
+    If all finite values are equal (including a single candidate) they all score 1.
+    NaN and +-inf score NaN and do not take part in ``lo``/``hi``.
+
+    Args:
+        values: float64 metric column (e.g. waiting queue size), indexed by row.
+        candidates: int32 rows to score.
+        out: float32, ``out[:n]`` receives the scores.
+    """
+    n = candidates.shape[0]
+    if n == 0:
+        return
+    v = values[candidates]
+    finite = np.isfinite(v)
+    lo = float(v.min(where=finite, initial=math.inf))
+    hi = float(v.max(where=finite, initial=-math.inf))
+    if hi == lo or not math.isfinite(hi):  # one distinct finite value, or none at all
+        out[:n] = np.where(finite, 1.0, math.nan)
+        return
+    # Same overflow guard and operation order as the kernel (see scoring.py).
+    scale = 1.0 if math.isfinite(hi - lo) else 0.5
+    hi_s = hi * scale
+    span = hi_s - lo * scale
+    scores = (hi_s - np.where(finite, v, hi) * scale) / span
+    out[:n] = np.where(finite, scores, math.nan)
+
+
+def one_minus(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score ``1 - v`` (GIE kv-cache-utilization-scorer).
+
+    Not clamped (the profile clamps when it combines scores); NaN stays NaN, values whose
+    result does not fit float32 become +-inf.
+
+    Args:
+        values: float64 metric column (e.g. KV-cache usage fraction), indexed by row.
+        candidates: int32 rows to score.
+        out: float32, ``out[:n]`` receives the scores.
+    """
+    n = candidates.shape[0]
+    with np.errstate(over="ignore"):  # float64 -> float32 may overflow to inf, as in Numba
+        out[:n] = 1.0 - values[candidates]
+
+
+def threshold_load(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    threshold: float,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score ``1 - min(v, T) / T``, and 1 for ``v <= 0`` (GIE token-load-scorer).
+
+    Args:
+        values: float64 metric column (e.g. tokens in flight), indexed by row.
+        candidates: int32 rows to score.
+        threshold: ``T``, the load at which the score reaches 0; must be > 0.
+        out: float32, ``out[:n]`` receives the scores in [0, 1]; NaN input gives NaN.
+    """
+    n = candidates.shape[0]
+    v = values[candidates]
+    out[:n] = np.where(v <= 0.0, 1.0, 1.0 - np.minimum(v, threshold) / threshold)
+
+
+def load_aware(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    threshold: float,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score ``0.5 * (1 - min(v, T) / T)``, and 0.5 for ``v <= 0`` (llm-d load-aware-scorer).
+
+    Args:
+        values: float64 metric column (e.g. waiting queue size), indexed by row.
+        candidates: int32 rows to score.
+        threshold: ``T``, the load at which the score reaches 0; must be > 0.
+        out: float32, ``out[:n]`` receives the scores in [0, 0.5]; NaN input gives NaN.
+    """
+    n = candidates.shape[0]
+    v = values[candidates]
+    out[:n] = np.where(v <= 0.0, 0.5, 0.5 * (1.0 - np.minimum(v, threshold) / threshold))
+
+
+def active_request(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    idle_threshold: float,
+    max_busy_score: float,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score idle endpoints 1, busy ones by headroom (llm-d active-request-scorer).
+
+    With ``c = values[candidates]`` and ``max_c`` the largest finite ``c``:
+    ``c <= idle_threshold`` scores 1.0, otherwise ``(max_c - c) / max_c * max_busy_score``.
+    NaN and +-inf score NaN and do not take part in ``max_c``.
+
+    Args:
+        values: float64 metric column (active request count), indexed by row.
+        candidates: int32 rows to score.
+        idle_threshold: counts at or below this are idle; must be >= 0 (so a busy
+            count implies ``max_c > 0``).
+        max_busy_score: the score a busy endpoint approaches as its count falls to 0;
+            it scales down linearly to 0 for the busiest candidate.
+        out: float32, ``out[:n]`` receives the scores.
+    """
+    n = candidates.shape[0]
+    c = values[candidates]
+    finite = np.isfinite(c)
+    max_count = float(c.max(where=finite, initial=-math.inf))
+    is_busy = finite & (c > idle_threshold)
+    # A busy entry implies max_count >= c > idle >= 0, so top == max_count wherever the
+    # quotient is kept; the other lanes compute (top - top) / top, free of warnings.
+    top = max_count if max_count > 0.0 else 1.0
+    busy = np.where(is_busy, c, top)
+    scores = np.where(is_busy, (top - busy) / top * max_busy_score, 1.0)
+    out[:n] = np.where(finite, scores, math.nan)
+
+
+def _has_adapter(
+    bits: npt.NDArray[np.uint8], rows: npt.NDArray[np.int32], adapter_id: int
+) -> npt.NDArray[np.bool_]:
+    """Whether each row's bitset holds ``adapter_id`` (False when it is out of range)."""
+    if not 0 <= adapter_id < 8 * bits.shape[1]:
+        return np.zeros(rows.shape[0], dtype=np.bool_)
+    has: npt.NDArray[np.bool_] = (bits[rows, adapter_id >> 3] & (1 << (adapter_id & 7))) != 0
+    return has
+
+
+def lora_affinity(
+    active_bits: npt.NDArray[np.uint8],
+    waiting_bits: npt.NDArray[np.uint8],
+    num_adapters: npt.NDArray[np.float64],
+    max_loras: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    adapter_id: int,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score LoRA adapter affinity (GIE lora-affinity-scorer).
+
+    Per candidate, the first rule that holds: 1.0 if the adapter is active; 0.8 if
+    ``num_adapters < max_loras`` (a free slot to load it); 0.6 if it is waiting; else 0.0.
+
+    Args:
+        active_bits: uint8 (rows, bytes) bitsets of active adapters; adapter ``k`` is bit
+            ``k % 8`` (little-endian) of byte ``k // 8``.
+        waiting_bits: uint8 (rows, bytes) bitsets of waiting adapters, same layout (the
+            byte count may differ from ``active_bits``).
+        num_adapters: float64 column, ``|active| + |waiting|`` per row.
+        max_loras: float64 column, adapter slots per row (NaN never has a free slot).
+        candidates: int32 rows to score.
+        adapter_id: the request's adapter; negative (unknown everywhere) or beyond a
+            bitset's width means "in no set" for that bitset.
+        out: float32, ``out[:n]`` receives the scores.
+    """
+    n = candidates.shape[0]
+    is_active = _has_adapter(active_bits, candidates, adapter_id)
+    has_slot = num_adapters[candidates] < max_loras[candidates]
+    is_waiting = _has_adapter(waiting_bits, candidates, adapter_id)
+    out[:n] = np.where(is_active, 1.0, np.where(has_slot, 0.8, np.where(is_waiting, 0.6, 0.0)))
+
+
+def weighted_sum(
+    score_matrix: npt.NDArray[np.float32],
+    weights: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float32],
+    nonfinite_counts: npt.NDArray[np.int64],
+    clamped_counts: npt.NDArray[np.int64],
+) -> None:
+    """Combine scorers: ``out[j] = sum_i weights[i] * clamp(score_matrix[i, j], 0, 1)``.
+
+    NaN and +-inf entries count as 0; the sum is accumulated in float64 and stored as
+    float32. With no scorers every ``out[j]`` is 0.
+
+    Args:
+        score_matrix: float32 (num_scorers, n), one row per scorer.
+        weights: float64 (num_scorers,) scorer weights (finite).
+        out: float32, ``out[:n]`` receives the combined scores.
+        nonfinite_counts: int64 (num_scorers,); ``+=`` the number of NaN/inf entries of
+            each scorer (never reset, so the caller can accumulate over cycles).
+        clamped_counts: int64 (num_scorers,); ``+=`` the number of finite entries outside
+            [0, 1] of each scorer.
+    """
+    n = score_matrix.shape[1]
+    finite = np.isfinite(score_matrix)
+    clean = np.where(finite, score_matrix, 0.0)
+    nonfinite_counts += n - np.count_nonzero(finite, axis=1)
+    clamped_counts += np.count_nonzero((clean < 0.0) | (clean > 1.0), axis=1)
+    np.clip(clean, 0.0, 1.0, out=clean)
+    out[:n] = weights @ clean
+
+
+def weighted_sum_batch(
+    score_tensor: npt.NDArray[np.float32],
+    weights: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float32],
+    nonfinite_counts: npt.NDArray[np.int64],
+    clamped_counts: npt.NDArray[np.int64],
+) -> None:
+    """Apply :func:`weighted_sum` to a batch of requests.
+
+    Args:
+        score_tensor: float32 (num_scorers, num_requests, n).
+        weights: float64 (num_scorers,).
+        out: float32 (>= num_requests, >= n); ``out[:num_requests, :n]`` receives the
+            combined scores, one row per request.
+        nonfinite_counts: int64 (num_scorers,), ``+=`` over all requests.
+        clamped_counts: int64 (num_scorers,), ``+=`` over all requests.
+    """
+    _, num_requests, n = score_tensor.shape
+    finite = np.isfinite(score_tensor)
+    clean = np.where(finite, score_tensor, 0.0)
+    nonfinite_counts += num_requests * n - np.count_nonzero(finite, axis=(1, 2))
+    clamped_counts += np.count_nonzero((clean < 0.0) | (clean > 1.0), axis=(1, 2))
+    np.clip(clean, 0.0, 1.0, out=clean)
+    out[:num_requests, :n] = np.tensordot(weights, clean, axes=1)
+
+
+# --------------------------------------------------------------------------- picking
+
+
+def _rank_key(scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Ascending sort key for scores: negated, with NaN ranked as -inf (key +inf)."""
+    return -np.where(np.isnan(scores), -np.inf, scores)
+
+
+def top_k_ranked(
+    scores: npt.NDArray[np.float32],
+    tie_keys: npt.NDArray[np.float64],
+    k: int,
+    out: npt.NDArray[np.int32],
+) -> int:
+    """Rank candidate positions best first and keep the top k (GIE max-score-picker).
+
+    The order is total: score descending (NaN ranks as -inf, level with a real -inf),
+    then tie key descending, then lower position first.
+
+    Args:
+        scores: float32 (n,) combined scores, one per candidate position.
+        tie_keys: float64 (n,) finite tie breakers, uniforms from the caller's seeded
+            generator.
+        k: how many positions to keep; <= 0 keeps none, >= n keeps all.
+        out: int32, ``out[:count]`` receives positions 0..n-1, best first.
+
+    Returns:
+        ``count = min(max(k, 0), n)``.
+    """
+    n: int = scores.shape[0]
+    m = max(0, min(k, n))
+    if m == 0:
+        return 0
+    key = _rank_key(scores)
+    tie_key = -tie_keys[:n]
+    if m < n:
+        # Partition to the positions that can make the top m (everything tied with the
+        # m-th score included), then order only those. lexsort is stable and ``idx`` is
+        # ascending, which gives the lower-position rule.
+        kth = np.partition(key, m - 1)[m - 1]
+        idx = np.flatnonzero(key <= kth)
+        order = idx[np.lexsort((tie_key[idx], key[idx]))]
+    else:
+        order = np.lexsort((tie_key, key))
+    out[:m] = order[:m]
+    return m
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def tie_keys_from_salt(salt: int, out: npt.NDArray[np.float64]) -> None:
+    """Fill ``out`` with the splitmix64 sequence seeded by ``salt``, as uniforms in [0, 1).
+
+    Element i is ``splitmix64(salt + (i + 1) * 0x9E3779B97F4A7C15) >> 11`` times 2**-53.
+    Pickers use it to break ties from one seeded draw per decision instead of drawing
+    ``n`` uniforms from the generator (which costs more than the ranking itself).
+
+    Args:
+        salt: seed in [0, 2**63) drawn from the caller's seeded generator (a Python int:
+            callers pass ``random_raw() >> 1``, which Numba types as int64, cheaply).
+        out: float64 (n,), filled.
+    """
+    steps = np.arange(1, out.shape[0] + 1, dtype=np.uint64)
+    z = np.uint64(salt) + steps * _GOLDEN  # uint64 arrays wrap silently, as in the kernel
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    out[:] = (z >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def top_k_ranked_salted(
+    scores: npt.NDArray[np.float32],
+    salt: int,
+    k: int,
+    out: npt.NDArray[np.int32],
+) -> int:
+    """:func:`top_k_ranked` with tie keys from :func:`tie_keys_from_salt`."""
+    tie_keys = np.empty(scores.shape[0], dtype=np.float64)
+    tie_keys_from_salt(salt, tie_keys)
+    return top_k_ranked(scores, tie_keys, k, out)
+
+
+def top_k_ranked_shared_salted(
+    scores: npt.NDArray[np.float32],
+    salts: npt.NDArray[np.uint64],
+    k: int,
+    out: npt.NDArray[np.int32],
+    counts: npt.NDArray[np.int32],
+) -> None:
+    """:func:`top_k_ranked_shared` with request r's tie keys from ``salts[r]``.
+
+    Args:
+        scores: float32 (n,) shared by every request.
+        salts: uint64 (R,) one draw per request; the salt is ``salts[r] >> 1``.
+        k: positions to keep per request.
+        out: int32 (R, >= min(k, n)).
+        counts: int32 (R,) receives how many positions each row holds.
+    """
+    tie_keys = np.empty((salts.shape[0], scores.shape[0]), dtype=np.float64)
+    for r in range(salts.shape[0]):
+        tie_keys_from_salt(int(salts[r]) >> 1, tie_keys[r])
+    top_k_ranked_shared(scores, tie_keys, k, out, counts)
+
+
+def top_k_ranked_shared(
+    scores: npt.NDArray[np.float32],
+    tie_keys: npt.NDArray[np.float64],
+    k: int,
+    out: npt.NDArray[np.int32],
+    counts: npt.NDArray[np.int32],
+) -> None:
+    """Rank one score vector for R requests that differ only in their tie keys.
+
+    Args:
+        scores: float32 (n,), shared by all requests.
+        tie_keys: float64 (R, n), row ``r`` for request ``r``.
+        k: as in :func:`top_k_ranked`.
+        out: int32 (>= R, >= min(k, n)); row ``r`` receives request ``r``'s ranking.
+        counts: int32 (>= R,); ``counts[r]`` receives the number written to row ``r``.
+    """
+    num_requests, n = tie_keys.shape
+    m = max(0, min(k, n))
+    counts[:num_requests] = m
+    if m == 0 or num_requests == 0:
+        return
+    key = np.broadcast_to(_rank_key(scores), tie_keys.shape)
+    order = np.lexsort((-tie_keys, key), axis=-1)
+    out[:num_requests, :m] = order[:, :m]
+
+
+def top_k_ranked_batch(
+    scores: npt.NDArray[np.float32],
+    tie_keys: npt.NDArray[np.float64],
+    k: int,
+    out: npt.NDArray[np.int32],
+    counts: npt.NDArray[np.int32],
+) -> None:
+    """Rank R requests, each with its own scores and tie keys.
+
+    Args:
+        scores: float32 (R, n), row ``r`` for request ``r``.
+        tie_keys: float64 (R, n).
+        k: as in :func:`top_k_ranked`.
+        out: int32 (>= R, >= min(k, n)); row ``r`` receives request ``r``'s ranking.
+        counts: int32 (>= R,); ``counts[r]`` receives the number written to row ``r``.
+    """
+    num_requests, n = scores.shape
+    m = max(0, min(k, n))
+    counts[:num_requests] = m
+    if m == 0 or num_requests == 0:
+        return
+    order = np.lexsort((-tie_keys, _rank_key(scores)), axis=-1)
+    out[:num_requests, :m] = order[:, :m]
+
+
+def ares_keys(
+    scores: npt.NDArray[np.float32],
+    uniforms: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float64],
+) -> int:
+    """Compute A-Res keys for weighted random sampling (GIE weighted-random-picker).
+
+    For a finite ``score > 0``: ``key = u ** (1 / score)`` in float64, with ``u == 0``
+    replaced by 1e-10; for ``score <= 0``, NaN or +inf: ``key = 0``. The largest key wins,
+    so the pick probability is proportional to the score.
+
+    Args:
+        scores: float32 (n,) combined scores.
+        uniforms: float64 (n,) uniforms in [0, 1) from the caller's seeded generator.
+        out: float64, ``out[:n]`` receives the keys.
+
+    Returns:
+        The number of finite positive scores; when 0, every key is 0 and the caller
+        falls back to a uniform pick.
+    """
+    n = scores.shape[0]
+    s = scores.astype(np.float64)
+    positive = (s > 0.0) & (s < math.inf)
+    u = uniforms[:n]
+    u = np.where(u == 0.0, 1e-10, u)
+    exponent = 1.0 / np.where(positive, s, 1.0)
+    out[:n] = np.where(positive, u**exponent, 0.0)
+    return int(np.count_nonzero(positive))
+
+
+# --------------------------------------------------------------------------- filtering
+
+
+def _keep(
+    candidates: npt.NDArray[np.int32], keep: npt.NDArray[np.bool_], out: npt.NDArray[np.int32]
+) -> int:
+    """Write ``candidates[keep]`` to the front of ``out`` and return how many."""
+    kept = candidates[keep]
+    count: int = kept.shape[0]
+    out[:count] = kept
+    return count
+
+
+def filter_by_mask(
+    mask: npt.NDArray[np.bool_],
+    candidates: npt.NDArray[np.int32],
+    out: npt.NDArray[np.int32],
+) -> int:
+    """Keep the candidates whose row is set in ``mask``.
+
+    Args:
+        mask: bool column, indexed by row.
+        candidates: int32 rows.
+        out: int32, ``out[:count]`` receives the kept rows in their original order; may
+            be ``candidates`` itself.
+
+    Returns:
+        ``count``, the number of rows kept.
+    """
+    return _keep(candidates, mask[candidates], out)
+
+
+def filter_by_code(
+    codes: npt.NDArray[np.int8],
+    allowed: npt.NDArray[np.bool_],
+    candidates: npt.NDArray[np.int32],
+    out: npt.NDArray[np.int32],
+) -> int:
+    """Keep the candidates whose row's categorical code is allowed.
+
+    Args:
+        codes: int8 column of category codes (e.g. P/D role), indexed by row.
+        allowed: bool (num_codes,); ``allowed[code]`` says whether the code passes.
+            Codes < 0 or >= ``len(allowed)`` are dropped.
+        candidates: int32 rows.
+        out: int32, ``out[:count]`` receives the kept rows in their original order; may
+            be ``candidates`` itself.
+
+    Returns:
+        ``count``, the number of rows kept.
+    """
+    c = codes[candidates]
+    num_codes = min(allowed.shape[0], 128)  # int8 codes never reach 128
+    known = (c >= 0) & (c < num_codes)
+    keep = np.zeros(candidates.shape[0], dtype=np.bool_)
+    keep[known] = allowed[c[known]]
+    return _keep(candidates, keep, out)
+
+
+def filter_below(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    limit: float,
+    out: npt.NDArray[np.int32],
+) -> int:
+    """Keep the candidates whose value is strictly below ``limit``; NaN is dropped.
+
+    Args:
+        values: float64 metric column, indexed by row.
+        candidates: int32 rows.
+        limit: exclusive upper bound.
+        out: int32, ``out[:count]`` receives the kept rows in their original order; may
+            be ``candidates`` itself.
+
+    Returns:
+        ``count``, the number of rows kept.
+    """
+    return _keep(candidates, values[candidates] < limit, out)

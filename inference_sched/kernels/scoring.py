@@ -1,0 +1,213 @@
+"""Numba scoring kernels: one call scores a whole candidate set.
+
+Each kernel gathers ``values[candidates[i]]`` from an endpoint-table column (float64,
+longer than the candidate set) and writes the score of candidate ``i`` to ``out[i]``
+(float32, caller-owned, ``len(out) >= len(candidates)``; entries past ``n`` are left
+alone). Scores are not clamped here: a NaN score marks bad input so the profile can count
+it, and :func:`weighted_sum` clamps and counts when it combines scorers.
+
+The contracts (formulas, NaN and inf handling, dtypes) are documented on the NumPy twins
+of the same names in :mod:`inference_sched.kernels.reference`; the property tests hold
+the two implementations equal.
+"""
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from inference_sched.kernels._jit import kernel
+
+__all__ = [
+    "min_max_inverted",
+    "one_minus",
+    "threshold_load",
+    "load_aware",
+    "active_request",
+    "lora_affinity",
+    "weighted_sum",
+    "weighted_sum_batch",
+]
+
+
+@kernel
+def min_max_inverted(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Min-max normalise the gathered values, inverted (lowest value scores 1)."""
+    n = candidates.shape[0]
+    lo = math.inf
+    hi = -math.inf
+    for i in range(n):
+        # float() is free when compiled; without JIT it keeps hi - lo a Python float,
+        # which overflows to inf without a RuntimeWarning.
+        v = float(values[candidates[i]])
+        if math.isfinite(v):
+            lo = min(lo, v)
+            hi = max(hi, v)
+    # Halve both ends when the range overflows float64 so that finite input never turns
+    # into inf/inf = NaN. Multiplying by 1.0 is exact, so the usual case is unchanged.
+    scale = 1.0 if math.isfinite(hi - lo) else 0.5
+    hi_s = hi * scale
+    span = hi_s - lo * scale
+    for i in range(n):
+        v = values[candidates[i]]
+        if not math.isfinite(v):
+            out[i] = math.nan
+        elif hi == lo:
+            out[i] = 1.0
+        else:
+            out[i] = (hi_s - v * scale) / span
+
+
+@kernel
+def one_minus(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score ``1 - v`` per candidate (unclamped; NaN stays NaN)."""
+    for i in range(candidates.shape[0]):
+        out[i] = 1.0 - values[candidates[i]]
+
+
+@kernel
+def threshold_load(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    threshold: float,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score ``1 - min(v, T) / T``, 1 for ``v <= 0``, NaN for NaN."""
+    for i in range(candidates.shape[0]):
+        v = values[candidates[i]]
+        if math.isnan(v):
+            out[i] = math.nan
+        elif v <= 0.0:
+            out[i] = 1.0
+        else:
+            out[i] = 1.0 - min(v, threshold) / threshold
+
+
+@kernel
+def load_aware(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    threshold: float,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score ``0.5 * (1 - min(v, T) / T)``, 0.5 for ``v <= 0``, NaN for NaN."""
+    for i in range(candidates.shape[0]):
+        v = values[candidates[i]]
+        if math.isnan(v):
+            out[i] = math.nan
+        elif v <= 0.0:
+            out[i] = 0.5
+        else:
+            out[i] = 0.5 * (1.0 - min(v, threshold) / threshold)
+
+
+@kernel
+def active_request(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    idle_threshold: float,
+    max_busy_score: float,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score 1 when idle, else ``(max - v) / max * max_busy_score``; non-finite gives NaN."""
+    n = candidates.shape[0]
+    max_count = -math.inf
+    for i in range(n):
+        v = values[candidates[i]]
+        if math.isfinite(v):
+            max_count = max(max_count, v)
+    for i in range(n):
+        v = values[candidates[i]]
+        if not math.isfinite(v):
+            out[i] = math.nan
+        elif v <= idle_threshold:
+            out[i] = 1.0
+        else:
+            out[i] = (max_count - v) / max_count * max_busy_score
+
+
+@kernel
+def lora_affinity(
+    active_bits: npt.NDArray[np.uint8],
+    waiting_bits: npt.NDArray[np.uint8],
+    num_adapters: npt.NDArray[np.float64],
+    max_loras: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    adapter_id: int,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score 1.0 active / 0.8 has a free slot / 0.6 waiting / 0.0 otherwise."""
+    byte = adapter_id >> 3
+    mask = 1 << (adapter_id & 7)
+    in_active_range = 0 <= adapter_id < 8 * active_bits.shape[1]
+    in_waiting_range = 0 <= adapter_id < 8 * waiting_bits.shape[1]
+    for i in range(candidates.shape[0]):
+        row = candidates[i]
+        if in_active_range and active_bits[row, byte] & mask:
+            out[i] = 1.0
+        elif num_adapters[row] < max_loras[row]:
+            out[i] = 0.8
+        elif in_waiting_range and waiting_bits[row, byte] & mask:
+            out[i] = 0.6
+        else:
+            out[i] = 0.0
+
+
+@kernel
+def weighted_sum(
+    score_matrix: npt.NDArray[np.float32],
+    weights: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float32],
+    nonfinite_counts: npt.NDArray[np.int64],
+    clamped_counts: npt.NDArray[np.int64],
+) -> None:
+    """Combine per-scorer scores: clamp to [0, 1], zero non-finite, weight and sum."""
+    _weighted_sum_into(score_matrix, weights, out, nonfinite_counts, clamped_counts)
+
+
+@kernel
+def weighted_sum_batch(
+    score_tensor: npt.NDArray[np.float32],
+    weights: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float32],
+    nonfinite_counts: npt.NDArray[np.int64],
+    clamped_counts: npt.NDArray[np.int64],
+) -> None:
+    """Apply :func:`weighted_sum` to every request of a (scorers, requests, n) tensor."""
+    for r in range(score_tensor.shape[1]):
+        _weighted_sum_into(score_tensor[:, r, :], weights, out[r], nonfinite_counts, clamped_counts)
+
+
+@kernel
+def _weighted_sum_into(
+    score_matrix: npt.NDArray[np.float32],
+    weights: npt.NDArray[np.float64],
+    out: npt.NDArray[np.float32],
+    nonfinite_counts: npt.NDArray[np.int64],
+    clamped_counts: npt.NDArray[np.int64],
+) -> None:
+    """Shared body of the weighted sums; ``score_matrix`` may be a strided view."""
+    num_scorers, n = score_matrix.shape
+    for j in range(n):
+        total = 0.0
+        for i in range(num_scorers):
+            s = score_matrix[i, j]
+            # The in-range test first: one predictable branch for the common case, and it
+            # is False for NaN, which the slow path then sorts out.
+            if not (s >= 0.0 and s <= 1.0):
+                if not math.isfinite(s):
+                    nonfinite_counts[i] += 1
+                    s = 0.0
+                else:
+                    clamped_counts[i] += 1
+                    s = 0.0 if s < 0.0 else 1.0
+            total += weights[i] * s
+        out[j] = total
