@@ -193,6 +193,14 @@ def _ensure_builtins() -> None:
     if not _builtins_loaded:
         _builtins_loaded = True
         importlib.import_module("inference_sched.plugins")
+        for name, ep in _entry_points().items():
+            if name in _classes:  # never shadow silently: say which one wins
+                log.warning(
+                    "entry point %r of %s is ignored: %r is a built-in plugin type",
+                    name,
+                    _distribution(ep),
+                    name,
+                )
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:

@@ -1,0 +1,21 @@
+"""Built-in plugins, one module per family; importing this package registers them all.
+
+Families (GIE/llm-d type strings):
+
+* :mod:`.load`: ``queue-scorer``, ``running-requests-size-scorer``,
+  ``kv-cache-utilization-scorer``, ``token-load-scorer``, ``active-request-scorer``,
+  ``load-aware-scorer`` and the ``inflight-load-producer`` (in-flight accounting).
+* :mod:`.lora`: ``lora-affinity-scorer``.
+* :mod:`.prefix`: ``prefix-cache-scorer``.
+* :mod:`.pickers`: ``max-score-picker``, ``random-picker``, ``weighted-random-picker``.
+* :mod:`.filters`: ``decode-filter``, ``prefill-filter``, ``label-selector-filter``
+  (deprecated alias ``by-label-selector``).
+* :mod:`.profile_handlers`: ``single-profile-handler``.
+
+Each plugin has a page in ``docs/plugins/<type>.md``. The classes are importable, but
+only the type strings are promised: configs name plugins by type.
+"""
+
+from inference_sched.plugins import filters, load, lora, pickers, prefix, profile_handlers
+
+__all__ = ["filters", "load", "lora", "pickers", "prefix", "profile_handlers"]

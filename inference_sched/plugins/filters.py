@@ -1,0 +1,318 @@
+"""Filters on endpoint metadata: llm-d's role filters and label-selector filter.
+
+``decode-filter`` and ``prefill-filter`` keep endpoints by their ``llm-d.ai/role`` label
+(``specs/peers.md`` §A.1), read from the table's int8 ``role`` column with one kernel
+call. ``label-selector-filter`` (deprecated alias ``by-label-selector``) keeps endpoints
+whose labels match a Kubernetes label selector; it evaluates the selector once per
+endpoint whenever the table's structure changes (``table.version``), caches the per-row
+result as a bool mask, and filters with one kernel call per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import types
+from collections.abc import Collection, Mapping
+from typing import Any, ClassVar, Final, Literal
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from inference_sched.interfaces import Filter, Handle
+from inference_sched.kernels import filtering
+from inference_sched.params import NoParams, ParamCheck, param
+from inference_sched.registry import register
+from inference_sched.state import EndpointTable
+from inference_sched.types import Candidates, CycleState, Request, Role
+
+__all__ = [
+    "ByLabelSelector",
+    "DecodeFilter",
+    "LabelRequirement",
+    "LabelSelectorParams",
+    "LabelSelectorFilter",
+    "PrefillFilter",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _allowed(roles: Collection[Role]) -> npt.NDArray[np.bool_]:
+    allowed = np.zeros(max(Role) + 1, dtype=np.bool_)
+    allowed[[int(r) for r in roles]] = True
+    allowed.setflags(write=False)
+    return allowed
+
+
+def _keep_codes(
+    table: EndpointTable, allowed: npt.NDArray[np.bool_], candidates: Candidates
+) -> Candidates:
+    out = np.empty(len(candidates), dtype=np.int32)
+    count = filtering.filter_by_code(table.role, allowed, candidates, out)
+    return out[:count]
+
+
+_DECODE_ROLES: Final = _allowed(
+    (Role.DECODE, Role.PREFILL_DECODE, Role.BOTH, Role.ENCODE_PREFILL_DECODE, Role.UNSET)
+)
+_PREFILL_ROLES: Final = _allowed(
+    (Role.PREFILL, Role.ENCODE_PREFILL, Role.PREFILL_DECODE, Role.BOTH, Role.ENCODE_PREFILL_DECODE)
+)
+
+
+@register("decode-filter")
+class DecodeFilter:
+    """Keeps endpoints that can decode, and endpoints without a role label.
+
+    Kept roles: ``decode``, ``prefill-decode``, ``both``, ``encode-prefill-decode``.
+    """
+
+    type: ClassVar[str]
+    Params = NoParams
+    is_batch_invariant: ClassVar[bool] = True
+    """Reads endpoint metadata only: a batch can filter once for all its requests."""
+
+    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+        self.name = name
+
+    def filter(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> Candidates:
+        """Decode-capable and unlabeled candidates, in order."""
+        return _keep_codes(table, _DECODE_ROLES, candidates)
+
+
+_decode_filter: type[Filter] = DecodeFilter
+
+
+@register("prefill-filter")
+class PrefillFilter:
+    """Keeps endpoints that can prefill; endpoints without a role label are dropped.
+
+    Kept roles: ``prefill``, ``encode-prefill``, ``prefill-decode``, ``both``,
+    ``encode-prefill-decode``.
+    """
+
+    type: ClassVar[str]
+    Params = NoParams
+    is_batch_invariant: ClassVar[bool] = True
+    """Reads endpoint metadata only: a batch can filter once for all its requests."""
+
+    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+        self.name = name
+
+    def filter(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> Candidates:
+        """Prefill-capable candidates, in order."""
+        return _keep_codes(table, _PREFILL_ROLES, candidates)
+
+
+_prefill_filter: type[Filter] = PrefillFilter
+
+
+# ---------------------------------------------------------------- label selector
+Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
+
+# Kubernetes label syntax (apimachinery validation.IsQualifiedName / IsValidLabelValue).
+_NAME: Final = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_KEY_RE: Final = re.compile(rf"^(?:(?P<prefix>[a-z0-9.-]{{1,253}})/)?{_NAME}$")
+_PREFIX_RE: Final = re.compile(
+    r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$"
+)
+_VALUE_RE: Final = re.compile(rf"^(?:{_NAME})?$")
+
+
+@attrs.frozen
+class LabelRequirement:
+    """One ``matchExpressions`` entry: ``key``, ``operator`` and ``values``."""
+
+    key: str
+    operator: Operator
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Kubernetes semantics; ``NotIn`` also matches when the label is absent."""
+        if self.operator == "In":
+            return labels.get(self.key) in self.values
+        if self.operator == "NotIn":
+            return self.key not in labels or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels
+
+
+def _check_key(where: str, key: Any) -> str:
+    if not isinstance(key, str):
+        raise ParamCheck(where, "a label key (str)", key)
+    match = _KEY_RE.match(key)
+    if match is None or (match["prefix"] is not None and not _PREFIX_RE.match(match["prefix"])):
+        raise ParamCheck(
+            where,
+            "a label key: [DNS-subdomain prefix/]name, the name at most 63 characters of "
+            "[A-Za-z0-9-_.] starting and ending alphanumeric",
+            key,
+        )
+    return key
+
+
+def _check_value(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not _VALUE_RE.match(value):
+        raise ParamCheck(
+            where,
+            "a label value: empty, or at most 63 characters of [A-Za-z0-9-_.] starting "
+            "and ending alphanumeric",
+            value,
+        )
+    return value
+
+
+def _parse_match_labels(raw: Any) -> Mapping[str, str]:
+    if not isinstance(raw, Mapping):
+        raise ParamCheck("matchLabels", "a mapping of label key to value", raw)
+    for key, value in raw.items():
+        _check_key("matchLabels", key)
+        _check_value(f"matchLabels.{key}", value)
+    return types.MappingProxyType(dict(raw))
+
+
+def _parse_requirement(i: int, raw: Any) -> LabelRequirement:
+    where = f"matchExpressions[{i}]"
+    if not isinstance(raw, Mapping):
+        raise ParamCheck(where, "a mapping with keys key, operator and values", raw)
+    unknown = sorted(set(raw) - {"key", "operator", "values"}, key=str)
+    if unknown:
+        raise ParamCheck(where, "only the keys key, operator and values", unknown[0])
+    if "key" not in raw:
+        raise ParamCheck(f"{where}.key", "a label key (required)", None)
+    key = _check_key(f"{where}.key", raw["key"])
+    operator = raw.get("operator")
+    if operator not in _OPERATORS:
+        raise ParamCheck(f"{where}.operator", "one of " + ", ".join(_OPERATORS), operator)
+    values = raw.get("values")
+    if values is None:
+        values = []
+    if not isinstance(values, list | tuple):
+        raise ParamCheck(f"{where}.values", "a list of str", values)
+    for j, value in enumerate(values):
+        _check_value(f"{where}.values[{j}]", value)
+    if operator in ("In", "NotIn") and not values:
+        raise ParamCheck(f"{where}.values", f"a non-empty list for operator {operator}", values)
+    if operator in ("Exists", "DoesNotExist") and values:
+        raise ParamCheck(f"{where}.values", f"no values for operator {operator}", values)
+    return LabelRequirement(key, operator, tuple(values))
+
+
+def _parse_match_expressions(raw: Any) -> tuple[LabelRequirement, ...]:
+    if not isinstance(raw, list | tuple):
+        raise ParamCheck("matchExpressions", "a list of {key, operator, values}", raw)
+    return tuple(_parse_requirement(i, item) for i, item in enumerate(raw))
+
+
+def _is_match_labels(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _parse_match_labels(value)
+
+
+def _is_requirements(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(r, LabelRequirement) for r in value):
+        raise ParamCheck("matchExpressions", "a tuple of LabelRequirement", value)
+
+
+def _empty_labels() -> Mapping[str, str]:
+    return types.MappingProxyType({})
+
+
+@attrs.frozen
+class LabelSelectorParams:
+    """A Kubernetes ``LabelSelector``; every requirement must hold (an empty one matches
+    every endpoint)."""
+
+    match_labels: Mapping[str, str] = param(
+        alias="matchLabels",
+        factory=_empty_labels,
+        parse=_parse_match_labels,
+        check=_is_match_labels,
+    )
+    """Labels an endpoint must carry with exactly these values."""
+    match_expressions: tuple[LabelRequirement, ...] = param(
+        (), alias="matchExpressions", parse=_parse_match_expressions, check=_is_requirements
+    )
+    """Requirements ``{key, operator: In|NotIn|Exists|DoesNotExist, values}``."""
+
+
+@register("label-selector-filter")
+class LabelSelectorFilter:
+    """Keeps endpoints whose labels match a Kubernetes label selector (llm-d)."""
+
+    type: ClassVar[str]
+    Params = LabelSelectorParams
+    is_batch_invariant: ClassVar[bool] = True
+    """Reads endpoint metadata only: a batch can filter once for all its requests."""
+
+    def __init__(self, name: str, params: LabelSelectorParams, handle: Handle) -> None:
+        self.name = name
+        self._requirements = (
+            *(LabelRequirement(k, "In", (v,)) for k, v in params.match_labels.items()),
+            *params.match_expressions,
+        )
+        self._lock = threading.Lock()
+        self._cache: tuple[EndpointTable, int, npt.NDArray[np.bool_]] | None = None
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether an endpoint with ``labels`` passes the selector."""
+        return all(r.matches(labels) for r in self._requirements)
+
+    def filter(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> Candidates:
+        """Matching candidates, in order."""
+        out = np.empty(len(candidates), dtype=np.int32)
+        count = filtering.filter_by_mask(self._mask(table), candidates, out)
+        return out[:count]
+
+    def _mask(self, table: EndpointTable) -> npt.NDArray[np.bool_]:
+        cache = self._cache
+        if cache is not None and cache[0] is table and cache[1] == table.version:
+            return cache[2]
+        with self._lock, table.lock:
+            version = table.version
+            mask = np.zeros(table.capacity, dtype=np.bool_)
+            for endpoint in table:
+                mask[table.row(endpoint.name)] = self.matches(endpoint.labels)
+            self._cache = (table, version, mask)
+        return mask
+
+
+_label_selector_filter: type[Filter] = LabelSelectorFilter
+
+
+@register("by-label-selector")
+class ByLabelSelector(LabelSelectorFilter):
+    """Deprecated alias of ``label-selector-filter`` (llm-d); logs a warning when built."""
+
+    def __init__(self, name: str, params: LabelSelectorParams, handle: Handle) -> None:
+        log.warning(
+            "plugin %r: type 'by-label-selector' is deprecated; use 'label-selector-filter' "
+            "(same parameters)",
+            name,
+        )
+        super().__init__(name, params, handle)
+
+
+_by_label_selector: type[Filter] = ByLabelSelector

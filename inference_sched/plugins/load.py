@@ -1,0 +1,438 @@
+"""Load plugins: scorers over queue, running, KV-cache and in-flight load, and the
+in-flight accounting that keeps load current between metric scrapes.
+
+GIE scorers (``queue-scorer``, ``running-requests-size-scorer``,
+``kv-cache-utilization-scorer``, ``token-load-scorer``), the ``inflight-load-producer``
+that GIE and llm-d auto-create for ``InFlightLoad`` consumers, and llm-d's
+``active-request-scorer`` and ``load-aware-scorer``. Formulas: ``specs/gie.md`` §4.3 and
+``specs/peers.md`` §A.1, §H.6; one page per type in ``docs/plugins/``.
+
+Each scorer reads one ``EndpointTable`` column at call time (columns are reallocated when
+the table grows) and makes one kernel call over the whole candidate set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import ClassVar, Final
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from inference_sched.interfaces import (
+    DataProducer,
+    Handle,
+    PreRequest,
+    ResponseComplete,
+    ResponseStreaming,
+    Scorer,
+)
+from inference_sched.kernels import scoring
+from inference_sched.params import NoParams, at_least, in_range, param, string
+from inference_sched.registry import register
+from inference_sched.state import EndpointHandle, EndpointTable
+from inference_sched.types import (
+    Candidates,
+    CycleState,
+    Endpoint,
+    Request,
+    Response,
+    SchedulingResult,
+    ScorerCategory,
+)
+
+__all__ = [
+    "IN_FLIGHT_LOAD",
+    "PREFILL_PROFILE",
+    "ActiveRequestScorer",
+    "InFlightLoad",
+    "InflightLoadProducer",
+    "KvCacheUtilizationScorer",
+    "LoadAwareScorer",
+    "QueueScorer",
+    "RunningRequestsSizeScorer",
+    "TokenLoadScorer",
+    "estimate_tokens",
+]
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT_LOAD: Final = "InFlightLoad"
+"""Data key of the scheduler's in-flight accounting (GIE ``InFlightLoadKey``)."""
+
+PREFILL_PROFILE: Final = "prefill"
+"""GIE's convention: a profile literally named ``prefill`` is the prefill stage of P/D."""
+
+_CHARS_PER_TOKEN: Final = 4.0
+_OUTPUT_RATIO: Final = 1.5
+
+
+# ---------------------------------------------------------------- metric scorers
+@register("queue-scorer")
+class QueueScorer:
+    """Prefers short waiting queues: ``(max - q) / (max - min)`` over the candidates."""
+
+    type: ClassVar[str]
+    category: ClassVar[ScorerCategory] = "Distribution"
+    is_batch_invariant: ClassVar[bool] = True
+    """Reads scraped metrics only: a batch can score once for all its requests."""
+    Params = NoParams
+
+    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+        self.name = name
+
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """Min-max inverted ``waiting`` (all equal: 1.0)."""
+        scoring.min_max_inverted(table.waiting, candidates, out)
+
+
+_queue_scorer: type[Scorer] = QueueScorer
+
+
+@register("running-requests-size-scorer")
+class RunningRequestsSizeScorer:
+    """Prefers few running requests: ``(max - r) / (max - min)`` over the candidates."""
+
+    type: ClassVar[str]
+    category: ClassVar[ScorerCategory] = "Distribution"
+    is_batch_invariant: ClassVar[bool] = True
+    """Reads scraped metrics only: a batch can score once for all its requests."""
+    Params = NoParams
+
+    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+        self.name = name
+
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """Min-max inverted ``running`` (all equal: 1.0)."""
+        scoring.min_max_inverted(table.running, candidates, out)
+
+
+_running_scorer: type[Scorer] = RunningRequestsSizeScorer
+
+
+@register("kv-cache-utilization-scorer")
+class KvCacheUtilizationScorer:
+    """Prefers free KV cache: ``1 - kv_usage_frac``."""
+
+    type: ClassVar[str]
+    category: ClassVar[ScorerCategory] = "Distribution"
+    is_batch_invariant: ClassVar[bool] = True
+    """Reads scraped metrics only: a batch can score once for all its requests."""
+    Params = NoParams
+
+    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+        self.name = name
+
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """``1 - kv_usage_frac`` (unclamped: the profile clamps out-of-range usage)."""
+        scoring.one_minus(table.kv_usage_frac, candidates, out)
+
+
+_kv_scorer: type[Scorer] = KvCacheUtilizationScorer
+
+
+@register("load-aware-scorer")
+class LoadAwareScorer:
+    """llm-d: ``0.5`` for an empty queue, else ``0.5 * (1 - min(q, T) / T)``."""
+
+    type: ClassVar[str]
+    category: ClassVar[ScorerCategory] = "Distribution"
+    is_batch_invariant: ClassVar[bool] = True
+    """Reads scraped metrics only: a batch can score once for all its requests."""
+
+    @attrs.frozen
+    class Params:
+        """Parameters of ``load-aware-scorer``."""
+
+        threshold: int = param(128, alias="threshold", check=at_least(1))
+        """Waiting-queue length at which the score reaches 0."""
+
+    def __init__(self, name: str, params: LoadAwareScorer.Params, handle: Handle) -> None:
+        self.name = name
+        self._threshold = float(params.threshold)
+
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """Half-range load score over ``waiting`` (llm-d reads the waiting queue)."""
+        scoring.load_aware(table.waiting, candidates, self._threshold, out)
+
+
+_load_aware_scorer: type[Scorer] = LoadAwareScorer
+
+
+# ---------------------------------------------------------------- in-flight load
+@attrs.frozen(eq=False)
+class InFlightLoad:
+    """The scheduler's in-flight load per table row (GIE ``InFlightLoad``).
+
+    Written to the cycle under :data:`IN_FLIGHT_LOAD` by ``inflight-load-producer``. The
+    counters live in the table's ``inflight_requests`` / ``inflight_tokens`` columns;
+    this object reads them on access, so it never holds an array that the table has
+    since reallocated.
+    """
+
+    table: EndpointTable
+
+    @property
+    def requests(self) -> npt.NDArray[np.float64]:
+        """In-flight requests per row."""
+        return self.table.inflight_requests
+
+    @property
+    def tokens(self) -> npt.NDArray[np.float64]:
+        """Estimated in-flight tokens (input + output) per row."""
+        return self.table.inflight_tokens
+
+
+def _go_round(x: float) -> int:
+    """Go's ``math.Round`` for x >= 0: halves round away from zero (Python's round is
+    banker's rounding)."""
+    floor = math.floor(x)
+    return int(floor + 1 if x - floor >= 0.5 else floor)
+
+
+def estimate_tokens(request: Request) -> int:
+    """GIE's ``SimpleTokenEstimator``: estimated input + output tokens of ``request``.
+
+    Input is ``max(request_size_bytes // 4, 1)`` when the body size is known, else the
+    token-id count, else ``max(1, round(len(prompt) / 4))``; output is
+    ``round(input * 1.5)``; rounding is Go's (half away from zero). A request with no
+    size, no token ids and no prompt estimates 0 (GIE: no body).
+    """
+    if request.request_size_bytes > 0:
+        num_input = max(request.request_size_bytes // 4, 1)
+    elif request.token_ids is not None:
+        num_input = len(request.token_ids)
+    elif request.prompt is not None:
+        num_input = max(1, _go_round(len(request.prompt) / _CHARS_PER_TOKEN))
+    else:
+        return 0
+    return num_input + _go_round(num_input * _OUTPUT_RATIO)
+
+
+@attrs.frozen
+class _Hold:
+    """What one profile's pick added for a request: released exactly once."""
+
+    profile: str
+    handle: EndpointHandle
+    tokens: float
+
+
+@register("inflight-load-producer", default_producer_for=(IN_FLIGHT_LOAD,))
+class InflightLoadProducer:
+    """Counts requests and estimated tokens the scheduler sent to each endpoint.
+
+    Design note: the counters are the table's ``inflight_requests`` / ``inflight_tokens``
+    columns, so scorers read them with the other metrics in one kernel call. What each
+    request added is remembered as ``(profile, row, generation, tokens)``: a release
+    subtracts exactly that, never below 0, and only while the row still holds the same
+    endpoint (a row reused after a removal carries a new generation and is left alone).
+    One instance per table: two would count every request twice.
+    """
+
+    type: ClassVar[str]
+    produces: ClassVar[frozenset[str]] = frozenset({IN_FLIGHT_LOAD})
+    consumes: ClassVar[frozenset[str]] = frozenset()
+    Params = NoParams
+
+    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+        self.name = name
+        self._table = handle.table
+        self._lock = threading.Lock()
+        self._held: dict[str, list[_Hold]] = {}
+        self._table.on_remove(self._on_remove)
+
+    def prepare_request_data(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> None:
+        """Publish the in-flight counters under ``InFlightLoad``."""
+        cycle.write(IN_FLIGHT_LOAD, InFlightLoad(table))
+
+    def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
+        """+1 request and +estimate tokens on the pick of every profile that picked."""
+        tokens = float(estimate_tokens(request))
+        table = self._table
+        with self._lock:
+            for profile, run in result.profile_results.items():
+                if run is None or len(run.rows) == 0:
+                    continue
+                row = int(run.rows[0])
+                handle = EndpointHandle(row, int(table.generation[row]))
+                if not table.is_current(handle):  # removed between the pick and now
+                    continue
+                table.inflight_requests[row] += 1.0
+                table.inflight_tokens[row] += tokens
+                self._held.setdefault(request.request_id, []).append(_Hold(profile, handle, tokens))
+
+    def response_streaming(
+        self, request: Request, response: Response, result: SchedulingResult
+    ) -> None:
+        """On the first chunk, release the ``prefill`` profile's share (prefill is done)."""
+        if not response.is_start_of_stream:
+            return
+        with self._lock:
+            holds = self._held.get(request.request_id)
+            if not holds:
+                return
+            keep = [h for h in holds if h.profile != PREFILL_PROFILE]
+            for hold in holds:
+                if hold.profile == PREFILL_PROFILE:
+                    self._release(hold)
+            self._store(request.request_id, keep)
+
+    def response_complete(
+        self, request: Request, response: Response, result: SchedulingResult
+    ) -> None:
+        """Release everything the request still holds (a second call finds nothing)."""
+        with self._lock:
+            for hold in self._held.pop(request.request_id, ()):
+                self._release(hold)
+
+    def num_tracked_requests(self) -> int:
+        """Requests that still hold in-flight load (for tests and metrics)."""
+        return len(self._held)
+
+    def _release(self, hold: _Hold) -> None:
+        table = self._table
+        if not table.is_current(hold.handle):
+            return
+        row = hold.handle.row
+        table.inflight_requests[row] = max(0.0, table.inflight_requests[row] - 1.0)
+        table.inflight_tokens[row] = max(0.0, table.inflight_tokens[row] - hold.tokens)
+
+    def _store(self, request_id: str, holds: list[_Hold]) -> None:
+        if holds:
+            self._held[request_id] = holds
+        else:
+            self._held.pop(request_id, None)
+
+    def _on_remove(self, row: int, endpoint: Endpoint) -> None:
+        # The table zeroes the row's counters itself; only the bookkeeping goes here.
+        # Removals are rare, so a scan of the requests in flight is fine.
+        with self._lock:
+            for request_id, holds in list(self._held.items()):
+                self._store(request_id, [h for h in holds if h.handle.row != row])
+
+
+_producer: type[DataProducer] = InflightLoadProducer
+_producer_pre: type[PreRequest] = InflightLoadProducer
+_producer_streaming: type[ResponseStreaming] = InflightLoadProducer
+_producer_complete: type[ResponseComplete] = InflightLoadProducer
+
+
+@register("token-load-scorer")
+class TokenLoadScorer:
+    """Prefers few in-flight tokens: ``1 - min(t, T) / T``, 1 when ``t <= 0``."""
+
+    type: ClassVar[str]
+    category: ClassVar[ScorerCategory] = "Distribution"
+    consumes: ClassVar[frozenset[str]] = frozenset({IN_FLIGHT_LOAD})
+
+    @attrs.frozen
+    class Params:
+        """Parameters of ``token-load-scorer``."""
+
+        queue_threshold_tokens: int = param(
+            4_194_304, alias="queueThresholdTokens", check=at_least(1)
+        )
+        """In-flight tokens at which the score reaches 0 (default: 128 requests x 32K)."""
+
+    def __init__(self, name: str, params: TokenLoadScorer.Params, handle: Handle) -> None:
+        self.name = name
+        self._threshold = float(params.queue_threshold_tokens)
+
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """Threshold load score over ``inflight_tokens``."""
+        scoring.threshold_load(table.inflight_tokens, candidates, self._threshold, out)
+
+
+_token_load_scorer: type[Scorer] = TokenLoadScorer
+
+
+@register("active-request-scorer")
+class ActiveRequestScorer:
+    """llm-d: idle endpoints score 1, busy ones ``(max_c - c) / max_c * maxBusyScore``."""
+
+    type: ClassVar[str]
+    category: ClassVar[ScorerCategory] = "Distribution"
+    consumes: ClassVar[frozenset[str]] = frozenset({IN_FLIGHT_LOAD})
+
+    @attrs.frozen
+    class Params:
+        """Parameters of ``active-request-scorer``."""
+
+        idle_threshold: int = param(0, alias="idleThreshold", check=at_least(0))
+        """Endpoints with at most this many in-flight requests count as idle (score 1)."""
+        max_busy_score: float = param(1.0, alias="maxBusyScore", check=in_range(0.0, 1.0))
+        """Score of the least busy non-idle endpoint; the busiest scores 0."""
+        request_timeout: str = param(
+            "",
+            alias="requestTimeout",
+            check=string,
+            deprecated="deprecated and ignored: inflight-load-producer tracks request "
+            "lifetimes; remove the key",
+        )
+        """Deprecated and ignored (llm-d): in-flight tracking ends with the response."""
+
+    def __init__(self, name: str, params: ActiveRequestScorer.Params, handle: Handle) -> None:
+        self.name = name
+        self._idle_threshold = float(params.idle_threshold)
+        self._max_busy_score = float(params.max_busy_score)
+
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """Active-request score over ``inflight_requests``."""
+        scoring.active_request(
+            table.inflight_requests, candidates, self._idle_threshold, self._max_busy_score, out
+        )
+
+
+_active_request_scorer: type[Scorer] = ActiveRequestScorer

@@ -1,0 +1,340 @@
+"""Role filters and the label-selector filter (llm-d, peers.md §A.1)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference_sched import registry
+from inference_sched.errors import ParameterError
+from inference_sched.handle import PluginHandle
+from inference_sched.params import NoParams, parse_params
+from inference_sched.plugins.filters import (
+    ByLabelSelector,
+    DecodeFilter,
+    LabelRequirement,
+    LabelSelectorFilter,
+    PrefillFilter,
+)
+from inference_sched.state import EndpointTable
+from inference_sched.types import ROLE_LABEL, CycleState, Endpoint, Request
+
+PATH = "plugins[0].parameters"
+
+# row -> llm-d.ai/role label (None: unlabeled)
+_ROLES: list[str | None] = [
+    "decode",  # 0
+    "prefill",  # 1
+    "both",  # 2
+    None,  # 3
+    "prefill-decode",  # 4
+    "encode",  # 5
+    "encode-prefill",  # 6
+    "encode-prefill-decode",  # 7
+    "gpu",  # 8: a value no role spells
+    "",  # 9: empty value
+]
+
+
+def _role_table() -> EndpointTable:
+    table = EndpointTable(clock=lambda: 100.0)
+    for i, role in enumerate(_ROLES):
+        labels = {} if role is None else {ROLE_LABEL: role}
+        table.add(Endpoint(f"e{i}", f"10.0.0.{i}", 8000, labels=labels))
+    return table
+
+
+def _filter(plugin: Any, table: EndpointTable, candidates: list[int]) -> list[int]:
+    rows = np.asarray(candidates, dtype=np.int32)
+    before = rows.copy()
+    kept = plugin.filter(CycleState(np.random.default_rng(0)), Request("r", "m"), table, rows)
+    np.testing.assert_array_equal(rows, before)  # the input is not modified
+    assert kept.dtype == np.int32
+    return list(kept.tolist())
+
+
+ALL_ROWS = list(range(len(_ROLES)))
+
+
+@pytest.mark.parametrize(
+    ("candidates", "expected"),
+    [
+        pytest.param(ALL_ROWS, [0, 2, 3, 4, 7], id="all"),
+        pytest.param([7, 3, 1, 0], [7, 3, 0], id="order-kept"),
+        pytest.param([3], [3], id="unlabeled-kept"),
+        pytest.param([1, 5, 6, 8, 9], [], id="none-left"),
+    ],
+)
+def test_decode_filter(candidates: list[int], expected: list[int]) -> None:
+    table = _role_table()
+    plugin = DecodeFilter("decode", NoParams(), PluginHandle(table))
+    assert _filter(plugin, table, candidates) == expected
+
+
+@pytest.mark.parametrize(
+    ("candidates", "expected"),
+    [
+        pytest.param(ALL_ROWS, [1, 2, 4, 6, 7], id="all"),
+        pytest.param([7, 3, 1, 0], [7, 1], id="order-kept"),
+        pytest.param([3], [], id="unlabeled-dropped"),
+        pytest.param([0, 5, 8, 9], [], id="none-left"),
+    ],
+)
+def test_prefill_filter(candidates: list[int], expected: list[int]) -> None:
+    table = _role_table()
+    plugin = PrefillFilter("prefill", NoParams(), PluginHandle(table))
+    assert _filter(plugin, table, candidates) == expected
+
+
+def test_role_filters_follow_relabeling() -> None:
+    table = _role_table()
+    decode = DecodeFilter("decode", NoParams(), PluginHandle(table))
+    table.upsert(Endpoint("e1", "10.0.0.1", 8000, labels={ROLE_LABEL: "decode"}))
+    assert _filter(decode, table, [0, 1]) == [0, 1]
+
+
+def test_role_label_is_read_case_insensitively() -> None:
+    # types.Role.from_label normalises case and whitespace; llm-d compares exactly.
+    table = EndpointTable()
+    table.add(Endpoint("e0", "10.0.0.1", 8000, labels={ROLE_LABEL: " Decode"}))
+    decode = DecodeFilter("decode", NoParams(), PluginHandle(table))
+    assert _filter(decode, table, [0]) == [0]
+
+
+# ---------------------------------------------------------------- label selector
+_LABELS: list[dict[str, str]] = [
+    {"app": "vllm", "tier": "gold", "zone": "a"},  # 0
+    {"app": "vllm", "tier": "silver"},  # 1
+    {"app": "sglang", "zone": "b"},  # 2
+    {},  # 3
+    {"app": ""},  # 4
+]
+
+
+def _label_table() -> EndpointTable:
+    table = EndpointTable(clock=lambda: 100.0)
+    for i, labels in enumerate(_LABELS):
+        table.add(Endpoint(f"e{i}", f"10.0.0.{i}", 8000, labels=labels))
+    return table
+
+
+def _selector(
+    table: EndpointTable, raw: dict[str, Any] | None, cls: Any = LabelSelectorFilter
+) -> Any:
+    return cls("sel", parse_params(cls.Params, raw, PATH), PluginHandle(table))
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(None, [0, 1, 2, 3, 4], id="empty-selector-matches-all"),
+        pytest.param({"matchLabels": {"app": "vllm"}}, [0, 1], id="match-labels"),
+        pytest.param({"matchLabels": {"app": "vllm", "tier": "gold"}}, [0], id="match-labels-and"),
+        pytest.param({"matchLabels": {"app": ""}}, [4], id="match-empty-value"),
+        pytest.param(
+            {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["gold", "silver"]}]},
+            [0, 1],
+            id="in",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["gold"]}]},
+            [1, 2, 3, 4],
+            id="not-in-matches-absent",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "zone", "operator": "Exists"}]}, [0, 2], id="exists"
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "zone", "operator": "DoesNotExist", "values": []}]},
+            [1, 3, 4],
+            id="does-not-exist",
+        ),
+        pytest.param(
+            {
+                "matchLabels": {"app": "vllm"},
+                "matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}],
+            },
+            [1],
+            id="labels-and-expressions",
+        ),
+        pytest.param(
+            {
+                "matchExpressions": [
+                    {"key": "app", "operator": "Exists"},
+                    {"key": "app", "operator": "NotIn", "values": ["sglang", ""]},
+                ]
+            },
+            [0, 1],
+            id="expressions-and",
+        ),
+        pytest.param({"matchLabels": {"app": "tgi"}}, [], id="none-left"),
+    ],
+)
+def test_label_selector(raw: dict[str, Any] | None, expected: list[int]) -> None:
+    table = _label_table()
+    assert _filter(_selector(table, raw), table, list(range(len(_LABELS)))) == expected
+
+
+def test_label_selector_subset_keeps_order() -> None:
+    table = _label_table()
+    plugin = _selector(table, {"matchExpressions": [{"key": "app", "operator": "Exists"}]})
+    assert _filter(plugin, table, [4, 3, 1, 0]) == [4, 1, 0]
+
+
+def test_label_selector_follows_table_changes() -> None:
+    table = _label_table()
+    plugin = _selector(table, {"matchLabels": {"app": "vllm"}})
+    assert _filter(plugin, table, [0, 1, 2]) == [0, 1]
+    table.upsert(Endpoint("e2", "10.0.0.2", 8000, labels={"app": "vllm"}))  # relabeled
+    table.remove("e0")
+    assert _filter(plugin, table, [1, 2]) == [1, 2]
+    for i in range(5, 40):  # grow past the initial capacity
+        table.add(Endpoint(f"e{i}", f"10.0.1.{i}", 8000, labels={"app": "vllm" if i % 2 else "x"}))
+    kept = _filter(plugin, table, list(table.candidates().tolist()))
+    # e5 (vllm) reuses row 0; then e{i} lands on row i - 1 and odd i are vllm.
+    assert kept == [0, 1, 2, *range(6, 40, 2)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            {"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["x"]}]},
+            r"^plugins\[0\]\.parameters\.matchExpressions\[0\]\.operator: expected one of In, "
+            r"NotIn, Exists, DoesNotExist, got 'Equals' \(str\)$",
+            id="bad-operator",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "a", "operator": "in", "values": ["x"]}]},
+            r"matchExpressions\[0\]\.operator: expected one of .*, got 'in' \(str\)$",
+            id="operator-is-case-sensitive",
+        ),
+        pytest.param(
+            {
+                "matchExpressions": [
+                    {"key": "a", "operator": "Exists"},
+                    {"key": "b", "operator": "In", "values": []},
+                ]
+            },
+            r"\.matchExpressions\[1\]\.values: expected a non-empty list for operator In, "
+            r"got \[\] \(list\)$",
+            id="in-without-values",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "b", "operator": "NotIn"}]},
+            r"\.matchExpressions\[0\]\.values: expected a non-empty list for operator NotIn",
+            id="notin-values-missing",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "b", "operator": "Exists", "values": ["x"]}]},
+            r"\.matchExpressions\[0\]\.values: expected no values for operator Exists, "
+            r"got \['x'\] \(list\)$",
+            id="exists-with-values",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"operator": "Exists"}]},
+            r"\.matchExpressions\[0\]\.key: expected a label key \(required\), got None",
+            id="key-missing",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "bad key!", "operator": "Exists"}]},
+            r"\.matchExpressions\[0\]\.key: expected a label key: .*, got 'bad key!' \(str\)$",
+            id="key-invalid",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "Example.COM/x", "operator": "Exists"}]},
+            r"\.matchExpressions\[0\]\.key: expected a label key",
+            id="key-prefix-upper-case",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "a", "operator": "In", "values": "gold"}]},
+            r"\.matchExpressions\[0\]\.values: expected a list of str, got 'gold' \(str\)$",
+            id="values-not-list",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "a", "operator": "In", "values": ["ok", 3]}]},
+            r"\.matchExpressions\[0\]\.values\[1\]: expected a label value: .*, got 3 \(int\)$",
+            id="value-not-str",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": "a", "operator": "Exists", "value": []}]},
+            r"\.matchExpressions\[0\]: expected only the keys key, operator and values, "
+            r"got 'value' \(str\)$",
+            id="unknown-expression-key",
+        ),
+        pytest.param(
+            {"matchExpressions": ["a=b"]},
+            r"\.matchExpressions\[0\]: expected a mapping with keys key, operator and values",
+            id="expression-not-mapping",
+        ),
+        pytest.param(
+            {"matchExpressions": {"key": "a"}},
+            r"\.matchExpressions: expected a list of \{key, operator, values\}",
+            id="expressions-not-list",
+        ),
+        pytest.param(
+            {"matchLabels": ["app"]},
+            r"^plugins\[0\]\.parameters\.matchLabels: expected a mapping of label key to value",
+            id="labels-not-mapping",
+        ),
+        pytest.param(
+            {"matchLabels": {"app": "has space"}},
+            r"\.matchLabels\.app: expected a label value: .*, got 'has space' \(str\)$",
+            id="label-value-invalid",
+        ),
+        pytest.param(
+            {"matchLabels": {"app": 1}},
+            r"\.matchLabels\.app: expected a label value: .*, got 1 \(int\)$",
+            id="label-value-not-str",
+        ),
+        pytest.param(
+            {"matchLabel": {"app": "x"}},
+            r"unknown key 'matchLabel' \(did you mean 'matchLabels'\?\)",
+            id="typo",
+        ),
+    ],
+)
+def test_label_selector_params_rejected(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        parse_params(LabelSelectorFilter.Params, raw, PATH)
+
+
+def test_label_selector_params_parsed() -> None:
+    params = parse_params(
+        LabelSelectorFilter.Params,
+        {
+            "matchLabels": {"llm-d.ai/role": "decode"},
+            "matchExpressions": [
+                {"key": "example.com/tier", "operator": "In", "values": ["a", "b-1.x_y"]}
+            ],
+        },
+        PATH,
+    )
+    assert dict(params.match_labels) == {"llm-d.ai/role": "decode"}
+    assert params.match_expressions == (
+        LabelRequirement("example.com/tier", "In", ("a", "b-1.x_y")),
+    )
+
+
+def test_by_label_selector_is_a_deprecated_alias(caplog: pytest.LogCaptureFixture) -> None:
+    table = _label_table()
+    raw = {"matchLabels": {"app": "vllm"}}
+    with caplog.at_level(logging.WARNING, logger="inference_sched.plugins.filters"):
+        alias = _selector(table, raw, ByLabelSelector)
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin 'sel': type 'by-label-selector' is deprecated; use 'label-selector-filter' "
+        "(same parameters)"
+    ]
+    assert _filter(alias, table, [0, 1, 2, 3, 4]) == [0, 1]
+    assert ByLabelSelector.type == "by-label-selector"
+    assert LabelSelectorFilter.type == "label-selector-filter"
+    assert registry.get("by-label-selector") is ByLabelSelector
+
+
+def test_label_selector_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        _selector(_label_table(), None)
+    assert caplog.records == []

@@ -1,0 +1,142 @@
+"""prefix-cache-scorer (GIE gie.md §4.2, scorer side)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference_sched.errors import ParameterError
+from inference_sched.handle import PluginHandle
+from inference_sched.params import parse_params
+from inference_sched.plugins.prefix import (
+    PREFIX_CACHE_MATCH_INFO,
+    PrefixCacheMatchInfo,
+    PrefixCacheScorer,
+)
+from inference_sched.types import CycleState, Request
+from tests.helpers import make_table
+
+PATH = "plugins[0].parameters"
+LOGGER = "inference_sched.plugins.prefix"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _scorer(clock: _Clock | None = None) -> PrefixCacheScorer:
+    table = make_table(4)
+    params = parse_params(PrefixCacheScorer.Params, None, PATH)
+    return PrefixCacheScorer("prefix", params, PluginHandle(table, clock=clock or _Clock()))
+
+
+def _score(scorer: PrefixCacheScorer, info: Any, candidates: list[int]) -> np.ndarray:
+    cycle = CycleState(np.random.default_rng(0))
+    if info is not None:
+        cycle.write(PREFIX_CACHE_MATCH_INFO, info)
+    rows = np.asarray(candidates, dtype=np.int32)
+    out = np.full(len(rows), 7.0, dtype=np.float32)  # every entry must be written
+    scorer.score(cycle, Request("r", "m"), make_table(4), rows, out)
+    return out
+
+
+def _info(match: list[float], total: int) -> PrefixCacheMatchInfo:
+    return PrefixCacheMatchInfo(np.asarray(match, dtype=np.float64), total, 16)
+
+
+@pytest.mark.parametrize(
+    ("match", "total", "candidates", "expected"),
+    [
+        pytest.param([4, 0, 2, 8], 8, [0, 1, 2, 3], [0.5, 0.0, 0.25, 1.0], id="fractions"),
+        pytest.param([4, 0, 2, 8], 8, [3, 0], [1.0, 0.5], id="subset"),
+        pytest.param([3, 3, 3, 3], 4, [0, 1, 2, 3], [0.75] * 4, id="all-equal"),
+        pytest.param([1, 2, 0, 0, 0, 0], 3, [1], [0.6666667], id="single-longer-array"),
+        pytest.param([0, 0, 0, 0], 0, [0, 1, 2, 3], [0.0] * 4, id="no-blocks"),
+    ],
+)
+def test_prefix_cache_scorer(
+    match: list[float], total: int, candidates: list[int], expected: list[float]
+) -> None:
+    out = _score(_scorer(), _info(match, total), candidates)
+    np.testing.assert_array_equal(out, np.asarray(expected, dtype=np.float32))
+
+
+def test_missing_data_scores_zero_and_warns_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = _Clock()
+    scorer = _scorer(clock)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        for _ in range(3):
+            np.testing.assert_array_equal(_score(scorer, None, [0, 2]), np.zeros(2, np.float32))
+        clock.now += 59.0
+        _score(scorer, None, [0])
+        assert len(caplog.records) == 1
+        clock.now += 1.0
+        _score(scorer, None, [0])
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        messages
+        == [
+            "prefix: no PrefixCacheMatchInfo in the cycle (is a prefix producer configured?); "
+            "scoring 0"
+        ]
+        * 2
+    )
+
+
+def test_wrong_data_type_scores_zero_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        out = _score(_scorer(), {"match": 1}, [0, 1])
+    np.testing.assert_array_equal(out, np.zeros(2, np.float32))
+    assert [r.getMessage() for r in caplog.records] == [
+        "prefix: PrefixCacheMatchInfo holds dict, not PrefixCacheMatchInfo; scoring 0"
+    ]
+
+
+def test_metadata() -> None:
+    assert PrefixCacheScorer.type == "prefix-cache-scorer"
+    assert PrefixCacheScorer.category == "Affinity"
+    assert PrefixCacheScorer.consumes == frozenset({"PrefixCacheMatchInfo"})
+
+
+def test_producer_keys_are_accepted_and_ignored() -> None:
+    warnings: list[str] = []
+    raw = {
+        "blockSize": 64,
+        "maxPrefixBlocksToMatch": 256,
+        "lruCapacityPerServer": 31250,
+        "autoTune": False,
+    }
+    params = parse_params(PrefixCacheScorer.Params, raw, PATH, warn=warnings.append)
+    assert params.block_size == 64
+    suffix = ": ignored by prefix-cache-scorer (as in GIE); set it on approx-prefix-cache-producer"
+    assert warnings == [f"{PATH}.{key}{suffix}" for key in raw]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            {"blockSize": "x"},
+            r"^plugins\[0\]\.parameters\.blockSize: expected int, got 'x'",
+            id="bad-type",
+        ),
+        pytest.param({"autoTune": 1}, r"\.autoTune: expected bool, got 1 \(int\)$", id="bad-bool"),
+        pytest.param(
+            {"hashBlockSise": 64},
+            r"unknown key 'hashBlockSise' \(did you mean 'hashBlockSize'",
+            id="typo",
+        ),
+    ],
+)
+def test_params_rejected(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        parse_params(PrefixCacheScorer.Params, raw, PATH)
