@@ -113,7 +113,7 @@ class NoEndpointError(InferenceSchedError, LookupError):
     """A profile ended with no candidate endpoint.
 
     Attributes:
-        profile: the profile's name.
+        profile: the profile's name (``""`` when there were no candidates at all).
         filter: name of the filter that emptied the candidate set, or ``""`` when the
             set was empty before any filter ran (empty pool or gateway subset).
     """
@@ -121,8 +121,13 @@ class NoEndpointError(InferenceSchedError, LookupError):
     def __init__(self, profile: str, filter: str = "") -> None:
         self.profile = profile
         self.filter = filter
-        where = f"filter {filter!r} removed every candidate" if filter else "no candidates"
-        super().__init__(f"profile {profile!r}: no endpoints available: {where}")
+        if not profile:
+            message = "no candidate endpoints: the pool (or the gateway's subset) is empty"
+        elif filter:
+            message = f"profile {profile!r}: filter {filter!r} removed every candidate"
+        else:
+            message = f"profile {profile!r}: no candidate endpoints"
+        super().__init__(message)
 
 
 class SchedulingError(InferenceSchedError, RuntimeError):

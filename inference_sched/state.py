@@ -272,12 +272,16 @@ class EndpointTable:
         )
 
     def candidates(self) -> Candidates:
-        """Rows of every live, healthy endpoint, ascending (int32, read-only, cached)."""
+        """Rows of every live, healthy endpoint, ascending (int32, cached).
+
+        The array is shared until the next structural change: do not modify it. (It is
+        not flagged read-only because Numba compiles a second specialisation of every
+        kernel for read-only arrays.)
+        """
         cached = self._candidates
         if cached is None:
             mask = self.is_alive[: self._high_water] & self.is_healthy[: self._high_water]
             cached = np.flatnonzero(mask).astype(np.int32)
-            cached.setflags(write=False)
             self._candidates = cached
         return cached
 

@@ -328,14 +328,17 @@ class ProfileRunResult:
     """The ranked endpoints one profile chose: the pick first, then fallbacks.
 
     Attributes:
-        rows: table rows, best first (int32, read-only).
+        rows: table rows, best first.
         endpoints: the endpoints at those rows, same order.
         scores: the weighted total score of each, same order.
+
+    Tuples, not arrays: a result holds a handful of entries, and building small NumPy
+    arrays would cost more than the rest of the decision.
     """
 
-    rows: npt.NDArray[np.int32]
+    rows: tuple[int, ...]
     endpoints: tuple[Endpoint, ...]
-    scores: npt.NDArray[np.float32]
+    scores: tuple[float, ...]
 
     @property
     def endpoint(self) -> Endpoint:

@@ -1,0 +1,471 @@
+"""Scheduler: the profile-handler loop of GIE, the request lifecycle hooks, batches.
+
+Design note. ``schedule(request)`` is GIE's ``Scheduler.Schedule`` plus the Director's
+steps around it: candidates (the healthy pool, or the gateway's subset) → data producers
+(dependency order) → the profile handler picks profiles and runs them until it says stop
+→ ``process_results`` → PreRequest hooks. Response hooks are called by the embedder as the
+upstream response arrives, with the result it routed on, so plugins can release the
+per-request state they took in PreRequest.
+
+A profile handler may declare ``static_profile(profiles) -> name | None``: the one profile
+it always runs, made primary, whatever the request (``single-profile-handler`` does). The
+scheduler then runs that profile directly instead of the handler loop: same answer, a few
+microseconds less per decision.
+
+``schedule_batch`` returns what calling ``schedule`` on each request in order would
+return. When every plugin on the path declares that its output does not depend on the
+request nor on earlier decisions of the batch (``is_batch_invariant``: load scorers fed by
+scraped metrics, role and label filters) and the picker can rank one score vector for
+many requests (``pick_shared``), the batch filters and scores once and ranks all requests
+in one kernel call; otherwise it loops over ``schedule``.
+
+Every plugin call is isolated (see :mod:`inference_sched.profile`): a raising plugin is
+counted and logged, and the cycle degrades instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .config import EndpointPickerConfig, load_config
+from .errors import ConfigError, InferenceSchedError, NoEndpointError, SchedulingError
+from .handle import PluginHandle
+from .interfaces import (
+    DataProducer,
+    Filter,
+    Picker,
+    PreRequest,
+    ProfileHandler,
+    ResponseComplete,
+    ResponseReceived,
+    ResponseStreaming,
+    Scorer,
+)
+from .profile import PluginStats, SchedulingProfile
+from .registry import kinds_of
+from .state import EndpointTable
+from .types import Candidates, CycleState, ProfileRunResult, Request, Response, SchedulingResult
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger(__name__)
+
+ConfigSource = EndpointPickerConfig | str | os.PathLike[str] | Mapping[str, Any] | None
+
+_MAX_ROUNDS_PER_PROFILE: Final = 2
+
+
+def _stats(point: str, plugin: Any) -> PluginStats:
+    return PluginStats(point, getattr(plugin, "type", type(plugin).__name__), plugin.name)
+
+
+class Scheduler:
+    """Schedules requests onto the endpoints of one pool.
+
+    Build it from a config with :meth:`from_config`, or from plugin instances directly.
+
+    Args:
+        table: the pool's endpoint state.
+        profiles: scheduling profiles by name.
+        handler: the profile handler.
+        producers: data producers, in dependency order.
+        plugins: every plugin instance by name; the lifecycle hooks (PreRequest,
+            Response*) are taken from it, in order, whatever profile they belong to.
+        seed: seeds the random tie-breaks; ``None`` draws fresh entropy.
+    """
+
+    def __init__(
+        self,
+        table: EndpointTable,
+        profiles: Mapping[str, SchedulingProfile],
+        handler: ProfileHandler,
+        *,
+        producers: Sequence[DataProducer] = (),
+        plugins: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not profiles:
+            raise ValueError("a scheduler needs at least one profile")
+        self.table = table
+        self.profiles = dict(profiles)
+        self.handler = handler
+        self.plugins = dict(plugins or {})
+        self.rng = np.random.default_rng(seed)
+        self._clock = table.clock
+        hooks = list(self.plugins.values())
+        self._producers = [(p, _stats("PrepareData", p)) for p in producers]
+        self._pre_request = [(p, _stats("PreRequest", p)) for p in _having(hooks, "pre_request")]
+        self._received = [
+            (p, _stats("ResponseReceived", p)) for p in _having(hooks, "response_received")
+        ]
+        self._streaming = [
+            (p, _stats("ResponseStreaming", p)) for p in _having(hooks, "response_streaming")
+        ]
+        self._complete = [
+            (p, _stats("ResponseComplete", p)) for p in _having(hooks, "response_complete")
+        ]
+        self._handler_pick = _stats("ProfilePicker", handler)
+        self._handler_process = _stats("ProcessProfilesResults", handler)
+        self._max_rounds = _MAX_ROUNDS_PER_PROFILE * len(self.profiles)
+        static = getattr(handler, "static_profile", None)
+        name = static(self.profiles) if callable(static) else None
+        self._static_profile: SchedulingProfile | None = (
+            None if name is None else self.profiles[name]
+        )
+        self.e2e_ns = 0
+        """Total time spent in ``schedule`` (nanoseconds), GIE's scheduler e2e duration."""
+        self.cycles = 0
+        """Scheduling cycles run (``scheduler_attempts_total``)."""
+        self.failures = 0
+        """Cycles that ended in an error."""
+
+    # --------------------------------------------------------------- building
+    @classmethod
+    def from_config(
+        cls,
+        config: ConfigSource = None,
+        table: EndpointTable | None = None,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Scheduler:
+        """Build every plugin of an ``EndpointPickerConfig`` and wire the scheduler.
+
+        Args:
+            config: a loaded config, YAML text, a path, a parsed mapping, or ``None``
+                for GIE's default (queue 2, kv-cache 2, prefix 3, max-score picker).
+            table: the endpoint table to schedule over (a new empty one by default).
+            seed: seeds random tie-breaks.
+            clock: time source for a new table.
+
+        Raises:
+            ConfigError: the config is invalid, or a plugin's constructor failed (the
+                error names the plugin's path in the config).
+        """
+        if not isinstance(config, EndpointPickerConfig):
+            config = load_config(config)
+        if table is None:
+            table = EndpointTable(clock=clock) if clock is not None else EndpointTable()
+        handle = PluginHandle(table, clock=clock)
+        for spec in config.plugins:
+            try:
+                instance = spec.cls(spec.name, spec.params, handle)
+            except InferenceSchedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any constructor failure is a config error
+                raise ConfigError(
+                    f"plugin {spec.name!r} ({spec.type}) failed to start: "
+                    f"{type(exc).__name__}: {exc}",
+                    path=spec.path,
+                ) from exc
+            handle.add_plugin(spec.name, instance)
+        plugins = handle.plugins()
+        profiles = {p.name: _build_profile(p, plugins) for p in config.scheduling_profiles}
+        handlers = [p for p in plugins.values() if "profile-handler" in kinds_of(type(p))]
+        if len(handlers) != 1:  # the config loader guarantees one; guard hand-made configs
+            raise ConfigError(f"expected exactly one profile handler, found {len(handlers)}")
+        producers = _dependency_order(
+            [p for p in plugins.values() if "data-producer" in kinds_of(type(p))]
+        )
+        return cls(table, profiles, handlers[0], producers=producers, plugins=plugins, seed=seed)
+
+    # ------------------------------------------------------------- scheduling
+    def schedule(self, request: Request) -> SchedulingResult:
+        """Pick the endpoint (and fallbacks) for one request, then run PreRequest hooks.
+
+        Raises:
+            NoEndpointError: no candidate endpoint (empty pool or gateway subset):
+                GIE answers 503.
+            SchedulingError: every profile failed or the handler rejected the
+                results: GIE answers 429. ``profile_errors`` says why per profile.
+        """
+        t0 = time.perf_counter_ns()
+        self.cycles += 1
+        try:
+            cycle = CycleState(self.rng, self._clock())
+            candidates = self.table.candidates_for(request.subset_hint)
+            if len(candidates) == 0:
+                raise NoEndpointError("")
+            if self._producers:
+                self._prepare(cycle, request, candidates)
+            profile = self._static_profile
+            if profile is None:
+                result = self._run_profiles(cycle, request, candidates)
+            else:
+                result = self._run_static(cycle, request, candidates, profile)
+            if self._pre_request:
+                self._run_pre_request(cycle, request, result)
+            return result
+        except InferenceSchedError:
+            self.failures += 1
+            raise
+        finally:
+            self.e2e_ns += time.perf_counter_ns() - t0
+
+    def schedule_batch(
+        self, requests: Sequence[Request]
+    ) -> list[SchedulingResult | InferenceSchedError]:
+        """Schedule many requests; entry ``i`` is the result (or error) of ``requests[i]``.
+
+        Equivalent to calling :meth:`schedule` on each request in order (errors are
+        returned in place instead of raised), with the Python overhead amortised when
+        the plugins allow it (see the module docstring).
+        """
+        plan = self._batch_plan(requests)
+        if plan is None:
+            return [self._schedule_or_error(r) for r in requests]
+        return self._schedule_shared(requests, plan)
+
+    # -------------------------------------------------------------- responses
+    def response_received(
+        self, request: Request, response: Response, result: SchedulingResult
+    ) -> None:
+        """Run ResponseReceived hooks (upstream headers arrived)."""
+        for plugin, stats in self._received:
+            _call(stats, plugin.response_received, request, response, result)
+
+    def response_streaming(
+        self, request: Request, response: Response, result: SchedulingResult
+    ) -> None:
+        """Run ResponseStreaming hooks (a body chunk arrived)."""
+        for plugin, stats in self._streaming:
+            _call(stats, plugin.response_streaming, request, response, result)
+
+    def response_complete(
+        self, request: Request, response: Response, result: SchedulingResult
+    ) -> None:
+        """Run ResponseComplete hooks. Call exactly once per scheduled request, also on
+        errors and client disconnects, so plugins release per-request state."""
+        for plugin, stats in self._complete:
+            _call(stats, plugin.response_complete, request, response, result)
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> list[PluginStats]:
+        """Per-plugin counters at every extension point (calls, errors, time)."""
+        out = [self._handler_pick, self._handler_process]
+        out += [s for _, s in self._producers]
+        for profile in self.profiles.values():
+            out += profile.stats()
+        for hooks in (self._pre_request, self._received, self._streaming, self._complete):
+            out += [s for _, s in hooks]
+        return out
+
+    # ---------------------------------------------------------------- phases
+    def _prepare(self, cycle: CycleState, request: Request, candidates: Candidates) -> None:
+        for plugin, stats in self._producers:
+            _call(stats, plugin.prepare_request_data, cycle, request, self.table, candidates)
+
+    def _run_profiles(
+        self, cycle: CycleState, request: Request, candidates: Candidates
+    ) -> SchedulingResult:
+        results: dict[str, ProfileRunResult | None] = {}
+        errors: dict[str, Exception] = {}
+        for _ in range(self._max_rounds):
+            chosen = self._pick_profiles(cycle, request, results)
+            if not chosen:
+                break
+            for name, profile in chosen.items():
+                try:
+                    results[name] = profile.run(cycle, request, self.table, candidates)
+                except NoEndpointError as exc:
+                    results[name] = None
+                    errors[name] = exc
+        else:
+            raise SchedulingError(
+                f"profile handler {self.handler.name!r} did not stop after "
+                f"{self._max_rounds} rounds",
+                errors,
+            )
+        if all(r is None for r in results.values()):
+            detail = "; ".join(str(e) for e in errors.values()) or "no profile was chosen"
+            raise SchedulingError(f"failed to run any scheduler profile: {detail}", errors)
+        stats = self._handler_process
+        t0 = time.perf_counter_ns()
+        try:
+            return self.handler.process_results(cycle, request, results)
+        except SchedulingError as exc:
+            exc.profile_errors.update(errors)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not escape as a crash
+            stats.failed(exc)
+            raise SchedulingError(
+                f"profile handler {self.handler.name!r} failed: {exc!r}", errors
+            ) from exc
+        finally:
+            stats.calls += 1
+            stats.total_ns += time.perf_counter_ns() - t0
+
+    def _run_static(
+        self,
+        cycle: CycleState,
+        request: Request,
+        candidates: Candidates,
+        profile: SchedulingProfile,
+    ) -> SchedulingResult:
+        # The handler declared that it always runs exactly this profile and makes it
+        # primary (``static_profile``): skip the loop, same answer, microseconds less.
+        try:
+            run = profile.run(cycle, request, self.table, candidates)
+        except NoEndpointError as exc:
+            raise SchedulingError(
+                f"failed to run any scheduler profile: {exc}", {profile.name: exc}
+            ) from exc
+        return SchedulingResult({profile.name: run}, profile.name)
+
+    def _pick_profiles(
+        self, cycle: CycleState, request: Request, results: Mapping[str, ProfileRunResult | None]
+    ) -> Mapping[str, SchedulingProfile]:
+        stats = self._handler_pick
+        t0 = time.perf_counter_ns()
+        try:
+            return self.handler.pick_profiles(cycle, request, self.profiles, results)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not escape as a crash
+            stats.failed(exc)
+            raise SchedulingError(
+                f"profile handler {self.handler.name!r} failed to pick profiles: {exc!r}"
+            ) from exc
+        finally:
+            stats.calls += 1
+            stats.total_ns += time.perf_counter_ns() - t0
+
+    def _run_pre_request(
+        self, cycle: CycleState, request: Request, result: SchedulingResult
+    ) -> None:
+        for plugin, stats in self._pre_request:
+            _call(stats, plugin.pre_request, cycle, request, result)
+
+    def _schedule_or_error(self, request: Request) -> SchedulingResult | InferenceSchedError:
+        try:
+            return self.schedule(request)
+        except InferenceSchedError as exc:
+            return exc
+
+    # ----------------------------------------------------------------- batches
+    def _batch_plan(self, requests: Sequence[Request]) -> SchedulingProfile | None:
+        """The single profile a batch can share, or ``None`` to loop over ``schedule``."""
+        profile = self._static_profile
+        if len(requests) < 2 or self._producers or profile is None:
+            return None
+        plugins: Iterable[Any] = (*profile.filters, *profile.scorers)
+        if not all(getattr(p, "is_batch_invariant", False) for p in plugins):
+            return None
+        if not callable(getattr(profile.picker, "pick_shared", None)):
+            return None
+        first = requests[0].subset_hint
+        if any(r.subset_hint != first for r in requests):
+            return None
+        return profile
+
+    def _schedule_shared(
+        self, requests: Sequence[Request], profile: SchedulingProfile
+    ) -> list[SchedulingResult | InferenceSchedError]:
+        t0 = time.perf_counter_ns()
+        n = len(requests)
+        self.cycles += n
+        cycle = CycleState(self.rng, self._clock())
+        try:
+            candidates = self.table.candidates_for(requests[0].subset_hint)
+            if len(candidates) == 0:
+                raise NoEndpointError("")
+            # Invariant filters and scorers see the same data for every request: run once.
+            candidates = profile.filter(cycle, requests[0], self.table, candidates)
+            totals = profile.score(cycle, requests[0], self.table, candidates)
+        except NoEndpointError as exc:
+            self.failures += n
+            error: InferenceSchedError = exc
+            if exc.profile:
+                error = SchedulingError(f"failed to run any scheduler profile: {exc}", {
+                    profile.name: exc
+                })
+            self.e2e_ns += time.perf_counter_ns() - t0
+            return [error] * n
+        ranked, counts = profile.picker.pick_shared(cycle, candidates, totals, n)  # type: ignore[attr-defined]
+        out = self._package_shared(requests, profile, candidates, totals, ranked, counts)
+        self.e2e_ns += time.perf_counter_ns() - t0
+        return out
+
+    def _package_shared(
+        self,
+        requests: Sequence[Request],
+        profile: SchedulingProfile,
+        candidates: Candidates,
+        totals: npt.NDArray[np.float32],
+        ranked: npt.NDArray[np.int32],
+        counts: npt.NDArray[np.int32],
+    ) -> list[SchedulingResult | InferenceSchedError]:
+        endpoint_at = self.table.endpoint_at
+        name = profile.name
+        rows2d = candidates.take(ranked).tolist()
+        scores2d = totals.take(ranked).tolist()
+        counts_list = counts.tolist()
+        out: list[SchedulingResult | InferenceSchedError] = []
+        pre_request = self._pre_request
+        for request, rows_all, scores_all, k in zip(
+            requests, rows2d, scores2d, counts_list, strict=True
+        ):
+            rows = tuple(rows_all[:k])
+            run = ProfileRunResult(rows, tuple([endpoint_at(r) for r in rows]), tuple(scores_all[:k]))
+            result = SchedulingResult({name: run}, name)
+            if pre_request:
+                self._run_pre_request(CycleState(self.rng, self._clock()), request, result)
+            out.append(result)
+        return out
+
+
+def _call(stats: PluginStats, fn: Callable[..., None], *args: Any) -> None:
+    t0 = time.perf_counter_ns()
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - isolate third-party plugins (profile module doc)
+        stats.failed(exc)
+    stats.total_ns += time.perf_counter_ns() - t0
+    stats.calls += 1
+
+
+def _having(plugins: Iterable[Any], method: str) -> list[Any]:
+    return [p for p in plugins if callable(getattr(p, method, None))]
+
+
+def _build_profile(spec: Any, plugins: Mapping[str, Any]) -> SchedulingProfile:
+    filters: list[Filter] = []
+    scorers: list[tuple[Scorer, float]] = []
+    picker: Picker | None = None
+    for ref in spec.plugins:
+        plugin = plugins[ref.plugin_ref]
+        kinds = kinds_of(type(plugin))
+        if "filter" in kinds:
+            filters.append(plugin)
+        if "scorer" in kinds:
+            scorers.append((plugin, 1.0 if ref.weight is None else float(ref.weight)))
+        if "picker" in kinds:
+            picker = plugin
+    return SchedulingProfile(spec.name, filters, scorers, picker)
+
+
+def _dependency_order(producers: list[DataProducer]) -> list[DataProducer]:
+    """Producers ordered so that each runs after the producers of what it consumes."""
+    ordered: list[DataProducer] = []
+    pending = list(producers)
+    made: set[str] = set()
+    all_made = {key for p in producers for key in getattr(p, "produces", ())}
+    while pending:
+        ready = [
+            p
+            for p in pending
+            if all(k in made or k not in all_made for k in getattr(p, "consumes", ()))
+        ]
+        if not ready:
+            names = ", ".join(p.name for p in pending)
+            raise ConfigError(f"data producers depend on each other in a cycle: {names}")
+        for p in ready:
+            ordered.append(p)
+            made.update(getattr(p, "produces", ()))
+            pending.remove(p)
+    return ordered
