@@ -27,6 +27,8 @@ import attrs
 from .errors import ParameterError
 
 __all__ = [
+    "DEPRECATED_KEY",
+    "PARSE_KEY",
     "NoParams",
     "ParamCheck",
     "at_least",
@@ -49,8 +51,12 @@ T = TypeVar("T")
 P = TypeVar("P")
 Check = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
-_PARSE: Final = "inference_sched.parse"
-_DEPRECATED: Final = "inference_sched.deprecated"
+PARSE_KEY: Final = "inference_sched.parse"
+"""Field metadata key of a ``parse=`` function (raw config value -> value)."""
+DEPRECATED_KEY: Final = "inference_sched.deprecated"
+"""Field metadata key of a deprecation message."""
+_PARSE: Final = PARSE_KEY
+_DEPRECATED: Final = DEPRECATED_KEY
 
 
 @attrs.frozen
@@ -103,14 +109,15 @@ def param(
         factory: default factory for mutable defaults.
     """
     checks = [check] if callable(check) else list(check)
+    validator = attrs.validators.and_(*checks) if checks else None
     metadata: dict[str, Any] = {}
     if parse is not None:
         metadata[_PARSE] = parse
     if deprecated is not None:
         metadata[_DEPRECATED] = deprecated
     if factory is not None:
-        return attrs.field(factory=factory, validator=checks, metadata=metadata, alias=alias)
-    return attrs.field(default=default, validator=checks, metadata=metadata, alias=alias)
+        return attrs.field(factory=factory, validator=validator, metadata=metadata, alias=alias)
+    return attrs.field(default=default, validator=validator, metadata=metadata, alias=alias)
 
 
 def _key(attribute: attrs.Attribute[Any]) -> str:
@@ -291,8 +298,6 @@ def parse_params(
     errors.extend(
         ParameterError("required key is missing", path=f"{path}.{key}") for key in missing
     )
-    if errors:
-        raise _combined(errors)
     # Validate one field at a time so every failing field is reported, not just the first.
     for key, value in kwargs.items():
         attribute = fields[key]

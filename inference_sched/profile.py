@@ -285,4 +285,3 @@ class SchedulingProfile:
             if clamped > stats.clamped_scores:
                 stats.warn_scores("out-of-range", clamped)
             stats.nonfinite_scores, stats.clamped_scores = nonfinite, clamped
-

@@ -37,7 +37,9 @@ __all__ = [
     "available",
     "default_producer_for",
     "get",
+    "is_registered",
     "kinds_of",
+    "refresh_entry_points",
     "register",
 ]
 
@@ -84,6 +86,7 @@ _sources: dict[str, str] = {}
 _default_producers: dict[str, str] = {}
 _load_errors: dict[str, PluginLoadError] = {}
 _builtins_loaded = False
+_entry_point_cache: dict[str, importlib.metadata.EntryPoint] | None = None
 _loading_source: str | None = None  # set while an entry point module is being imported
 
 
@@ -204,7 +207,26 @@ def _ensure_builtins() -> None:
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    # Scanning installed distributions costs milliseconds: do it once per process
+    # (``refresh_entry_points`` rescans after installing a plugin at run time).
+    global _entry_point_cache
+    if _entry_point_cache is None:
+        _entry_point_cache = {
+            ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        }
+    return _entry_point_cache
+
+
+def refresh_entry_points() -> None:
+    """Forget the cached entry-point scan (after installing a plugin distribution)."""
+    global _entry_point_cache
+    _entry_point_cache = None
+
+
+def is_registered(plugin_type: str) -> bool:
+    """Whether :func:`get` can find ``plugin_type`` (without importing third parties)."""
+    _ensure_builtins()
+    return plugin_type in _classes or plugin_type in _entry_points()
 
 
 def _distribution(ep: importlib.metadata.EntryPoint) -> str:
@@ -308,6 +330,7 @@ def available() -> Iterator[PluginInfo]:
 
 def _forget(plugin_type: str) -> None:
     """Drop a type (tests only: undo a registration made by a test)."""
+    refresh_entry_points()
     with _lock:
         _classes.pop(plugin_type, None)
         _sources.pop(plugin_type, None)

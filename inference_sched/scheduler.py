@@ -41,11 +41,7 @@ from .interfaces import (
     DataProducer,
     Filter,
     Picker,
-    PreRequest,
     ProfileHandler,
-    ResponseComplete,
-    ResponseReceived,
-    ResponseStreaming,
     Scorer,
 )
 from .profile import PluginStats, SchedulingProfile
@@ -159,7 +155,7 @@ class Scheduler:
                 instance = spec.cls(spec.name, spec.params, handle)
             except InferenceSchedError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any constructor failure is a config error
+            except Exception as exc:
                 raise ConfigError(
                     f"plugin {spec.name!r} ({spec.type}) failed to start: "
                     f"{type(exc).__name__}: {exc}",
@@ -293,7 +289,7 @@ class Scheduler:
         except SchedulingError as exc:
             exc.profile_errors.update(errors)
             raise
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not escape as a crash
+        except Exception as exc:
             stats.failed(exc)
             raise SchedulingError(
                 f"profile handler {self.handler.name!r} failed: {exc!r}", errors
@@ -326,7 +322,7 @@ class Scheduler:
         t0 = time.perf_counter_ns()
         try:
             return self.handler.pick_profiles(cycle, request, self.profiles, results)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not escape as a crash
+        except Exception as exc:
             stats.failed(exc)
             raise SchedulingError(
                 f"profile handler {self.handler.name!r} failed to pick profiles: {exc!r}"
@@ -381,9 +377,9 @@ class Scheduler:
             self.failures += n
             error: InferenceSchedError = exc
             if exc.profile:
-                error = SchedulingError(f"failed to run any scheduler profile: {exc}", {
-                    profile.name: exc
-                })
+                error = SchedulingError(
+                    f"failed to run any scheduler profile: {exc}", {profile.name: exc}
+                )
             self.e2e_ns += time.perf_counter_ns() - t0
             return [error] * n
         ranked, counts = profile.picker.pick_shared(cycle, candidates, totals, n)  # type: ignore[attr-defined]
@@ -411,7 +407,9 @@ class Scheduler:
             requests, rows2d, scores2d, counts_list, strict=True
         ):
             rows = tuple(rows_all[:k])
-            run = ProfileRunResult(rows, tuple([endpoint_at(r) for r in rows]), tuple(scores_all[:k]))
+            run = ProfileRunResult(
+                rows, tuple([endpoint_at(r) for r in rows]), tuple(scores_all[:k])
+            )
             result = SchedulingResult({name: run}, name)
             if pre_request:
                 self._run_pre_request(CycleState(self.rng, self._clock()), request, result)

@@ -12,9 +12,7 @@ from inference_sched.handle import PluginHandle
 from inference_sched.state import EndpointTable
 
 # The first example of a kernel property pays the JIT compile: no deadline.
-settings.register_profile(
-    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )

@@ -157,8 +157,16 @@ def test_constructor_signature() -> None:
         register("test-no-handle")(NoHandle)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_entry_point_scan() -> Iterator[None]:
+    """Tests fake ``importlib.metadata.entry_points``: never leave a stale cached scan."""
+    yield
+    registry.refresh_entry_points()
+
+
 def test_unknown_type_suggests_close_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
+    registry.refresh_entry_points()
     with pytest.raises(UnknownPluginTypeError, match=r"did you mean 'queue-scorer'\?") as info:
         registry.get("queue-scoer")
     assert info.value.plugin_type == "queue-scoer"
@@ -195,6 +203,7 @@ class _Plugins:
         self.entry_points: list[_EntryPoint] = []
         monkeypatch.syspath_prepend(str(tmp_path))
         monkeypatch.setattr(importlib.metadata, "entry_points", self._select)
+        registry.refresh_entry_points()  # the registry caches the scan per process
 
     def _select(self, **kwargs: Any) -> list[_EntryPoint]:
         assert kwargs == {"group": registry.ENTRY_POINT_GROUP}
@@ -206,10 +215,12 @@ class _Plugins:
             (self.path / f"{module}.py").write_text(textwrap.dedent(source))
             self.modules.append(module)
         self.entry_points.append(_EntryPoint(name, value, _Dist(dist, "0.3.1")))
+        registry.refresh_entry_points()
 
     def cleanup(self) -> None:
         for module in self.modules:
             sys.modules.pop(module, None)
+        registry.refresh_entry_points()
 
 
 @pytest.fixture

@@ -40,7 +40,8 @@ def test_remove_frees_the_row_bumps_generation_and_lowest_row_is_reused() -> Non
     assert not table.is_current(old)
     np.testing.assert_array_equal(table.candidates(), [0, 2, 4])
     new = table.add(ep(9))
-    assert new.row == 1 and new.generation == 1  # lowest free row first
+    assert new.row == 1
+    assert new.generation == 1
     assert table.is_current(new)
     assert table.waiting[1] == 0.0  # metrics of the previous occupant are gone
     assert table.last_update_s[1] == -np.inf
@@ -89,7 +90,8 @@ def test_upsert_keeps_metrics_and_updates_role() -> None:
     table.upsert(Endpoint("e1", "10.0.0.1", 8000, {"llm-d.ai/role": "prefill"}))
     assert table.waiting[1] == 5.0
     assert table.role_of(1) is Role.PREFILL
-    assert table.get("e1") is not None and table.get("e1").labels["llm-d.ai/role"] == "prefill"  # type: ignore[union-attr]
+    assert table.get("e1") is not None
+    assert table.get("e1").labels["llm-d.ai/role"] == "prefill"
     table.upsert(ep(7))
     assert "e7" in table
 

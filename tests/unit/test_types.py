@@ -53,7 +53,8 @@ def test_create_defaults() -> None:
     r = Request.create("m", headers={"x-session-id": "s1"})
     assert len(r.request_id) == 36  # uuid4
     assert r.fairness_id == "default-flow"
-    assert r.slo_ttft_ms is None and r.slo_tpot_ms is None
+    assert r.slo_ttft_ms is None
+    assert r.slo_tpot_ms is None
     assert r.session_key == "s1"
     assert r.subset_hint is None
     assert r.request_size_bytes == 0
@@ -90,7 +91,8 @@ def test_empty_slo_header_is_absent() -> None:
 
 def test_token_ids_are_uint32_and_checked() -> None:
     r = Request.create("m", token_ids=[1, 2, 3])
-    assert r.token_ids is not None and r.token_ids.dtype == np.uint32
+    assert r.token_ids is not None
+    assert r.token_ids.dtype == np.uint32
     assert not r.token_ids.flags.writeable
     with pytest.raises(DataError, match=r"token ids must be in \[0, 2\*\*32\)"):
         Request.create("m", token_ids=[-1])
@@ -172,7 +174,9 @@ def test_scheduling_result_accessors() -> None:
 def test_cycle_state() -> None:
     cycle = CycleState(np.random.default_rng(0), now_s=5.0)
     cycle.write("k", 1)
-    assert cycle.read("k") == 1 and "k" in cycle and list(cycle) == ["k"]
+    assert cycle.read("k") == 1
+    assert "k" in cycle
+    assert list(cycle) == ["k"]
     cycle.delete("k")
     cycle.delete("k")
     assert cycle.read("k", "default") == "default"

@@ -1,0 +1,99 @@
+"""Shared plumbing of the benchmark scripts: CLI flags, machine info, JSON, baselines."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """``[--quick] [--json PATH]``, the flags every benchmark script takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    parser.add_argument("--json", type=Path, help="write results as JSON to this path")
+    return parser.parse_args()
+
+
+def machine_info() -> dict[str, Any]:
+    """What ran the benchmark: CPU, core count, Python and library versions."""
+    import numba
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def percentiles_us(samples_ns: np.ndarray) -> tuple[float, float]:
+    """(p50, p99) of nanosecond samples, in microseconds."""
+    return (
+        float(np.percentile(samples_ns, 50)) / 1e3,
+        float(np.percentile(samples_ns, 99)) / 1e3,
+    )
+
+
+@contextlib.contextmanager
+def reference_kernels() -> Iterator[None]:
+    """Swap every Numba kernel the package imported for its NumPy twin (the baseline).
+
+    Modules import kernels by name (``from .kernels.scoring import weighted_sum``), so
+    the swap replaces those names in every loaded ``inference_sched`` module.
+    """
+    from inference_sched.kernels import reference
+
+    patched: list[tuple[Any, str, Any]] = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("inference_sched") or name.startswith("inference_sched.kernels"):
+            continue
+        for attr, value in list(vars(module).items()):
+            twin = getattr(reference, attr, None)
+            if (
+                twin is not None
+                and twin is not value
+                and callable(value)
+                and hasattr(value, "py_func")
+            ):
+                patched.append((module, attr, value))
+                setattr(module, attr, twin)
+    try:
+        yield
+    finally:
+        for module, attr, value in patched:
+            setattr(module, attr, value)
+
+
+def write_report(benchmark: str, results: list[dict[str, Any]], path: Path | None) -> None:
+    """Print a table and write the JSON report (when ``path`` is given)."""
+    keys = ["case", "endpoints", "p50_us", "p99_us", "ratio_vs_baseline"]
+    print(f"\n{'case':<28} {'endpoints':>9} {'p50_us':>9} {'p99_us':>9} {'ratio':>7}")
+    for r in results:
+        print(
+            f"{r['case']:<28} {r['endpoints']:>9} {r['p50_us']:>9.2f} {r['p99_us']:>9.2f} "
+            f"{r['ratio_vs_baseline']:>7.2f}"
+        )
+    extra = sorted({k for r in results for k in r} - set(keys))
+    if extra:
+        print("(extra keys in JSON: " + ", ".join(extra) + ")")
+    if path is not None:
+        report = {"benchmark": benchmark, "machine": machine_info(), "results": results}
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {path}")
