@@ -53,27 +53,26 @@ def percentiles_us(samples_ns: np.ndarray) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def reference_kernels() -> Iterator[None]:
-    """Swap every Numba kernel the package imported for its NumPy twin (the baseline).
+    """Swap every Numba kernel for its NumPy twin (the in-process baseline).
 
-    Modules import kernels by name (``from .kernels.scoring import weighted_sum``), so
-    the swap replaces those names in every loaded ``inference_sched`` module.
+    Plugins call kernels either as module attributes (``scoring.min_max_inverted``) or by
+    an imported name (``from .kernels.scoring import weighted_sum``); both are swapped:
+    the public names of the kernel modules, and any kernel name bound in another
+    ``inference_sched`` module.
     """
     from inference_sched.kernels import reference
 
     patched: list[tuple[Any, str, Any]] = []
     for name, module in list(sys.modules.items()):
-        if not name.startswith("inference_sched") or name.startswith("inference_sched.kernels"):
+        if not name.startswith("inference_sched") or module is reference:
             continue
         for attr, value in list(vars(module).items()):
             twin = getattr(reference, attr, None)
-            if (
-                twin is not None
-                and twin is not value
-                and callable(value)
-                and hasattr(value, "py_func")
-            ):
+            if twin is not None and twin is not value and hasattr(value, "py_func"):
                 patched.append((module, attr, value))
                 setattr(module, attr, twin)
+    if not patched:
+        raise RuntimeError("no kernel was swapped: the baseline would measure Numba")
     try:
         yield
     finally:

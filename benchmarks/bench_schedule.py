@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,8 @@ def make_scheduler(num_endpoints: int, seed: int = 0) -> Scheduler:
     return Scheduler.from_config(CONFIG, table, seed=seed)
 
 
-def time_decisions(scheduler: Scheduler, requests: list[Request], warmup: int) -> np.ndarray:
+def time_decisions(scheduler: Scheduler, requests: list[Request]) -> np.ndarray:
     schedule = scheduler.schedule
-    for request in requests[:warmup]:
-        schedule(request)
     samples = np.empty(len(requests), dtype=np.int64)
     clock = time.perf_counter_ns
     for i, request in enumerate(requests):
@@ -68,7 +67,6 @@ def time_decisions(scheduler: Scheduler, requests: list[Request], warmup: int) -
 
 
 def time_batches(scheduler: Scheduler, batch: list[Request], rounds: int) -> np.ndarray:
-    scheduler.schedule_batch(batch)  # warm-up
     per_request = np.empty(rounds, dtype=np.float64)
     for i in range(rounds):
         t0 = time.perf_counter_ns()
@@ -77,19 +75,42 @@ def time_batches(scheduler: Scheduler, batch: list[Request], rounds: int) -> np.
     return per_request
 
 
+def interleaved(repeats: int, runs: dict[str, Callable[[], np.ndarray]]) -> dict[str, np.ndarray]:
+    """Run each case ``repeats`` times, alternating cases, so drifts in machine load hit
+    every case alike; returns every case's samples concatenated."""
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            samples[name].append(run())
+    return {name: np.concatenate(parts) for name, parts in samples.items()}
+
+
 def main() -> None:
     args = parse_args(__doc__ or "")
-    decisions = 500 if args.quick else 5000
-    batch_rounds = 5 if args.quick else 30
+    decisions = 300 if args.quick else 2000
+    repeats = 2 if args.quick else 7
+    batch_rounds = 2 if args.quick else 5
     requests = [Request.create("llama", request_id=f"r{i}") for i in range(decisions)]
     results = []
     for n in (16, 256, 4096):
         scheduler = make_scheduler(n)
-        print(f"endpoints={n}: numba ...", file=sys.stderr)
-        numba_p50, numba_p99 = percentiles_us(time_decisions(scheduler, requests, 200))
-        print(f"endpoints={n}: numpy reference ...", file=sys.stderr)
-        with reference_kernels():
-            ref_p50, ref_p99 = percentiles_us(time_decisions(scheduler, requests, 200))
+        print(
+            f"endpoints={n}: warm-up, then {repeats} x {decisions} decisions per path ...",
+            file=sys.stderr,
+        )
+        time_decisions(scheduler, requests[:300])  # compile + caches, outside the figures
+
+        def numba_run(s: Scheduler = scheduler) -> np.ndarray:
+            return time_decisions(s, requests)
+
+        def reference_run(s: Scheduler = scheduler) -> np.ndarray:
+            with reference_kernels():
+                return time_decisions(s, requests)
+
+        reference_run()  # warm the reference path too
+        samples = interleaved(repeats, {"numba": numba_run, "reference": reference_run})
+        ref_p50, ref_p99 = percentiles_us(samples["reference"])
+        numba_p50, numba_p99 = percentiles_us(samples["numba"])
         results.append(
             {
                 "case": "schedule/numpy-reference",
@@ -98,6 +119,7 @@ def main() -> None:
                 "p99_us": ref_p99,
                 "ratio_vs_baseline": 1.0,
                 "path": "reference",
+                "decisions": int(samples["reference"].size),
             }
         )
         results.append(
@@ -109,16 +131,24 @@ def main() -> None:
                 "ratio_vs_baseline": ref_p50 / numba_p50,
                 "path": "numba",
                 "baseline": "schedule/numpy-reference",
+                "decisions": int(samples["numba"].size),
             }
         )
     n = 256
     scheduler = make_scheduler(n)
-    batch = requests[:1000]
-    print("schedule_batch(1000) over 256 ...", file=sys.stderr)
-    per_request_ns = time_batches(scheduler, batch, batch_rounds)
-    loop_ns = time_decisions(scheduler, batch, 200)
-    loop_p50, _ = percentiles_us(loop_ns)
-    b50, b99 = percentiles_us(per_request_ns)
+    batch = [Request.create("llama", request_id=f"b{i}") for i in range(1000)]
+    print(f"schedule_batch(1000) over {n}: {repeats} x {batch_rounds} batches ...", file=sys.stderr)
+    scheduler.schedule_batch(batch)
+    time_decisions(scheduler, batch[:300])
+    samples = interleaved(
+        repeats,
+        {
+            "batch": lambda: time_batches(scheduler, batch, batch_rounds),
+            "loop": lambda: time_decisions(scheduler, batch).astype(np.float64),
+        },
+    )
+    b50, b99 = percentiles_us(samples["batch"])
+    loop_p50, _ = percentiles_us(samples["loop"])
     results.append(
         {
             "case": "schedule_batch-1000/per-request",
@@ -126,9 +156,10 @@ def main() -> None:
             "p50_us": b50,
             "p99_us": b99,
             "ratio_vs_baseline": loop_p50 / b50,
-            "baseline": "schedule/numba loop",
+            "baseline": "schedule() loop p50",
             "batch_size": len(batch),
-            "rounds": batch_rounds,
+            "batches": int(samples["batch"].size),
+            "note": "p50/p99 over batches of the mean time per request in a batch",
         }
     )
     write_report("schedule", results, args.json)

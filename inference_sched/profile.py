@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from .errors import NoEndpointError
 from .interfaces import Filter, Picker, Scorer
+from .kernels.filtering import is_subsequence
 from .kernels.picking import top_k_ranked_salted
 from .kernels.scoring import weighted_sum
 from .state import EndpointTable
@@ -52,6 +53,8 @@ class PluginStats:
 
     __slots__ = (
         "_last_log_s",
+        "_warned_clamped",
+        "_warned_nonfinite",
         "calls",
         "clamped_scores",
         "errors",
@@ -71,6 +74,8 @@ class PluginStats:
         self.total_ns = 0
         self.nonfinite_scores = 0
         self.clamped_scores = 0
+        self._warned_nonfinite = 0
+        self._warned_clamped = 0
         self._last_log_s = -np.inf
 
     def failed(self, exc: BaseException) -> None:
@@ -114,6 +119,35 @@ class PluginStats:
             f"PluginStats({self.extension_point} {self.plugin_name}/{self.plugin_type}: "
             f"calls={self.calls} errors={self.errors} mean={self.mean_us:.2f}us)"
         )
+
+
+def _checked_subset(kept: object, candidates: Candidates) -> Candidates:
+    """A filter's output as int32 rows, verified to be an ordered subset of its input.
+
+    Kernels index table columns with these rows without bounds checks: a filter that
+    invented a row would make them read out of bounds, so this is not optional.
+    """
+    rows = np.asarray(kept)
+    if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+        raise TypeError(f"filter returned {rows.dtype} array of shape {rows.shape}, not int rows")
+    rows = rows.astype(np.int32, copy=False)
+    if not is_subsequence(candidates, rows):
+        raise ValueError("filter returned rows that are not an ordered subset of its input")
+    return rows
+
+
+def _checked_positions(positions: object, n: int) -> npt.NDArray[np.int32]:
+    """A picker's output, verified: non-empty, distinct positions in [0, n)."""
+    ranked = positions if type(positions) is np.ndarray else np.asarray(positions)
+    if ranked.ndim != 1 or ranked.size == 0 or ranked.dtype.kind not in "iu":
+        raise ValueError(f"picker returned {ranked!r}; expected non-empty int positions")
+    listed = ranked.tolist()
+    if len(listed) == 1:  # the usual answer: one pick, no fallbacks
+        if not 0 <= listed[0] < n:
+            raise ValueError(f"picker returned position {listed[0]} outside [0, {n})")
+    elif len(set(listed)) != len(listed) or min(listed) < 0 or max(listed) >= n:
+        raise ValueError(f"picker returned positions {listed} outside [0, {n}) or repeated")
+    return ranked if ranked.dtype == np.int32 else ranked.astype(np.int32)
 
 
 def _stats(point: str, plugin: object) -> PluginStats:
@@ -176,10 +210,12 @@ class SchedulingProfile:
         """
         if len(candidates) == 0:
             raise NoEndpointError(self.name)
+        if not self.filters:
+            return candidates
         for plugin, stats in zip(self.filters, self._filter_stats, strict=True):
             t0 = time.perf_counter_ns()
             try:
-                kept = plugin.filter(cycle, request, table, candidates)
+                kept = _checked_subset(plugin.filter(cycle, request, table, candidates), candidates)
             except Exception as exc:  # noqa: BLE001 - isolate third-party plugins (module doc)
                 stats.failed(exc)
                 kept = candidates
@@ -187,7 +223,7 @@ class SchedulingProfile:
             stats.calls += 1
             if len(kept) == 0:
                 raise NoEndpointError(self.name, plugin.name)
-            candidates = kept if kept.dtype == np.int32 else kept.astype(np.int32)
+            candidates = kept
         return candidates
 
     def score(
@@ -195,7 +231,10 @@ class SchedulingProfile:
     ) -> npt.NDArray[np.float32]:
         """Weighted totals of the scorers for ``candidates`` (float32, aligned)."""
         n = len(candidates)
-        matrix = np.zeros((len(self.scorers), n), dtype=np.float32)
+        num_scorers = len(self.scorers)
+        # One allocation for the score rows and the totals row (C-contiguous slices).
+        block = np.zeros((num_scorers + 1, n), dtype=np.float32)
+        matrix = block[:num_scorers]
         for i, (plugin, stats) in enumerate(zip(self.scorers, self._scorer_stats, strict=True)):
             t0 = time.perf_counter_ns()
             try:
@@ -205,7 +244,7 @@ class SchedulingProfile:
                 matrix[i] = 0.0
             stats.total_ns += time.perf_counter_ns() - t0
             stats.calls += 1
-        totals = np.empty(n, dtype=np.float32)
+        totals: npt.NDArray[np.float32] = block[num_scorers]
         weighted_sum(matrix, self.weights, totals, self._nonfinite, self._clamped)
         self._check_scores()
         return totals
@@ -221,9 +260,9 @@ class SchedulingProfile:
         stats = self._picker_stats
         t0 = time.perf_counter_ns()
         try:
-            positions = self.picker.pick(cycle, request, candidates, totals)
-            if len(positions) == 0:
-                raise ValueError("picker returned no endpoint")
+            positions = _checked_positions(
+                self.picker.pick(cycle, request, candidates, totals), len(candidates)
+            )
         except Exception as exc:  # noqa: BLE001 - isolate third-party plugins (module doc)
             stats.failed(exc)
             positions = np.empty(1, dtype=np.int32)
@@ -280,8 +319,10 @@ class SchedulingProfile:
         self._next_score_check_s = now + 1.0
         for i, stats in enumerate(self._scorer_stats):
             nonfinite, clamped = int(self._nonfinite[i]), int(self._clamped[i])
-            if nonfinite > stats.nonfinite_scores:
+            if nonfinite > stats._warned_nonfinite:
                 stats.warn_scores("NaN/inf", nonfinite)
-            if clamped > stats.clamped_scores:
+                stats._warned_nonfinite = nonfinite
+            if clamped > stats._warned_clamped:
                 stats.warn_scores("out-of-range", clamped)
+                stats._warned_clamped = clamped
             stats.nonfinite_scores, stats.clamped_scores = nonfinite, clamped

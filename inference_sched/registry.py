@@ -256,7 +256,9 @@ def _load_entry_point(ep: importlib.metadata.EntryPoint) -> type[Any]:
                 plugin_type=ep.name,
                 distribution=source,
             )
-        declared = getattr(obj, "type", None)
+        # vars(): a subclass of a built-in inherits its parent's ``type``; only a type set
+        # on the class itself (by @register) counts as declared.
+        declared = vars(obj).get("type")
         if declared is None:  # not decorated: register it under the entry-point name
             try:
                 register(ep.name)(obj)

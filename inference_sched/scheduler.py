@@ -202,6 +202,10 @@ class Scheduler:
         except InferenceSchedError:
             self.failures += 1
             raise
+        except Exception as exc:  # never let a framework bug escape raw
+            self.failures += 1
+            log.exception("scheduling cycle failed unexpectedly")
+            raise SchedulingError(f"scheduling cycle failed: {exc!r}") from exc
         finally:
             self.e2e_ns += time.perf_counter_ns() - t0
 
@@ -270,7 +274,7 @@ class Scheduler:
             for name, profile in chosen.items():
                 try:
                     results[name] = profile.run(cycle, request, self.table, candidates)
-                except NoEndpointError as exc:
+                except Exception as exc:  # noqa: BLE001 - a failed profile is a None result
                     results[name] = None
                     errors[name] = exc
         else:
@@ -309,7 +313,7 @@ class Scheduler:
         # primary (``static_profile``): skip the loop, same answer, microseconds less.
         try:
             run = profile.run(cycle, request, self.table, candidates)
-        except NoEndpointError as exc:
+        except Exception as exc:  # a failed profile fails the cycle, cleanly
             raise SchedulingError(
                 f"failed to run any scheduler profile: {exc}", {profile.name: exc}
             ) from exc
@@ -448,22 +452,31 @@ def _build_profile(spec: Any, plugins: Mapping[str, Any]) -> SchedulingProfile:
 
 
 def _dependency_order(producers: list[DataProducer]) -> list[DataProducer]:
-    """Producers ordered so that each runs after the producers of what it consumes."""
-    ordered: list[DataProducer] = []
-    pending = list(producers)
-    made: set[str] = set()
-    all_made = {key for p in producers for key in getattr(p, "produces", ())}
+    """Producers ordered so that each runs after every *other* producer of what it consumes.
+
+    A producer may consume a key it also produces (it refines it): its own output does
+    not gate it. Ties keep the given (config) order.
+    """
+    makers: dict[str, list[int]] = {}
+    for i, p in enumerate(producers):
+        for key in getattr(p, "produces", ()):
+            makers.setdefault(key, []).append(i)
+    ordered: list[int] = []
+    pending = list(range(len(producers)))
     while pending:
+        done = set(ordered)
         ready = [
-            p
-            for p in pending
-            if all(k in made or k not in all_made for k in getattr(p, "consumes", ()))
+            i
+            for i in pending
+            if all(
+                m == i or m in done
+                for key in getattr(producers[i], "consumes", ())
+                for m in makers.get(key, ())
+            )
         ]
         if not ready:
-            names = ", ".join(p.name for p in pending)
+            names = ", ".join(producers[i].name for i in pending)
             raise ConfigError(f"data producers depend on each other in a cycle: {names}")
-        for p in ready:
-            ordered.append(p)
-            made.update(getattr(p, "produces", ()))
-            pending.remove(p)
-    return ordered
+        ordered.extend(ready)
+        pending = [i for i in pending if i not in ready]
+    return [producers[i] for i in ordered]

@@ -15,11 +15,14 @@ Design notes:
 * LoRA adapter sets are bitsets (uint8 matrix, adapter ``k`` = bit ``k % 8`` of byte
   ``k // 8``) over an interned adapter table that only grows.
 
-Concurrency contract: one writer at a time. Structural changes (add, upsert, remove,
-health) take ``table.lock``; metric writers (the data layer) and request-lifecycle
-plugins store into columns from the thread that owns the table. Readers (scheduling
-cycles) do not lock: a cycle may see one row's columns from two different scrapes,
-which is harmless because metrics are samples of a moving system anyway.
+Concurrency contract: structural changes (add, upsert, remove, health) and scheduling
+cycles must not overlap. Run them on one thread or event loop, or hold ``table.lock``
+around both (structural changes take it themselves; a scheduler used from several threads
+must take it around ``schedule``). Metric writes (the data layer's bulk updates) may come
+from another thread: they are plain array stores, and a cycle that reads during one may
+see a row's columns from two scrapes, which is harmless because metrics are samples of a
+moving system anyway. In-flight accounting belongs to one ``inflight-load-producer`` per
+table.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import heapq
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import numpy as np
@@ -64,6 +67,14 @@ _SCRAPED: Final = frozenset(
     {"waiting", "running", "kv_usage_frac", "kv_blocks_total", "block_size_tokens", "max_loras"}
 )
 _INITIAL_CAPACITY: Final = 16
+_OTHER_COLUMNS: Final = (
+    "generation",
+    "is_alive",
+    "is_healthy",
+    "role",
+    "active_adapters",
+    "waiting_adapters",
+)
 
 
 @attrs.frozen
@@ -257,6 +268,10 @@ class EndpointTable:
             raise LookupError(f"row {row} holds no endpoint")
         return endpoint
 
+    def endpoint_or_none(self, row: int) -> Endpoint | None:
+        """The endpoint at ``row``, or ``None`` when the row is free or out of range."""
+        return self._endpoints[row] if 0 <= row < self._capacity else None
+
     def handle(self, name: str) -> EndpointHandle:
         """A handle on the endpoint's current row."""
         row = self._require(name)
@@ -280,9 +295,11 @@ class EndpointTable:
         """
         cached = self._candidates
         if cached is None:
+            version = self.version
             mask = self.is_alive[: self._high_water] & self.is_healthy[: self._high_water]
             cached = np.flatnonzero(mask).astype(np.int32)
-            self._candidates = cached
+            if version == self.version:  # cache only what no concurrent change outdated
+                self._candidates = cached
         return cached
 
     def candidates_for(self, subset: Collection[str] | None) -> Candidates:
@@ -422,24 +439,21 @@ class EndpointTable:
         self._capacity = capacity
 
     def _grow(self, capacity: int) -> None:
-        old = {
-            name: getattr(self, name)
-            for name in (
-                *METRIC_COLUMNS,
-                "generation",
-                "is_alive",
-                "is_healthy",
-                "role",
-                "active_adapters",
-                "waiting_adapters",
-            )
-        }
-        endpoints = self._endpoints
+        # Build every new column completely, then swap them in: a reader never sees a
+        # zeroed column or a missing endpoint while the table grows.
         n = self._capacity
-        self._allocate(capacity, adapter_bytes=self.active_adapters.shape[1])
-        for name, array in old.items():
-            getattr(self, name)[:n] = array
-        self._endpoints[:n] = endpoints
+        fresh: dict[str, npt.NDArray[Any]] = {}
+        for name in (*METRIC_COLUMNS, *_OTHER_COLUMNS):
+            old = getattr(self, name)
+            array = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            array[:n] = old
+            fresh[name] = array
+        fresh["last_update_s"][n:] = -np.inf
+        endpoints = [*self._endpoints, *([None] * (capacity - n))]
+        for name, array in fresh.items():
+            setattr(self, name, array)
+        self._endpoints = endpoints
+        self._capacity = capacity
 
     def _widen_adapters(self, num_bytes: int) -> None:
         for name in ("active_adapters", "waiting_adapters"):

@@ -13,7 +13,7 @@ import math
 import types
 import uuid
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any, Final, Literal, NewType
+from typing import Any, Final, Literal, NamedTuple, NewType
 
 import attrs
 import numpy as np
@@ -323,8 +323,7 @@ class Response:
     time_s: float = 0.0
 
 
-@attrs.frozen(eq=False)
-class ProfileRunResult:
+class ProfileRunResult(NamedTuple):
     """The ranked endpoints one profile chose: the pick first, then fallbacks.
 
     Attributes:
@@ -333,7 +332,9 @@ class ProfileRunResult:
         scores: the weighted total score of each, same order.
 
     Tuples, not arrays: a result holds a handful of entries, and building small NumPy
-    arrays would cost more than the rest of the decision.
+    arrays would cost more than the rest of the decision. A ``NamedTuple`` rather than a
+    frozen attrs class for the same reason: it is immutable and three times cheaper to
+    build, and two are built per decision.
     """
 
     rows: tuple[int, ...]
@@ -351,8 +352,7 @@ class ProfileRunResult:
         return self.endpoints[1:]
 
 
-@attrs.frozen(eq=False)
-class SchedulingResult:
+class SchedulingResult(NamedTuple):
     """The answer of one scheduling cycle.
 
     Attributes:

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from inference_sched.kernels._jit import kernel
 
 __all__ = [
+    "is_subsequence",
     "filter_by_mask",
     "filter_by_code",
     "filter_below",
@@ -69,3 +70,17 @@ def filter_below(
             out[count] = row
             count += 1
     return count
+
+
+@kernel
+def is_subsequence(candidates: npt.NDArray[np.int32], kept: npt.NDArray[np.int32]) -> bool:
+    """Whether ``kept`` is ``candidates`` with some entries removed, order kept."""
+    j = 0
+    n = candidates.shape[0]
+    for i in range(kept.shape[0]):
+        while j < n and candidates[j] != kept[i]:
+            j += 1
+        if j == n:
+            return False
+        j += 1
+    return True

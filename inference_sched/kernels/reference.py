@@ -46,6 +46,7 @@ __all__ = [
     "top_k_ranked_batch",
     "ares_keys",
     # filtering
+    "is_subsequence",
     "filter_by_mask",
     "filter_by_code",
     "filter_below",
@@ -547,3 +548,28 @@ def filter_below(
         ``count``, the number of rows kept.
     """
     return _keep(candidates, values[candidates] < limit, out)
+
+
+def is_subsequence(candidates: npt.NDArray[np.int32], kept: npt.NDArray[np.int32]) -> bool:
+    """Whether ``kept`` is ``candidates`` with some entries removed, order kept.
+
+    The profile checks every filter's output with it: a filter may only drop candidates.
+    Greedy matching: each kept row must appear in ``candidates`` after the previous match.
+
+    Args:
+        candidates: int32 (n,) the filter's input.
+        kept: int32 (m,) the filter's output.
+    """
+    if len(kept) > len(candidates):
+        return False
+    if len(kept) == 0:
+        return True
+    # positions of each kept value in candidates: a subsequence iff a strictly increasing
+    # choice exists; the greedy earliest match is found by searching after the previous one
+    start = 0
+    for value in kept.tolist():
+        hits = np.flatnonzero(candidates[start:] == value)
+        if hits.size == 0:
+            return False
+        start += int(hits[0]) + 1
+    return True

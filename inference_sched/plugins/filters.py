@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 def _allowed(roles: Collection[Role]) -> npt.NDArray[np.bool_]:
     allowed = np.zeros(max(Role) + 1, dtype=np.bool_)
     allowed[[int(r) for r in roles]] = True
-    allowed.setflags(write=False)
+    # Left writeable on purpose: Numba compiles a second kernel for read-only arrays.
     return allowed
 
 

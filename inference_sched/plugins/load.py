@@ -255,10 +255,11 @@ class InflightLoadProducer:
 
     Design note: the counters are the table's ``inflight_requests`` / ``inflight_tokens``
     columns, so scorers read them with the other metrics in one kernel call. What each
-    request added is remembered as ``(profile, row, generation, tokens)``: a release
-    subtracts exactly that, never below 0, and only while the row still holds the same
-    endpoint (a row reused after a removal carries a new generation and is left alone).
-    One instance per table: two would count every request twice.
+    request added is remembered as ``(profile, row, generation, tokens)``, keyed by the
+    scheduling result it was taken for (not the request id, which a client controls and
+    may repeat): a release subtracts exactly that, never below 0, and only while the row
+    still holds the same endpoint (a row reused after a removal carries a new generation
+    and is left alone). One instance per table: two would count every request twice.
     """
 
     type: ClassVar[str]
@@ -270,7 +271,8 @@ class InflightLoadProducer:
         self.name = name
         self._table = handle.table
         self._lock = threading.Lock()
-        self._held: dict[str, list[_Hold]] = {}
+        # id(result) -> (result, holds); keeping the result alive keeps its id unique.
+        self._held: dict[int, tuple[SchedulingResult, list[_Hold]]] = {}
         self._table.on_remove(self._on_remove)
 
     def prepare_request_data(
@@ -287,17 +289,21 @@ class InflightLoadProducer:
         """+1 request and +estimate tokens on the pick of every profile that picked."""
         tokens = float(estimate_tokens(request))
         table = self._table
+        holds: list[_Hold] = []
         with self._lock:
             for profile, run in result.profile_results.items():
                 if run is None or len(run.rows) == 0:
                     continue
                 row = int(run.rows[0])
-                handle = EndpointHandle(row, int(table.generation[row]))
-                if not table.is_current(handle):  # removed between the pick and now
-                    continue
+                if table.endpoint_or_none(row) is not run.endpoints[0]:
+                    continue  # removed (or its row reused) between the pick and now
                 table.inflight_requests[row] += 1.0
                 table.inflight_tokens[row] += tokens
-                self._held.setdefault(request.request_id, []).append(_Hold(profile, handle, tokens))
+                holds.append(
+                    _Hold(profile, EndpointHandle(row, int(table.generation[row])), tokens)
+                )
+            if holds:
+                self._held[id(result)] = (result, holds)
 
     def response_streaming(
         self, request: Request, response: Response, result: SchedulingResult
@@ -306,21 +312,26 @@ class InflightLoadProducer:
         if not response.is_start_of_stream:
             return
         with self._lock:
-            holds = self._held.get(request.request_id)
-            if not holds:
+            entry = self._held.get(id(result))
+            if entry is None or entry[0] is not result:
                 return
+            holds = entry[1]
             keep = [h for h in holds if h.profile != PREFILL_PROFILE]
             for hold in holds:
                 if hold.profile == PREFILL_PROFILE:
                     self._release(hold)
-            self._store(request.request_id, keep)
+            self._store(result, keep)
 
     def response_complete(
         self, request: Request, response: Response, result: SchedulingResult
     ) -> None:
         """Release everything the request still holds (a second call finds nothing)."""
         with self._lock:
-            for hold in self._held.pop(request.request_id, ()):
+            entry = self._held.get(id(result))
+            if entry is None or entry[0] is not result:
+                return
+            del self._held[id(result)]
+            for hold in entry[1]:
                 self._release(hold)
 
     def num_tracked_requests(self) -> int:
@@ -335,18 +346,18 @@ class InflightLoadProducer:
         table.inflight_requests[row] = max(0.0, table.inflight_requests[row] - 1.0)
         table.inflight_tokens[row] = max(0.0, table.inflight_tokens[row] - hold.tokens)
 
-    def _store(self, request_id: str, holds: list[_Hold]) -> None:
+    def _store(self, result: SchedulingResult, holds: list[_Hold]) -> None:
         if holds:
-            self._held[request_id] = holds
+            self._held[id(result)] = (result, holds)
         else:
-            self._held.pop(request_id, None)
+            self._held.pop(id(result), None)
 
     def _on_remove(self, row: int, endpoint: Endpoint) -> None:
         # The table zeroes the row's counters itself; only the bookkeeping goes here.
         # Removals are rare, so a scan of the requests in flight is fine.
         with self._lock:
-            for request_id, holds in list(self._held.items()):
-                self._store(request_id, [h for h in holds if h.handle.row != row])
+            for result, holds in list(self._held.values()):
+                self._store(result, [h for h in holds if h.handle.row != row])
 
 
 _producer: type[DataProducer] = InflightLoadProducer

@@ -36,9 +36,10 @@ def _ranked_salted(
     scores: npt.NDArray[np.float32], rng: np.random.Generator, k: int
 ) -> npt.NDArray[np.int32]:
     # One 64-bit draw seeds the tie keys: drawing n uniforms would cost more than ranking.
-    out = np.empty(min(k, len(scores)), dtype=np.int32)
-    count = picking.top_k_ranked_salted(scores, rng.bit_generator.random_raw() >> 1, k, out)
-    return out[:count]
+    n = len(scores)
+    out = np.empty(k if k < n else n, dtype=np.int32)
+    picking.top_k_ranked_salted(scores, rng.bit_generator.random_raw() >> 1, k, out)
+    return out  # the kernel fills exactly min(k, n) positions
 
 
 def _ranked_shared(

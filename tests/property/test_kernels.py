@@ -621,6 +621,48 @@ def test_filter_below_values(impl: Impl, limit: float, expected: list[int]) -> N
     assert out[:count].tolist() == expected
 
 
+# --------------------------------------------------------------------------- subsequence
+
+
+@settings(deadline=None)
+@given(
+    candidates=st.lists(st.integers(0, 20), max_size=30),
+    kept=st.lists(st.integers(0, 20), max_size=30),
+)
+def test_is_subsequence_matches_reference(candidates: list[int], kept: list[int]) -> None:
+    c, k = np.array(candidates, dtype=np.int32), np.array(kept, dtype=np.int32)
+    assert KERNELS["is_subsequence"](c, k) == REFERENCES["is_subsequence"](c, k)
+
+
+@settings(deadline=None)
+@given(candidates=st.lists(st.integers(0, 20), max_size=30), data=st.data())
+def test_every_ordered_selection_is_a_subsequence(
+    candidates: list[int], data: st.DataObject
+) -> None:
+    mask = data.draw(st.lists(st.booleans(), min_size=len(candidates), max_size=len(candidates)))
+    c = np.array(candidates, dtype=np.int32)
+    k = c[np.array(mask, dtype=bool)] if candidates else c
+    assert KERNELS["is_subsequence"](c, k.astype(np.int32))
+
+
+@pytest.mark.parametrize(
+    ("candidates", "kept", "expected"),
+    [
+        ([1, 3, 5], [1, 5], True),
+        ([1, 3, 5], [], True),
+        ([1, 3, 5], [5, 1], False),  # order changed
+        ([1, 3, 5], [7], False),  # not a candidate
+        ([1, 3, 5], [3, 3], False),  # duplicated
+        ([], [], True),
+    ],
+)
+def test_is_subsequence_values(
+    impl: Impl, candidates: list[int], kept: list[int], expected: bool
+) -> None:
+    c, k = np.array(candidates, dtype=np.int32), np.array(kept, dtype=np.int32)
+    assert impl["is_subsequence"](c, k) is expected or impl["is_subsequence"](c, k) == expected
+
+
 # --------------------------------------------------------------------------- salted ties
 
 
@@ -741,6 +783,7 @@ def _canonical_args(name: str) -> tuple[Any, ...]:
         "filter_by_mask": (np.ones(3, np.bool_), candidates, _i4(0, 0)),
         "filter_by_code": (np.zeros(3, np.int8), np.ones(1, np.bool_), candidates, _i4(0, 0)),
         "filter_below": (values, candidates, 2.0, _i4(0, 0)),
+        "is_subsequence": (candidates, _i4(2)),
     }
     return table[name]
 

@@ -318,14 +318,9 @@ def _result(table: EndpointTable, **rows: int | None) -> SchedulingResult:
         if row is None:
             results[profile] = None
         elif row < 0:
-            empty = np.zeros(0, dtype=np.int32)
-            results[profile] = ProfileRunResult(empty, (), np.zeros(0, dtype=np.float32))
+            results[profile] = ProfileRunResult((), (), ())
         else:
-            results[profile] = ProfileRunResult(
-                np.array([row], dtype=np.int32),
-                (table.endpoint_at(row),),
-                np.ones(1, dtype=np.float32),
-            )
+            results[profile] = ProfileRunResult((row,), (table.endpoint_at(row),), (1.0,))
     return SchedulingResult(results, next(iter(rows)))
 
 
@@ -459,6 +454,27 @@ def test_inflight_pick_removed_before_pre_request_is_skipped() -> None:
     flow.producer.pre_request(CycleState(np.random.default_rng(0)), request, result)
     assert flow.load() == [(0, 0), (0, 0), (0, 0)]
     assert flow.producer.num_tracked_requests() == 0
+
+
+def test_inflight_pick_whose_row_was_reused_before_pre_request_is_skipped() -> None:
+    flow = _Flow()
+    result = _result(flow.table, default=1)  # picked e1 at row 1
+    flow.table.remove("e1")
+    flow.table.add(Endpoint("e9", "10.0.0.9", 8000))  # reuses row 1
+    request = Request("r1", "m", request_size_bytes=400)
+    flow.producer.pre_request(CycleState(np.random.default_rng(0)), request, result)
+    assert flow.load() == [(0, 0), (0, 0), (0, 0)]  # e9 is not charged for e1's request
+
+
+def test_inflight_requests_sharing_an_id_are_released_separately() -> None:
+    flow = _Flow()
+    r1, res1 = flow.start("same-id", 400, default=0)  # a client retry reuses x-request-id
+    r2, res2 = flow.start("same-id", 400, default=1)
+    assert flow.load() == [(1, 250), (1, 250), (0, 0)]
+    flow.complete(r1, res1)
+    assert flow.load() == [(0, 0), (1, 250), (0, 0)]
+    flow.complete(r2, res2)
+    assert flow.load() == [(0, 0), (0, 0), (0, 0)]
 
 
 def test_inflight_request_without_estimate_counts_the_request() -> None:

@@ -209,3 +209,70 @@ def test_stats_time_and_calls() -> None:
         assert stats.total_ns > 0
         assert stats.mean_us > 0
         assert "calls=2" in repr(stats)
+
+
+class Returns:
+    """A filter and picker that return whatever it is given (to test output checks)."""
+
+    type: ClassVar[str] = "returns"
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name = name
+        self.value = value
+
+    def filter(
+        self, cycle: CycleState, request: Request, table: EndpointTable, candidates: I32
+    ) -> Any:
+        return self.value
+
+    def pick(self, cycle: CycleState, request: Request, candidates: I32, scores: F32) -> Any:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param([0, 1], id="python-list-is-accepted"),
+        pytest.param(np.array([50_000_000], dtype=np.int32), id="invented-row"),
+        pytest.param(np.array([2, 0], dtype=np.int32), id="order-changed"),
+        pytest.param(np.array([0, 0], dtype=np.int32), id="duplicated"),
+        pytest.param(np.array([0.5]), id="floats"),
+        pytest.param(np.zeros((1, 1), dtype=np.int32), id="2-d"),
+        pytest.param("rows", id="not-an-array"),
+    ],
+)
+def test_filter_output_is_checked_before_any_kernel_reads_it(bad: Any) -> None:
+    table = make_table(3, waiting=[5, 0, 9])
+    profile = SchedulingProfile(
+        "p",
+        filters=[Returns("bad", bad)],
+        scorers=[(Fixed("s", [0.1, 0.9, 0.5]), 1.0)],
+        picker=Argmax(),
+    )
+    result = run(profile, table)
+    stats = {s.plugin_name: s for s in profile.stats()}
+    if isinstance(bad, list):  # a plain list of valid rows is a valid answer
+        assert result.rows == (1,)
+        assert stats["bad"].errors == 0
+    else:  # the filter is treated as failed: its output is ignored
+        assert result.rows == (1,)
+        assert stats["bad"].errors == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(np.array([7], dtype=np.int32), id="out-of-range"),
+        pytest.param(np.array([-1], dtype=np.int32), id="negative"),
+        pytest.param(np.array([1, 1], dtype=np.int32), id="repeated"),
+        pytest.param(np.array([], dtype=np.int32), id="empty"),
+        pytest.param(None, id="none"),
+    ],
+)
+def test_picker_output_is_checked(bad: Any) -> None:
+    table = make_table(3)
+    profile = SchedulingProfile(
+        "p", scorers=[(Fixed("s", [0.1, 0.2, 0.9]), 1.0)], picker=Returns("bad-picker", bad)
+    )
+    assert run(profile, table).rows == (2,)  # the max-score fallback
+    assert profile.stats()[-1].errors == 1

@@ -333,6 +333,18 @@ def test_undecorated_class_is_registered_under_the_entry_point_name(
     assert out.tolist() == [0.5, 0.5]
 
 
+def test_undecorated_subclass_of_a_builtin_gets_its_own_type(plugins: _Plugins) -> None:
+    plugins.add(
+        "test-ep-my-queue",
+        "isched_myqueue:MyQueueScorer",
+        "from inference_sched.plugins.load import QueueScorer\n"
+        "class MyQueueScorer(QueueScorer):\n    pass\n",
+    )
+    cls = registry.get("test-ep-my-queue")
+    assert cls.type == "test-ep-my-queue"
+    assert registry.get("queue-scorer").type == "queue-scorer"  # the parent is untouched
+
+
 def test_undecorated_class_failing_the_checks_is_rejected(plugins: _Plugins) -> None:
     plugins.add(
         "test-ep-rejected",

@@ -405,3 +405,56 @@ def test_static_profile_path_matches_the_handler_loop() -> None:
 def test_errors_share_a_base() -> None:
     assert issubclass(NoEndpointError, InferenceSchedError)
     assert issubclass(SchedulingError, InferenceSchedError)
+
+
+def test_an_unexpected_error_in_a_profile_fails_the_cycle_cleanly() -> None:
+    class Exploding(SchedulingProfile):
+        def run(self, *args: Any) -> Any:
+            raise RuntimeError("framework bug")
+
+    table = make_table(2)
+    profile = Exploding("default", picker=build("max-score-picker", table))
+    scheduler = Scheduler(table, {"default": profile}, build("single-profile-handler", table))
+    with pytest.raises(SchedulingError, match="framework bug"):
+        scheduler.schedule(Request.create("m"))
+    scheduler._static_profile = None  # and through the handler loop
+    with pytest.raises(SchedulingError, match="framework bug"):
+        scheduler.schedule(Request.create("m"))
+    assert scheduler.failures == 2
+
+
+def test_a_producer_may_refine_a_key_it_produces() -> None:
+    from inference_sched.scheduler import _dependency_order
+
+    class Refining:
+        name = "refining"
+        produces = frozenset({"K"})
+        consumes = frozenset({"K"})
+
+    class Base:
+        name = "base"
+        produces = frozenset({"K", "B"})
+        consumes: frozenset[str] = frozenset()
+
+    class Consumer:
+        name = "consumer"
+        produces: frozenset[str] = frozenset()
+        consumes = frozenset({"B"})
+
+    order = _dependency_order([Consumer(), Refining(), Base()])  # type: ignore[list-item]
+    assert [p.name for p in order] == ["base", "consumer", "refining"]
+    alone = _dependency_order([Refining()])  # type: ignore[list-item]
+    assert [p.name for p in alone] == ["refining"]  # its own output does not gate it
+
+    class A:
+        name = "a"
+        produces = frozenset({"X"})
+        consumes = frozenset({"Y"})
+
+    class B:
+        name = "b"
+        produces = frozenset({"Y"})
+        consumes = frozenset({"X"})
+
+    with pytest.raises(ConfigError, match="depend on each other in a cycle: a, b"):
+        _dependency_order([A(), B()])  # type: ignore[list-item]
