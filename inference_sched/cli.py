@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -89,6 +90,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for i in range(20):
         warm.schedule(Request.create("warm-up", prompt=b"x" * 64, request_id=f"warm-{i}"))
     scheduler = Scheduler.from_config(config, table, seed=args.seed)
+    gc.collect()
+    gc.freeze()  # startup objects out of the collector's reach (docs/architecture.md)
     print(f"config: {args.config or 'GIE default (queue 2, kv-cache 2, prefix 3)'}")
     for profile in scheduler.profiles.values():
         print(f"  {profile!r}")
