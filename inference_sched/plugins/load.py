@@ -71,15 +71,16 @@ _OUTPUT_RATIO: Final = 1.5
 
 
 # ---------------------------------------------------------------- metric scorers
-@register("queue-scorer")
-class QueueScorer:
-    """Prefers short waiting queues: ``(max - q) / (max - min)`` over the candidates."""
+class _ColumnScorer:
+    """Shared body of the parameterless scorers: one kernel over one scraped column."""
 
     type: ClassVar[str]
     category: ClassVar[ScorerCategory] = "Distribution"
     is_batch_invariant: ClassVar[bool] = True
     """Reads scraped metrics only: a batch can score once for all its requests."""
     Params = NoParams
+    _column: ClassVar[str]
+    _kernel: ClassVar[staticmethod[..., None]]
 
     def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
         self.name = name
@@ -92,66 +93,37 @@ class QueueScorer:
         candidates: Candidates,
         out: npt.NDArray[np.float32],
     ) -> None:
-        """Min-max inverted ``waiting`` (all equal: 1.0)."""
-        scoring.min_max_inverted(table.waiting, candidates, out)
+        """One kernel call over the column (read at call time: the table may have grown)."""
+        self._kernel(getattr(table, self._column), candidates, out)
 
 
-_queue_scorer: type[Scorer] = QueueScorer
+@register("queue-scorer")
+class QueueScorer(_ColumnScorer):
+    """Prefers short waiting queues: ``(max - q) / (max - min)`` over the candidates
+    (all equal: 1.0)."""
+
+    _column = "waiting"
+    _kernel = staticmethod(scoring.min_max_inverted)
 
 
 @register("running-requests-size-scorer")
-class RunningRequestsSizeScorer:
-    """Prefers few running requests: ``(max - r) / (max - min)`` over the candidates."""
+class RunningRequestsSizeScorer(_ColumnScorer):
+    """Prefers few running requests: ``(max - r) / (max - min)`` (all equal: 1.0)."""
 
-    type: ClassVar[str]
-    category: ClassVar[ScorerCategory] = "Distribution"
-    is_batch_invariant: ClassVar[bool] = True
-    """Reads scraped metrics only: a batch can score once for all its requests."""
-    Params = NoParams
-
-    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
-        self.name = name
-
-    def score(
-        self,
-        cycle: CycleState,
-        request: Request,
-        table: EndpointTable,
-        candidates: Candidates,
-        out: npt.NDArray[np.float32],
-    ) -> None:
-        """Min-max inverted ``running`` (all equal: 1.0)."""
-        scoring.min_max_inverted(table.running, candidates, out)
-
-
-_running_scorer: type[Scorer] = RunningRequestsSizeScorer
+    _column = "running"
+    _kernel = staticmethod(scoring.min_max_inverted)
 
 
 @register("kv-cache-utilization-scorer")
-class KvCacheUtilizationScorer:
-    """Prefers free KV cache: ``1 - kv_usage_frac``."""
+class KvCacheUtilizationScorer(_ColumnScorer):
+    """Prefers free KV cache: ``1 - kv_usage_frac`` (unclamped: the profile clamps)."""
 
-    type: ClassVar[str]
-    category: ClassVar[ScorerCategory] = "Distribution"
-    is_batch_invariant: ClassVar[bool] = True
-    """Reads scraped metrics only: a batch can score once for all its requests."""
-    Params = NoParams
-
-    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
-        self.name = name
-
-    def score(
-        self,
-        cycle: CycleState,
-        request: Request,
-        table: EndpointTable,
-        candidates: Candidates,
-        out: npt.NDArray[np.float32],
-    ) -> None:
-        """``1 - kv_usage_frac`` (unclamped: the profile clamps out-of-range usage)."""
-        scoring.one_minus(table.kv_usage_frac, candidates, out)
+    _column = "kv_usage_frac"
+    _kernel = staticmethod(scoring.one_minus)
 
 
+_queue_scorer: type[Scorer] = QueueScorer
+_running_scorer: type[Scorer] = RunningRequestsSizeScorer
 _kv_scorer: type[Scorer] = KvCacheUtilizationScorer
 
 
