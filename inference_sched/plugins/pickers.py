@@ -63,6 +63,10 @@ class MaxScorePicker:
         self.name = name
         self._k = params.max_num_of_endpoints
 
+    def _ranking_scores(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The scores to rank (the random picker ranks zeros: ties everywhere)."""
+        return scores
+
     def pick(
         self,
         cycle: CycleState,
@@ -71,7 +75,7 @@ class MaxScorePicker:
         scores: npt.NDArray[np.float32],
     ) -> npt.NDArray[np.int32]:
         """Top ``maxNumOfEndpoints`` by score, then by a random tie key."""
-        return _ranked_salted(scores, cycle.rng, self._k)
+        return _ranked_salted(self._ranking_scores(scores), cycle.rng, self._k)
 
     def pick_shared(
         self,
@@ -86,43 +90,18 @@ class MaxScorePicker:
             ``(positions, counts)``: int32 ``(num_requests, k)`` rankings and how many
             entries of each row are valid (used by ``Scheduler.schedule_batch``).
         """
-        return _ranked_shared(scores, cycle.rng, self._k, num_requests)
+        return _ranked_shared(self._ranking_scores(scores), cycle.rng, self._k, num_requests)
 
 
 _max_score_picker: type[Picker] = MaxScorePicker
 
 
 @register("random-picker")
-class RandomPicker:
+class RandomPicker(MaxScorePicker):
     """Uniformly random endpoints, ignoring scores (GIE: shuffle, take the first k)."""
 
-    type: ClassVar[str]
-    Params = PickerParams
-
-    def __init__(self, name: str, params: PickerParams, handle: Handle) -> None:
-        self.name = name
-        self._k = params.max_num_of_endpoints
-
-    def pick(
-        self,
-        cycle: CycleState,
-        request: Request,
-        candidates: Candidates,
-        scores: npt.NDArray[np.float32],
-    ) -> npt.NDArray[np.int32]:
-        """``maxNumOfEndpoints`` distinct positions in random order."""
-        return _ranked_salted(np.zeros(len(scores), dtype=np.float32), cycle.rng, self._k)
-
-    def pick_shared(
-        self,
-        cycle: CycleState,
-        candidates: Candidates,
-        scores: npt.NDArray[np.float32],
-        num_requests: int,
-    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-        """Random rankings for ``num_requests`` requests (see ``MaxScorePicker.pick_shared``)."""
-        zeros = np.zeros(len(scores), dtype=np.float32)
-        return _ranked_shared(zeros, cycle.rng, self._k, num_requests)
+    def _ranking_scores(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return np.zeros(len(scores), dtype=np.float32)
 
 
 _random_picker: type[Picker] = RandomPicker
