@@ -15,7 +15,9 @@ the document is not a mapping):
    ``single-profile-handler``, ``max-score-picker``, scorer weight 1.0, then the plugins
    of later sections *when their types are registered*; references are resolved against
    the result, as GIE validates after defaulting;
-6. **data dependencies**: a default producer for every consumed key nobody produces, and
+6. **data dependencies**: a default producer for every consumed key nobody produces
+   (built with the producer parameters a consumer's ``Params.producer_parameters()``
+   carries, as GIE's docs put the prefix producer's keys on ``prefix-cache-scorer``), and
    no producer cycles.
 
 The result is the *effective* config: exactly what the scheduler builds, with every
@@ -644,6 +646,8 @@ class _Loader:
         self.unavailable: set[str] = set()
         """Default types the pipeline tried to add and could not (already reported)."""
         self.entry_point_names: frozenset[str] | None = None
+        self.forwarded: dict[str, str] = {}
+        """Auto-created producer name -> the consumer whose parameters it was built with."""
 
     # ------------------------------------------------------------------ plumbing
     def error(
@@ -1147,8 +1151,17 @@ class _Loader:
             if kinds and kinds <= _PROFILE_KINDS and entry.name not in used:
                 self.warn(f"{entry.path}: {entry.name!r} ({entry.type}) is not used by any profile")
 
-    def add_auto(self, plugin_type: str, reason: str, *, required: bool) -> bool:
-        """Add ``plugin_type`` (name = type, default parameters); whether it is there now."""
+    def add_auto(
+        self,
+        plugin_type: str,
+        reason: str,
+        *,
+        required: bool,
+        parameters: Mapping[str, Any] | None = None,
+        params_path: str | None = None,
+    ) -> bool:
+        """Add ``plugin_type`` (name = type, default parameters unless ``parameters`` are
+        forwarded from ``params_path``); whether it is there now."""
         existing = self.entries.get(plugin_type)
         if existing is not None:
             if existing.type == plugin_type:
@@ -1171,7 +1184,9 @@ class _Loader:
                 )
             return False
         record = _Entry(plugin_type, plugin_type, AUTO_PATH, cls)
-        record.spec = self.build_spec(record, None, f"(default {plugin_type}).parameters")
+        record.spec = self.build_spec(
+            record, parameters, params_path or f"(default {plugin_type}).parameters"
+        )
         if record.spec is None:
             return False
         self.entries[plugin_type] = record
@@ -1371,8 +1386,13 @@ class _Loader:
             i += 1
             for key in sorted(_data_keys(consumer.cls, "consumes") - produced):
                 producer_type = registry.default_producer_for(key)
+                source = self.producer_parameter_source(key)
                 if producer_type is None or not self.add_auto(
-                    producer_type, f"{consumer.describe()} consumes {key!r}", required=False
+                    producer_type,
+                    f"{consumer.describe()} consumes {key!r}",
+                    required=False,
+                    parameters=_producer_parameters(source),
+                    params_path=None if source is None else f"{source.path}.parameters",
                 ):
                     effect = (
                         "scores 0 for every endpoint"
@@ -1387,14 +1407,57 @@ class _Loader:
                     produced.add(key)  # warn once per key
                     continue
                 added = self.entries[producer_type]
+                if source is not None and added.path == AUTO_PATH:
+                    self.forwarded[added.name] = source.name
                 produced |= _data_keys(added.cls, "produces") | {key}
                 entries.append(added)
+        self.warn_ignored_producer_parameters()
         cycle = _find_cycle(list(self.entries.values()))
         if cycle:
             steps = ", ".join(
                 f"{a!r} consumes what {b!r} produces" for a, b in itertools.pairwise(cycle)
             )
             self.error("plugins", f"data dependency cycle: {steps}; no order can run them")
+
+    def producer_parameter_source(self, key: str) -> _Entry | None:
+        """The first consumer of ``key`` whose parameters carry producer parameters (GIE's
+        docs put the prefix producer's keys on ``prefix-cache-scorer``)."""
+        for entry in self.entries.values():
+            if key in _data_keys(entry.cls, "consumes") and _producer_parameters(entry):
+                return entry
+        return None
+
+    def warn_ignored_producer_parameters(self) -> None:
+        """Producer parameters on a consumer that no auto-created producer was built with."""
+        for entry in self.entries.values():
+            given = _producer_parameters(entry)
+            if not given:
+                continue
+            keys = _data_keys(entry.cls, "consumes")
+            producers = [e for e in self.entries.values() if keys & _data_keys(e.cls, "produces")]
+            if not producers or any(self.forwarded.get(p.name) == entry.name for p in producers):
+                continue
+            # Only values that differ are lost (an effective config written back repeats them).
+            effective = [
+                effective_parameters(p.spec.params, p.spec.parameters)
+                for p in producers
+                if p.spec is not None
+            ]
+            differing = [k for k, v in given.items() if any(e.get(k, v) != v for e in effective)]
+            if not differing:
+                continue
+            self.warn(
+                f"{entry.path}.parameters: {', '.join(differing)} ignored: "
+                f"{', '.join(p.describe() for p in producers)} produces the data of "
+                f"{entry.name!r} with its own parameters; set them there"
+            )
+
+
+def _producer_parameters(entry: _Entry | None) -> dict[str, Any] | None:
+    """The producer parameters ``entry``'s Params forwards (``producer_parameters()``)."""
+    params = entry.spec.params if entry is not None and entry.spec is not None else None
+    method = getattr(params, "producer_parameters", None)
+    return (dict(method()) or None) if callable(method) else None
 
 
 @attrs.frozen

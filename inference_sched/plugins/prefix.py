@@ -1,34 +1,79 @@
-"""Prefix-cache affinity: the ``prefix-cache-scorer`` (GIE, ``specs/gie.md`` §4.2).
+"""Prefix-cache affinity (GIE ``specs/gie.md`` §4.2, §4.8; llm-d ``specs/peers.md`` §A.1).
 
-A producer (``approx-prefix-cache-producer``; a later issue) matches the request's
-prefix block hashes against its index and writes :class:`PrefixCacheMatchInfo` to the
-cycle; the scorer turns it into ``matched / total`` blocks per candidate.
+* ``approx-prefix-cache-producer`` hashes the request's prompt into chained blocks,
+  matches them against its :class:`~inference_sched.prefix_index.PrefixIndex` and writes
+  :class:`PrefixCacheMatchInfo` to the cycle; in PreRequest it records the blocks as
+  cached on the primary pick (and on the ``prefill`` profile's pick).
+* ``prefix-cache-scorer`` turns the match into ``matched / total`` blocks per candidate.
+* ``prefix-cache-affinity-filter`` keeps the candidates whose match clears a threshold.
+* ``no-hit-lru-scorer`` (llm-d) spreads cold requests (no candidate holds any block)
+  over the least recently used endpoints.
+
+All four meet through the cycle key ``PrefixCacheMatchInfo``; config loading creates the
+producer when a profile consumes the key and nobody produces it, with the parameters
+placed on ``prefix-cache-scorer`` (GIE's documentation puts them there).
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
 import logging
 import math
+import threading
 from typing import Any, ClassVar, Final
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import Handle, Scorer
-from inference_sched.params import boolean, integer, param
+from inference_sched.interfaces import DataProducer, Filter, Handle, PreRequest, Scorer
+from inference_sched.params import (
+    ParamCheck,
+    at_least,
+    boolean,
+    in_range,
+    integer,
+    one_of,
+    param,
+    string,
+)
+from inference_sched.plugins.load import PREFILL_PROFILE
+from inference_sched.prefix_hashing import BYTES_PER_TOKEN, block_hashes, token_block_hashes
+from inference_sched.prefix_index import PrefixIndex
 from inference_sched.registry import register
 from inference_sched.state import EndpointTable
-from inference_sched.types import Candidates, CycleState, Request, ScorerCategory
+from inference_sched.types import (
+    Candidates,
+    CycleState,
+    Endpoint,
+    Request,
+    SchedulingResult,
+    ScorerCategory,
+)
 
-__all__ = ["PREFIX_CACHE_MATCH_INFO", "PrefixCacheMatchInfo", "PrefixCacheScorer"]
+__all__ = [
+    "MATCH_LENGTH_BUCKETS",
+    "PREFIX_CACHE_MATCH_INFO",
+    "ApproxPrefixCacheProducer",
+    "NoHitLruScorer",
+    "PrefixCacheAffinityFilter",
+    "PrefixCacheMatchInfo",
+    "PrefixCacheScorer",
+]
 
 log = logging.getLogger(__name__)
 
 PREFIX_CACHE_MATCH_INFO: Final = "PrefixCacheMatchInfo"
 """Data key of the prefix match (GIE ``PrefixCacheMatchInfoKey``)."""
 
+PRODUCER_TYPE: Final = "approx-prefix-cache-producer"
+
+MATCH_LENGTH_BUCKETS: Final = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, math.inf)
+"""Upper bounds (inclusive, in blocks) of the producer's per-request match histogram."""
+
 _WARN_INTERVAL_S: Final = 60.0
+_MAX_LRU_CAPACITY: Final = 2**31 - 1
 
 
 @attrs.frozen(eq=False)
@@ -47,6 +92,224 @@ class PrefixCacheMatchInfo:
     block_size_tokens: int
 
 
+def _read_info(cycle: CycleState) -> PrefixCacheMatchInfo | None:
+    info = cycle.read(PREFIX_CACHE_MATCH_INFO)
+    return info if isinstance(info, PrefixCacheMatchInfo) else None
+
+
+def _first_picks(result: SchedulingResult) -> list[tuple[int, Endpoint]]:
+    """(row, endpoint) of the primary profile's pick, then of the ``prefill`` pick (GIE)."""
+    picks: list[tuple[int, Endpoint]] = []
+    for profile in (result.primary_profile_name, PREFILL_PROFILE):
+        run = result.profile_results.get(profile)
+        if run is not None and run.rows and all(r != run.rows[0] for r, _ in picks):
+            picks.append((int(run.rows[0]), run.endpoints[0]))
+    return picks
+
+
+# ====================================================================== producer
+_LEGACY_BLOCK_SIZE: Final = (
+    "deprecated: characters per block, ignored; blockSizeTokens (tokens, 4 characters "
+    "each) sets the block size"
+)
+
+
+@attrs.frozen
+class ApproxPrefixCacheProducerParams:
+    """Parameters of ``approx-prefix-cache-producer`` (GIE's keys and defaults)."""
+
+    auto_tune: bool = param(True, alias="autoTune", check=boolean)
+    """Take the block size and LRU capacity from the endpoints' cache metrics when known."""
+    block_size_tokens: int = param(16, alias="blockSizeTokens", check=integer)
+    """Tokens per hashed block (4 bytes each) when not auto-tuned."""
+    max_prefix_blocks_to_match: int = param(256, alias="maxPrefixBlocksToMatch", check=at_least(0))
+    """Longest prefix hashed and matched, in blocks."""
+    max_prefix_tokens_to_match: int = param(0, alias="maxPrefixTokensToMatch", check=at_least(0))
+    """When > 0, overrides maxPrefixBlocksToMatch: this many tokens // block size."""
+    lru_capacity_per_server: int = param(31250, alias="lruCapacityPerServer", check=at_least(1))
+    """Blocks remembered per endpoint when its num_gpu_blocks is unknown or autoTune is off."""
+    match_mode: str = param("counting", alias="matchMode", check=one_of("counting", "prefix"))
+    """Ours: 'counting' (GIE) or 'prefix' (each endpoint's own consecutive leading run)."""
+    block_size: int = param(0, alias="blockSize", check=integer, deprecated=_LEGACY_BLOCK_SIZE)
+    """Deprecated (GIE): characters per block; ignored."""
+    hash_block_size: int = param(
+        0, alias="hashBlockSize", check=integer, deprecated=_LEGACY_BLOCK_SIZE
+    )
+    """Deprecated (GIE v1.0 scorer key): characters per block; ignored."""
+
+    def __attrs_post_init__(self) -> None:
+        # GIE's validation (gie.md §4.2): the migration guard first, then autoTune.
+        if (self.block_size > 0 or self.hash_block_size > 0) and self.block_size_tokens <= 0:
+            raise ParamCheck(
+                "blockSizeTokens",
+                "int >= 1 when the deprecated blockSize/hashBlockSize (characters) is set; "
+                "give the block size in tokens",
+                self.block_size_tokens,
+            )
+        if not self.auto_tune and self.block_size_tokens <= 0:
+            raise ParamCheck(
+                "blockSizeTokens", "int >= 1 when autoTune is false", self.block_size_tokens
+            )
+
+
+@attrs.frozen
+class _PrefixState:
+    """What PrepareRequestData leaves in the cycle for PreRequest."""
+
+    hashes: npt.NDArray[np.uint64]
+    info: PrefixCacheMatchInfo
+
+
+@register(PRODUCER_TYPE, default_producer_for=(PREFIX_CACHE_MATCH_INFO,))
+class ApproxPrefixCacheProducer:
+    """Approximate prefix cache: chained block hashes matched against an index of what
+    the scheduler routed where.
+
+    Design note: the index is *optimistic*, as GIE's: PreRequest assumes every routed
+    prompt becomes cached on the pick, and nothing corrects it from the model server.
+    Per-endpoint LRUs are bounded (capacity: the endpoint's ``num_gpu_blocks`` when
+    auto-tuned and known, else ``lruCapacityPerServer``). The index is only safe with one
+    writer and no concurrent reader, so every index call holds ``self._lock`` (a few
+    hundred nanoseconds against tens of microseconds of hashing and matching).
+    """
+
+    type: ClassVar[str]
+    produces: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO})
+    consumes: ClassVar[frozenset[str]] = frozenset()
+    Params = ApproxPrefixCacheProducerParams
+
+    def __init__(self, name: str, params: ApproxPrefixCacheProducerParams, handle: Handle) -> None:
+        self.name = name
+        self.params = params
+        self._table = handle.table
+        self._state_key = f"{PRODUCER_TYPE}/{name}"
+        self._counting = params.match_mode == "counting"
+        self._lock = threading.Lock()
+        self.index = PrefixIndex()
+        """The block index (read it under no concurrent scheduling; tests and metrics)."""
+        self.hit_bytes = 0
+        """Cumulative estimated bytes of prompt found cached on the primary pick."""
+        self.total_bytes = 0
+        """Cumulative estimated bytes of prompt hashed (requests that got a primary pick)."""
+        self.last_match_blocks = 0
+        """Blocks of the last request found on its primary pick."""
+        self._histogram = np.zeros(len(MATCH_LENGTH_BUCKETS), dtype=np.int64)
+        self._table.on_remove(self._on_remove)
+
+    # ------------------------------------------------------------------ cycle
+    def block_size_tokens(self, table: EndpointTable, candidates: Candidates) -> int:
+        """Effective block size: the first candidate's cache block size when auto-tuned
+        and known (> 0), else ``blockSizeTokens``."""
+        if self.params.auto_tune and len(candidates) > 0:
+            scraped = float(table.block_size_tokens[candidates[0]])
+            if scraped > 0:
+                return int(scraped)
+        return self.params.block_size_tokens
+
+    def max_blocks(self, block_size_tokens: int) -> int:
+        """``maxPrefixTokensToMatch // block size`` when set, else ``maxPrefixBlocksToMatch``."""
+        tokens = self.params.max_prefix_tokens_to_match
+        if tokens > 0:
+            return tokens // block_size_tokens if block_size_tokens > 0 else 0
+        return self.params.max_prefix_blocks_to_match
+
+    def hashes(self, request: Request, block_size_tokens: int) -> npt.NDArray[np.uint64]:
+        """The request's chained block hashes: over its token ids when it has some, else
+        over its prompt bytes; none without either."""
+        max_blocks = self.max_blocks(block_size_tokens)
+        if block_size_tokens <= 0 or max_blocks <= 0:
+            return np.empty(0, dtype=np.uint64)
+        salt = request.body.get("cache_salt") if request.body is not None else None
+        salt = salt if isinstance(salt, str) else ""
+        model = request.target_model
+        if request.token_ids is not None and len(request.token_ids) > 0:
+            return token_block_hashes(request.token_ids, model, salt, block_size_tokens, max_blocks)
+        if request.prompt:
+            return block_hashes(request.prompt, model, salt, block_size_tokens, max_blocks)
+        return np.empty(0, dtype=np.uint64)
+
+    def prepare_request_data(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> None:
+        """Hash the prompt, match it, write ``PrefixCacheMatchInfo`` (counts by row)."""
+        block_tokens = self.block_size_tokens(table, candidates)
+        hashes = self.hashes(request, block_tokens)
+        counts = np.zeros(max(table.capacity, 1), dtype=np.float64)
+        if len(hashes) > 0:
+            with self._lock:
+                if self._counting:
+                    self.index.match_counting(hashes, counts)
+                else:
+                    self.index.match_prefix(hashes, counts)
+        info = PrefixCacheMatchInfo(counts, len(hashes), block_tokens)
+        cycle.write(PREFIX_CACHE_MATCH_INFO, info)
+        cycle.write(self._state_key, _PrefixState(hashes, info))
+
+    def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
+        """Record the request's blocks as cached on the primary (and ``prefill``) pick,
+        and the primary pick's hit in the metrics."""
+        state = cycle.read(self._state_key)
+        if not isinstance(state, _PrefixState):
+            return
+        cycle.delete(self._state_key)
+        picks = _first_picks(result)
+        if not picks:
+            return
+        table = self._table
+        info = state.info
+        primary_row = picks[0][0]
+        matched = int(info.match_blocks[primary_row]) if primary_row < len(info.match_blocks) else 0
+        with self._lock:
+            if len(state.hashes) > 0:
+                for row, endpoint in picks:
+                    if table.endpoint_or_none(row) is not endpoint:
+                        continue  # removed (or its row reused) since the pick
+                    self.index.add(state.hashes, row, self._capacity(row))
+            if info.total_blocks > 0:
+                block_bytes = info.block_size_tokens * BYTES_PER_TOKEN
+                self.hit_bytes += matched * block_bytes
+                self.total_bytes += info.total_blocks * block_bytes
+                self.last_match_blocks = matched
+                self._histogram[bisect.bisect_left(MATCH_LENGTH_BUCKETS, matched)] += 1
+
+    def _capacity(self, row: int) -> int:
+        if self.params.auto_tune:
+            blocks = float(self._table.kv_blocks_total[row])
+            if blocks >= 1:
+                return min(int(blocks), _MAX_LRU_CAPACITY)
+        return min(self.params.lru_capacity_per_server, _MAX_LRU_CAPACITY)
+
+    def _on_remove(self, row: int, endpoint: Endpoint) -> None:
+        with self._lock:
+            self.index.remove_endpoint(row)
+
+    # ------------------------------------------------------------------ metrics
+    def index_size(self) -> int:
+        """(hash, endpoint) entries in the index (GIE ``prefix_indexer_size``)."""
+        with self._lock:
+            return self.index.size()
+
+    def hit_ratio(self) -> float:
+        """Cumulative hit bytes / hashed bytes on primary picks (GIE
+        ``prefix_indexer_hit_ratio``); 0 before any request with blocks."""
+        return self.hit_bytes / self.total_bytes if self.total_bytes else 0.0
+
+    def match_length_histogram(self) -> dict[float, int]:
+        """Cumulative count of requests (with >= 1 block) per matched-block upper bound,
+        Prometheus style: ``{le: requests with match <= le}``."""
+        cumulative = np.cumsum(self._histogram).tolist()
+        return dict(zip(MATCH_LENGTH_BUCKETS, cumulative, strict=True))
+
+
+_producer: type[DataProducer] = ApproxPrefixCacheProducer
+_producer_pre: type[PreRequest] = ApproxPrefixCacheProducer
+
+
+# ====================================================================== scorer
 def _optional(check: Any) -> Any:
     def run(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None:
@@ -55,38 +318,44 @@ def _optional(check: Any) -> Any:
     return run
 
 
-def _ignored(key: str, kind: str) -> Any:
-    return param(
-        None,
-        alias=key,
-        check=_optional(boolean if kind == "bool" else integer),
-        deprecated="ignored by prefix-cache-scorer (as in GIE); set it on "
-        "approx-prefix-cache-producer",
-    )
+def _forwarded(key: str, check: Any) -> Any:
+    return param(None, alias=key, check=_optional(check))
 
 
 @attrs.frozen
 class PrefixCacheScorerParams:
-    """Accepted for GIE compatibility and ignored, as GIE ignores them.
+    """Producer parameters placed on the scorer, as GIE's documentation places them.
 
-    GIE's documentation still puts the prefix producer's parameters on the scorer, and
-    v1.0 configs did so; such a config loads, with a warning per key.
+    None is used by the scorer itself. When config loading creates the default
+    ``approx-prefix-cache-producer`` for this scorer, it builds it with the keys given
+    here (see :meth:`producer_parameters`); when a producer is declared, they are ignored
+    with a warning.
     """
 
-    block_size: int | None = _ignored("blockSize", "int")
-    """Ignored (deprecated producer key, characters per block)."""
-    hash_block_size: int | None = _ignored("hashBlockSize", "int")
-    """Ignored (v1.0 key, characters per block)."""
-    block_size_tokens: int | None = _ignored("blockSizeTokens", "int")
-    """Ignored (producer key)."""
-    max_prefix_blocks_to_match: int | None = _ignored("maxPrefixBlocksToMatch", "int")
-    """Ignored (producer key)."""
-    max_prefix_tokens_to_match: int | None = _ignored("maxPrefixTokensToMatch", "int")
-    """Ignored (producer key)."""
-    lru_capacity_per_server: int | None = _ignored("lruCapacityPerServer", "int")
-    """Ignored (producer key)."""
-    auto_tune: bool | None = _ignored("autoTune", "bool")
-    """Ignored (producer key)."""
+    auto_tune: bool | None = _forwarded("autoTune", boolean)
+    """For the auto-created producer: autoTune."""
+    block_size_tokens: int | None = _forwarded("blockSizeTokens", integer)
+    """For the auto-created producer: blockSizeTokens."""
+    max_prefix_blocks_to_match: int | None = _forwarded("maxPrefixBlocksToMatch", integer)
+    """For the auto-created producer: maxPrefixBlocksToMatch."""
+    max_prefix_tokens_to_match: int | None = _forwarded("maxPrefixTokensToMatch", integer)
+    """For the auto-created producer: maxPrefixTokensToMatch."""
+    lru_capacity_per_server: int | None = _forwarded("lruCapacityPerServer", integer)
+    """For the auto-created producer: lruCapacityPerServer."""
+    match_mode: str | None = _forwarded("matchMode", string)
+    """For the auto-created producer: matchMode."""
+    block_size: int | None = _forwarded("blockSize", integer)
+    """For the auto-created producer: the deprecated blockSize (characters)."""
+    hash_block_size: int | None = _forwarded("hashBlockSize", integer)
+    """For the auto-created producer: the deprecated v1.0 hashBlockSize (characters)."""
+
+    def producer_parameters(self) -> dict[str, Any]:
+        """The keys given here, by GIE key, as ``approx-prefix-cache-producer`` takes them."""
+        return {
+            a.alias or a.name: getattr(self, a.name)
+            for a in attrs.fields(type(self))
+            if getattr(self, a.name) is not None
+        }
 
 
 @register("prefix-cache-scorer")
@@ -149,3 +418,157 @@ class PrefixCacheScorer:
 
 
 _prefix_cache_scorer: type[Scorer] = PrefixCacheScorer
+
+
+# ====================================================================== filter
+@register("prefix-cache-affinity-filter")
+class PrefixCacheAffinityFilter:
+    """Keeps the candidates holding at least ``affinityThreshold`` of the prefix
+    (none do: all); skipped with probability ``explorationProbability``."""
+
+    type: ClassVar[str]
+    consumes: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO})
+
+    @attrs.frozen
+    class Params:
+        """Parameters of ``prefix-cache-affinity-filter``."""
+
+        affinity_threshold: float = param(0.80, alias="affinityThreshold", check=in_range(0, 1))
+        """Prefix score (matched / total blocks) an endpoint needs to be sticky; 0 disables."""
+        exploration_probability: float = param(
+            0.01, alias="explorationProbability", check=in_range(0, 1)
+        )
+        """Probability of skipping the filter for a request (explore non-sticky endpoints)."""
+        max_ttft_penalty_ms: float = param(
+            5000.0, alias="maxTTFTPenaltyMs", check=at_least(0, kind="number")
+        )
+        """Accepted, not used yet: the TTFT gate needs SLO prediction (a later issue)."""
+
+    def __init__(self, name: str, params: PrefixCacheAffinityFilter.Params, handle: Handle) -> None:
+        self.name = name
+        self._threshold = float(params.affinity_threshold)
+        self._explore = float(params.exploration_probability)
+
+    def filter(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> Candidates:
+        """Sticky candidates (score >= threshold), or all of them."""
+        if len(candidates) <= 1 or self._threshold <= 0:
+            return candidates
+        if self._explore > 0 and cycle.rng.random() < self._explore:
+            return candidates
+        info = _read_info(cycle)
+        if info is None or info.total_blocks <= 0:
+            return candidates  # every score is 0: nobody is sticky
+        sticky = info.match_blocks[candidates] / info.total_blocks >= self._threshold
+        if not sticky.any():
+            return candidates
+        return candidates[sticky]
+
+
+_affinity_filter: type[Filter] = PrefixCacheAffinityFilter
+
+
+# ====================================================================== no-hit LRU
+@register("no-hit-lru-scorer")
+class NoHitLruScorer:
+    """llm-d: spreads cold requests (no candidate holds a block) over the least recently
+    used endpoints; a warm request scores 0.5 everywhere."""
+
+    type: ClassVar[str]
+    category: ClassVar[ScorerCategory] = "Distribution"
+    consumes: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO})
+
+    @attrs.frozen
+    class Params:
+        """Parameters of ``no-hit-lru-scorer``."""
+
+        prefix_plugin_type: str = param(
+            "prefix-cache-scorer", alias="prefixPluginType", check=string
+        )
+        """llm-d: the prefix plugin whose state says cold/warm; here informational (the
+        match is read from the cycle's PrefixCacheMatchInfo)."""
+        prefix_plugin_name: str = param(
+            "prefix-cache-scorer", alias="prefixPluginName", check=string
+        )
+        """llm-d: the prefix plugin's instance name; informational, as prefixPluginType."""
+        lru_size: int = param(1024, alias="lruSize", check=at_least(1))
+        """Endpoints remembered as used; beyond it the least recently used is forgotten."""
+
+    def __init__(self, name: str, params: NoHitLruScorer.Params, handle: Handle) -> None:
+        self.name = name
+        self._table = handle.table
+        self._size = params.lru_size
+        self._cold_key = f"no-hit-lru-scorer/{name}"
+        self._lock = threading.Lock()
+        # row -> use stamp (increasing), least recently used first; the stamp gives a
+        # candidate's LRU position without walking the list. Rows, not names: the table's
+        # removal listener drops a row before it can be reused.
+        self._lru: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._stamp = 0
+        self._table.on_remove(self._on_remove)
+
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """0.5 each for a warm request; else ``1 - rank / (N - 1)`` with never-used
+        endpoints first (input order), then used ones from least to most recent."""
+        n = len(candidates)
+        info = _read_info(cycle)
+        if (
+            info is not None
+            and info.total_blocks > 0
+            and bool((info.match_blocks[candidates] > 0).any())
+        ):
+            out[:n] = 0.5
+            return
+        cycle.write(self._cold_key, True)
+        if n == 1:
+            out[0] = 1.0
+            return
+        rows = candidates.tolist()
+        with self._lock:
+            stamps = [self._lru.get(row) for row in rows]
+        unused = [i for i, stamp in enumerate(stamps) if stamp is None]
+        used = sorted(
+            (i for i, stamp in enumerate(stamps) if stamp is not None),
+            key=lambda i: stamps[i] or 0,
+        )
+        for rank, i in enumerate(unused + used):
+            out[i] = 1.0 - rank / (n - 1)
+
+    def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
+        """For a cold request, move the primary (and ``prefill``) pick to most recent."""
+        if cycle.read(self._cold_key) is not True:
+            return
+        with self._lock:
+            for row, endpoint in _first_picks(result):
+                if self._table.endpoint_or_none(row) is not endpoint:
+                    continue
+                self._stamp += 1
+                self._lru[row] = self._stamp
+                self._lru.move_to_end(row)
+                while len(self._lru) > self._size:
+                    self._lru.popitem(last=False)
+
+    def lru_rows(self) -> list[int]:
+        """Remembered rows, least recently used first (for tests and debugging)."""
+        with self._lock:
+            return list(self._lru)
+
+    def _on_remove(self, row: int, endpoint: Endpoint) -> None:
+        with self._lock:
+            self._lru.pop(row, None)
+
+
+_no_hit_scorer: type[Scorer] = NoHitLruScorer
+_no_hit_pre: type[PreRequest] = NoHitLruScorer

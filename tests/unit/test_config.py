@@ -458,6 +458,7 @@ def test_empty_source_is_gie_default(source: str | None) -> None:
         ("prefix-cache-scorer", "prefix-cache-scorer", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
     ]
     assert cfg.scheduling_profiles == (
         ProfileSpec(
@@ -478,10 +479,7 @@ def test_empty_source_is_gie_default(source: str | None) -> None:
     assert picker.parameters is None
     assert picker.params == parse_params(PickerParams, None, "")
     assert picker.params.max_num_of_endpoints == 1
-    assert any(
-        "'prefix-cache-scorer' (prefix-cache-scorer) consumes 'PrefixCacheMatchInfo'" in w
-        for w in cfg.warnings
-    )
+    assert not any("PrefixCacheMatchInfo" in w for w in cfg.warnings)  # the producer is added
 
 
 def test_empty_mapping_gets_the_pipeline_with_no_plugins() -> None:
@@ -514,6 +512,7 @@ def test_gie_full_shape_example() -> None:
         ("my-prefix", "prefix-cache-scorer", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
     ]
     assert cfg.plugin("my-prefix").parameters == {}
     assert cfg.scheduling_profiles == (
@@ -557,11 +556,14 @@ def test_gie_full_shape_example() -> None:
     assert "flowControl: the flow-control policy plugins" in warned
 
 
-def test_gie_15a_is_rejected_today_for_the_producer() -> None:
-    with pytest.raises(UnknownPluginTypeError, match=r"^plugins\[4\]\.type: unknown plugin type 'approx-prefix-cache-producer'") as info:  # fmt: skip
-        load_config(DATA / "gie-15a-lora-load-prefix.yaml")
-    assert info.value.plugin_type == "approx-prefix-cache-producer"
-    assert info.value.path == "plugins[4].type"
+def test_gie_15a_with_the_producer() -> None:
+    cfg = load_config(DATA / "gie-15a-lora-load-prefix.yaml")
+    producer = cfg.plugin("approx-prefix-cache-producer")
+    assert (producer.path, producer.is_auto) == ("plugins[4]", False)
+    params = producer.params
+    assert (params.auto_tune, params.block_size_tokens) == (False, 16)
+    assert (params.max_prefix_blocks_to_match, params.lru_capacity_per_server) == (512, 40000)
+    assert [p.name for p in cfg.plugins if p.is_auto] == ["single-profile-handler"]
 
 
 def test_gie_15a_without_the_producer() -> None:
@@ -573,6 +575,7 @@ def test_gie_15a_without_the_producer() -> None:
         ("prefix-cache-scorer", "prefix-cache-scorer", False),
         ("max-score-picker", "max-score-picker", False),
         ("single-profile-handler", "single-profile-handler", True),
+        ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
     ]
     assert cfg.plugin("max-score-picker").params.max_num_of_endpoints == 2
     assert cfg.scheduling_profiles[0].plugins == (
@@ -876,6 +879,7 @@ def test_system_defaults_are_added_when_registered(system_stubs: None) -> None:
         "utilization-detector",
         "metrics-data-source",
         "core-metrics-extractor",
+        "approx-prefix-cache-producer",
     ]
     assert cfg.parser == {"pluginRef": "openai-parser"}
     assert cfg.saturation_detector == {"pluginRef": "utilization-detector"}

@@ -107,18 +107,34 @@ def test_metadata() -> None:
     assert PrefixCacheScorer.consumes == frozenset({"PrefixCacheMatchInfo"})
 
 
-def test_producer_keys_are_accepted_and_ignored() -> None:
+@pytest.mark.parametrize(
+    ("raw", "forwarded"),
+    [
+        pytest.param(None, {}, id="none"),
+        pytest.param(
+            {"autoTune": False, "blockSizeTokens": 32, "maxPrefixTokensToMatch": 1024},
+            {"autoTune": False, "blockSizeTokens": 32, "maxPrefixTokensToMatch": 1024},
+            id="producer-keys",
+        ),
+        pytest.param(
+            {"lruCapacityPerServer": 100, "maxPrefixBlocksToMatch": 8, "matchMode": "prefix"},
+            {"lruCapacityPerServer": 100, "maxPrefixBlocksToMatch": 8, "matchMode": "prefix"},
+            id="more-keys",
+        ),
+        pytest.param(
+            {"blockSize": 64, "hashBlockSize": 64},
+            {"blockSize": 64, "hashBlockSize": 64},
+            id="deprecated-keys-forwarded",
+        ),
+    ],
+)
+def test_producer_parameters_are_forwarded(
+    raw: dict[str, Any] | None, forwarded: dict[str, Any]
+) -> None:
     warnings: list[str] = []
-    raw = {
-        "blockSize": 64,
-        "maxPrefixBlocksToMatch": 256,
-        "lruCapacityPerServer": 31250,
-        "autoTune": False,
-    }
     params = parse_params(PrefixCacheScorer.Params, raw, PATH, warn=warnings.append)
-    assert params.block_size == 64
-    suffix = ": ignored by prefix-cache-scorer (as in GIE); set it on approx-prefix-cache-producer"
-    assert warnings == [f"{PATH}.{key}{suffix}" for key in raw]
+    assert params.producer_parameters() == forwarded
+    assert warnings == []  # the producer warns (deprecated keys) when it is built with them
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ def test_default_config_schedules_by_queue_and_kv() -> None:
     # queue scores (max-q)/(max-min): e0 1.0, e1 0.5, e2 0.0; kv 1-u: .2, .9, 1.0
     table = make_table(3, waiting=[0, 2, 4], kv_usage_frac=[0.8, 0.1, 0.0])
     scheduler = Scheduler.from_config(None, table, seed=0)
-    # totals: e0 2*1+2*.2 = 2.4; e1 2*.5+2*.9 = 2.8; e2 0+2*1 = 2.0 (prefix scores 0: no producer)
+    # totals: e0 2*1+2*.2 = 2.4; e1 2*.5+2*.9 = 2.8; e2 0+2*1 = 2.0 (prefix 0: no prompt)
     assert scheduler.schedule(Request.create("m")).endpoint.name == "e1"
     assert set(scheduler.profiles) == {"default"}
     assert scheduler.handler.type == "single-profile-handler"
