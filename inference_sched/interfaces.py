@@ -10,6 +10,7 @@ The scheduling cycle (DESIGN §2)::
 
     ProfileHandler.pick_profiles ──► per profile: DataProducer? ─► Filter* ─► Scorer* ─► Picker
     ProfileHandler.process_results ──► PreRequest*
+    after the answer is out: DeferredWork* (work a plugin postponed off the decision path)
     response: ResponseReceived* ─► ResponseStreaming* (each chunk) ─► ResponseComplete*
 
 Candidates are int32 row indices into the :class:`~inference_sched.state.EndpointTable`;
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DataProducer",
+    "DeferredWork",
     "Filter",
     "Handle",
     "Picker",
@@ -272,6 +274,22 @@ class PreRequest(Plugin, Protocol):
         Called once per successful cycle, in config order. Per-request state a plugin
         keeps from here must be released in :class:`ResponseComplete`.
         """
+        ...
+
+
+@runtime_checkable
+class DeferredWork(Plugin, Protocol):
+    """Work a plugin postponed off the decision path (GIE runs it in goroutines).
+
+    The embedder calls :meth:`Scheduler.run_deferred
+    <inference_sched.scheduler.Scheduler.run_deferred>` once the decision is on its way to
+    the gateway (after each request, or when idle). A plugin must not depend on that call
+    for correctness: it runs whatever is still pending before it next reads the state
+    the work updates, so skipping the call only moves the cost into the next decision.
+    """
+
+    def run_deferred(self) -> None:
+        """Do the postponed work now (e.g. the prefix index updates of PreRequest)."""
         ...
 
 

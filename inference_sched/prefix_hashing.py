@@ -11,8 +11,9 @@ values (64-bit unsigned ints) one by one, and ``uint64`` arrays in bulk.
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import NewType, TypeVar
+from typing import Final, NewType, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +25,7 @@ __all__ = [
     "BYTES_PER_TOKEN",
     "BlockHash",
     "block_hashes",
+    "chain_seed",
     "num_block_hashes",
     "readonly",
     "seed_hash",
@@ -38,6 +40,9 @@ BlockHash = NewType("BlockHash", int)
 BYTES_PER_TOKEN = 4
 """GIE's characters-per-token estimate: a block of ``n`` tokens is ``4 * n`` bytes."""
 
+_UINT8: Final = np.dtype(np.uint8)
+_UINT64: Final = np.dtype(np.uint64)
+
 
 def seed_hash(model: str, cache_salt: str = "") -> BlockHash:
     """The chain's first parent: ``xxh64(model + cache_salt)`` of their UTF-8 bytes.
@@ -49,6 +54,13 @@ def seed_hash(model: str, cache_salt: str = "") -> BlockHash:
     if cache_salt:
         data += cache_salt.encode("utf-8")
     return BlockHash(xxhash.xxh64_intdigest(data))
+
+
+@functools.lru_cache(maxsize=1024)
+def chain_seed(model: str, cache_salt: str = "") -> np.uint64:
+    """:func:`seed_hash` as the kernels take it (``np.uint64``), cached: every decision
+    needs it, and a few models and salts recur."""
+    return np.uint64(seed_hash(model, cache_salt))
 
 
 def readonly(array: npt.NDArray[_T]) -> npt.NDArray[_T]:
@@ -83,12 +95,13 @@ def block_hashes(
     Returns:
         uint64 (count,), one hash per block, in prompt order.
     """
-    data = readonly(np.frombuffer(prompt, dtype=np.uint8))
+    # Positional dtypes: NumPy's keyword parsing costs more than the call itself here.
+    data = readonly(np.frombuffer(prompt, _UINT8))  # a no-op over bytes
     block_bytes = BYTES_PER_TOKEN * int(block_size_tokens)
-    out = np.empty(num_block_hashes(len(data), block_bytes, int(max_blocks)), dtype=np.uint64)
+    out = np.empty(num_block_hashes(len(data), block_bytes, int(max_blocks)), _UINT64)
     if out.shape[0] == 0:
         return out
-    seed = np.uint64(seed_hash(model, cache_salt))
+    seed = chain_seed(model, cache_salt)
     count = chained_block_hashes(data, block_bytes, int(max_blocks), seed, out)
     return out[:count]
 
@@ -113,6 +126,6 @@ def token_block_hashes(
     out = np.empty(num_block_hashes(num_bytes, block_bytes, int(max_blocks)), dtype=np.uint64)
     if out.shape[0] == 0:
         return out
-    seed = np.uint64(seed_hash(model, cache_salt))
+    seed = chain_seed(model, cache_salt)
     count = chained_token_block_hashes(ids, block_tokens, int(max_blocks), seed, out)
     return out[:count]

@@ -21,21 +21,33 @@ the sum of the endpoints' LRU capacities (see :attr:`PrefixIndex.nbytes`).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from inference_sched.kernels import prefix_index as _k
+from inference_sched.prefix_hashing import BYTES_PER_TOKEN, chain_seed, num_block_hashes, readonly
 
 __all__ = ["PrefixIndex"]
 
 _MAX_ROW: Final = 2**31 - 2
 _MAX_CAPACITY: Final = 2**31 - 1
+_UINT8: Final = np.dtype(np.uint8)
+_UINT64: Final = np.dtype(np.uint64)
+_INT64: Final = np.dtype(np.int64)
 
 
 def _as_keys(hashes: npt.ArrayLike) -> npt.NDArray[np.int64]:
     """The hashes as a contiguous 1-D uint64 array, viewed as int64 (the kernels' keys)."""
+    if (
+        isinstance(hashes, np.ndarray)
+        and hashes.dtype == _UINT64
+        and hashes.ndim == 1
+        and hashes.flags.c_contiguous
+    ):
+        return hashes.view(_INT64)  # what the hashing functions return: no conversion
     arr = np.ascontiguousarray(hashes, dtype=np.uint64)
     if arr.ndim != 1:
         raise ValueError(f"hashes: expected a 1-D array, got shape {arr.shape}")
@@ -206,6 +218,88 @@ class PrefixIndex:
                 self._keys, self._heads, self._nodes, self._meta[_k._M_SHIFT], keys, out_counts
             )
         )
+
+    def match_prompt(
+        self,
+        prompt: bytes,
+        model: str,
+        cache_salt: str,
+        block_size_tokens: int,
+        max_blocks: int,
+        out_counts: npt.NDArray[np.float64],
+        *,
+        strict: bool = False,
+    ) -> npt.NDArray[np.uint64]:
+        """:func:`~inference_sched.prefix_hashing.block_hashes` of ``prompt``, then
+        :meth:`match_counting` (or :meth:`match_prefix` when ``strict``), in one kernel.
+
+        Same results as the two calls; faster, because the hashes are matched while they
+        are still in cache and the Python work is done once.
+
+        Returns:
+            The prompt's block hashes (uint64), as ``block_hashes`` returns them.
+        """
+        self._check_out(out_counts)
+        # Read-only: the layout the kernel is pinned to (a no-op over ``bytes``).
+        data = readonly(np.frombuffer(prompt, _UINT8))
+        block_bytes = BYTES_PER_TOKEN * int(block_size_tokens)
+        out = np.empty(num_block_hashes(len(data), block_bytes, int(max_blocks)), _UINT64)
+        if out.shape[0] == 0:
+            out_counts[:] = 0.0
+            return out
+        count = _k._hash_match(
+            self._keys,
+            self._heads,
+            self._nodes,
+            self._meta[_k._M_SHIFT],
+            data,
+            block_bytes,
+            int(max_blocks),
+            chain_seed(model, cache_salt),
+            bool(strict),
+            out,
+            out_counts,
+        )
+        return out[:count]
+
+    def match_tokens(
+        self,
+        tokens: npt.ArrayLike,
+        model: str,
+        cache_salt: str,
+        block_size_tokens: int,
+        max_blocks: int,
+        out_counts: npt.NDArray[np.float64],
+        *,
+        strict: bool = False,
+    ) -> npt.NDArray[np.uint64]:
+        """:meth:`match_prompt` over token ids (as
+        :func:`~inference_sched.prefix_hashing.token_block_hashes` hashes them)."""
+        assert sys.byteorder == "little", "token hashing reads uint32 ids as little-endian bytes"
+        self._check_out(out_counts)
+        ids = readonly(np.ascontiguousarray(tokens, dtype=np.uint32).reshape(-1))
+        block_tokens = int(block_size_tokens)
+        num_bytes = BYTES_PER_TOKEN * ids.shape[0]
+        out = np.empty(
+            num_block_hashes(num_bytes, BYTES_PER_TOKEN * block_tokens, int(max_blocks)), _UINT64
+        )
+        if out.shape[0] == 0:
+            out_counts[:] = 0.0
+            return out
+        count = _k._hash_match_tokens(
+            self._keys,
+            self._heads,
+            self._nodes,
+            self._meta[_k._M_SHIFT],
+            ids,
+            block_tokens,
+            int(max_blocks),
+            chain_seed(model, cache_salt),
+            bool(strict),
+            out,
+            out_counts,
+        )
+        return out[:count]
 
     # ------------------------------------------------------------------ inspection
 

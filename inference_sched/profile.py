@@ -41,8 +41,8 @@ class PluginStats:
 
     Attributes:
         extension_point: ``Filter``, ``Scorer``, ``Picker``, ``PrepareData``,
-            ``ProfilePicker``, ``ProcessProfilesResults``, ``PreRequest``,
-            ``ResponseReceived``, ``ResponseStreaming`` or ``ResponseComplete``.
+            ``ProfilePicker``, ``ProcessProfilesResults``, ``PreRequest``, ``Deferred``
+            (ours), ``ResponseReceived``, ``ResponseStreaming`` or ``ResponseComplete``.
         plugin_type / plugin_name: the plugin's identity.
         calls: completed and failed calls.
         errors: calls that raised.

@@ -57,6 +57,7 @@ KINDS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "profile-handler": (interfaces.ProfileHandler, ("pick_profiles", "process_results")),
     "data-producer": (interfaces.DataProducer, ("prepare_request_data",)),
     "pre-request": (interfaces.PreRequest, ("pre_request",)),
+    "deferred-work": (interfaces.DeferredWork, ("run_deferred",)),
     "response-received": (interfaces.ResponseReceived, ("response_received",)),
     "response-streaming": (interfaces.ResponseStreaming, ("response_streaming",)),
     "response-complete": (interfaces.ResponseComplete, ("response_complete",)),

@@ -98,6 +98,7 @@ class Scheduler:
         hooks = list(self.plugins.values())
         self._producers = [(p, _stats("PrepareData", p)) for p in producers]
         self._pre_request = [(p, _stats("PreRequest", p)) for p in _having(hooks, "pre_request")]
+        self._deferred = [(p, _stats("Deferred", p)) for p in _having(hooks, "run_deferred")]
         self._received = [
             (p, _stats("ResponseReceived", p)) for p in _having(hooks, "response_received")
         ]
@@ -223,6 +224,18 @@ class Scheduler:
             return [self._schedule_or_error(r) for r in requests]
         return self._schedule_shared(requests, plan)
 
+    def run_deferred(self) -> None:
+        """Run the work plugins postponed off the decision path (:class:`DeferredWork`).
+
+        GIE updates the prefix index in a goroutine after the pick; here PreRequest
+        queues the update and this call applies it. Call it once the decision is on its
+        way (after answering the gateway, or from an idle callback), on the thread that
+        schedules. Skipping it is safe: a plugin runs its pending work before its next
+        read, so the next decision pays for it instead.
+        """
+        for plugin, stats in self._deferred:
+            _call(stats, plugin.run_deferred)
+
     # -------------------------------------------------------------- responses
     def response_received(
         self, request: Request, response: Response, result: SchedulingResult
@@ -253,7 +266,13 @@ class Scheduler:
         out += [s for _, s in self._producers]
         for profile in self.profiles.values():
             out += profile.stats()
-        for hooks in (self._pre_request, self._received, self._streaming, self._complete):
+        for hooks in (
+            self._pre_request,
+            self._deferred,
+            self._received,
+            self._streaming,
+            self._complete,
+        ):
             out += [s for _, s in hooks]
         return out
 

@@ -32,6 +32,7 @@ __all__ = [
     # scoring
     "min_max_inverted",
     "one_minus",
+    "divided",
     "threshold_load",
     "load_aware",
     "active_request",
@@ -113,6 +114,32 @@ def one_minus(
     n = candidates.shape[0]
     with np.errstate(over="ignore"):  # float64 -> float32 may overflow to inf, as in Numba
         out[:n] = 1.0 - values[candidates]
+
+
+def divided(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    divisor: float,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score ``v / divisor`` (GIE prefix-cache-scorer: matched blocks / total blocks).
+
+    Not clamped; NaN stays NaN, values whose result does not fit float32 become +-inf.
+
+    Args:
+        values: float64 column indexed by row (e.g. matched blocks per endpoint).
+        candidates: int32 rows to score.
+        divisor: float, not 0.
+        out: float32, ``out[:n]`` receives the scores.
+
+    Raises:
+        ZeroDivisionError: ``divisor == 0`` (Numba's Python error model does the same).
+    """
+    if divisor == 0:
+        raise ZeroDivisionError("division by zero")
+    n = candidates.shape[0]
+    with np.errstate(over="ignore"):  # float64 -> float32 may overflow to inf, as in Numba
+        out[:n] = values[candidates] / divisor
 
 
 def threshold_load(

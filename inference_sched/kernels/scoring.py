@@ -21,6 +21,7 @@ from inference_sched.kernels._jit import kernel
 __all__ = [
     "min_max_inverted",
     "one_minus",
+    "divided",
     "threshold_load",
     "load_aware",
     "active_request",
@@ -79,6 +80,19 @@ def one_minus(
     """Score ``1 - v`` per candidate (unclamped; NaN stays NaN)."""
     for i in range(candidates.shape[0]):
         out[i] = 1.0 - values[candidates[i]]
+
+
+@kernel
+def divided(
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int32],
+    divisor: float,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """Score ``v / divisor`` per candidate (unclamped; ``divisor`` must not be 0)."""
+    for i in range(candidates.shape[0]):
+        # float(): free when compiled; without JIT, Python floats overflow to inf quietly.
+        out[i] = float(values[candidates[i]]) / divisor
 
 
 @kernel

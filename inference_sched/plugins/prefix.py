@@ -2,8 +2,8 @@
 
 * ``approx-prefix-cache-producer`` hashes the request's prompt into chained blocks,
   matches them against its :class:`~inference_sched.prefix_index.PrefixIndex` and writes
-  :class:`PrefixCacheMatchInfo` to the cycle; in PreRequest it records the blocks as
-  cached on the primary pick (and on the ``prefill`` profile's pick).
+  :class:`PrefixCacheMatchInfo` to the cycle; PreRequest queues the blocks as cached on
+  the primary pick (and on the ``prefill`` profile's pick), ``run_deferred`` applies them.
 * ``prefix-cache-scorer`` turns the match into ``matched / total`` blocks per candidate.
 * ``prefix-cache-affinity-filter`` keeps the candidates whose match clears a threshold.
 * ``no-hit-lru-scorer`` (llm-d) spreads cold requests (no candidate holds any block)
@@ -18,16 +18,25 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import logging
 import math
 import threading
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, NamedTuple
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import DataProducer, Filter, Handle, PreRequest, Scorer
+from inference_sched.interfaces import (
+    DataProducer,
+    DeferredWork,
+    Filter,
+    Handle,
+    PreRequest,
+    Scorer,
+)
+from inference_sched.kernels import scoring
 from inference_sched.params import (
     ParamCheck,
     at_least,
@@ -73,6 +82,8 @@ MATCH_LENGTH_BUCKETS: Final = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2
 """Upper bounds (inclusive, in blocks) of the producer's per-request match histogram."""
 
 _WARN_INTERVAL_S: Final = 60.0
+_MAX_PENDING: Final = 64
+"""Queued index updates past which PreRequest applies them itself."""
 _MAX_LRU_CAPACITY: Final = 2**31 - 1
 
 
@@ -90,6 +101,16 @@ class PrefixCacheMatchInfo:
     match_blocks: npt.NDArray[np.float64]
     total_blocks: int
     block_size_tokens: int
+
+
+_NO_HASHES: Final = np.empty(0, dtype=np.uint64)
+_NO_HASHES.flags.writeable = False
+
+
+def _cache_salt(request: Request) -> str:
+    """The body's ``cache_salt`` when it is a string (GIE), else no salt."""
+    salt = request.body.get("cache_salt") if request.body is not None else None
+    return salt if isinstance(salt, str) else ""
 
 
 def _read_info(cycle: CycleState) -> PrefixCacheMatchInfo | None:
@@ -152,9 +173,9 @@ class ApproxPrefixCacheProducerParams:
             )
 
 
-@attrs.frozen
-class _PrefixState:
-    """What PrepareRequestData leaves in the cycle for PreRequest."""
+class _PrefixState(NamedTuple):
+    """What PrepareRequestData leaves in the cycle for PreRequest (a tuple: built on
+    every decision)."""
 
     hashes: npt.NDArray[np.uint64]
     info: PrefixCacheMatchInfo
@@ -171,6 +192,14 @@ class ApproxPrefixCacheProducer:
     auto-tuned and known, else ``lruCapacityPerServer``). The index is only safe with one
     writer and no concurrent reader, so every index call holds ``self._lock`` (a few
     hundred nanoseconds against tens of microseconds of hashing and matching).
+
+    PreRequest does not touch the index: like GIE, which adds the blocks in a goroutine,
+    it queues the update, and :meth:`run_deferred` (``Scheduler.run_deferred``) applies
+    it once the answer is out. Unlike GIE it never races: the next match, an endpoint
+    removal and :attr:`index` apply whatever is still queued first, so every decision
+    sees every earlier pick, whether or not the embedder calls ``run_deferred``. An
+    update costs more than the rest of the decision with a large index (cache misses
+    on evictions and LRU moves), so this is what keeps it off the gateway's wait.
     """
 
     type: ClassVar[str]
@@ -185,15 +214,17 @@ class ApproxPrefixCacheProducer:
         self._state_key = f"{PRODUCER_TYPE}/{name}"
         self._counting = params.match_mode == "counting"
         self._lock = threading.Lock()
-        self.index = PrefixIndex()
-        """The block index (read it under no concurrent scheduling; tests and metrics)."""
+        self._index = PrefixIndex()
+        # PreRequest's index updates, applied by run_deferred or before the next match:
+        # (hashes, row, LRU capacity) in pick order.
+        self._pending: list[tuple[npt.NDArray[np.uint64], int, int]] = []
         self.hit_bytes = 0
         """Cumulative estimated bytes of prompt found cached on the primary pick."""
         self.total_bytes = 0
         """Cumulative estimated bytes of prompt hashed (requests that got a primary pick)."""
         self.last_match_blocks = 0
         """Blocks of the last request found on its primary pick."""
-        self._histogram = np.zeros(len(MATCH_LENGTH_BUCKETS), dtype=np.int64)
+        self._histogram = [0] * len(MATCH_LENGTH_BUCKETS)
         self._table.on_remove(self._on_remove)
 
     # ------------------------------------------------------------------ cycle
@@ -215,18 +246,42 @@ class ApproxPrefixCacheProducer:
 
     def hashes(self, request: Request, block_size_tokens: int) -> npt.NDArray[np.uint64]:
         """The request's chained block hashes: over its token ids when it has some, else
-        over its prompt bytes; none without either."""
+        over its prompt bytes; none without either (what the match hashes)."""
         max_blocks = self.max_blocks(block_size_tokens)
         if block_size_tokens <= 0 or max_blocks <= 0:
-            return np.empty(0, dtype=np.uint64)
-        salt = request.body.get("cache_salt") if request.body is not None else None
-        salt = salt if isinstance(salt, str) else ""
+            return _NO_HASHES
+        salt = _cache_salt(request)
         model = request.target_model
         if request.token_ids is not None and len(request.token_ids) > 0:
             return token_block_hashes(request.token_ids, model, salt, block_size_tokens, max_blocks)
         if request.prompt:
             return block_hashes(request.prompt, model, salt, block_size_tokens, max_blocks)
-        return np.empty(0, dtype=np.uint64)
+        return _NO_HASHES
+
+    def _hash_and_match(
+        self, request: Request, block_size_tokens: int, counts: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.uint64]:
+        """:meth:`hashes` and the match into ``counts``, fused (one kernel call)."""
+        max_blocks = self.max_blocks(block_size_tokens)
+        if block_size_tokens <= 0 or max_blocks <= 0:
+            return _NO_HASHES
+        salt = _cache_salt(request)
+        model = request.target_model
+        strict = not self._counting
+        tokens = request.token_ids
+        prompt = request.prompt
+        with self._lock:
+            if self._pending:
+                self._apply_pending()
+            if tokens is not None and len(tokens) > 0:
+                return self._index.match_tokens(
+                    tokens, model, salt, block_size_tokens, max_blocks, counts, strict=strict
+                )
+            if prompt:
+                return self._index.match_prompt(
+                    prompt, model, salt, block_size_tokens, max_blocks, counts, strict=strict
+                )
+        return _NO_HASHES
 
     def prepare_request_data(
         self,
@@ -237,21 +292,15 @@ class ApproxPrefixCacheProducer:
     ) -> None:
         """Hash the prompt, match it, write ``PrefixCacheMatchInfo`` (counts by row)."""
         block_tokens = self.block_size_tokens(table, candidates)
-        hashes = self.hashes(request, block_tokens)
-        counts = np.zeros(max(table.capacity, 1), dtype=np.float64)
-        if len(hashes) > 0:
-            with self._lock:
-                if self._counting:
-                    self.index.match_counting(hashes, counts)
-                else:
-                    self.index.match_prefix(hashes, counts)
+        counts = np.zeros(max(table.capacity, 1))  # float64
+        hashes = self._hash_and_match(request, block_tokens, counts)
         info = PrefixCacheMatchInfo(counts, len(hashes), block_tokens)
         cycle.write(PREFIX_CACHE_MATCH_INFO, info)
         cycle.write(self._state_key, _PrefixState(hashes, info))
 
     def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
-        """Record the request's blocks as cached on the primary (and ``prefill``) pick,
-        and the primary pick's hit in the metrics."""
+        """Queue the request's blocks as cached on the primary (and ``prefill``) pick
+        (applied by :meth:`run_deferred`), and record the primary pick's hit."""
         state = cycle.read(self._state_key)
         if not isinstance(state, _PrefixState):
             return
@@ -268,7 +317,9 @@ class ApproxPrefixCacheProducer:
                 for row, endpoint in picks:
                     if table.endpoint_or_none(row) is not endpoint:
                         continue  # removed (or its row reused) since the pick
-                    self.index.add(state.hashes, row, self._capacity(row))
+                    self._pending.append((state.hashes, row, self._capacity(row)))
+                if len(self._pending) >= _MAX_PENDING:
+                    self._apply_pending()  # nobody runs the deferred work: bound the queue
             if info.total_blocks > 0:
                 block_bytes = info.block_size_tokens * BYTES_PER_TOKEN
                 self.hit_bytes += matched * block_bytes
@@ -283,15 +334,39 @@ class ApproxPrefixCacheProducer:
                 return min(int(blocks), _MAX_LRU_CAPACITY)
         return min(self.params.lru_capacity_per_server, _MAX_LRU_CAPACITY)
 
+    def run_deferred(self) -> None:
+        """Apply the queued index updates (GIE's asynchronous ``indexer.Add``)."""
+        if self._pending:
+            with self._lock:
+                self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        """Apply the queue in pick order; the caller holds the lock."""
+        pending, self._pending = self._pending, []
+        for hashes, row, capacity in pending:
+            self._index.add(hashes, row, capacity)
+
     def _on_remove(self, row: int, endpoint: Endpoint) -> None:
         with self._lock:
-            self.index.remove_endpoint(row)
+            self._apply_pending()  # queued updates name the row: apply, then drop it all
+            self._index.remove_endpoint(row)
+
+    @property
+    def index(self) -> PrefixIndex:
+        """The block index, every queued update applied (tests, metrics, inspection).
+
+        Read it when no decision is running: the index itself is not locked.
+        """
+        self.run_deferred()
+        return self._index
 
     # ------------------------------------------------------------------ metrics
     def index_size(self) -> int:
-        """(hash, endpoint) entries in the index (GIE ``prefix_indexer_size``)."""
+        """(hash, endpoint) entries in the index (GIE ``prefix_indexer_size``), every
+        queued update applied."""
         with self._lock:
-            return self.index.size()
+            self._apply_pending()
+            return self._index.size()
 
     def hit_ratio(self) -> float:
         """Cumulative hit bytes / hashed bytes on primary picks (GIE
@@ -301,12 +376,13 @@ class ApproxPrefixCacheProducer:
     def match_length_histogram(self) -> dict[float, int]:
         """Cumulative count of requests (with >= 1 block) per matched-block upper bound,
         Prometheus style: ``{le: requests with match <= le}``."""
-        cumulative = np.cumsum(self._histogram).tolist()
+        cumulative = itertools.accumulate(self._histogram)
         return dict(zip(MATCH_LENGTH_BUCKETS, cumulative, strict=True))
 
 
 _producer: type[DataProducer] = ApproxPrefixCacheProducer
 _producer_pre: type[PreRequest] = ApproxPrefixCacheProducer
+_producer_deferred: type[DeferredWork] = ApproxPrefixCacheProducer
 
 
 # ====================================================================== scorer
@@ -394,8 +470,7 @@ class PrefixCacheScorer:
         if info.total_blocks <= 0:
             out[:n] = 0.0
             return
-        # A gather and a divide: one vectorised NumPy expression, no kernel needed.
-        np.divide(info.match_blocks[candidates], info.total_blocks, out=out[:n], casting="unsafe")
+        scoring.divided(info.match_blocks, candidates, float(info.total_blocks), out)
 
     def _warn_missing(self, info: object) -> None:
         now = self._clock()

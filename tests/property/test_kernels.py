@@ -118,6 +118,20 @@ def test_one_minus_matches_reference(
     _run_scorer("one_minus", values, candidates)
 
 
+# Without JIT the kernel's float32 stores go through NumPy, which warns on overflow to inf.
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@settings(deadline=None)
+@given(
+    column_with_candidates(),
+    st.floats(allow_nan=False, allow_infinity=False).filter(lambda d: d != 0),
+)
+def test_divided_matches_reference(
+    data: tuple[npt.NDArray[np.float64], npt.NDArray[np.int32]], divisor: float
+) -> None:
+    values, candidates = data
+    _run_scorer("divided", values, candidates, divisor)
+
+
 @settings(deadline=None)
 @given(column_with_candidates(), thresholds(), st.sampled_from(["threshold_load", "load_aware"]))
 def test_threshold_scorers_match_reference(
@@ -427,6 +441,18 @@ def test_min_max_inverted_gathers_candidates(impl: Impl) -> None:
 
 def test_one_minus_values(impl: Impl) -> None:
     _same(_score(impl, "one_minus", _f8(0.25, 1.5, -0.5, NAN)), [0.75, -0.5, 1.5, NAN])
+
+
+def test_divided_values(impl: Impl) -> None:
+    out = np.full(5, SENTINEL_SCORE, dtype=np.float32)
+    impl["divided"](_f8(3, 0, 8, NAN), _i4(2, 1, 0, 3), 8.0, out)
+    _same(out[:4].tolist(), [1.0, 0.0, 0.375, NAN])
+    assert out[4] == SENTINEL_SCORE
+
+
+def test_divided_by_zero_raises(impl: Impl) -> None:
+    with pytest.raises(ZeroDivisionError):
+        impl["divided"](_f8(1), _i4(0), 0.0, _f4(0))
 
 
 @pytest.mark.parametrize(
@@ -743,6 +769,7 @@ def _canonical_args(name: str) -> tuple[Any, ...]:
     table: dict[str, tuple[Any, ...]] = {
         "min_max_inverted": (values, candidates, _f4(0, 0)),
         "one_minus": (values, candidates, _f4(0, 0)),
+        "divided": (values, candidates, 4.0, _f4(0, 0)),
         "threshold_load": (values, candidates, 4.0, _f4(0, 0)),
         "load_aware": (values, candidates, 4.0, _f4(0, 0)),
         "active_request": (values, candidates, 0.0, 1.0, _f4(0, 0)),

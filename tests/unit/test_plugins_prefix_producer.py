@@ -391,6 +391,70 @@ def test_endpoint_removal_releases_its_entries() -> None:
     np.testing.assert_array_equal(info.match_blocks[:3], [3, 0, 0])
 
 
+# ====================================================================== deferred updates
+def test_pre_request_queues_the_update_and_run_deferred_applies_it() -> None:
+    table = make_table(2)
+    producer = _producer(table)
+    request = Request.create("m", prompt=PROMPT[:192])  # 3 blocks
+    cycle, _ = _prepare(producer, table, request)
+    producer.pre_request(cycle, request, _result(table, default=1))
+    assert producer._index.size() == 0  # off the decision path: nothing applied yet
+    assert producer.last_match_blocks == 0  # the metrics are not deferred
+    producer.run_deferred()
+    assert producer._index.size() == 3
+    assert producer._index.lru_order(1) == [int(h) for h in producer.hashes(request, 16)]
+    producer.run_deferred()  # nothing left: a no-op
+    assert producer._index.size() == 3
+
+
+def test_the_next_match_sees_a_queued_update_without_run_deferred() -> None:
+    table = make_table(2)
+    producer = _producer(table)
+    request = Request.create("m", prompt=PROMPT[:192])
+    cycle, _ = _prepare(producer, table, request)
+    producer.pre_request(cycle, request, _result(table, default=1))
+    _, info = _prepare(producer, table, request)
+    np.testing.assert_array_equal(info.match_blocks[:2], [0, 3])
+
+
+def test_a_removed_endpoint_does_not_get_its_queued_update_back() -> None:
+    table = make_table(2)
+    producer = _producer(table)
+    request = Request.create("m", prompt=PROMPT[:192])
+    cycle, _ = _prepare(producer, table, request)
+    producer.pre_request(cycle, request, _result(table, default=1))
+    table.remove("e1")
+    producer.run_deferred()
+    assert producer.index_size() == 0
+    assert producer._index.endpoint_capacity(1) == 0
+
+
+def test_the_queue_is_bounded_when_nothing_reads_the_index() -> None:
+    table = make_table(1)
+    producer = _producer(table)
+    request = Request.create("m", prompt=PROMPT[:64])
+    cycle, _ = _prepare(producer, table, request)
+    state = cycle.read("approx-prefix-cache-producer/approx")
+    for _ in range(70):  # PreRequests with no match (nor run_deferred) in between
+        cycle.write("approx-prefix-cache-producer/approx", state)
+        producer.pre_request(cycle, request, _result(table, default=0))
+    assert len(producer._pending) == 70 - 64
+    assert producer._index.size() == 1
+
+
+def test_scheduler_run_deferred_applies_the_updates_and_counts_the_calls() -> None:
+    table = make_table(2, waiting=[0, 5])
+    scheduler = Scheduler.from_config(None, table, seed=1)
+    producer = scheduler.plugins["approx-prefix-cache-producer"]
+    assert isinstance(producer, ApproxPrefixCacheProducer)
+    scheduler.schedule(Request.create("m", prompt=PROMPT[:192]))
+    assert producer._index.size() == 0
+    scheduler.run_deferred()
+    assert producer._index.size() == 3
+    (stats,) = [s for s in scheduler.stats() if s.extension_point == "Deferred"]
+    assert (stats.plugin_name, stats.calls, stats.errors) == ("approx-prefix-cache-producer", 1, 0)
+
+
 # ====================================================================== metrics
 def test_metrics_hit_bytes_ratio_and_match_lengths() -> None:
     table = make_table(2)

@@ -395,7 +395,7 @@ def test_builtin_types_are_all_registered() -> None:
         "prefix-cache-scorer": ("scorer",),
         "no-hit-lru-scorer": ("scorer", "pre-request"),
         "prefix-cache-affinity-filter": ("filter",),
-        "approx-prefix-cache-producer": ("data-producer", "pre-request"),
+        "approx-prefix-cache-producer": ("data-producer", "pre-request", "deferred-work"),
         "max-score-picker": ("picker",),
         "random-picker": ("picker",),
         "weighted-random-picker": ("picker",),

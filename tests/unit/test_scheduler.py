@@ -241,6 +241,9 @@ class Recorder:
     def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
         self._hit(f"pre:{cycle.read('recorded')}:{result.endpoint.name}")
 
+    def run_deferred(self) -> None:
+        self._hit("deferred")
+
     def response_received(
         self, request: Request, response: Response, result: SchedulingResult
     ) -> None:
@@ -283,15 +286,17 @@ def test_lifecycle_hooks_run_in_order_and_a_raising_hook_is_isolated(
     request = Request.create("m", request_id="r1")
     with caplog.at_level(logging.ERROR):
         result = scheduler.schedule(request)
+        scheduler.run_deferred()
         scheduler.response_received(request, Response("r1"), result)
         scheduler.response_streaming(request, Response("r1", is_start_of_stream=True), result)
         scheduler.response_complete(request, Response("r1", is_end_of_stream=True), result)
-    assert good.calls == ["prepare", "pre:r1:e1", "received", "streaming", "complete"]
-    assert len(bad.calls) == 5
+    assert good.calls == ["prepare", "pre:r1:e1", "deferred", "received", "streaming", "complete"]
+    assert len(bad.calls) == 6
     errors = {s.extension_point: s.errors for s in scheduler.stats() if s.plugin_name == "bad"}
     assert errors == {
         "PrepareData": 1,
         "PreRequest": 1,
+        "Deferred": 1,
         "ResponseReceived": 1,
         "ResponseStreaming": 1,
         "ResponseComplete": 1,
