@@ -6,7 +6,8 @@ Families (GIE/llm-d type strings):
   ``kv-cache-utilization-scorer``, ``token-load-scorer``, ``active-request-scorer``,
   ``load-aware-scorer`` and the ``inflight-load-producer`` (in-flight accounting).
 * :mod:`.lora`: ``lora-affinity-scorer``.
-* :mod:`.prefix`: ``prefix-cache-scorer``.
+* :mod:`.prefix`: ``approx-prefix-cache-producer`` (the approximate prefix index),
+  ``prefix-cache-scorer``, ``prefix-cache-affinity-filter`` and llm-d's ``no-hit-lru-scorer``.
 * :mod:`.pickers`: ``max-score-picker``, ``random-picker``, ``weighted-random-picker``.
 * :mod:`.filters`: ``decode-filter``, ``prefill-filter``, ``label-selector-filter``
   (deprecated alias ``by-label-selector``).

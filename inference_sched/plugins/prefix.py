@@ -120,9 +120,13 @@ def _read_info(cycle: CycleState) -> PrefixCacheMatchInfo | None:
 
 def _first_picks(result: SchedulingResult) -> list[tuple[int, Endpoint]]:
     """(row, endpoint) of the primary profile's pick, then of the ``prefill`` pick (GIE)."""
+    runs = result.profile_results
     picks: list[tuple[int, Endpoint]] = []
-    for profile in (result.primary_profile_name, PREFILL_PROFILE):
-        run = result.profile_results.get(profile)
+    run = runs.get(result.primary_profile_name)
+    if run is not None and run.rows:
+        picks.append((int(run.rows[0]), run.endpoints[0]))
+    if len(runs) > 1:  # one profile (the usual case) has no prefill pick
+        run = runs.get(PREFILL_PROFILE)
         if run is not None and run.rows and all(r != run.rows[0] for r, _ in picks):
             picks.append((int(run.rows[0]), run.endpoints[0]))
     return picks
