@@ -1,4 +1,4 @@
-"""``inference-sched`` command line: demo, validate, plugins."""
+"""``inference-sched`` command line: demo, validate, plugins, simulate."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from . import registry
 from .config import load_config, load_config_file
 from .errors import ConfigError, InferenceSchedError
 from .scheduler import Scheduler
+from .sim import cli as sim_cli
 from .state import EndpointTable
 from .types import Endpoint, Request, Response
 
@@ -170,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", help="YAML file, or - for standard input")
     validate.set_defaults(func=_cmd_validate)
+
+    sim_cli.add_parser(sub)
 
     plugins = sub.add_parser("plugins", help="list every plugin type, its kinds and its source")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")

@@ -148,7 +148,8 @@ class ServerMetrics(NamedTuple):
     waiting_adapters: frozenset[str]
     """``vllm:lora_requests_info{waiting_lora_adapters}``."""
     prefix_queries_tokens: int
-    """Cumulative prompt tokens looked up in the prefix cache (``vllm:prefix_cache_queries_total``)."""
+    """Cumulative prompt tokens looked up in the prefix cache
+    (``vllm:prefix_cache_queries_total``)."""
     prefix_hits_tokens: int
     """Cumulative prompt tokens found there (``vllm:prefix_cache_hits_total``)."""
     preemptions: int

@@ -1,0 +1,282 @@
+"""The fleet run: a workload, N simulated servers, and a real scheduler in between.
+
+The scheduler sees only what a gateway's endpoint picker sees. Every
+``scrape_interval_s`` (GIE's ``refreshMetricsInterval``, 50 ms) each server's metrics are
+copied into the :class:`~inference_sched.state.EndpointTable`, so decisions work on
+state up to one interval old; between scrapes the scheduler knows only its own
+decisions (PreRequest) and the response hooks it is called with: first token
+(``response_streaming``) and end of stream (``response_complete``).
+
+Event order. Requests arrive in workload order. Before a decision at time ``t`` every
+server is advanced to ``t`` and the hooks of everything that happened up to ``t`` are
+delivered in time order; before a scrape at ``t`` likewise. Engine events between two
+decisions cannot influence each other (only decisions touch the servers), so delivering
+them in one batch before the next decision is exact. After the last arrival the servers
+run until idle (or until ``end_s``), still scraped, so load samples cover the tail.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import attrs
+import numpy as np
+
+from inference_sched.config import EndpointPickerConfig
+from inference_sched.errors import InferenceSchedError
+from inference_sched.scheduler import Scheduler
+from inference_sched.sim import latency as latency_models
+from inference_sched.sim.engine import Server
+from inference_sched.sim.prompts import prompt_bytes
+from inference_sched.sim.types import (
+    EngineConfig,
+    EngineEvent,
+    EventKind,
+    RequestStatus,
+    RunResult,
+    SimRequest,
+)
+from inference_sched.sim.workloads import Workload
+from inference_sched.state import EndpointTable
+from inference_sched.types import Endpoint, Request, Response, SchedulingResult
+
+__all__ = ["FleetConfig", "Progress", "simulate"]
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(requests_decided, total)`` every few hundred decisions."""
+
+_PROGRESS_EVERY = 256
+
+
+@attrs.frozen
+class FleetConfig:
+    """The simulated pool.
+
+    Attributes:
+        num_servers: model servers in the pool.
+        engine: every server's engine parameters.
+        scrape_interval_s: metrics refresh interval (GIE ``refreshMetricsInterval``).
+        end_s: cut the run at this simulated time (unfinished requests are reported as
+            such); None runs until every request has ended.
+        seed: seeds the scheduler's random tie-breaks and pickers.
+    """
+
+    num_servers: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    engine: EngineConfig = attrs.field(factory=EngineConfig)
+    scrape_interval_s: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
+    end_s: float | None = None
+    seed: int = 0
+
+
+class _Fleet:
+    """One run's mutable state (a class so the hot loop reads attributes, not closures)."""
+
+    def __init__(
+        self, workload: Workload, config: EndpointPickerConfig, fleet: FleetConfig
+    ) -> None:
+        self.now = 0.0
+        self.table = EndpointTable(clock=lambda: self.now)
+        self.names = tuple(f"sim-{i}" for i in range(fleet.num_servers))
+        self.rows = np.empty(fleet.num_servers, dtype=np.int32)
+        for i, name in enumerate(self.names):
+            self.rows[i] = self.table.add(
+                Endpoint(f"{name}-rank-0", f"10.0.{i // 256}.{i % 256}", 8000)
+            ).row
+        step_model = latency_models.load(fleet.engine.latency_model)
+        self.servers = [Server(name, fleet.engine, step_model) for name in self.names]
+        self.scheduler = Scheduler.from_config(config, self.table, seed=fleet.seed)
+        self.model = workload.model
+        n = len(workload.requests)
+        self.requests = workload.requests
+        self.scheduled_s = np.full(n, math.nan)
+        self.first_token_s = np.full(n, math.nan)
+        self.finish_s = np.full(n, math.nan)
+        self.cached_tokens = np.zeros(n, dtype=np.int64)
+        self.preemptions = np.zeros(n, dtype=np.int64)
+        self.endpoint = np.full(n, -1, dtype=np.int32)
+        self.status = np.full(n, RequestStatus.UNFINISHED, dtype=np.int8)
+        self.in_flight: dict[int, tuple[Request, SchedulingResult]] = {}
+        self.row_to_server = {int(row): i for i, row in enumerate(self.rows)}
+        self.samples: list[tuple[float, list[float], list[float], list[float]]] = []
+        self.decision_ns: list[int] = []
+
+    # ------------------------------------------------------------------ time
+    def advance_all(self, t: float) -> None:
+        """Run every server up to ``t`` and deliver what happened, in time order."""
+        events: list[tuple[float, int, EngineEvent]] = []
+        for i, server in enumerate(self.servers):
+            if server.next_event_s() <= t:
+                events.extend((e.time_s, i, e) for e in server.advance(t))
+        if not events:
+            return
+        if len(events) > 1:
+            events.sort(key=lambda item: (item[0], item[1]))
+        for _, _, event in events:
+            self.deliver(event)
+
+    def deliver(self, event: EngineEvent) -> None:
+        rid = event.request_id
+        self.now = event.time_s
+        kind = event.kind
+        if kind == EventKind.FIRST_TOKEN:
+            request, result = self.in_flight[rid]
+            self.scheduler.response_streaming(
+                request,
+                Response(request.request_id, is_start_of_stream=True, time_s=self.now),
+                result,
+            )
+        elif kind == EventKind.FINISHED:
+            request, result = self.in_flight.pop(rid)
+            finished = event.finished
+            assert finished is not None
+            self.scheduled_s[rid] = finished.scheduled_s
+            self.first_token_s[rid] = finished.first_token_s
+            self.finish_s[rid] = finished.finish_s
+            self.cached_tokens[rid] = finished.cached_tokens
+            self.preemptions[rid] = finished.preemptions
+            self.status[rid] = RequestStatus.COMPLETED
+            self.scheduler.response_complete(
+                request,
+                Response(request.request_id, is_end_of_stream=True, time_s=self.now),
+                result,
+            )
+        elif kind == EventKind.REJECTED:
+            request, result = self.in_flight.pop(rid)
+            self.status[rid] = RequestStatus.REJECTED
+            self.scheduler.response_complete(
+                request,
+                Response(
+                    request.request_id, status_code=400, is_end_of_stream=True, time_s=self.now
+                ),
+                result,
+            )
+        # PREEMPTED: the engine counts it in Finished; the scheduler is not told (a real
+        # gateway is not either).
+
+    def scrape(self, t: float) -> None:
+        """Copy every server's metrics into the table, as a metrics refresh would."""
+        self.now = t
+        metrics = [server.metrics(t) for server in self.servers]
+        waiting = [float(m.waiting) for m in metrics]
+        running = [float(m.running) for m in metrics]
+        kv = [m.kv_usage_frac for m in metrics]
+        self.table.update_metrics(
+            self.rows,
+            now_s=t,
+            waiting=waiting,
+            running=running,
+            kv_usage_frac=kv,
+            kv_blocks_total=[float(m.num_gpu_blocks) for m in metrics],
+            block_size_tokens=[float(m.block_size) for m in metrics],
+            max_loras=[float(m.max_loras) for m in metrics],
+        )
+        for row, m in zip(self.rows.tolist(), metrics, strict=True):
+            if m.running_adapters or m.waiting_adapters or self.table.num_adapters[row]:
+                self.table.set_adapters(row, m.running_adapters, m.waiting_adapters)
+        self.samples.append((t, running, waiting, kv))
+
+    # -------------------------------------------------------------- decisions
+    def decide(self, sim: SimRequest) -> None:
+        self.now = sim.arrival_s
+        model = sim.lora or self.model
+        request = Request.create(
+            model,
+            prompt=prompt_bytes(sim.blocks, sim.prompt_tokens),
+            request_id=str(sim.id),
+            base_models=(self.model,),
+            headers={"x-session-token": sim.session} if sim.session else None,
+        )
+        t0 = time.perf_counter_ns()
+        try:
+            result = self.scheduler.schedule(request)
+        except InferenceSchedError:
+            self.decision_ns.append(time.perf_counter_ns() - t0)
+            self.status[sim.id] = RequestStatus.FAILED_SCHEDULING
+            return
+        self.decision_ns.append(time.perf_counter_ns() - t0)
+        self.scheduler.run_deferred()  # the answer is out: e.g. the prefix index update
+        server = self.row_to_server[result.primary.rows[0]]
+        self.endpoint[sim.id] = server
+        self.in_flight[sim.id] = (request, result)
+        target = self.servers[server]
+        target.advance(sim.arrival_s)  # a no-op after advance_all; the engine's contract
+        target.submit(sim, sim.arrival_s)
+
+    def result(self, label: str, wall_s: float) -> RunResult:
+        n = len(self.requests)
+        if self.samples:
+            sample_s = np.array([s[0] for s in self.samples])
+            running = np.array([s[1] for s in self.samples])
+            waiting = np.array([s[2] for s in self.samples])
+            kv = np.array([s[3] for s in self.samples])
+        else:
+            sample_s = np.empty(0)
+            running = waiting = kv = np.empty((0, len(self.servers)))
+        decisions = np.array(self.decision_ns, dtype=np.float64)
+        return RunResult(
+            config=label,
+            endpoint_names=self.names,
+            arrival_s=np.array([r.arrival_s for r in self.requests], dtype=np.float64),
+            scheduled_s=self.scheduled_s,
+            first_token_s=self.first_token_s,
+            finish_s=self.finish_s,
+            prompt_tokens=np.array([r.prompt_tokens for r in self.requests], dtype=np.int64),
+            output_tokens=np.array([r.output_tokens for r in self.requests], dtype=np.int64),
+            cached_tokens=self.cached_tokens,
+            preemptions=self.preemptions,
+            endpoint=self.endpoint,
+            status=self.status,
+            sample_s=sample_s,
+            sample_running=running,
+            sample_waiting=waiting,
+            sample_kv_usage=kv,
+            duration_s=self.now,
+            wall_s=wall_s,
+            decision_us_p50=float(np.percentile(decisions, 50)) / 1e3 if n else math.nan,
+        )
+
+
+def simulate(
+    workload: Workload,
+    config: EndpointPickerConfig,
+    *,
+    label: str,
+    fleet: FleetConfig | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Route ``workload`` over a simulated pool with the scheduler built from ``config``.
+
+    Deterministic for a given workload, config and ``fleet.seed``: the same inputs give
+    the same :class:`RunResult` apart from ``wall_s`` and ``decision_us_p50``.
+    """
+    fleet = fleet or FleetConfig()
+    state = _Fleet(workload, config, fleet)
+    interval = fleet.scrape_interval_s
+    end_s = math.inf if fleet.end_s is None else fleet.end_s
+    total = len(workload.requests)
+    t0 = time.perf_counter()
+    state.scrape(0.0)
+    next_scrape = interval
+    for k, sim in enumerate(workload.requests):
+        t = sim.arrival_s
+        if t > end_s:
+            break
+        while next_scrape <= t:
+            state.advance_all(next_scrape)
+            state.scrape(next_scrape)
+            next_scrape += interval
+        state.advance_all(t)
+        state.decide(sim)
+        if progress is not None and k % _PROGRESS_EVERY == 0:
+            progress(k, total)
+    # The tail: keep scraping while any server has work (up to the cut).
+    while next_scrape <= end_s and min(s.next_event_s() for s in state.servers) < math.inf:
+        state.advance_all(next_scrape)
+        state.scrape(next_scrape)
+        next_scrape += interval
+    state.advance_all(end_s)
+    if progress is not None:
+        progress(total, total)
+    return state.result(label, time.perf_counter() - t0)

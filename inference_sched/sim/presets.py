@@ -1,0 +1,66 @@
+"""Scheduler configurations the simulator knows by name.
+
+``round-robin`` spreads blindly (GIE has no round-robin picker: a random pick is its
+stateless equivalent), ``load-only`` routes on scraped load alone, ``gie-default`` is
+GIE's default profile (queue 2, kv-cache 2, prefix 3). Anything else is read as a path to
+an ``EndpointPickerConfig`` file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from inference_sched.config import EndpointPickerConfig, load_config, load_config_file
+from inference_sched.errors import ConfigError
+
+__all__ = ["PRESETS", "resolve_config"]
+
+_HEADER = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+"""
+
+PRESETS: Final[dict[str, str | None]] = {
+    "round-robin": _HEADER
+    + """\
+plugins:
+- type: random-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: random-picker
+""",
+    "load-only": _HEADER
+    + """\
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: max-score-picker}
+""",
+    "gie-default": None,  # GIE's defaulting: queue 2, kv-cache 2, prefix 3, max-score
+}
+"""Preset name -> config YAML (``None``: GIE's empty-config default)."""
+
+
+def resolve_config(spec: str) -> tuple[str, EndpointPickerConfig]:
+    """``(label, config)`` for a preset name or a config file path.
+
+    Raises:
+        ConfigError: the file does not exist or is not a valid config; the message lists
+            the presets when ``spec`` looks like a misspelt one.
+    """
+    if spec in PRESETS:
+        return spec, load_config(PRESETS[spec])
+    path = Path(spec)
+    if not path.exists() and path.suffix == "":
+        raise ConfigError(
+            f"unknown config {spec!r}: not a preset ({', '.join(PRESETS)}) nor a file"
+        )
+    return path.stem, load_config_file(path)
