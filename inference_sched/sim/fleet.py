@@ -29,7 +29,7 @@ from inference_sched.errors import InferenceSchedError
 from inference_sched.scheduler import Scheduler
 from inference_sched.sim import latency as latency_models
 from inference_sched.sim.engine import Server
-from inference_sched.sim.prompts import prompt_bytes
+from inference_sched.sim.prompts import block_token_ids, prompt_bytes
 from inference_sched.sim.types import (
     EngineConfig,
     EngineEvent,
@@ -42,10 +42,13 @@ from inference_sched.sim.workloads import Workload
 from inference_sched.state import EndpointTable
 from inference_sched.types import Endpoint, Request, Response, SchedulingResult
 
-__all__ = ["FleetConfig", "Progress", "simulate"]
+__all__ = ["FleetConfig", "KvEventSink", "Progress", "simulate"]
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(requests_decided, total)`` every few hundred decisions."""
+
+KvEventSink = Callable[[str, object], None]
+"""Receives ``(server_name, event)`` for every KV-cache event (see :func:`simulate`)."""
 
 _PROGRESS_EVERY = 256
 
@@ -74,7 +77,11 @@ class _Fleet:
     """One run's mutable state (a class so the hot loop reads attributes, not closures)."""
 
     def __init__(
-        self, workload: Workload, config: EndpointPickerConfig, fleet: FleetConfig
+        self,
+        workload: Workload,
+        config: EndpointPickerConfig,
+        fleet: FleetConfig,
+        kv_events: KvEventSink | None,
     ) -> None:
         self.now = 0.0
         self.table = EndpointTable(clock=lambda: self.now)
@@ -85,7 +92,11 @@ class _Fleet:
                 Endpoint(f"{name}-rank-0", f"10.0.{i // 256}.{i % 256}", 8000)
             ).row
         step_model = latency_models.load(fleet.engine.latency_model)
-        self.servers = [Server(name, fleet.engine, step_model) for name in self.names]
+        token_ids_of = block_token_ids if kv_events is not None else None
+        self.servers = [
+            Server(name, fleet.engine, step_model, kv_events=kv_events, token_ids_of=token_ids_of)
+            for name in self.names
+        ]
         self.scheduler = Scheduler.from_config(config, self.table, seed=fleet.seed)
         self.model = workload.model
         n = len(workload.requests)
@@ -245,14 +256,21 @@ def simulate(
     label: str,
     fleet: FleetConfig | None = None,
     progress: Progress | None = None,
+    kv_events: KvEventSink | None = None,
 ) -> RunResult:
     """Route ``workload`` over a simulated pool with the scheduler built from ``config``.
 
     Deterministic for a given workload, config and ``fleet.seed``: the same inputs give
     the same :class:`RunResult` apart from ``wall_s`` and ``decision_us_p50``.
+
+    Args:
+        kv_events: called as ``kv_events(server_name, event)`` with every KV-cache event
+            of every server, in vLLM's shapes (``BlockStored`` with the blocks' token ids,
+            ``BlockRemoved``, ``AllBlocksCleared``; :mod:`inference_sched.sim.kvcache`),
+            for a precise prefix index to consume.
     """
     fleet = fleet or FleetConfig()
-    state = _Fleet(workload, config, fleet)
+    state = _Fleet(workload, config, fleet, kv_events)
     interval = fleet.scrape_interval_s
     end_s = math.inf if fleet.end_s is None else fleet.end_s
     total = len(workload.requests)

@@ -212,3 +212,30 @@ def test_simulate_command_writes_the_json_contract(
     printed = capsys.readouterr().out
     assert "gie-default" in printed
     assert "round-robin" in printed
+
+
+def test_kv_events_stream_what_the_servers_cache() -> None:
+    from inference_sched.sim.kvcache import BlockRemoved, BlockStored
+    from inference_sched.sim.prompts import block_token_ids
+
+    seen: list[tuple[str, object]] = []
+    requests = [_request(0, 0.0, [11, 12, 13]), _request(1, 0.01, [11, 12, 14, 15])]
+    label, config = resolve_config("load-only")
+    engine = EngineConfig(num_gpu_blocks=64)
+    simulate(
+        _workload(requests),
+        config,
+        label=label,
+        fleet=FleetConfig(num_servers=1, engine=engine),
+        kv_events=lambda server, event: seen.append((server, event)),
+    )
+    assert {server for server, _ in seen} == {"sim-0"}
+    assert not [e for _, e in seen if isinstance(e, BlockRemoved)]  # nothing evicted
+    stored = [e for _, e in seen if isinstance(e, BlockStored)]
+    # the second prompt reuses 11 and 12 and stores only what it adds after them
+    assert [(e.block_hashes, e.parent_block_hash) for e in stored] == [
+        ([11, 12, 13], None),
+        ([14, 15], 12),
+    ]
+    assert stored[0].token_ids == [t for b in (11, 12, 13) for t in block_token_ids(b)]
+    assert stored[0].block_size == 16
