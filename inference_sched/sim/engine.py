@@ -134,7 +134,8 @@ class Server:
 
     Attributes:
         fast_forward: plan runs of identical decode steps as one chunk (True); False
-            simulates every step alone (same results, for tests and checks).
+            simulates every step alone (same results, for tests and checks; with the
+            ``h200-*`` models chunk times may differ in the last bits).
         max_chunk_steps: longest chunk.
     """
 
@@ -273,7 +274,7 @@ class Server:
         self._run(until_s)
         events = self._events
         if not events:
-            return events
+            return []
         self._events = []
         if len(events) > 1:
             events.sort(key=_event_time)
@@ -613,7 +614,7 @@ class Server:
             if lora is not None:
                 ready = resident.get(lora)
                 if ready is None:
-                    if len(resident) < self.config.max_loras or self._idle_adapter(s):
+                    if len(resident) < self.config.max_loras or self._idle_adapter(s) is not None:
                         return False, False  # a load would start
                     continue
                 if ready > s:

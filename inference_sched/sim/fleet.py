@@ -84,6 +84,7 @@ class _Fleet:
         kv_events: KvEventSink | None,
     ) -> None:
         self.now = 0.0
+        self.last_event_s = 0.0  # arrivals and engine events, not scrapes
         self.table = EndpointTable(clock=lambda: self.now)
         self.names = tuple(f"sim-{i}" for i in range(fleet.num_servers))
         self.rows = np.empty(fleet.num_servers, dtype=np.int32)
@@ -92,6 +93,7 @@ class _Fleet:
                 Endpoint(f"{name}-rank-0", f"10.0.{i // 256}.{i % 256}", 8000)
             ).row
         step_model = latency_models.load(fleet.engine.latency_model)
+        self.kv_sink_attached = kv_events is not None
         token_ids_of = block_token_ids if kv_events is not None else None
         self.servers = [
             Server(name, fleet.engine, step_model, kv_events=kv_events, token_ids_of=token_ids_of)
@@ -117,8 +119,9 @@ class _Fleet:
     def advance_all(self, t: float) -> None:
         """Run every server up to ``t`` and deliver what happened, in time order."""
         events: list[tuple[float, int, EngineEvent]] = []
+        every = self.kv_sink_attached  # mid-chunk steps emit KV events when committed
         for i, server in enumerate(self.servers):
-            if server.next_event_s() <= t:
+            if every or server.next_event_s() <= t:
                 events.extend((e.time_s, i, e) for e in server.advance(t))
         if not events:
             return
@@ -129,7 +132,7 @@ class _Fleet:
 
     def deliver(self, event: EngineEvent) -> None:
         rid = event.request_id
-        self.now = event.time_s
+        self.now = self.last_event_s = event.time_s
         kind = event.kind
         if kind == EventKind.FIRST_TOKEN:
             request, result = self.in_flight[rid]
@@ -185,12 +188,13 @@ class _Fleet:
         )
         for row, m in zip(self.rows.tolist(), metrics, strict=True):
             if m.running_adapters or m.waiting_adapters or self.table.num_adapters[row]:
-                self.table.set_adapters(row, m.running_adapters, m.waiting_adapters)
+                # sorted: the table interns adapters in the order it sees them
+                self.table.set_adapters(row, sorted(m.running_adapters), sorted(m.waiting_adapters))
         self.samples.append((t, running, waiting, kv))
 
     # -------------------------------------------------------------- decisions
     def decide(self, sim: SimRequest) -> None:
-        self.now = sim.arrival_s
+        self.now = self.last_event_s = sim.arrival_s
         model = sim.lora or self.model
         request = Request.create(
             model,
@@ -212,11 +216,11 @@ class _Fleet:
         self.endpoint[sim.id] = server
         self.in_flight[sim.id] = (request, result)
         target = self.servers[server]
-        target.advance(sim.arrival_s)  # a no-op after advance_all; the engine's contract
+        stranded = target.advance(sim.arrival_s)  # nothing left after advance_all
+        assert not stranded, "engine events past advance_all"
         target.submit(sim, sim.arrival_s)
 
     def result(self, label: str, wall_s: float) -> RunResult:
-        n = len(self.requests)
         if self.samples:
             sample_s = np.array([s[0] for s in self.samples])
             running = np.array([s[1] for s in self.samples])
@@ -243,9 +247,11 @@ class _Fleet:
             sample_running=running,
             sample_waiting=waiting,
             sample_kv_usage=kv,
-            duration_s=self.now,
+            duration_s=self.last_event_s,
             wall_s=wall_s,
-            decision_us_p50=float(np.percentile(decisions, 50)) / 1e3 if n else math.nan,
+            decision_us_p50=float(np.percentile(decisions, 50)) / 1e3
+            if decisions.size
+            else math.nan,
         )
 
 
@@ -276,6 +282,7 @@ def simulate(
     total = len(workload.requests)
     t0 = time.perf_counter()
     state.scrape(0.0)
+    scrapes = 1
     next_scrape = interval
     for k, sim in enumerate(workload.requests):
         t = sim.arrival_s
@@ -284,7 +291,8 @@ def simulate(
         while next_scrape <= t:
             state.advance_all(next_scrape)
             state.scrape(next_scrape)
-            next_scrape += interval
+            scrapes += 1
+            next_scrape = scrapes * interval  # no drift from repeated addition
         state.advance_all(t)
         state.decide(sim)
         if progress is not None and k % _PROGRESS_EVERY == 0:
@@ -293,7 +301,8 @@ def simulate(
     while next_scrape <= end_s and min(s.next_event_s() for s in state.servers) < math.inf:
         state.advance_all(next_scrape)
         state.scrape(next_scrape)
-        next_scrape += interval
+        scrapes += 1
+        next_scrape = scrapes * interval
     state.advance_all(end_s)
     if progress is not None:
         progress(total, total)

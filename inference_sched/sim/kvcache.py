@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
+from inference_sched.sim.prompts import mix_array
 from inference_sched.sim.types import SIM_BLOCK_TOKENS
 
 __all__ = [
@@ -74,11 +75,6 @@ class AllBlocksCleared(NamedTuple):
 
 KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
 
-_MASK64: Final = (1 << 64) - 1
-_MIX1: Final = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2: Final = np.uint64(0x94D049BB133111EB)
-_GOLDEN: Final = np.uint64(0x9E3779B97F4A7C15)
-
 
 def lora_int_id(name: str) -> int:
     """A stable positive 31-bit id for an adapter name (vLLM's ``lora_int_id`` role).
@@ -88,8 +84,8 @@ def lora_int_id(name: str) -> int:
     return xxhash.xxh64_intdigest(name.encode()) % 0x7FFF_FFFF + 1
 
 
-def _salt(lora: str) -> np.uint64:
-    return np.uint64(xxhash.xxh64_intdigest(b"lora:" + lora.encode()) & _MASK64)
+def _salt(lora: str) -> int:
+    return xxhash.xxh64_intdigest(b"lora:" + lora.encode())
 
 
 def block_keys(
@@ -100,19 +96,15 @@ def block_keys(
     Engine block ``k`` of a ``block_size = m * 16`` cache is keyed by the id of its last
     16-token block, ``blocks[(k + 1) * m - 1]``: ids are prefix-consistent, so that one id
     names the whole prefix. The base model keeps the ids themselves; an adapter's keys are
-    the ids mixed with the adapter's salt (splitmix64 finaliser), so adapters never share.
+    the ids chained onto the adapter's salt (:func:`~inference_sched.sim.prompts.mix_array`),
+    so adapters never share.
     """
     m = block_size // SIM_BLOCK_TOKENS
     ids = blocks[m - 1 :: m][: prompt_tokens // block_size]
     if lora is None:
         keys: list[int] = ids.tolist()
         return keys
-    # Array arithmetic wraps silently modulo 2**64 (scalar arithmetic would warn).
-    z = (ids.view(np.uint64) ^ _salt(lora)) + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z = z ^ (z >> np.uint64(31))
-    mixed: list[int] = z.view(np.int64).tolist()
+    mixed: list[int] = mix_array(_salt(lora), ids).tolist()
     return mixed
 
 

@@ -78,7 +78,7 @@ class EngineConfig:
         enable_prefix_caching: keep freed full blocks in an LRU free queue for reuse.
         max_loras: LoRA adapters resident at once (vLLM default 1).
         lora_load_s: time to load an adapter into a free slot (not measured here: a
-            stated assumption, see docs/simulator.md).
+            stated assumption, see docs/simulator/engine.md).
         step_overhead_s: host time added to every step (scheduling, sampling); the
             latency tables hold GPU time only.
     """

@@ -11,10 +11,12 @@ import pytest
 from inference_sched.cli import main
 from inference_sched.config import load_config
 from inference_sched.errors import ConfigError
+from inference_sched.scheduler import Scheduler
 from inference_sched.sim.fleet import FleetConfig, simulate
 from inference_sched.sim.presets import PRESETS, resolve_config
 from inference_sched.sim.types import EngineConfig, RequestStatus, RunResult, SimRequest
 from inference_sched.sim.workloads import Workload, load_workload
+from inference_sched.types import Request, Response, SchedulingResult
 
 MODEL = "meta-llama/Llama-2-7b-hf"
 INFLIGHT = """\
@@ -101,41 +103,88 @@ def test_metrics_are_scraped_on_the_interval_and_the_tail_is_covered(small: Work
     assert run.sample_running[-1].sum() == 0
 
 
-def test_the_scheduler_sees_stale_load_between_scrapes() -> None:
-    # Eight long requests land 1 ms apart on an idle pool of two. Scraped every 0.5 ms,
-    # load-only routing sees each earlier pick and alternates; scraped every 50 ms (GIE's
-    # interval) every decision sees the same idle metrics and only random tie-breaks
-    # spread them, so the pool ends up unbalanced for some seeds.
+@pytest.mark.parametrize(
+    ("interval", "fresh"),
+    [pytest.param(0.05, False, id="50ms"), pytest.param(0.0005, True, id="0.5ms")],
+)
+def test_the_scheduler_sees_metrics_as_old_as_the_scrape_interval(
+    monkeypatch: pytest.MonkeyPatch, interval: float, fresh: bool
+) -> None:
+    # Eight long requests land 1 ms apart on an idle pool of two servers.
+    seen: list[tuple[float, list[float], float]] = []
+    schedule = Scheduler.schedule
+
+    def spy(self: Scheduler, request: Request) -> SchedulingResult:
+        table = self.table
+        rows = table.candidates()
+        seen.append(
+            (
+                table.clock(),
+                table.last_update_s[rows].tolist(),
+                float(table.running[rows].sum() + table.waiting[rows].sum()),
+            )
+        )
+        return schedule(self, request)
+
+    monkeypatch.setattr(Scheduler, "schedule", spy)
     requests = [
         _request(i, 0.001 * (i + 1), list(range(100 * i, 100 * i + 8)), output=2000)
         for i in range(8)
     ]
-    spreads = {}
-    for interval in (0.0005, 0.05):
-        spreads[interval] = [
-            np.bincount(
-                _run(
-                    _workload(requests),
-                    "load-only",
-                    num_servers=2,
-                    seed=seed,
-                    scrape_interval_s=interval,
-                ).endpoint,
-                minlength=2,
-            ).tolist()
-            for seed in range(4)
-        ]
-    assert spreads[0.0005] == [[4, 4]] * 4
-    assert any(spread != [4, 4] for spread in spreads[0.05])
+    _run(_workload(requests), "load-only", num_servers=2, scrape_interval_s=interval)
+    assert [now for now, _, _ in seen] == pytest.approx([0.001 * (i + 1) for i in range(8)])
+    for i, (now, updated, running) in enumerate(seen):  # running: running + waiting
+        if fresh:  # the last scrape is under 0.5 ms old and shows every earlier request
+            assert all(now - interval <= t <= now for t in updated)
+            assert running == i  # running or waiting for the step in progress to end
+        else:  # within the first 50 ms the only scrape is the one at t = 0: an idle pool
+            assert updated == [0.0, 0.0]
+            assert running == 0
 
 
-def test_response_hooks_release_in_flight_counters() -> None:
-    requests = [_request(i, 0.01 * i, [500 + i] * 1, output=8) for i in range(20)]
+def test_response_hooks_are_delivered_once_in_order_and_release_in_flight_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str, int, float]] = []
+    tables = []
+    streaming, complete = Scheduler.response_streaming, Scheduler.response_complete
+
+    def spy_streaming(
+        self: Scheduler, request: Request, response: Response, result: SchedulingResult
+    ) -> None:
+        calls.append(("first", request.request_id, response.status_code, response.time_s))
+        tables.append(self.table)
+        streaming(self, request, response, result)
+
+    def spy_complete(
+        self: Scheduler, request: Request, response: Response, result: SchedulingResult
+    ) -> None:
+        calls.append(("end", request.request_id, response.status_code, response.time_s))
+        complete(self, request, response, result)
+
+    monkeypatch.setattr(Scheduler, "response_streaming", spy_streaming)
+    monkeypatch.setattr(Scheduler, "response_complete", spy_complete)
+    requests = [_request(i, 0.01 * i, [500 + i], output=8) for i in range(20)]
+    requests.append(_request(20, 0.5, list(range(1000, 1100))))  # 100 blocks: never fits
     config = load_config(INFLIGHT)
-    run = simulate(_workload(requests), config, label="inflight", fleet=FleetConfig(num_servers=3))
-    assert (run.status == RequestStatus.COMPLETED).all()
-    # active-request scoring spreads by in-flight counts, which hooks decrement
-    assert set(run.endpoint.tolist()) == {0, 1, 2}
+    engine = EngineConfig(num_gpu_blocks=64)
+    run = simulate(
+        _workload(requests),
+        config,
+        label="inflight",
+        fleet=FleetConfig(num_servers=3, engine=engine),
+    )
+    assert run.status.tolist() == [RequestStatus.COMPLETED] * 20 + [RequestStatus.REJECTED]
+    for rid in range(20):
+        mine = [c for c in calls if c[1] == str(rid)]
+        assert [(kind, status) for kind, _, status, _ in mine] == [("first", 200), ("end", 200)]
+        assert mine[0][3] == run.first_token_s[rid]
+        assert mine[1][3] == run.finish_s[rid]
+    assert [(kind, status) for kind, rid, status, _ in calls if rid == "20"] == [("end", 400)]
+    assert [c[3] for c in calls] == sorted(c[3] for c in calls)  # in time order
+    # the in-flight counters PreRequest took are all released
+    assert tables[0].inflight_requests[tables[0].candidates()].tolist() == [0.0, 0.0, 0.0]
+    assert set(run.endpoint[:20].tolist()) == {0, 1, 2}
 
 
 def test_prefix_routing_finds_more_cache_than_random_spreading() -> None:
@@ -239,3 +288,16 @@ def test_kv_events_stream_what_the_servers_cache() -> None:
     ]
     assert stored[0].token_ids == [t for b in (11, 12, 13) for t in block_token_ids(b)]
     assert stored[0].block_size == 16
+
+
+def test_duration_is_the_last_event_not_the_last_scrape() -> None:
+    run = _run(_workload([_request(0, 0.0, [1])]), "load-only", num_servers=1)
+    assert run.status.tolist() == [RequestStatus.COMPLETED]
+    assert run.duration_s == run.finish_s[0]
+    assert run.sample_s[-1] > run.duration_s  # the tail is scraped past it
+
+
+def test_a_cut_before_the_first_arrival_reports_every_request_unfinished() -> None:
+    run = _run(_workload([_request(0, 1.0, [1])]), "load-only", num_servers=1, end_s=0.5)
+    assert run.status.tolist() == [RequestStatus.UNFINISHED]
+    assert np.isnan(run.decision_us_p50)
