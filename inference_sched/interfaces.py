@@ -32,6 +32,7 @@ from .state import EndpointTable
 from .types import (
     Candidates,
     CycleState,
+    Endpoint,
     ProfileRunResult,
     Request,
     Response,
@@ -44,7 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DataProducer",
+    "DataSource",
     "DeferredWork",
+    "Extractor",
     "Filter",
     "Handle",
     "Picker",
@@ -323,4 +326,26 @@ class ResponseComplete(Plugin, Protocol):
         self, request: Request, response: Response, result: SchedulingResult
     ) -> None:
         """Release per-request state. Always called, also after errors or disconnects."""
+        ...
+
+
+@runtime_checkable
+class DataSource(Plugin, Protocol):
+    """Data layer: where an endpoint's metrics are polled from (GIE ``metrics-data-source``)."""
+
+    def url_for(self, endpoint: Endpoint) -> str:
+        """The URL to GET for ``endpoint``'s metrics page."""
+        ...
+
+
+@runtime_checkable
+class Extractor(Plugin, Protocol):
+    """Data layer: turns a polled page into endpoint metrics (GIE ``core-metrics-extractor``)."""
+
+    def extract(self, text: str, endpoint: Endpoint) -> Any:
+        """Read one endpoint's page (see :mod:`inference_sched.datalayer.metrics`).
+
+        Raises:
+            DataError: the page is malformed or has impossible values.
+        """
         ...

@@ -58,6 +58,8 @@ KINDS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "data-producer": (interfaces.DataProducer, ("prepare_request_data",)),
     "pre-request": (interfaces.PreRequest, ("pre_request",)),
     "deferred-work": (interfaces.DeferredWork, ("run_deferred",)),
+    "data-source": (interfaces.DataSource, ("url_for",)),
+    "extractor": (interfaces.Extractor, ("extract",)),
     "response-received": (interfaces.ResponseReceived, ("response_received",)),
     "response-streaming": (interfaces.ResponseStreaming, ("response_streaming",)),
     "response-complete": (interfaces.ResponseComplete, ("response_complete",)),

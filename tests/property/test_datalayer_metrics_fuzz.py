@@ -1,0 +1,155 @@
+"""Fuzzing ``extract``: any text gives a sample or a DataError, never another exception;
+valid pages give the values they were built from, in both parsing modes."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from inference_sched.datalayer.engines import BUILTIN_ENGINES
+from inference_sched.datalayer.metrics import EndpointSample, extract, vllm_page
+from inference_sched.errors import DataError
+
+ENGINES = sorted(BUILTIN_ENGINES)
+BASE_PAGE = vllm_page(histograms=False)
+
+# Characters that matter to the exposition format, plus anything.
+_FORMAT_CHARS = st.sampled_from(list('{}=",# \t\n\\:_.+-eE0123456789aNnIf'))
+_TEXT = st.text(st.one_of(_FORMAT_CHARS, st.characters()), max_size=400)
+_NAMES = st.sampled_from(
+    sorted({name for spec in BUILTIN_ENGINES.values() for name in spec.metric_names})
+)
+
+
+def _outcome(text: str, engine: str, full: bool) -> EndpointSample | DataError:
+    try:
+        sample = extract(text, engine, endpoint="fuzz", full=full)
+    except DataError as exc:
+        error = exc
+    else:
+        assert isinstance(sample, EndpointSample)
+        return sample
+    assert (error.source, error.line >= 0) == ("fuzz", True)
+    return error
+
+
+@settings(max_examples=300)
+@given(text=_TEXT, engine=st.sampled_from(ENGINES), full=st.booleans())
+@example(text='vllm:num_requests_waiting{a="\\', engine="vllm", full=False)
+@example(
+    text="vllm:num_requests_waiting 1 99999999999999999999999999e9999", engine="vllm", full=False
+)
+@example(text="vllm:num_requests_waiting " + "9" * 400, engine="vllm", full=True)
+@example(text="vllm:num_requests_waiting{}} 1", engine="vllm", full=False)
+def test_arbitrary_text_gives_a_sample_or_data_error(text: str, engine: str, full: bool) -> None:
+    _outcome(text, engine, full)
+
+
+@settings(max_examples=300)
+@given(
+    name=_NAMES,
+    middle=_TEXT,
+    engine=st.sampled_from(ENGINES),
+    full=st.booleans(),
+)
+def test_lines_of_read_families_with_garbage(
+    name: str, middle: str, engine: str, full: bool
+) -> None:
+    # Garbage right after a name the engines read reaches the line parser itself.
+    _outcome(f"{name}{middle}\n{name} 1\n", engine, full)
+
+
+@st.composite
+def _mutations(draw: st.DrawFn) -> str:
+    page = BASE_PAGE
+    for _ in range(draw(st.integers(1, 4))):
+        pos = draw(st.integers(0, len(page)))
+        kind = draw(st.sampled_from(["insert", "delete", "replace"]))
+        chunk = draw(st.text(_FORMAT_CHARS, min_size=1, max_size=8))
+        if kind == "insert":
+            page = page[:pos] + chunk + page[pos:]
+        elif kind == "delete":
+            page = page[:pos] + page[pos + len(chunk) :]
+        else:
+            page = page[:pos] + chunk + page[pos + len(chunk) :]
+    return page
+
+
+@settings(max_examples=300)
+@given(page=_mutations(), full=st.booleans())
+def test_mutated_vllm_page_gives_a_sample_or_data_error(page: str, full: bool) -> None:
+    _outcome(page, "vllm", full)
+
+
+_COUNT = st.integers(0, 10_000).map(float) | st.floats(0, 1e6, allow_nan=False)
+_ADAPTER = st.text(st.sampled_from("abcxyz-_0123456789"), min_size=1, max_size=6)
+
+
+@settings(max_examples=150)
+@given(
+    waiting=_COUNT,
+    running=_COUNT,
+    kv=st.floats(0, 1),
+    block_size=st.integers(1, 1024),
+    blocks=st.integers(0, 10**7),
+    max_lora=st.integers(0, 64),
+    running_adapters=st.lists(_ADAPTER, max_size=4),
+    waiting_adapters=st.lists(_ADAPTER, max_size=4),
+)
+def test_valid_vllm_pages_round_trip_in_both_modes(
+    waiting: float,
+    running: float,
+    kv: float,
+    block_size: int,
+    blocks: int,
+    max_lora: int,
+    running_adapters: list[str],
+    waiting_adapters: list[str],
+) -> None:
+    page = vllm_page(
+        waiting=waiting,
+        running=running,
+        kv_usage=kv,
+        block_size=block_size,
+        num_gpu_blocks=blocks,
+        max_lora=max_lora,
+        running_adapters=running_adapters,
+        waiting_adapters=waiting_adapters,
+        histograms=False,
+    )
+    expected = EndpointSample(
+        waiting=waiting,
+        running=running,
+        kv_usage_frac=kv,
+        block_size=block_size,
+        num_gpu_blocks=blocks,
+        max_loras=max_lora,
+        running_adapters=frozenset(running_adapters),
+        waiting_adapters=frozenset(waiting_adapters),
+    )
+    fast = extract(page, "vllm", endpoint="prop")
+    assert fast == expected
+    assert extract(page, "vllm", endpoint="prop", full=True) == fast
+
+
+@settings(max_examples=100)
+@given(
+    series=st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 10**6), st.integers(0, 99)),
+        min_size=1,
+        max_size=6,
+        unique_by=lambda t: t[0],
+    )
+)
+def test_newest_timestamp_wins(series: list[tuple[int, int, int]]) -> None:
+    page = "".join(
+        f'vllm:num_requests_waiting{{model_name="m{k}"}} {v} {ts}\n' for k, ts, v in series
+    )
+    newest = max(series, key=lambda t: t[1])[1]
+    first_newest = next(v for _, ts, v in series if ts == newest)
+    for full in (False, True):
+        sample = extract(page, "vllm", endpoint="ts", full=full)
+        assert sample.waiting == first_newest
+        assert not math.isnan(sample.waiting)

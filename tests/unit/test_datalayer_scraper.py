@@ -1,0 +1,540 @@
+"""The asyncio scraper against real loopback HTTP servers, and the data-layer plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference_sched import registry
+from inference_sched.datalayer.engines import ENGINE_LABEL_KEY
+from inference_sched.datalayer.metrics import EndpointSample
+from inference_sched.datalayer.scraper import Scraper, is_stale, stale_mask
+from inference_sched.errors import DataError
+from inference_sched.handle import PluginHandle
+from inference_sched.state import EndpointTable
+from inference_sched.types import Endpoint
+
+TIMEOUT_S = 0.3
+
+
+def vllm(waiting: float, running: float, kv: float, adapters: str = "a,b") -> str:
+    return (
+        f'vllm:num_requests_waiting{{model_name="m"}} {waiting}\n'
+        f'vllm:num_requests_running{{model_name="m"}} {running}\n'
+        f'vllm:kv_cache_usage_perc{{model_name="m"}} {kv}\n'
+        f'vllm:lora_requests_info{{max_lora="4",running_lora_adapters="{adapters}",'
+        f'waiting_lora_adapters="w"}} 1.7e9\n'
+        'vllm:cache_config_info{block_size="16",num_gpu_blocks="1000"} 1\n'
+    )
+
+
+SGLANG = (
+    "sglang:num_queue_reqs 5\nsglang:num_running_reqs 6\nsglang:token_usage 0.5\n"
+    'sglang:cache_config_info{page_size="64",num_pages="300"} 1\n'
+)
+
+
+class Page:
+    """What one loopback server answers: status, body and an optional delay."""
+
+    def __init__(self, body: str, status: int = 200, delay_s: float = 0.0) -> None:
+        self.body = body
+        self.status = status
+        self.delay_s = delay_s
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up closed the socket under a slow handler: expected
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 (port 0) serving ``self.page`` at any path."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.requests = 0
+        self._release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                page = server.page
+                if page.delay_s:
+                    server._release.wait(page.delay_s)
+                body = page.body.encode()
+                self.send_response(page.status)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[LoopbackServer]]:
+    started: list[LoopbackServer] = []
+    yield started
+    for server in started:
+        server.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def plugins() -> Iterator[ModuleType]:
+    """The data-layer plugin module, registered; the registry is restored afterwards
+    (other tests' expectations assume whatever the package itself registers)."""
+    registry.is_registered("queue-scorer")  # load the built-ins first
+    registered_before = registry.is_registered("metrics-data-source")
+    kinds_before = dict(registry.KINDS)
+    module = importlib.import_module("inference_sched.plugins.datalayer")
+    if not registry.is_registered("metrics-data-source"):
+        module = importlib.reload(module)  # a previous test undid the registration
+    yield module
+    if not registered_before:
+        registry._forget("metrics-data-source")
+        registry._forget("core-metrics-extractor")
+        registry.KINDS.clear()
+        registry.KINDS.update(kinds_before)
+
+
+def make(plugins: ModuleType, table: EndpointTable, **kwargs: Any) -> tuple[Scraper, Any, Any]:
+    handle = PluginHandle(table)
+    source = plugins.MetricsDataSource(
+        "metrics-data-source", plugins.MetricsDataSource.Params(), handle
+    )
+    extractor = plugins.CoreMetricsExtractor(
+        "core-metrics-extractor", plugins.CoreMetricsExtractor.Params(), handle
+    )
+    kwargs.setdefault("timeout_s", TIMEOUT_S)
+    return Scraper(table, source, extractor, **kwargs), source, extractor
+
+
+def add(table: EndpointTable, name: str, port: int, **labels: str) -> int:
+    table.add(Endpoint(name, "127.0.0.1", port, labels=labels))
+    return table.row(name)
+
+
+# ====================================================================== values land
+def test_values_land_in_the_table(plugins: ModuleType, servers: list[LoopbackServer]) -> None:
+    clock = Clock()
+    table = EndpointTable(clock=clock)
+    servers += [LoopbackServer(Page(vllm(2, 3, 0.25))), LoopbackServer(Page(SGLANG))]
+    add(table, "v", servers[0].port)
+    add(table, "s", servers[1].port, **{ENGINE_LABEL_KEY: "sglang"})
+    scraper, _, _ = make(plugins, table)
+
+    async def go() -> Any:
+        async with scraper:
+            return await scraper.scrape_once()
+
+    report = asyncio.run(go())
+    assert (report.written, report.failed) == (2, ())
+    assert dict(table.metrics_of("v")) | {} == {
+        "waiting": 2.0,
+        "running": 3.0,
+        "kv_usage_frac": 0.25,
+        "kv_blocks_total": 1000.0,
+        "block_size_tokens": 16.0,
+        "max_loras": 4.0,
+        "num_adapters": 3.0,
+        "last_update_s": 100.0,
+        "inflight_requests": 0.0,
+        "inflight_tokens": 0.0,
+    }
+    assert table.adapters_of(table.row("v")) == (frozenset({"a", "b"}), frozenset({"w"}))
+    s = table.metrics_of("s")
+    assert (s["waiting"], s["running"], s["kv_usage_frac"]) == (5.0, 6.0, 0.5)
+    assert (s["block_size_tokens"], s["kv_blocks_total"], s["max_loras"]) == (64.0, 300.0, 0.0)
+    assert table.adapters_of(table.row("s")) == (frozenset(), frozenset())
+    assert scraper.status("v").last_success_s == 100.0
+    assert not scraper.status("v").failing
+
+
+def test_one_bulk_update_per_cycle(
+    plugins: ModuleType, servers: list[LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = EndpointTable(clock=Clock())
+    for i in range(5):
+        servers.append(LoopbackServer(Page(vllm(i, 0, 0.1))))
+        add(table, f"e{i}", servers[-1].port)
+    calls: list[list[int]] = []
+    original = table.update_metrics
+
+    def spy(rows: Any, **kwargs: Any) -> None:
+        calls.append(sorted(np.asarray(rows).tolist()))
+        original(rows, **kwargs)
+
+    monkeypatch.setattr(table, "update_metrics", spy)
+    scraper, _, _ = make(plugins, table, max_concurrency=2)
+
+    async def go() -> None:
+        async with scraper:
+            await scraper.scrape_once()
+
+    asyncio.run(go())
+    assert calls == [[0, 1, 2, 3, 4]]
+    assert table.waiting[:5].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_missing_family_keeps_the_previous_value(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    clock = Clock()
+    table = EndpointTable(clock=clock)
+    servers.append(LoopbackServer(Page(vllm(1, 2, 0.75))))
+    add(table, "v", servers[0].port)
+    scraper, _, _ = make(plugins, table)
+
+    async def go() -> None:
+        async with scraper:
+            await scraper.scrape_once()
+            servers[0].page = Page("vllm:num_requests_waiting 9\n")
+            clock.now = 101.0
+            await scraper.scrape_once()
+
+    asyncio.run(go())
+    m = table.metrics_of("v")
+    assert (m["waiting"], m["running"], m["kv_usage_frac"], m["last_update_s"]) == (
+        9.0,
+        2.0,
+        0.75,
+        101.0,
+    )
+    assert table.adapters_of(0) == (frozenset({"a", "b"}), frozenset({"w"}))
+    assert scraper.status("v").missing == (
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:lora_requests_info",
+        "vllm:cache_config_info",
+    )
+
+
+# ====================================================================== failures
+FAILURES = {
+    "not-found": Page("", status=404),
+    "garbage": Page("<html>not metrics</html>\n"),
+    "malformed": Page("vllm:num_requests_waiting{oops 1\n"),
+    "bad-value": Page("vllm:kv_cache_usage_perc 7\n"),
+    "slow": Page(vllm(8, 8, 0.8), delay_s=5.0),
+}
+
+
+def test_failures_mark_only_that_endpoint_stale_and_recovery_clears_it(
+    plugins: ModuleType, servers: list[LoopbackServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    table = EndpointTable(clock=clock)
+    names = ["ok", *FAILURES, "refused"]
+    for i, name in enumerate(names):
+        servers.append(LoopbackServer(Page(vllm(i, i, 0.5))))
+        add(table, name, servers[-1].port)
+    scraper, _, _ = make(plugins, table)
+    caplog.set_level(logging.INFO, logger="inference_sched.datalayer.scraper")
+
+    snapshot: dict[str, dict[str, float]] = {}
+
+    async def go() -> tuple[Any, Any, Any, float, Any]:
+        async with scraper:
+            first = await scraper.scrape_once()
+            for i, name in enumerate(names):
+                servers[i].page = FAILURES.get(name, Page(vllm(50, 50, 0.9)))
+            servers[-1].close()  # connection refused from now on
+            clock.now = 200.0
+            started = time.monotonic()
+            second = await scraper.scrape_once()
+            elapsed = time.monotonic() - started
+            clock.now = 300.0
+            third = await scraper.scrape_once()  # failing again: no new warning
+            snapshot.update({name: dict(table.metrics_of(name)) for name in names})
+            for i in range(len(names) - 1):
+                servers[i].page = Page(vllm(70, 70, 0.7))
+            clock.now = 400.0
+            fourth = await scraper.scrape_once()
+            return first, second, third, elapsed, fourth
+
+    first, second, third, elapsed, fourth = asyncio.run(go())
+    assert fourth.failed == ("refused",)
+    assert first.failed == ()
+    assert elapsed < TIMEOUT_S + 1.0  # the slow endpoint costs one timeout, no more
+    assert set(second.failed) == set(FAILURES) | {"refused"}
+    assert set(third.failed) == set(FAILURES) | {"refused"}
+    assert second.written == third.written == 1
+
+    # After the failures: "ok" is fresh, the failing ones kept their first values.
+    assert (snapshot["ok"]["waiting"], snapshot["ok"]["last_update_s"]) == (50.0, 300.0)
+    for i, name in enumerate(names[1:], start=1):
+        m = snapshot[name]
+        assert (m["waiting"], m["kv_usage_frac"], m["last_update_s"]) == (float(i), 0.5, 100.0)
+        assert name in table  # never deleted
+        assert table.is_healthy[table.row(name)]  # health is not the scraper's business
+
+    statuses = scraper.statuses()
+    assert statuses["refused"].errors_total == 3  # still failing after recovery of others
+    assert statuses["refused"].consecutive_failures == 3
+    assert "ConnectError" in statuses["refused"].last_error
+    for name in FAILURES:
+        assert statuses[name].errors_total == 2
+        assert statuses[name].consecutive_failures == 0
+        assert not statuses[name].failing
+    assert scraper.status("ok").errors_total == 0
+
+    assert table.metrics_of("slow")["waiting"] == 70.0  # recovered
+    assert table.metrics_of("refused")["last_update_s"] == 100.0
+    rows = [table.row(n) for n in names]
+    assert stale_mask(table, rows, 400.0, 0.2).tolist() == [False] * (len(names) - 1) + [True]
+    assert is_stale(table, table.row("refused"), 400.0, 0.2)
+    assert not is_stale(table, table.row("ok"), 400.0, 0.2)
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert sorted(_endpoint(r) for r in warnings) == sorted([*FAILURES, "refused"])
+    recoveries = [r for r in caplog.records if "recovered" in r.getMessage()]
+    assert sorted(_endpoint(r) for r in recoveries) == sorted(FAILURES)
+    messages = {_endpoint(r): r.getMessage() for r in warnings}
+    assert messages["not-found"].endswith("HTTP 404 (keeping its last values; retrying)")
+    assert "timed out after 0.3s" in messages["slow"]
+    assert "none of the engine's metrics is on the page" in messages["garbage"]
+    assert "malformed:1: malformed sample" in messages["malformed"]
+    assert "bad-value:1: vllm:kv_cache_usage_perc: expected a fraction" in messages["bad-value"]
+
+
+def _endpoint(record: logging.LogRecord) -> str:
+    assert isinstance(record.args, tuple)
+    return str(record.args[0])
+
+
+def test_connection_refused_never_scraped(plugins: ModuleType) -> None:
+    table = EndpointTable(clock=Clock())
+    add(table, "gone", closed_port())
+    scraper, _, _ = make(plugins, table)
+
+    async def go() -> Any:
+        async with scraper:
+            return await scraper.scrape_once()
+
+    assert asyncio.run(go()).failed == ("gone",)
+    assert table.last_update_s[0] == -np.inf
+    assert is_stale(table, 0, 100.0, 1e9)
+
+
+def test_oversized_body_fails(plugins: ModuleType, servers: list[LoopbackServer]) -> None:
+    table = EndpointTable(clock=Clock())
+    servers.append(LoopbackServer(Page(vllm(1, 1, 0.1) + "# " + "x" * 5000 + "\n")))
+    add(table, "big", servers[0].port)
+    scraper, _, _ = make(plugins, table, max_bytes=4096)
+
+    async def go() -> Any:
+        async with scraper:
+            return await scraper.scrape_once()
+
+    assert asyncio.run(go()).failed == ("big",)
+    assert "> 4096" in scraper.status("big").last_error
+
+
+def test_unknown_engine_label_fails_that_endpoint(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    table = EndpointTable(clock=Clock())
+    servers.append(LoopbackServer(Page(vllm(1, 1, 0.1))))
+    add(table, "odd", servers[0].port, **{ENGINE_LABEL_KEY: "tgi"})
+    add(table, "fine", servers[0].port)
+    scraper, _, _ = make(plugins, table)
+
+    async def go() -> Any:
+        async with scraper:
+            return await scraper.scrape_once()
+
+    report = asyncio.run(go())
+    assert (report.written, report.failed) == (1, ("odd",))
+    assert scraper.status("odd").last_error == (
+        f"odd: label {ENGINE_LABEL_KEY}='tgi' names no known engine "
+        "(known: sglang, triton-tensorrt-llm, trtllm-serve, vllm); add it to engineConfigs"
+    )
+
+
+def test_endpoint_removed_during_scrape_is_not_written(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    table = EndpointTable(clock=Clock())
+    servers.append(LoopbackServer(Page(vllm(4, 4, 0.4), delay_s=0.1)))
+    add(table, "leaving", servers[0].port)
+
+    async def go() -> Any:
+        scraper, _, _ = make(plugins, table)
+        async with scraper:
+            task = asyncio.create_task(scraper.scrape_once())
+            await asyncio.sleep(0.02)
+            table.remove("leaving")
+            table.add(Endpoint("newcomer", "127.0.0.1", closed_port()))  # reuses row 0
+            report = await task
+            return report, scraper.statuses()
+
+    report, statuses = asyncio.run(go())
+    assert report.written == 0
+    assert table.waiting[0] == 0.0
+    assert "leaving" not in statuses
+
+
+# ====================================================================== run loop
+def test_run_loop_ticks_until_stopped(plugins: ModuleType, servers: list[LoopbackServer]) -> None:
+    table = EndpointTable()  # real monotonic clock
+    servers += [LoopbackServer(Page(vllm(1, 1, 0.1))), LoopbackServer(Page("", delay_s=5.0))]
+    add(table, "fast", servers[0].port)
+    add(table, "stuck", servers[1].port)
+    scraper, _, _ = make(plugins, table, interval_s=0.02, timeout_s=2.0)
+
+    async def go() -> int:
+        task = asyncio.create_task(scraper.run())
+        deadline = time.monotonic() + 5.0
+        while servers[0].requests < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        scraper.stop()
+        await asyncio.wait_for(task, 5.0)
+        return servers[1].requests
+
+    stuck_requests = asyncio.run(go())
+    assert servers[0].requests >= 5  # the stuck endpoint did not hold the others up
+    assert stuck_requests == 1  # and was not asked again while its fetch was in flight
+    assert table.metrics_of("fast")["waiting"] == 1.0
+    assert table.clock() - table.last_update_s[table.row("fast")] < 2.0
+    assert table.last_update_s[table.row("stuck")] == -np.inf
+    assert scraper._clients == {}  # run() closed them
+
+
+def test_scraper_rejects_bad_arguments(plugins: ModuleType) -> None:
+    table = EndpointTable()
+    source, extractor = make(plugins, table)[1:]
+    cases: list[dict[str, Any]] = [{"interval_s": 0}, {"timeout_s": -1}, {"max_concurrency": 0}]
+    for kwargs in cases:
+        with pytest.raises(ValueError, match="must be"):
+            Scraper(table, source, extractor, **kwargs)
+
+
+# ====================================================================== plugins
+def test_data_source_urls(plugins: ModuleType) -> None:
+    params = plugins.MetricsDataSource.Params(scheme="https", path="/m")
+    source = plugins.MetricsDataSource("s", params, PluginHandle(EndpointTable()))
+    assert source.url_for(Endpoint("a", "10.0.0.1", 8000)) == "https://10.0.0.1:8000/m"
+    assert source.url_for(Endpoint("b", "fd00::1", 8000, metrics_port=9090)) == (
+        "https://[fd00::1]:9090/m"
+    )
+    assert source.insecure_skip_verify is True
+
+
+def test_extractor_picks_engine_by_label(plugins: ModuleType) -> None:
+    cls = plugins.CoreMetricsExtractor
+    params = cls.Params(engineLabelKey="engine", defaultEngine="sglang")
+    extractor = cls("x", params, PluginHandle(EndpointTable()))
+    assert extractor.engine_for(Endpoint("a", "h", 1)).name == "sglang"
+    assert extractor.engine_for(Endpoint("a", "h", 1, labels={"engine": "vllm"})).name == "vllm"
+    sample = extractor.extract(SGLANG, Endpoint("a", "h", 1))
+    assert sample == EndpointSample(5.0, 6.0, 0.5, 64, 300)
+    with pytest.raises(DataError, match=r"^b: label engine='x' names no known engine"):
+        extractor.engine_for(Endpoint("b", "h", 1, labels={"engine": "x"}))
+
+
+def test_config_loads_the_plugins_and_wires_the_data_layer(plugins: ModuleType) -> None:
+    from inference_sched.config import load_config
+
+    cfg = load_config(
+        """
+plugins:
+- type: queue-scorer
+- type: metrics-data-source
+  parameters: {scheme: http, path: /metrics}
+- type: core-metrics-extractor
+  parameters:
+    defaultEngine: sglang
+    engineConfigs:
+    - {name: sglang, queuedRequestsSpec: "q{a=b}"}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: core-metrics-extractor}]}]
+"""
+    )
+    extractor = cfg.plugin("core-metrics-extractor")
+    assert extractor.params.default_engine == "sglang"
+    assert extractor.params.engine_configs[0].waiting.labels == (("a", "b"),)
+    assert cfg.plugin("metrics-data-source").params.path == "/metrics"
+    # Without a dataLayer section GIE adds both plugins with defaults.
+    auto = load_config("plugins: [{type: queue-scorer}]")
+    assert {"metrics-data-source", "core-metrics-extractor"} <= {p.type for p in auto.plugins}
+    assert auto.data_layer is not None
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        (
+            "{engineConfigs: [{name: x, kvUsageSpec: 'a{b'}]}",
+            "plugins[0].parameters.engineConfigs[0].kvUsageSpec: expected a valid engine config "
+            "(bad metric selector 'a{b': expected '=' after label 'b', got 'end of text' "
+            "(only = is supported)), got 'a{b' (str)",
+        ),
+        (
+            "{defaultEngine: nope}",
+            "plugins[0].parameters.defaultEngine: expected one of 'vllm', 'sglang', "
+            "'trtllm-serve', 'triton-tensorrt-llm', got 'nope' (str)",
+        ),
+        (
+            "{engineLabelKey: ''}",
+            "plugins[0].parameters.engineLabelKey: expected a non-empty string, got '' (str)",
+        ),
+    ],
+)
+def test_extractor_parameter_errors(plugins: ModuleType, parameters: str, message: str) -> None:
+    from inference_sched.config import load_config
+    from inference_sched.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(f"plugins:\n- type: core-metrics-extractor\n  parameters: {parameters}\n")
+    assert str(info.value) == message
+
+
+def test_data_source_parameter_errors(plugins: ModuleType) -> None:
+    from inference_sched.config import load_config
+    from inference_sched.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"parameters\.path: expected a URL path starting"):
+        load_config("plugins:\n- type: metrics-data-source\n  parameters: {path: metrics}\n")
+    with pytest.raises(ConfigError, match=r"parameters\.scheme: expected one of 'http', 'https'"):
+        load_config("plugins:\n- type: metrics-data-source\n  parameters: {scheme: ftp}\n")
