@@ -239,28 +239,12 @@ class PrefixIndex:
         Returns:
             The prompt's block hashes (uint64), as ``block_hashes`` returns them.
         """
-        self._check_out(out_counts)
         # Read-only: the layout the kernel is pinned to (a no-op over ``bytes``).
         data = readonly(np.frombuffer(prompt, _UINT8))
         block_bytes = BYTES_PER_TOKEN * int(block_size_tokens)
-        out = np.empty(num_block_hashes(len(data), block_bytes, int(max_blocks)), _UINT64)
-        if out.shape[0] == 0:
-            out_counts[:] = 0.0
-            return out
-        count = _k._hash_match(
-            self._keys,
-            self._heads,
-            self._nodes,
-            self._meta[_k._M_SHIFT],
-            data,
-            block_bytes,
-            int(max_blocks),
-            chain_seed(model, cache_salt),
-            bool(strict),
-            out,
-            out_counts,
+        return self._hash_match(
+            data, block_bytes, model, cache_salt, max_blocks, out_counts, strict
         )
-        return out[:count]
 
     def match_tokens(
         self,
@@ -276,23 +260,35 @@ class PrefixIndex:
         """:meth:`match_prompt` over token ids (as
         :func:`~inference_sched.prefix_hashing.token_block_hashes` hashes them)."""
         assert sys.byteorder == "little", "token hashing reads uint32 ids as little-endian bytes"
-        self._check_out(out_counts)
-        ids = readonly(np.ascontiguousarray(tokens, dtype=np.uint32).reshape(-1))
-        block_tokens = int(block_size_tokens)
-        num_bytes = BYTES_PER_TOKEN * ids.shape[0]
-        out = np.empty(
-            num_block_hashes(num_bytes, BYTES_PER_TOKEN * block_tokens, int(max_blocks)), _UINT64
+        ids = np.ascontiguousarray(tokens, dtype=np.uint32).reshape(-1)
+        data = readonly(ids.view(_UINT8))  # each id as 4 little-endian bytes
+        block_bytes = BYTES_PER_TOKEN * int(block_size_tokens)
+        return self._hash_match(
+            data, block_bytes, model, cache_salt, max_blocks, out_counts, strict
         )
+
+    def _hash_match(
+        self,
+        data: npt.NDArray[np.uint8],
+        block_bytes: int,
+        model: str,
+        cache_salt: str,
+        max_blocks: int,
+        out_counts: npt.NDArray[np.float64],
+        strict: bool,
+    ) -> npt.NDArray[np.uint64]:
+        self._check_out(out_counts)
+        out = np.empty(num_block_hashes(len(data), block_bytes, int(max_blocks)), _UINT64)
         if out.shape[0] == 0:
             out_counts[:] = 0.0
             return out
-        count = _k._hash_match_tokens(
+        count = _k._hash_match(
             self._keys,
             self._heads,
             self._nodes,
             self._meta[_k._M_SHIFT],
-            ids,
-            block_tokens,
+            data,
+            block_bytes,
             int(max_blocks),
             chain_seed(model, cache_salt),
             bool(strict),

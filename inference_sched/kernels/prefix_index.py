@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_sched.kernels._jit import is_jit_enabled, kernel
-from inference_sched.kernels.hashing import chained_block_hashes, chained_token_block_hashes
+from inference_sched.kernels.hashing import chained_block_hashes
 
 __all__: list[str] = []
 
@@ -464,28 +464,11 @@ def _hash_match(
     out_counts: npt.NDArray[np.float64],
 ) -> int:
     """``chained_block_hashes`` into ``out_hashes``, then the counting (or, ``strict``,
-    the prefix) match into ``out_counts``; return the number of hashes."""
+    the prefix) match into ``out_counts``; return the number of hashes.
+
+    Token ids come in as the byte view of their uint32 array (little-endian host), with
+    ``block_bytes = 4 * block_tokens``: exactly ``chained_token_block_hashes``' input."""
     count = chained_block_hashes(data, block_bytes, max_blocks, seed, out_hashes)
-    _match_into(keys, heads, nodes, shift, out_hashes[:count].view(np.int64), strict, out_counts)
-    return count
-
-
-@kernel
-def _hash_match_tokens(
-    keys: npt.NDArray[np.int64],
-    heads: npt.NDArray[np.int32],
-    nodes: npt.NDArray[np.int32],
-    shift: int,
-    tokens: npt.NDArray[np.uint32],
-    block_tokens: int,
-    max_blocks: int,
-    seed: np.uint64,
-    strict: bool,
-    out_hashes: npt.NDArray[np.uint64],
-    out_counts: npt.NDArray[np.float64],
-) -> int:
-    """:func:`_hash_match` over token ids (``chained_token_block_hashes``)."""
-    count = chained_token_block_hashes(tokens, block_tokens, max_blocks, seed, out_hashes)
     _match_into(keys, heads, nodes, shift, out_hashes[:count].view(np.int64), strict, out_counts)
     return count
 
