@@ -26,21 +26,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import parse_args, percentiles_us, reference_kernels, write_report
 
 from inference_sched import Endpoint, EndpointTable, Request, Scheduler
+from inference_sched.sim.presets import PRESETS
 
-CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: max-score-picker
-schedulingProfiles:
-- name: default
-  plugins:
-  - {pluginRef: queue-scorer, weight: 2}
-  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
-  - {pluginRef: max-score-picker}
-"""
+CONFIG = PRESETS["load-only"]
+"""GIE's load profile: queue-scorer 2, kv-cache-utilization-scorer 2, max-score-picker."""
 
 
 def make_scheduler(num_endpoints: int, seed: int = 0) -> Scheduler:
