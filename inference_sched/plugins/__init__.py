@@ -12,11 +12,21 @@ Families (GIE/llm-d type strings):
 * :mod:`.filters`: ``decode-filter``, ``prefill-filter``, ``label-selector-filter``
   (deprecated alias ``by-label-selector``).
 * :mod:`.profile_handlers`: ``single-profile-handler``.
+* :mod:`.datalayer`: ``metrics-data-source`` and ``core-metrics-extractor`` (the data
+  layer's polling source and metrics extractor, configured under ``dataLayer``).
 
 Each plugin has a page in ``docs/plugins/<type>.md``. The classes are importable, but
 only the type strings are promised: configs name plugins by type.
 """
 
-from inference_sched.plugins import filters, load, lora, pickers, prefix, profile_handlers
+from inference_sched.plugins import (
+    datalayer,
+    filters,
+    load,
+    lora,
+    pickers,
+    prefix,
+    profile_handlers,
+)
 
-__all__ = ["filters", "load", "lora", "pickers", "prefix", "profile_handlers"]
+__all__ = ["datalayer", "filters", "load", "lora", "pickers", "prefix", "profile_handlers"]

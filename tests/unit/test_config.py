@@ -50,7 +50,9 @@ from inference_sched.types import (
 )
 
 DATA = Path(__file__).parent.parent / "data" / "configs"
-SYSTEM_WARNINGS = ("parser: the default", "saturationDetector: the default", "dataLayer: metrics")
+SYSTEM_WARNINGS = ("parser: the default", "saturationDetector: the default")
+DATA_LAYER = ["metrics-data-source", "core-metrics-extractor"]
+"""The data-layer plugins GIE's defaulting adds to every config without a dataLayer."""
 
 
 # ====================================================================== test plugins
@@ -458,6 +460,8 @@ def test_empty_source_is_gie_default(source: str | None) -> None:
         ("prefix-cache-scorer", "prefix-cache-scorer", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        ("metrics-data-source", "metrics-data-source", True),
+        ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
     ]
     assert cfg.scheduling_profiles == (
@@ -489,6 +493,8 @@ def test_empty_mapping_gets_the_pipeline_with_no_plugins() -> None:
     assert _types(cfg) == [
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        ("metrics-data-source", "metrics-data-source", True),
+        ("core-metrics-extractor", "core-metrics-extractor", True),
     ]
     assert cfg.scheduling_profiles == (ProfileSpec("default", (ProfileRef("max-score-picker"),)),)
     assert cfg.warnings[0].startswith("plugins: none declared, so the 'default' profile")
@@ -498,10 +504,21 @@ def test_system_warnings_explain_what_is_skipped() -> None:
     warnings = default_config().warnings
     for prefix in SYSTEM_WARNINGS:
         assert any(w.startswith(prefix) for w in warnings), warnings
-    assert (
-        "dataLayer: metrics collection plugins are not available in this version; endpoint "
-        "metrics must be written to the EndpointTable by the embedder" in warnings
-    )
+    assert not any(w.startswith("dataLayer") for w in warnings), warnings
+
+
+def test_default_config_adds_the_data_layer_as_gie_does() -> None:
+    cfg = default_config()
+    assert cfg.plugin("metrics-data-source").is_auto
+    assert cfg.plugin("core-metrics-extractor").is_auto
+    assert cfg.data_layer == {
+        "sources": (
+            {
+                "pluginRef": "metrics-data-source",
+                "extractors": ({"pluginRef": "core-metrics-extractor"},),
+            },
+        )
+    }
 
 
 # ====================================================================== GIE examples
@@ -512,6 +529,8 @@ def test_gie_full_shape_example() -> None:
         ("my-prefix", "prefix-cache-scorer", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        ("metrics-data-source", "metrics-data-source", True),
+        ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
     ]
     assert cfg.plugin("my-prefix").parameters == {}
@@ -548,11 +567,10 @@ def test_gie_full_shape_example() -> None:
     warned = "\n".join(cfg.warnings)
     for ref in (
         "saturationDetector.pluginRef: 'utilization-detector'",
-        "dataLayer.sources[0].pluginRef: 'metrics-data-source'",
-        "dataLayer.sources[0].extractors[0].pluginRef: 'core-metrics-extractor'",
         "parser.pluginRef: 'openai-parser'",
     ):
         assert f"{ref} is a GIE default plugin, but its type is not available" in warned
+    assert "dataLayer" not in warned  # its plugins exist: the references resolve
     assert "flowControl: the flow-control policy plugins" in warned
 
 
@@ -563,7 +581,7 @@ def test_gie_15a_with_the_producer() -> None:
     params = producer.params
     assert (params.auto_tune, params.block_size_tokens) == (False, 16)
     assert (params.max_prefix_blocks_to_match, params.lru_capacity_per_server) == (512, 40000)
-    assert [p.name for p in cfg.plugins if p.is_auto] == ["single-profile-handler"]
+    assert [p.name for p in cfg.plugins if p.is_auto] == ["single-profile-handler", *DATA_LAYER]
 
 
 def test_gie_15a_without_the_producer() -> None:
@@ -575,6 +593,8 @@ def test_gie_15a_without_the_producer() -> None:
         ("prefix-cache-scorer", "prefix-cache-scorer", False),
         ("max-score-picker", "max-score-picker", False),
         ("single-profile-handler", "single-profile-handler", True),
+        ("metrics-data-source", "metrics-data-source", True),
+        ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
     ]
     assert cfg.plugin("max-score-picker").params.max_num_of_endpoints == 2
@@ -594,6 +614,8 @@ def test_gie_15d_conformance_profile() -> None:
         ("destination-endpoint-served-verifier", "destination-endpoint-served-verifier", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        ("metrics-data-source", "metrics-data-source", True),
+        ("core-metrics-extractor", "core-metrics-extractor", True),
     ]
     assert cfg.scheduling_profiles == (
         ProfileSpec(
@@ -805,7 +827,7 @@ def test_profiles_without_picker_share_the_first_picker_in_config_order() -> Non
         (ProfileRef("m"),),
         (ProfileRef("r"),),
     ]
-    assert not any(p.is_auto for p in cfg.plugins)
+    assert [p.name for p in cfg.plugins if p.is_auto] == DATA_LAYER
 
 
 def test_implicit_profile_takes_filters_scorers_pickers_in_list_order() -> None:
@@ -828,7 +850,7 @@ def test_implicit_profile_takes_filters_scorers_pickers_in_list_order() -> None:
             ),
         ),
     )
-    assert [p.name for p in cfg.plugins if p.is_auto] == ["single-profile-handler"]
+    assert [p.name for p in cfg.plugins if p.is_auto] == ["single-profile-handler", *DATA_LAYER]
 
 
 def test_ref_to_an_auto_added_picker_resolves() -> None:
@@ -851,7 +873,7 @@ def test_multi_profile_handler_needs_no_single_handler() -> None:
         schedulingProfiles: [{name: a, plugins: [{pluginRef: queue-scorer}]}, {name: b}]
         """
     )
-    assert [p.name for p in cfg.plugins if p.is_auto] == ["max-score-picker"]
+    assert [p.name for p in cfg.plugins if p.is_auto] == ["max-score-picker", *DATA_LAYER]
 
 
 def test_unused_profile_plugin_is_warned() -> None:
@@ -1078,6 +1100,20 @@ def test_to_dict_shape() -> None:
                 "type": "max-score-picker",
                 "parameters": {"maxNumOfEndpoints": 1},
             },
+            {
+                "name": "metrics-data-source",
+                "type": "metrics-data-source",
+                "parameters": {"scheme": "http", "path": "/metrics", "insecureSkipVerify": True},
+            },
+            {
+                "name": "core-metrics-extractor",
+                "type": "core-metrics-extractor",
+                "parameters": {
+                    "engineLabelKey": "inference.networking.k8s.io/engine-type",
+                    "defaultEngine": "vllm",
+                    "engineConfigs": [],
+                },
+            },
         ],
         "schedulingProfiles": [
             {
@@ -1088,6 +1124,14 @@ def test_to_dict_shape() -> None:
                 ],
             }
         ],
+        "dataLayer": {
+            "sources": [
+                {
+                    "pluginRef": "metrics-data-source",
+                    "extractors": [{"pluginRef": "core-metrics-extractor"}],
+                }
+            ]
+        },
         "flowControl": {"maxBytes": "1Gi"},
     }
     assert cfg.to_yaml().startswith(f"apiVersion: {API_VERSION}\nkind: EndpointPickerConfig\n")
@@ -1152,3 +1196,14 @@ def test_parse_quantity(value: object, expected: int) -> None:
 def test_parse_quantity_rejects(value: object) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the message is not the contract
         parse_quantity(value)
+
+
+def test_gie_15c_sglang_data_layer() -> None:
+    cfg = load_config(DATA / "gie-15c-sglang.yaml")
+    assert [p.name for p in cfg.plugins if p.is_auto] == [
+        "single-profile-handler",
+        "max-score-picker",
+    ]
+    extractor = cfg.plugin("core-metrics-extractor")
+    assert extractor.params.default_engine == "sglang"
+    assert cfg.plugin("metrics-data-source").params.path == "/metrics"
