@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_STALENESS_THRESHOLD_S",
     "DurationHistogram",
     "SchedulerCollector",
+    "ScraperCollector",
     "expose",
     "registry_for",
 ]
@@ -478,6 +479,44 @@ class SchedulerCollector(Collector):
             )
 
 
+class ScraperCollector(Collector):
+    """The data layer's scrape health, per endpoint, from a scraper's ``statuses()``
+    (:class:`inference_sched.datalayer.scraper.Scraper`); read at collect time.
+
+    Exports ``inference_pool_endpoint_scrape_errors_total{name,endpoint}`` (failed
+    scrapes since first seen) and ``inference_pool_endpoint_scrape_failing{name,endpoint}``
+    (1 while the last scrape failed). GIE has no names for these; they follow its style.
+    """
+
+    def __init__(self, scraper: Any, *, pool_name: str = "") -> None:
+        self._scraper = scraper
+        self._pool = pool_name
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families({}))
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._scraper.statuses())
+
+    def _families(self, statuses: Any) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "inference_pool_endpoint_scrape_errors",
+            "Failed metrics scrapes of the endpoint since it was first seen.",
+            labels=("name", "endpoint"),
+        )
+        failing = GaugeMetricFamily(
+            "inference_pool_endpoint_scrape_failing",
+            "1 while the endpoint's last metrics scrape failed (its values are stale).",
+            labels=("name", "endpoint"),
+        )
+        for endpoint in sorted(statuses):
+            status = statuses[endpoint]
+            errors.add_metric((self._pool, endpoint), float(status.errors_total))
+            failing.add_metric((self._pool, endpoint), 1.0 if status.failing else 0.0)
+        yield errors
+        yield failing
+
+
 def registry_for(
     scheduler: Scheduler,
     *,
@@ -485,8 +524,10 @@ def registry_for(
     staleness_threshold_s: float = DEFAULT_STALENESS_THRESHOLD_S,
     clock: Callable[[], float] | None = None,
     registry: CollectorRegistry | None = None,
+    scraper: Any = None,
 ) -> CollectorRegistry:
-    """A registry exporting ``scheduler`` (a new one unless ``registry`` is given).
+    """A registry exporting ``scheduler`` (a new one unless ``registry`` is given), and
+    the scrape health of ``scraper`` when one is given (:class:`ScraperCollector`).
 
     Mount it with ``prometheus_client.make_asgi_app(registry)`` /
     ``make_wsgi_app(registry)`` / ``start_http_server(port, registry=registry)``, or
@@ -503,6 +544,8 @@ def registry_for(
             scheduler, pool_name=pool_name, staleness_threshold_s=staleness_threshold_s, clock=clock
         )
     )
+    if scraper is not None:
+        registry.register(ScraperCollector(scraper, pool_name=pool_name))
     return registry
 
 

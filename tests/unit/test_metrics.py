@@ -471,3 +471,27 @@ def test_registry_mounts_as_a_wsgi_app(scheduled: Scheduler) -> None:
     body = b"".join(app(environ, lambda status, headers: started.append(status)))
     assert started == ["200 OK"]
     assert b'inference_extension_scheduler_attempts_total{status="failure"} 1.0' in body
+
+
+def test_scraper_collector_exports_scrape_errors_and_failing_per_endpoint() -> None:
+    from inference_sched.datalayer.scraper import EndpointStatus
+    from inference_sched.metrics import ScraperCollector
+
+    class FakeScraper:
+        def statuses(self) -> dict[str, EndpointStatus]:
+            return {
+                "b": EndpointStatus(errors_total=3, consecutive_failures=2),
+                "a": EndpointStatus(errors_total=1, consecutive_failures=0),
+            }
+
+    registry = CollectorRegistry()
+    registry.register(ScraperCollector(FakeScraper(), pool_name="pool"))
+    families = {f.name: f for f in text_string_to_metric_families(expose(registry).decode())}
+    errors = families["inference_pool_endpoint_scrape_errors"].samples
+    failing = families["inference_pool_endpoint_scrape_failing"].samples
+    assert [(s.labels["endpoint"], s.value) for s in errors if s.name.endswith("_total")] == [
+        ("a", 1.0),
+        ("b", 3.0),
+    ]
+    assert [(s.labels["endpoint"], s.value) for s in failing] == [("a", 0.0), ("b", 1.0)]
+    assert {s.labels["name"] for s in failing} == {"pool"}
