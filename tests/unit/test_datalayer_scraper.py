@@ -538,3 +538,43 @@ def test_data_source_parameter_errors(plugins: ModuleType) -> None:
         load_config("plugins:\n- type: metrics-data-source\n  parameters: {path: metrics}\n")
     with pytest.raises(ConfigError, match=r"parameters\.scheme: expected one of 'http', 'https'"):
         load_config("plugins:\n- type: metrics-data-source\n  parameters: {scheme: ftp}\n")
+
+
+# ====================================================================== HTTP clients
+def test_http_uses_the_lean_client_https_and_transports_use_httpx(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    import httpx
+
+    from inference_sched.datalayer.fetch import HttpConnection
+
+    table = EndpointTable(clock=Clock())
+    servers.append(LoopbackServer(Page(vllm(1, 1, 0.1))))
+    add(table, "v", servers[0].port)
+    scraper, _, _ = make(plugins, table)
+    url = f"http://127.0.0.1:{servers[0].port}/metrics"
+
+    async def go() -> None:
+        async with scraper:
+            await scraper.scrape_once()
+            lean = scraper._clients["v"]
+            assert isinstance(lean, HttpConnection)
+            assert lean.url == url
+            await scraper.scrape_once()
+            assert scraper._clients["v"] is lean  # kept across scrapes
+            assert isinstance(scraper._client_for("v", "https://h:1/m"), httpx.AsyncClient)
+            assert isinstance(scraper._client_for("v", url), HttpConnection)  # back
+        assert scraper._clients == {}
+
+    asyncio.run(go())
+    assert servers[0].requests == 2
+    assert table.metrics_of("v")["waiting"] == 1.0
+
+    with_transport, _, _ = make(plugins, table, transport=httpx.AsyncHTTPTransport())
+
+    async def forced() -> None:
+        async with with_transport:
+            await with_transport.scrape_once()
+            assert isinstance(with_transport._clients["v"], httpx.AsyncClient)
+
+    asyncio.run(forced())
