@@ -7,12 +7,11 @@ touches a Prometheus object. :class:`SchedulerCollector` is a custom collector: 
 scrape reads those counters and the endpoint table and builds fresh metric families, so
 a decision pays nothing for metrics and an unscraped scheduler pays nothing at all.
 
-GIE exports the scheduler e2e and plugin durations as histograms; the scheduler keeps
-totals only, so by default those histograms carry just the ``+Inf`` bucket plus exact
-``_sum`` and ``_count`` (mean latency via ``rate(_sum) / rate(_count)``; no quantiles).
-:class:`DurationHistogram` is the bucketed recorder the scheduler can keep to get real
-buckets (GIE's bounds, ~0.2 µs per observation); the collector uses it as soon as the
-scheduler has one (``scheduler.e2e_histogram``, ``PluginStats.histogram``).
+GIE exports the scheduler e2e and plugin durations as histograms. The scheduler records
+every decision in a :class:`~inference_sched.histogram.DurationHistogram` (GIE's bounds,
+~0.2 us per decision), exported with real buckets; plugins keep totals only, so their
+histograms carry just the ``+Inf`` bucket plus exact ``_sum`` and ``_count`` until a
+``PluginStats.histogram`` is kept for them.
 
 Names we add where GIE has none follow its style (``inference_extension_*`` for the
 scheduler and plugins, ``inference_pool_*`` for the pool); docs/metrics.md lists them all.
@@ -20,12 +19,10 @@ scheduler and plugins, ``inference_pool_*`` for the pool); docs/metrics.md lists
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -38,6 +35,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from inference_sched.histogram import DEFAULT_DURATION_BUCKETS_S, DurationHistogram, le_label
 
 from ._version import __version__
 from .profile import PluginStats
@@ -54,21 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DURATION_BUCKETS_S: Final = (
-    0.0001,
-    0.0002,
-    0.0005,
-    0.001,
-    0.002,
-    0.005,
-    0.01,
-    0.02,
-    0.05,
-    0.1,
-)
-"""GIE's bucket bounds (seconds) for ``scheduler_e2e_duration_seconds`` and
-``plugin_duration_seconds``."""
 
 DEFAULT_STALENESS_THRESHOLD_S: Final = 2.0
 """GIE's ``--metrics-staleness-threshold``: endpoints scraped longer ago than this are left
@@ -94,78 +78,6 @@ POOL_ENDPOINT_AGE: Final = "inference_pool_endpoint_metrics_age_seconds"  # ours
 INFO: Final = "inference_extension"  # exposed as inference_extension_info
 
 _PLUGIN_LABELS: Final = ("extension_point", "plugin_type", "plugin_name")
-
-
-def _le(bound: float) -> str:
-    """A bucket bound as Prometheus' client libraries print it (``0.0001``, ``+Inf``)."""
-    return "+Inf" if bound == math.inf else repr(float(bound))
-
-
-class DurationHistogram:
-    """Fixed-bucket duration recorder cheap enough for the scheduling path.
-
-    One observation is a bisect over integer nanosecond bounds and two integer additions
-    (no Prometheus object, no lock, no float conversion). It has one writer, the
-    scheduling thread; a scrape reads it from another thread and may see one observation
-    in the counts but not yet in the sum, which is harmless for a histogram.
-
-    Args:
-        bounds_s: upper bounds in seconds, finite, strictly increasing (``+Inf`` is
-            implicit). GIE's by default.
-
-    Raises:
-        ValueError: bad bounds.
-    """
-
-    __slots__ = ("_bounds_ns", "bounds_s", "counts", "sum_ns")
-
-    def __init__(self, bounds_s: Sequence[float] = DEFAULT_DURATION_BUCKETS_S) -> None:
-        bounds = [float(b) for b in bounds_s]
-        if not all(math.isfinite(b) and b >= 0 for b in bounds) or any(
-            a >= b for a, b in itertools.pairwise(bounds)
-        ):
-            raise ValueError(f"bucket bounds must be finite, >= 0, increasing: {bounds_s!r}")
-        self.bounds_s: tuple[float, ...] = tuple(bounds)
-        self._bounds_ns = tuple(round(b * 1e9) for b in bounds)
-        self.counts = [0] * (len(bounds) + 1)
-        """Per-bucket (not cumulative) counts; the last one is above every bound."""
-        self.sum_ns = 0
-        """Sum of every observation, nanoseconds."""
-
-    def observe_ns(self, ns: int) -> None:
-        """Record one duration in nanoseconds (``le`` semantics: ``ns <= bound``)."""
-        self.counts[bisect.bisect_left(self._bounds_ns, ns)] += 1
-        self.sum_ns += ns
-
-    def observe_batch_ns(self, total_ns: int, n: int) -> None:
-        """Record ``n`` decisions made together in ``total_ns``, each at the mean."""
-        if n > 0:
-            self.counts[bisect.bisect_left(self._bounds_ns, -(-total_ns // n))] += n
-            self.sum_ns += total_ns
-
-    @property
-    def count(self) -> int:
-        """Observations recorded."""
-        return sum(self.counts)
-
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative Prometheus buckets ``(le, count)``, ``+Inf`` last."""
-        counts = list(self.counts)  # one snapshot: the scheduler may be adding to it
-        bounds = [*self.bounds_s, math.inf]
-        return [
-            (_le(b), float(c)) for b, c in zip(bounds, itertools.accumulate(counts), strict=True)
-        ]
-
-    def merge(self, other: DurationHistogram) -> None:
-        """Add ``other``'s observations (same bounds) into this one.
-
-        Raises:
-            ValueError: the bounds differ.
-        """
-        if other.bounds_s != self.bounds_s:
-            raise ValueError("cannot merge histograms with different bounds")
-        self.counts = [a + b for a, b in zip(self.counts, list(other.counts), strict=True)]
-        self.sum_ns += other.sum_ns
 
 
 class _PluginTotals:
@@ -369,7 +281,7 @@ class SchedulerCollector(Collector):
                 ratio.add_metric(labels, value)
             cumulative = self._match_histogram(name, plugin)
             if cumulative:
-                match_blocks.add_metric(labels, [(_le(le), c) for le, c in cumulative], None)
+                match_blocks.add_metric(labels, [(le_label(le), c) for le, c in cumulative], None)
                 hit = self._number(name, plugin, "hit_bytes")
                 if hit is not None:
                     hit_bytes.add_metric(labels, [("+Inf", cumulative[-1][1])], hit)

@@ -37,6 +37,7 @@ import numpy.typing as npt
 from .config import EndpointPickerConfig, load_config
 from .errors import ConfigError, InferenceSchedError, NoEndpointError, SchedulingError
 from .handle import PluginHandle
+from .histogram import DurationHistogram
 from .interfaces import (
     DataProducer,
     Filter,
@@ -118,6 +119,8 @@ class Scheduler:
         )
         self.e2e_ns = 0
         """Total time spent in ``schedule`` (nanoseconds), GIE's scheduler e2e duration."""
+        self.e2e_histogram = DurationHistogram()
+        """Per-decision durations in GIE's buckets (exported by :mod:`inference_sched.metrics`)."""
         self.cycles = 0
         """Scheduling cycles run (``scheduler_attempts_total``)."""
         self.failures = 0
@@ -208,7 +211,9 @@ class Scheduler:
             log.exception("scheduling cycle failed unexpectedly")
             raise SchedulingError(f"scheduling cycle failed: {exc!r}") from exc
         finally:
-            self.e2e_ns += time.perf_counter_ns() - t0
+            elapsed = time.perf_counter_ns() - t0
+            self.e2e_ns += elapsed
+            self.e2e_histogram.observe_ns(elapsed)
 
     def schedule_batch(
         self, requests: Sequence[Request]
@@ -403,12 +408,16 @@ class Scheduler:
                 error = SchedulingError(
                     f"failed to run any scheduler profile: {exc}", {profile.name: exc}
                 )
-            self.e2e_ns += time.perf_counter_ns() - t0
+            self._record_batch(time.perf_counter_ns() - t0, n)
             return [error] * n
         ranked, counts = profile.picker.pick_shared(cycle, candidates, totals, n)  # type: ignore[attr-defined]
         out = self._package_shared(requests, profile, candidates, totals, ranked, counts)
-        self.e2e_ns += time.perf_counter_ns() - t0
+        self._record_batch(time.perf_counter_ns() - t0, n)
         return out
+
+    def _record_batch(self, elapsed_ns: int, n: int) -> None:
+        self.e2e_ns += elapsed_ns
+        self.e2e_histogram.observe_batch_ns(elapsed_ns, n)
 
     def _package_shared(
         self,

@@ -91,7 +91,13 @@ def test_scheduler_attempts_and_e2e(scheduled: Scheduler) -> None:
     }
     assert types["inference_extension_scheduler_e2e_duration_seconds"] == "histogram"
     name = "inference_extension_scheduler_e2e_duration_seconds"
-    assert series(samples, name + "_bucket") == {lab(le="+Inf"): 4.0}
+    # the scheduler records every decision in GIE's buckets: the export is its histogram
+    assert scheduled.e2e_histogram.count == 4
+    assert series(samples, name + "_bucket") == {
+        lab(le=le): count for le, count in scheduled.e2e_histogram.buckets()
+    }
+    assert series(samples, name + "_bucket")[lab(le="+Inf")] == 4.0
+    assert len(series(samples, name + "_bucket")) == len(DEFAULT_DURATION_BUCKETS_S) + 1
     assert series(samples, name + "_count") == {lab(): 4.0}
     assert series(samples, name + "_sum") == {lab(): scheduled.e2e_ns / 1e9}
     assert scheduled.e2e_ns > 0

@@ -463,3 +463,13 @@ def test_a_producer_may_refine_a_key_it_produces() -> None:
 
     with pytest.raises(ConfigError, match="depend on each other in a cycle: a, b"):
         _dependency_order([A(), B()])  # type: ignore[list-item]
+
+
+def test_every_decision_lands_in_the_e2e_histogram_batches_included() -> None:
+    table = make_table(8, waiting=list(range(8)))
+    scheduler = Scheduler.from_config(QUEUE_KV, table, seed=1)
+    for i in range(3):
+        scheduler.schedule(Request.create("m", request_id=f"s{i}"))
+    scheduler.schedule_batch([Request.create("m", request_id=f"b{i}") for i in range(50)])
+    assert scheduler.e2e_histogram.count == 53
+    assert scheduler.e2e_histogram.sum_ns == scheduler.e2e_ns
