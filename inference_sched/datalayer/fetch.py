@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import ClassVar, Final
+from collections.abc import Callable
+from typing import ClassVar, Final, TypeAlias
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -124,6 +125,15 @@ class _Retry(Exception):
     """A reused idle connection died before answering: retry once on a fresh one."""
 
 
+Body: TypeAlias = bytes | memoryview
+"""A body handed to a :meth:`HttpConnection.send` callback: a ``memoryview`` is only
+valid during the callback (it may point into the shared receive buffer)."""
+Outcome: TypeAlias = Body | FetchError | None
+"""What a :meth:`HttpConnection.send` callback gets: the body of a 200 answer, the
+error, or ``None`` when a reused idle connection died before answering (retry with
+:meth:`HttpConnection.get`, which opens a fresh connection)."""
+
+
 class _Protocol(asyncio.BufferedProtocol):
     """Parses one answer at a time into ``waiter`` (bytes or an exception)."""
 
@@ -133,6 +143,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.waiter: asyncio.Future[bytes] | None = None
+        self.callback: Callable[[Body | BaseException], None] | None = None
         self.reusable = True
         self._reused = False
         self._buf = bytearray()
@@ -152,13 +163,12 @@ class _Protocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._pending():
             return
         if self._state == _UNTIL_CLOSE:
             self._finish(b"".join(self._parts) + bytes(self._buf))
         elif self._reused and not self._got_bytes:
-            waiter.set_exception(_Retry())
+            self._deliver(_Retry())
         else:
             why = f" ({exc})" if exc else ""
             self._fail(ConnectionClosed(f"GET {self.url}: connection closed mid-answer{why}"))
@@ -170,7 +180,7 @@ class _Protocol(asyncio.BufferedProtocol):
         return self._scratch.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.waiter is None or self.waiter.done():
+        if not self._pending():
             # Bytes nobody asked for: the connection is out of step; drop it.
             self.reusable = False
             self._close()
@@ -199,20 +209,50 @@ class _Protocol(asyncio.BufferedProtocol):
             return True
         if nbytes - start > self._need:
             self.reusable = False  # bytes after the answer: never reuse
-        self._finish(bytes(scratch.view[start : start + self._need]))
+        body = scratch.view[start : start + self._need]
+        # A callback decodes straight from the buffer; a future needs its own copy.
+        self._finish(body if self.callback is not None else bytes(body))
         return True
 
     # ........................................................ requests
     def start(self, request: bytes) -> asyncio.Future[bytes]:
         """Send ``request``; the future gets the body (or a :class:`FetchError`)."""
-        assert self.transport is not None
         loop = asyncio.get_running_loop()
-        self.waiter = loop.create_future()
+        self.waiter = waiter = loop.create_future()
+        self._send(request)
+        return waiter
+
+    def start_callback(
+        self, request: bytes, callback: Callable[[Body | BaseException], None]
+    ) -> None:
+        """Send ``request``; ``callback`` gets the body or the error, from the loop."""
+        self.callback = callback
+        self._send(request)
+
+    def _send(self, request: bytes) -> None:
+        assert self.transport is not None
         self._state, self._status, self._parts, self._size = _HEAD, 0, [], 0
         self._got_bytes = False
         self._buf.clear()
         self.transport.write(request)
-        return self.waiter
+
+    def _pending(self) -> bool:
+        """An answer is awaited."""
+        return self.callback is not None or (self.waiter is not None and not self.waiter.done())
+
+    def _deliver(self, outcome: Body | BaseException) -> None:
+        callback = self.callback
+        if callback is not None:
+            self.callback = None
+            callback(outcome)
+            return
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(bytes(outcome))
 
     def _close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -221,19 +261,16 @@ class _Protocol(asyncio.BufferedProtocol):
     def _fail(self, exc: FetchError) -> None:
         self.reusable = False
         self._close()
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
+        self._deliver(exc)
 
-    def _finish(self, body: bytes) -> None:
+    def _finish(self, body: Body) -> None:
         self._reused = True  # the next request on this connection reuses it
         if self._status != 200:
             self._fail(StatusError(self.url, self._status))
             return
         if not self.reusable:
             self._close()
-        assert self.waiter is not None
-        if not self.waiter.done():
-            self.waiter.set_result(body)
+        self._deliver(body)
 
     # ........................................................ parsing
     def _parse(self) -> None:
@@ -408,6 +445,7 @@ class HttpConnection:
         ).encode("latin-1")
         self._proto: _Protocol | None = None
         self._busy = False
+        self._callback: Callable[[Outcome], None] | None = None
         self.connects = 0
         """Connections opened so far (tests and diagnostics)."""
         self.requests = 0
@@ -439,6 +477,50 @@ class HttpConnection:
             self._busy = False
             if not ok:  # timeout, cancellation or error: the connection's state is unknown
                 self.close()
+
+    def send(self, callback: Callable[[Outcome], None]) -> bool:
+        """Callback-driven GET over the kept connection, without a task, future or timer.
+
+        When a reused connection is open, write the request and return True:
+        ``callback`` is then called once from the event loop with the body of a 200
+        answer (a ``memoryview`` valid during the call only), a :class:`FetchError`,
+        or ``None`` when the idle connection turned out dead before answering (retry
+        with :meth:`get`). There is no timeout here: the caller calls :meth:`cancel`
+        when its deadline passes. When no connection is open, return False and send
+        nothing (use :meth:`get`, which connects).
+        """
+        if self._busy:
+            raise RuntimeError("HttpConnection.get() is already running")
+        proto = self._proto
+        if proto is None or proto.closed or not proto.reusable:
+            return False
+        self._busy = True
+        self._callback = callback
+        self.requests += 1
+        proto.start_callback(self._request, self._on_answer)
+        return True
+
+    def _on_answer(self, outcome: Body | BaseException) -> None:
+        callback, self._callback = self._callback, None
+        self._busy = False
+        result: Outcome
+        if isinstance(outcome, BaseException):
+            self.close()
+            result = outcome if isinstance(outcome, FetchError) else None
+        else:
+            result = outcome
+        if callback is not None:
+            callback(result)
+
+    def cancel(self) -> None:
+        """Drop the :meth:`send` in flight (its callback is never called) and close the
+        connection (its state is unknown)."""
+        proto = self._proto
+        if proto is not None:
+            proto.callback = None
+        self._callback = None
+        self._busy = False
+        self.close()
 
     async def _get(self) -> bytes:
         for attempt in (0, 1):

@@ -31,6 +31,7 @@ import logging
 import math
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol, runtime_checkable
 
@@ -39,7 +40,14 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.datalayer.fetch import FetchError, FetchTimeout, HttpConnection, is_supported
+from inference_sched.datalayer.fetch import (
+    Body,
+    FetchError,
+    FetchTimeout,
+    HttpConnection,
+    Outcome,
+    is_supported,
+)
 from inference_sched.datalayer.metrics import EndpointSample
 from inference_sched.errors import DataError
 from inference_sched.state import EndpointHandle, EndpointTable
@@ -149,6 +157,30 @@ class _Outcome:
     unexpected: bool = False
 
 
+class _LeanFetch:
+    """One callback-driven GET over a kept lean connection (no task, future or timer)."""
+
+    __slots__ = ("conn", "deadline", "endpoint", "handle", "scraper", "url")
+
+    def __init__(
+        self,
+        scraper: Scraper,
+        conn: HttpConnection,
+        url: str,
+        handle: EndpointHandle,
+        endpoint: Endpoint,
+    ) -> None:
+        self.scraper = scraper
+        self.conn = conn
+        self.url = url
+        self.handle = handle
+        self.endpoint = endpoint
+        self.deadline = 0.0
+
+    def done(self, outcome: Outcome) -> None:
+        self.scraper._lean_done(self, outcome)
+
+
 _SCRAPED_FIELDS: Final = (
     ("waiting", "waiting"),
     ("running", "running"),
@@ -215,6 +247,12 @@ class Scraper:
         self._ssl: ssl.SSLContext | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._in_flight: dict[str, asyncio.Task[_Outcome]] = {}
+        # The lean fast path: requests over kept connections, completed by callbacks.
+        self._lean: dict[str, _LeanFetch] = {}  # sent, by start time (= deadline order)
+        self._lean_queue: deque[_LeanFetch] = deque()  # waiting for a slot
+        self._results: list[_Outcome] = []  # finished lean fetches since the last flush
+        self._sweep: asyncio.TimerHandle | None = None
+        self._idle: asyncio.Future[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._status: dict[str, EndpointStatus] = {}
         self._stop = asyncio.Event()
@@ -228,6 +266,15 @@ class Scraper:
 
     async def aclose(self) -> None:
         """Cancel fetches in flight and close the HTTP client."""
+        for fetch in self._lean.values():
+            fetch.conn.cancel()
+        self._lean.clear()
+        self._lean_queue.clear()
+        self._results.clear()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._wake()
         tasks = list(self._in_flight.values())
         self._in_flight.clear()
         for task in tasks:
@@ -261,8 +308,17 @@ class Scraper:
     async def scrape_once(self) -> ScrapeReport:
         """Scrape every endpoint once, wait for all fetches, write the results."""
         self._start_fetches()
-        if self._in_flight:
-            await asyncio.wait(list(self._in_flight.values()))
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._lean or self._lean_queue:
+                self._idle = loop.create_future()
+                await self._idle
+                continue
+            running = [t for t in self._in_flight.values() if not t.done()]
+            if not running:
+                break
+            # A lean fetch whose idle connection died retries in a task: loop.
+            await asyncio.wait(running)
         return self._flush()
 
     # ............................................................ status
@@ -309,12 +365,121 @@ class Scraper:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         with self.table.lock:
             targets = [(self.table.handle(e.name), e) for e in self.table]
+        lean, in_flight, queue = self._lean, self._in_flight, self._lean_queue
+        queued = {f.endpoint.name for f in queue} if queue else ()
         for handle, endpoint in targets:
-            if endpoint.name not in self._in_flight:
-                url = self.source.url_for(endpoint)
-                client = self._client_for(endpoint.name, url)
-                task = asyncio.create_task(self._fetch(client, url, handle, endpoint))
-                self._in_flight[endpoint.name] = task
+            name = endpoint.name
+            if name in in_flight or name in lean or name in queued:
+                continue
+            url = self.source.url_for(endpoint)
+            client = self._client_for(name, url)
+            if isinstance(client, HttpConnection) and client.connected:
+                # Fast path: no task, no semaphore, no timer per request.
+                queue.append(_LeanFetch(self, client, url, handle, endpoint))
+            else:  # connecting, or httpx: a task
+                in_flight[name] = asyncio.create_task(self._fetch(client, url, handle, endpoint))
+        if queue:
+            self._send_queued()
+
+    # ............................................................ lean fast path
+    def _send_queued(self) -> None:
+        """Write queued lean requests, at most ``max_concurrency`` in flight."""
+        queue, lean = self._lean_queue, self._lean
+        if not queue or len(lean) >= self.max_concurrency:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while queue and len(lean) < self.max_concurrency:
+            fetch = queue.popleft()
+            name = fetch.endpoint.name
+            fetch.deadline = deadline
+            if self._clients.get(name) is not fetch.conn or not fetch.conn.send(fetch.done):
+                # Closed or replaced since queued: take the slow path (it connects).
+                self._in_flight[name] = asyncio.create_task(
+                    self._fetch(
+                        self._client_for(name, fetch.url), fetch.url, fetch.handle, fetch.endpoint
+                    )
+                )
+                continue
+            lean[name] = fetch
+        if lean and self._sweep is None:
+            self._sweep = loop.call_at(next(iter(lean.values())).deadline, self._expire)
+
+    def _expire(self) -> None:
+        """The deadline sweep: time out every lean fetch past its deadline."""
+        self._sweep = None
+        lean = self._lean
+        now = asyncio.get_running_loop().time()
+        expired = []
+        for fetch in lean.values():  # in start order, so in deadline order
+            if fetch.deadline > now:
+                break
+            expired.append(fetch)
+        for fetch in expired:
+            del lean[fetch.endpoint.name]
+            fetch.conn.cancel()
+            self._results.append(
+                _Outcome(
+                    fetch.handle, fetch.endpoint.name, None, f"timed out after {self.timeout_s}s"
+                )
+            )
+        self._send_queued()
+        if lean and self._sweep is None:
+            first = next(iter(lean.values()))
+            self._sweep = asyncio.get_running_loop().call_at(first.deadline, self._expire)
+        self._wake()
+
+    def _lean_done(self, fetch: _LeanFetch, outcome: Outcome) -> None:
+        name = fetch.endpoint.name
+        if self._lean.get(name) is not fetch:
+            return  # timed out or closed meanwhile
+        del self._lean[name]
+        if outcome is None:  # the idle connection had died: retry on a fresh one
+            self._in_flight[name] = asyncio.create_task(
+                self._fetch(fetch.conn, fetch.url, fetch.handle, fetch.endpoint)
+            )
+        elif isinstance(outcome, FetchError):
+            self._results.append(
+                _Outcome(fetch.handle, name, None, f"{type(outcome).__name__}: {outcome}")
+            )
+        else:
+            self._results.append(self._extract(outcome, fetch.handle, fetch.endpoint))
+        if self._lean_queue:
+            self._send_queued()
+        if not self._lean:
+            if self._sweep is not None:
+                self._sweep.cancel()
+                self._sweep = None
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._lean or self._lean_queue:
+            return
+        idle, self._idle = self._idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+
+    def _extract(self, body: Body, handle: EndpointHandle, endpoint: Endpoint) -> _Outcome:
+        """Decode and extract a page (never raises)."""
+        try:
+            text = str(body, "utf-8", "replace")
+            sample = self.extractor.extract(text, endpoint)
+            if sample.is_empty:
+                return _Outcome(
+                    handle,
+                    endpoint.name,
+                    None,
+                    "none of the engine's metrics is on the page (missing: "
+                    + ", ".join(sample.missing)
+                    + ")",
+                )
+            return _Outcome(handle, endpoint.name, sample)
+        except (DataError, OSError) as exc:
+            return _Outcome(handle, endpoint.name, None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one endpoint must never stop the loop
+            return _Outcome(
+                handle, endpoint.name, None, f"{type(exc).__name__}: {exc}", unexpected=True
+            )
 
     async def _fetch(
         self,
@@ -333,18 +498,6 @@ class Scraper:
                 else:
                     async with asyncio.timeout(self.timeout_s):
                         body = await self._get(client, url)
-            text = body.decode("utf-8", errors="replace")
-            sample = self.extractor.extract(text, endpoint)
-            if sample.is_empty:
-                return _Outcome(
-                    handle,
-                    endpoint.name,
-                    None,
-                    "none of the engine's metrics is on the page (missing: "
-                    + ", ".join(sample.missing)
-                    + ")",
-                )
-            return _Outcome(handle, endpoint.name, sample)
         except (TimeoutError, FetchTimeout):
             return _Outcome(handle, endpoint.name, None, f"timed out after {self.timeout_s}s")
         except (httpx.HTTPError, FetchError) as exc:
@@ -355,6 +508,7 @@ class Scraper:
             return _Outcome(
                 handle, endpoint.name, None, f"{type(exc).__name__}: {exc}", unexpected=True
             )
+        return self._extract(body, handle, endpoint)
 
     async def _get(self, client: httpx.AsyncClient, url: str) -> bytes:
         async with client.stream("GET", url) as response:
@@ -379,6 +533,9 @@ class Scraper:
         for name, _ in done:
             del self._in_flight[name]
         outcomes = [t.result() for _, t in done if not t.cancelled()]
+        if self._results:
+            outcomes += self._results
+            self._results = []
         now = self.clock()
         good: list[_Outcome] = []
         failed: list[str] = []
@@ -460,7 +617,7 @@ class Scraper:
         for name in [n for n in self._status if n not in self.table]:
             del self._status[name]
         for name in [n for n in self._clients if n not in self.table]:
-            if name not in self._in_flight:
+            if name not in self._in_flight and name not in self._lean:
                 self._close_later(self._clients.pop(name))
 
     def _close_later(self, client: httpx.AsyncClient | HttpConnection) -> None:

@@ -351,3 +351,86 @@ def test_urls_and_arguments() -> None:
     assert conn._request.startswith(b"GET /metrics?x=1 HTTP/1.1\r\nHost: [fd00::1]:9090\r\n")
     assert b"Accept-Encoding" not in conn._request  # gzip is never asked for
     assert HttpConnection("http://h").port == 80
+
+
+# ====================================================================== callback path
+def send_once(conn: HttpConnection) -> object:
+    """One :meth:`HttpConnection.send`; the outcome (bodies copied to ``bytes``)."""
+
+    async def go() -> object:
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def callback(outcome: object) -> None:
+            done.set_result(bytes(outcome) if isinstance(outcome, memoryview) else outcome)
+
+        assert conn.send(callback)
+        return await asyncio.wait_for(done, 2.0)
+
+    return go()
+
+
+def test_send_without_a_connection_sends_nothing(serve: Callable[[Reply], ScriptedServer]) -> None:
+    server = serve(lambda n: ok(b"x"))
+
+    async def go() -> bool:
+        conn = HttpConnection(server.url)
+        return conn.send(lambda outcome: None)
+
+    assert asyncio.run(go()) is False
+    assert server.requests == 0
+
+
+def test_send_reuses_the_connection_and_reports_errors(
+    serve: Callable[[Reply], ScriptedServer],
+) -> None:
+    # 0: get() connects; 1, 2: callbacks; 3: dropped (dead idle connection);
+    # 4: get() reconnects; 5: a 404 through a callback.
+    def reply(n: int) -> list[bytes] | None:
+        if n == 3:
+            return None
+        if n == 5:
+            return [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"]
+        return ok(PAGE[:100] + str(n).encode())
+
+    server = serve(reply)
+
+    async def go() -> list[object]:
+        conn = HttpConnection(server.url, timeout_s=2.0)
+        try:
+            outcomes: list[object] = [await conn.get()]
+            outcomes += [await send_once(conn) for _ in range(3)]
+            outcomes.append(conn.connected)
+            outcomes.append(await conn.get())
+            outcomes.append(await send_once(conn))
+            outcomes.append(conn.requests)
+            return outcomes
+        finally:
+            await conn.aclose()
+
+    first, one, two, dead, connected, again, not_found, requests = asyncio.run(go())
+    assert [first, one, two, again] == [PAGE[:100] + str(n).encode() for n in (0, 1, 2, 4)]
+    assert dead is None  # the idle connection had died: retry with get()
+    assert connected is False
+    assert isinstance(not_found, StatusError)
+    assert not_found.status == 404
+    assert (server.accepts, requests) == (2, 6)
+
+
+def test_cancel_drops_the_callback_and_closes(serve: Callable[[Reply], ScriptedServer]) -> None:
+    server = serve(lambda n: ok(b"a") if n == 0 else [b"SLEEP"])
+    called: list[object] = []
+
+    async def go() -> bool:
+        conn = HttpConnection(server.url, timeout_s=2.0)
+        try:
+            await conn.get()
+            assert conn.send(called.append)
+            await asyncio.sleep(0.05)
+            conn.cancel()
+            await asyncio.sleep(0.05)
+            return conn.connected
+        finally:
+            await conn.aclose()
+
+    assert asyncio.run(go()) is False
+    assert called == []

@@ -62,13 +62,16 @@ class _QuietServer(ThreadingHTTPServer):
 class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 (port 0) serving ``self.page`` at any path."""
 
-    def __init__(self, page: Page) -> None:
+    def __init__(self, page: Page, *, keep_alive: bool = False) -> None:
         self.page = page
         self.requests = 0
         self._release = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 keeps the connection (the scraper's callback path); 1.0 closes it.
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_GET(self) -> None:
                 server.requests += 1
                 page = server.page
@@ -413,6 +416,63 @@ def test_endpoint_removed_during_scrape_is_not_written(
     assert report.written == 0
     assert table.waiting[0] == 0.0
     assert "leaving" not in statuses
+
+
+def test_kept_connections_take_the_callback_path_with_one_deadline_sweep(
+    plugins: ModuleType,
+    servers: list[LoopbackServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    table = EndpointTable(clock=clock)
+    for i in range(3):
+        servers.append(LoopbackServer(Page(vllm(i, i, 0.5)), keep_alive=True))
+        add(table, f"e{i}", servers[-1].port)
+    # max_concurrency=1: requests wait for a slot and start as answers come in.
+    scraper, _, _ = make(plugins, table, max_concurrency=1)
+    caplog.set_level(logging.INFO, logger="inference_sched.datalayer.scraper")
+    tasks: list[str] = []
+
+    async def go() -> tuple[Any, ...]:
+        async with scraper:
+            first = await scraper.scrape_once()  # connects: one task per endpoint
+            fetch = scraper._fetch
+
+            def spy(*args: Any) -> Any:
+                tasks.append(args[3].name)
+                return fetch(*args)
+
+            monkeypatch.setattr(scraper, "_fetch", spy)
+            for i in range(3):
+                servers[i].page = Page(vllm(10 + i, 0, 0.1))
+            clock.now = 200.0
+            second = await scraper.scrape_once()  # kept connections: no task at all
+            no_tasks = list(tasks)
+            servers[1].page = Page(vllm(0, 0, 0.0), delay_s=2.0)
+            clock.now = 300.0
+            started = time.monotonic()
+            third = await scraper.scrape_once()
+            elapsed = time.monotonic() - started
+            servers[1].page = Page(vllm(21, 0, 0.2))
+            clock.now = 400.0
+            fourth = await scraper.scrape_once()  # e1 reconnects (a task) and recovers
+            return first, second, no_tasks, third, elapsed, fourth
+
+    first, second, no_tasks, third, elapsed, fourth = asyncio.run(go())
+    assert first.written == second.written == 3
+    assert no_tasks == []
+    assert [table.metrics_of(f"e{i}")["waiting"] for i in (0, 2)] == [10.0, 12.0]
+    assert (third.written, third.failed) == (2, ("e1",))
+    assert elapsed < TIMEOUT_S + 1.0
+    assert (fourth.written, fourth.failed) == (3, ())
+    assert tasks == ["e1"]
+    assert table.metrics_of("e1")["waiting"] == 21.0
+    status = scraper.status("e1")
+    assert (status.errors_total, status.consecutive_failures) == (1, 0)
+    assert status.last_error == "timed out after 0.3s"
+    assert sum("recovered" in r.getMessage() for r in caplog.records) == 1
+    assert [s.requests for s in servers] == [4, 4, 4]
 
 
 # ====================================================================== run loop
