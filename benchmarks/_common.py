@@ -8,7 +8,8 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,17 @@ def machine_info() -> dict[str, Any]:
         "numba": numba.__version__,
         "platform": platform.platform(),
     }
+
+
+def time_calls(fn: Callable[[], Any], calls: int) -> np.ndarray:
+    """Wall time of each of ``calls`` calls of ``fn``, nanoseconds (int64)."""
+    samples = np.empty(calls, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(calls):
+        t0 = clock()
+        fn()
+        samples[i] = clock() - t0
+    return samples
 
 
 def percentiles_us(samples_ns: np.ndarray) -> tuple[float, float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gc
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import xxhash
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import parse_args, percentiles_us, write_report
+from _common import parse_args, percentiles_us, time_calls, write_report
 
 from inference_sched.kernels import hashing, reference
 from inference_sched.prefix_hashing import block_hashes, readonly, seed_hash
@@ -41,16 +40,6 @@ SIZES = {"8KB": 8 * 1024, "32KB": 32 * 1024, "400KB": 400 * 1024}
 BLOCK_TOKENS = 16
 BLOCK_BYTES = 4 * BLOCK_TOKENS
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-
-
-def time_calls(fn: Callable[[], Any], calls: int) -> np.ndarray:
-    samples = np.empty(calls, dtype=np.int64)
-    clock = time.perf_counter_ns
-    for i in range(calls):
-        t0 = clock()
-        fn()
-        samples[i] = clock() - t0
-    return samples
 
 
 def interleaved(

@@ -56,7 +56,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import parse_args, percentiles_us, round_p50s_us, write_report
+from _common import parse_args, percentiles_us, round_p50s_us, time_calls, write_report
 
 from inference_sched import Endpoint, EndpointTable, Request, Scheduler, registry
 from inference_sched.kernels import reference
@@ -75,16 +75,6 @@ ROUNDS = 5
 
 def printable(rng: np.random.Generator, size: int) -> bytes:
     return rng.integers(0x20, 0x7F, size, dtype=np.uint8).tobytes()
-
-
-def time_calls(fn: Callable[[], Any], calls: int) -> np.ndarray:
-    samples = np.empty(calls, dtype=np.int64)
-    clock = time.perf_counter_ns
-    for i in range(calls):
-        t0 = clock()
-        fn()
-        samples[i] = clock() - t0
-    return samples
 
 
 def result(case: str, endpoints: int, samples: np.ndarray, ratio: float, **extra: Any) -> dict:
