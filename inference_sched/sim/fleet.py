@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import numpy as np
@@ -137,9 +138,7 @@ class _Fleet:
         if kind == EventKind.FIRST_TOKEN:
             request, result = self.in_flight[rid]
             self.scheduler.response_streaming(
-                request,
-                Response(request.request_id, is_start_of_stream=True, time_s=self.now),
-                result,
+                request, self._response(request, is_start_of_stream=True), result
             )
         elif kind == EventKind.FINISHED:
             request, result = self.in_flight.pop(rid)
@@ -152,22 +151,20 @@ class _Fleet:
             self.preemptions[rid] = finished.preemptions
             self.status[rid] = RequestStatus.COMPLETED
             self.scheduler.response_complete(
-                request,
-                Response(request.request_id, is_end_of_stream=True, time_s=self.now),
-                result,
+                request, self._response(request, is_end_of_stream=True), result
             )
         elif kind == EventKind.REJECTED:
             request, result = self.in_flight.pop(rid)
             self.status[rid] = RequestStatus.REJECTED
             self.scheduler.response_complete(
-                request,
-                Response(
-                    request.request_id, status_code=400, is_end_of_stream=True, time_s=self.now
-                ),
-                result,
+                request, self._response(request, status_code=400, is_end_of_stream=True), result
             )
         # PREEMPTED: the engine counts it in Finished; the scheduler is not told (a real
         # gateway is not either).
+
+    def _response(self, request: Request, **fields: Any) -> Response:
+        """What the gateway would report to the response hooks now."""
+        return Response(request.request_id, time_s=self.now, **fields)
 
     def scrape(self, t: float) -> None:
         """Copy every server's metrics into the table, as a metrics refresh would."""
