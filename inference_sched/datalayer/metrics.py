@@ -40,6 +40,7 @@ from inference_sched.errors import DataError
 __all__ = [
     "MAX_LINE_CHARS",
     "EndpointSample",
+    "Page",
     "extract",
     "vllm_page",
 ]
@@ -94,6 +95,10 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
         cache[key] = value
 
 
+Page = str | bytes | bytearray | memoryview
+"""A ``/metrics`` body, decoded or as received (UTF-8)."""
+
+
 class EndpointSample(NamedTuple):
     """What one scrape says about one endpoint; ``None`` = not found (keep the old value)."""
 
@@ -119,7 +124,10 @@ class EndpointSample(NamedTuple):
     @property
     def is_empty(self) -> bool:
         """No field was found (GIE does not bump ``UpdateTime`` then)."""
-        return all(v is None for v in self[:8])
+        return self[:8] == _NOTHING
+
+
+_NOTHING: Final = (None,) * 8
 
 
 class _Series(NamedTuple):
@@ -132,12 +140,13 @@ class _Series(NamedTuple):
 
 
 def extract(
-    text: str, spec: EngineSpec | str, *, endpoint: str, full: bool = False
+    text: Page, spec: EngineSpec | str, *, endpoint: str, full: bool = False
 ) -> EndpointSample:
     """Read ``spec``'s metrics from a Prometheus text page.
 
     Args:
-        text: the ``/metrics`` body.
+        text: the ``/metrics`` body, decoded or as received (UTF-8 bytes: the fast path
+            never decodes the whole page).
         spec: the engine mapping, or the name of a built-in engine.
         endpoint: endpoint name for error messages.
         full: parse and validate the whole page (slow: ~0.3 µs per character) instead
@@ -150,12 +159,262 @@ def extract(
             count or ``max_lora``.
     """
     engine = BUILTIN_ENGINES[spec] if isinstance(spec, str) else spec
+    if not full:
+        try:
+            return _fast_sample(text, engine, endpoint)
+        except _Fallback:
+            pass  # anything unusual: the careful path decides (and words the error)
+    return _careful_sample(text, engine, endpoint, full)
+
+
+def _careful_sample(page: Page, engine: EngineSpec, endpoint: str, full: bool) -> EndpointSample:
+    """Every line read through prometheus-client's parsers, errors located by line."""
+    text = page if isinstance(page, str) else str(page, "utf-8", "replace")
     reader = _Reader(text, endpoint)
     if full:
         families = reader.parse_whole_page()
         reader.collect_all(engine.metric_names)  # lines of the families read, with numbers
         reader.check_duplicates(families)
     return _Fields(reader, engine).sample()
+
+
+class _Fallback(DataError):
+    """The fast path met something it does not handle; the careful path takes over."""
+
+
+_B_BOUNDARY: Final = frozenset((b"{", b" ", b"\t"))
+_Parsed = tuple[dict[str, str], frozenset[tuple[str, str]], float, float]
+"""A sample line's labels, their set, value and timestamp (0 when absent)."""
+_bline_cache: dict[bytes | str, _Parsed] = {}
+"""Raw sample line (as received) → parsed sample, for the fast path."""
+
+_INF: Final = math.inf
+_NO_ROWS: Final[list[_Parsed]] = []
+_plans: dict[tuple[int, bool], tuple[EngineSpec, dict[str, tuple[Any, Any, int]]]] = {}
+"""(id(engine), bytes page) → (engine, {family: (name, "\\n" + name, len)}) in the page's type."""
+_selector_text: dict[Selector, str] = {}
+_adapter_sets: dict[str, frozenset[str]] = {}
+
+
+def _plan(engine: EngineSpec, is_bytes: bool) -> dict[str, tuple[Any, Any, int]]:
+    entry = _plans.get((id(engine), is_bytes))
+    if entry is None or entry[0] is not engine:
+        names: dict[str, tuple[Any, Any, int]] = {}
+        for name in engine.metric_names:
+            key: Any = name.encode() if is_bytes else name
+            names[name] = (key, (b"\n" if is_bytes else "\n") + key, len(key))
+        entry = (engine, names)
+        _remember(_plans, (id(engine), is_bytes), entry)
+    return entry[1]
+
+
+def _fast_sample(page: Page, engine: EngineSpec, endpoint: str) -> EndpointSample:
+    """The common case in as few Python steps as possible, straight from the page as
+    received (bytes or str); :class:`_Fallback` for anything else.
+
+    Each family is found with one ``find`` from near its offset on this endpoint's last
+    page; its lines are taken raw, and a line is parsed only when its text is new (the
+    value of a changed line goes through ``float`` when it is a lone number: what
+    prometheus-client does then). Anything unusual (a malformed or duplicate line, a
+    label block not parsed before, a family at the very start of the page, a timestamp,
+    a value that fails validation) raises :class:`_Fallback`, and the careful path
+    redoes the page, so results and errors are the careful path's (a property test
+    compares the two paths on generated pages).
+    """
+    buf: Any = bytes(page) if isinstance(page, memoryview | bytearray) else page
+    is_bytes = isinstance(buf, bytes)
+    plan = _plan(engine, is_bytes)
+    nl: Any = b"\n" if is_bytes else "\n"
+    boundary = _B_BOUNDARY if is_bytes else _BOUNDARY
+    hints, cache = _offset_hints, _bline_cache
+
+    def group(name: str) -> list[_Parsed]:
+        key, needle, n = plan[name]
+        hint_key = (endpoint, name)
+        hint = hints.get(hint_key, 0)
+        pos = -1
+        if hint > _HINT_SLACK:
+            pos = buf.find(needle, hint - _HINT_SLACK)
+            while pos >= 0 and buf[pos + 1 + n : pos + 2 + n] not in boundary:
+                pos = buf.find(needle, pos + 1)  # a longer name: go on
+            if pos >= 0:
+                # Started late: this must be the group's first line, not one in its middle.
+                prev = buf.rfind(nl, 0, pos) + 1
+                if buf.startswith(key, prev) and buf[prev + n : prev + n + 1] in boundary:
+                    pos = -1
+        if pos < 0:
+            pos = buf.find(needle)
+            while pos >= 0 and buf[pos + 1 + n : pos + 2 + n] not in boundary:
+                pos = buf.find(needle, pos + 1)
+            if pos < 0:
+                if buf.startswith(key):
+                    raise _Fallback("family at offset 0")
+                return _NO_ROWS
+        pos += 1
+        if pos != hint:
+            _remember(hints, hint_key, pos)
+        rows: list[_Parsed] = []
+        while True:
+            eol = buf.find(nl, pos)
+            if eol < 0:
+                eol = len(buf)
+            line = buf[pos:eol]
+            hit = cache.get(line)
+            if hit is None:
+                hit = _parse_raw_line(line, name)
+                _remember(cache, line, hit)
+            rows.append(hit)
+            pos = eol + 1
+            if not buf.startswith(key, pos) or buf[pos + n : pos + n + 1] not in boundary:
+                break
+        if len(rows) > 1 and len({r[1] for r in rows}) != len(rows):
+            raise _Fallback("duplicate series")
+        return rows
+
+    missing: list[str] = []
+
+    def pick(selector: Selector | None, report: bool = True) -> _Parsed | None:
+        """The newest matching series (largest timestamp, first on ties)."""
+        if selector is None:
+            return None
+        best: _Parsed | None = None
+        wanted = selector.labels
+        for row in group(selector.name):
+            if (not wanted or selector.matches(row[0])) and (best is None or row[3] > best[3]):
+                best = row
+        if best is None and report:
+            missing.append(_text(selector))
+        return best
+
+    def count(selector: Selector | None) -> float | None:
+        row = pick(selector)
+        if row is None:
+            return None
+        value = row[2]
+        if not 0.0 <= value < _INF:  # NaN fails too
+            raise _Fallback("bad count")
+        return value
+
+    def int_label(row: _Parsed, label: str, low: int) -> int | None:
+        raw = row[0].get(label, "")
+        if raw == "":
+            return None
+        text = raw.strip()
+        if not (text.isascii() and text.isdigit()) or int(text) < low:
+            raise _Fallback("bad integer label")
+        return int(text)
+
+    def int_value(selector: Selector | None, low: int) -> int | None:
+        row = pick(selector)
+        if row is None:
+            return None
+        v = row[2]
+        if not (low <= v < _INF and v == int(v)):
+            raise _Fallback("bad integer")
+        return int(v)
+
+    waiting = count(engine.waiting)
+    running = count(engine.running)
+
+    kv = pick(engine.kv_usage, report=False)
+    if kv is None and engine.kv_usage_fallback is not None:
+        kv = pick(engine.kv_usage_fallback, report=False)
+    if kv is None and engine.kv_usage is not None:
+        missing.append(_text(engine.kv_usage))
+    kv_usage = None
+    if kv is not None:
+        kv_usage = kv[2]
+        if not 0.0 <= kv_usage <= 1.0:
+            raise _Fallback("bad fraction")
+
+    running_adapters = waiting_adapters = None
+    max_loras = None
+    lora_selector = engine.lora_info
+    if lora_selector is not None:
+        lora: _Parsed | None = None
+        for row in group(lora_selector.name):
+            if lora_selector.labels and not lora_selector.matches(row[0]):
+                continue
+            if not -_INF < row[2] < _INF:
+                raise _Fallback("bad LoRA timestamp")
+            if lora is None or row[2] > lora[2]:
+                lora = row
+        if lora is None:
+            missing.append(_text(lora_selector))
+        else:
+            labels = lora[0]
+            running_adapters = _adapter_set(labels.get("running_lora_adapters", ""))
+            waiting_adapters = _adapter_set(labels.get("waiting_lora_adapters", ""))
+            max_loras = int_label(lora, "max_lora", 0)
+
+    block_size = num_blocks = None
+    info = pick(engine.cache_info)
+    if info is not None:
+        block_size = int_label(info, engine.cache_info_block_size_label, 1)
+        num_blocks = int_label(info, engine.cache_info_num_blocks_label, 0)
+    if engine.block_size is not None:
+        gauge = int_value(engine.block_size, 1)
+        if gauge is not None:
+            block_size = gauge
+    if engine.num_blocks is not None:
+        gauge = int_value(engine.num_blocks, 0)
+        if gauge is not None:
+            num_blocks = gauge
+    return EndpointSample(
+        waiting,
+        running,
+        kv_usage,
+        block_size,
+        num_blocks,
+        max_loras,
+        running_adapters,
+        waiting_adapters,
+        tuple(missing),
+    )
+
+
+def _text(selector: Selector) -> str:
+    text = _selector_text.get(selector)
+    if text is None:
+        text = _selector_text[selector] = str(selector)
+    return text
+
+
+def _adapter_set(csv: str) -> frozenset[str]:
+    found = _adapter_sets.get(csv)
+    if found is None:
+        found = _adapters(csv)
+        _remember(_adapter_sets, csv, found)
+    return found
+
+
+def _parse_raw_line(raw: str | bytes, name: str) -> _Parsed:
+    """Parse one sample line for the fast path; :class:`_Fallback` when in doubt."""
+    if len(raw) > MAX_LINE_CHARS:
+        raise _Fallback("line too long")
+    line = (raw if isinstance(raw, str) else str(raw, "utf-8", "replace")).strip()
+    n = len(name)
+    rest: str
+    if line[n : n + 1] == "{":
+        close = line.rfind("}")
+        if close < n:
+            raise _Fallback("unterminated labels")
+        head, rest = line[: close + 1], line[close + 1 :]
+    elif line[n : n + 1] in (" ", "\t"):
+        head, rest = name, line[n:]
+    else:
+        raise _Fallback("unusual line")
+    labels = _labels_cache.get(head)
+    if labels is None:
+        raise _Fallback("label block not seen yet")  # the careful path parses and caches it
+    value = rest.strip()
+    if not value or "_" in value or " " in value or "\t" in value:
+        raise _Fallback("not a lone number")  # timestamps, junk: prometheus-client decides
+    try:
+        number = float(value)
+    except ValueError:
+        raise _Fallback("bad number") from None
+    return labels[0], labels[1], number, 0.0
 
 
 class _Reader:
@@ -185,12 +444,19 @@ class _Reader:
         Scanning a 40 KB page costs ~10 µs per family, so the search starts a little
         before where the family was on this endpoint's previous page (pages of one
         server keep their layout). Starting late is safe: the format keeps a family's
-        lines together, so a match after the start is the family's only group; when
-        nothing matches from there, the whole page is searched.
+        lines together, so a match after the start is the family's only group unless
+        the line before it belongs to the family too (then, and when nothing matches
+        from there, the whole page is searched).
         """
         hint_key = (self.endpoint, name)
         hint = _offset_hints.get(hint_key, 0)
         pos = self._find_from(name, max(0, hint - _HINT_SLACK)) if hint else -1
+        if pos > 0:
+            # Started late: this must be the group's first line, not one in its middle.
+            prev = self.text.rfind("\n", 0, pos - 1) + 1
+            n = len(name)
+            if self.text.startswith(name, prev) and self.text[prev + n : prev + n + 1] in _BOUNDARY:
+                pos = -1
         if pos < 0:
             pos = self._find_from(name, 0)
         if pos >= 0 and pos != hint:

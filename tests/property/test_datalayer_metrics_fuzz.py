@@ -8,6 +8,7 @@ import math
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from inference_sched.datalayer import metrics
 from inference_sched.datalayer.engines import BUILTIN_ENGINES
 from inference_sched.datalayer.metrics import EndpointSample, extract, vllm_page
 from inference_sched.errors import DataError
@@ -153,3 +154,62 @@ def test_newest_timestamp_wins(series: list[tuple[int, int, int]]) -> None:
         sample = extract(page, "vllm", endpoint="ts", full=full)
         assert sample.waiting == first_newest
         assert not math.isnan(sample.waiting)
+
+
+# ----------------------------------------------------------------- fast path == careful path
+def _careful(page: str | bytes, engine: str) -> EndpointSample | str:
+    try:
+        return metrics._careful_sample(page, BUILTIN_ENGINES[engine], "same", False)
+    except DataError as exc:
+        return str(exc)
+
+
+def _default(page: str | bytes, engine: str) -> EndpointSample | str:
+    try:
+        return extract(page, engine, endpoint="same")
+    except DataError as exc:
+        return str(exc)
+
+
+@st.composite
+def _pages_with_moves(draw: st.DrawFn) -> str:
+    """vLLM pages whose families move, repeat, gain timestamps or several series."""
+    lines = vllm_page(
+        waiting=draw(st.sampled_from([0.0, 1.0, 2.5, -1.0, math.nan])),
+        kv_usage=draw(st.sampled_from([0.0, 0.5, 1.0, 1.5])),
+        running_adapters=draw(st.sampled_from([(), ("a",), ("a", "b")])),
+        histograms=draw(st.booleans()),
+    ).split("\n")
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["dup", "move", "ts", "lora", "pad", "drop", "cr"]))
+        i = draw(st.integers(0, len(lines) - 1))
+        if kind == "dup":
+            lines.insert(i, lines[i])
+        elif kind == "move":
+            lines.insert(draw(st.integers(0, len(lines))), lines.pop(i))
+        elif kind == "ts" and lines[i] and not lines[i].startswith("#"):
+            lines[i] += " 1700000000000"
+        elif kind == "lora":
+            at = next(k for k, line in enumerate(lines) if line.startswith("vllm:lora_requests"))
+            t = draw(st.integers(0, 9))
+            lines.insert(
+                at + 1, f'vllm:lora_requests_info{{max_lora="2",running_lora_adapters="x{t}"}} {t}'
+            )
+        elif kind == "pad":
+            lines.insert(i, "# " + "p" * draw(st.integers(0, 9000)))
+        elif kind == "drop":
+            lines.pop(i)
+        else:
+            lines[i] += "\r"
+    return "\n".join(lines)
+
+
+@settings(max_examples=250)
+@given(pages=st.lists(_pages_with_moves(), min_size=1, max_size=3), as_bytes=st.booleans())
+def test_fast_path_equals_careful_path(pages: list[str], as_bytes: bool) -> None:
+    # One endpoint name throughout: offsets remembered from one page meet the next.
+    for text in pages:
+        page: str | bytes = text.encode() if as_bytes else text
+        expected = _careful(page, "vllm")
+        assert _default(page, "vllm") == expected
+        assert _default(page, "vllm") == expected  # caches warm
