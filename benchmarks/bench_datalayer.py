@@ -51,33 +51,55 @@ VARIANTS = 64
 
 
 # ---------------------------------------------------------------------- server (child)
-def _pages(num_endpoints: int) -> list[list[bytes]]:
+def _answer(body: bytes) -> bytes:
+    head = (
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def _only(page: str, families: frozenset[str]) -> str:
+    """The page as prometheus-client serves it for ``?name[]=...``: those families only."""
+    kept = []
+    for line in page.split("\n"):
+        if line.startswith("# "):
+            name = line.split(" ", 3)[2] if line.count(" ") >= 2 else ""
+        else:
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in families:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def _pages(num_endpoints: int) -> tuple[list[list[bytes]], list[list[bytes]]]:
+    """(whole pages, pages filtered to the vLLM families) per endpoint and variant."""
+    from inference_sched.datalayer.engines import BUILTIN_ENGINES
     from inference_sched.datalayer.metrics import vllm_page
 
+    families = frozenset(BUILTIN_ENGINES["vllm"].metric_names)
     rng = np.random.default_rng(5)
-    pages = []
+    whole, filtered = [], []
     for _ in range(num_endpoints):
-        variants = []
+        variants, small = [], []
         for _ in range(VARIANTS):
-            body = vllm_page(
+            page = vllm_page(
                 waiting=float(rng.integers(0, 32)),
                 running=float(rng.integers(0, 64)),
                 kv_usage=round(float(rng.uniform(0, 1)), 4),
                 running_adapters=("sql-lora",) if rng.uniform() < 0.5 else ("a", "b"),
                 lora_time=1.7e9 + float(rng.integers(0, 10_000)),
-            ).encode()
-            head = (
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            variants.append(head + body)
-        pages.append(variants)
-    return pages
+            )
+            variants.append(_answer(page.encode()))
+            small.append(_answer(_only(page, families).encode()))
+        whole.append(variants)
+        filtered.append(small)
+    return whole, filtered
 
 
 def _serve(num_endpoints: int, conn: Connection) -> None:
     """Child process: serve ``/e<i>/metrics`` until the parent closes ``conn``."""
-    pages = _pages(num_endpoints)
+    whole, filtered = _pages(num_endpoints)
     served = [0] * num_endpoints
     not_found = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
@@ -92,6 +114,7 @@ def _serve(num_endpoints: int, conn: Connection) -> None:
             while (end := self.buf.find(b"\r\n\r\n")) >= 0:
                 head, self.buf = self.buf[:end], self.buf[end + 4 :]
                 path = head.split(b" ", 2)[1]
+                pages = filtered if b"?name%5B%5D=" in path else whole
                 try:
                     i = int(path.split(b"/")[1][1:])
                     variant = pages[i][served[i] % VARIANTS]
@@ -157,7 +180,9 @@ def httpx_only() -> Iterator[None]:
         scraper.is_supported = original
 
 
-def run_cycles(port: int, num_endpoints: int, cycles: int, warmup: int) -> dict[str, Any]:
+def run_cycles(
+    port: int, num_endpoints: int, cycles: int, warmup: int, **options: Any
+) -> dict[str, Any]:
     """Paced cycles with the real scraper; CPU and wall figures of the measured part."""
     from inference_sched.datalayer.scraper import Scraper
     from inference_sched.handle import PluginHandle
@@ -176,7 +201,9 @@ def run_cycles(port: int, num_endpoints: int, cycles: int, warmup: int) -> dict[
         durations = np.empty(cycles, dtype=np.int64)
         cpu = np.empty(cycles, dtype=np.int64)
         failed = 0
-        async with Scraper(table, Source(port), extractor, interval_s=INTERVAL_S) as scraper:
+        async with Scraper(
+            table, Source(port), extractor, interval_s=INTERVAL_S, **options
+        ) as scraper:
             for _ in range(warmup):  # connections, first-page layouts
                 report = await scraper.scrape_once()
                 if report.written != num_endpoints:
@@ -214,39 +241,62 @@ def run_cycles(port: int, num_endpoints: int, cycles: int, warmup: int) -> dict[
     return asyncio.run(go())
 
 
+CASES: dict[str, dict[str, Any]] = {
+    "lean": {},
+    "lean-filtered": {"request_families": True},
+    "httpx": {},
+}
+"""Scraper options per case (httpx: forced through :func:`httpx_only`)."""
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        key: np.concatenate([r[key] for r in runs]) for key in ("durations", "cpu_per_cycle")
+    }
+    for key in ("cpu_s", "wall_s", "failed", "user_s", "sys_s"):
+        merged[key] = sum(r[key] for r in runs)
+    merged["round_cpu_per_endpoint_us"] = [
+        round(float(np.median(r["cpu_per_cycle"])) / 1e3 / r["endpoints"], 1) for r in runs
+    ]
+    return merged
+
+
 def main() -> None:
     from _common import parse_args
 
     args = parse_args(__doc__ or "")
     n = 64 if args.quick else 256
-    lean_cycles = 40 if args.quick else 400
+    rounds = 2 if args.quick else 4
+    lean_cycles = 20 if args.quick else 100  # per round
     httpx_cycles = 10 if args.quick else 40
     print(f"starting the metrics server for {n} endpoints ...", file=sys.stderr)
     results = []
     with metrics_server(n) as port:
-        runs: dict[str, dict[str, Any]] = {}
-        for path, cycles in (("lean", lean_cycles), ("httpx", httpx_cycles)):
-            print(f"{path}: {cycles} cycles of {n} endpoints every 50 ms ...", file=sys.stderr)
-            with httpx_only() if path == "httpx" else contextlib.nullcontext():
-                runs[path] = run_cycles(port, n, cycles, warmup=3)
-            r = runs[path]
-            print(
-                f"  core fraction {r['cpu_s'] / r['wall_s']:.3f}, "
-                f"CPU per cycle {np.median(r['cpu_per_cycle']) / 1e6:.1f} ms",
-                file=sys.stderr,
-            )
+        by_case: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
+        # The lean cases alternate round by round: the machine's pace drifts.
+        for k in range(rounds):
+            for case in ("lean", "lean-filtered"):
+                print(f"round {k + 1}/{rounds}, {case}: {lean_cycles} cycles ...", file=sys.stderr)
+                run = run_cycles(port, n, lean_cycles, warmup=3, **CASES[case])
+                run["endpoints"] = n
+                by_case[case].append(run)
+        print(f"httpx: {httpx_cycles} cycles of {n} endpoints every 50 ms ...", file=sys.stderr)
+        with httpx_only():
+            run = run_cycles(port, n, httpx_cycles, warmup=3)
+        run["endpoints"] = n
+        by_case["httpx"].append(run)
     from inference_sched.datalayer.metrics import vllm_page
 
     page_bytes = len(vllm_page().encode())
+    runs = {case: _merge(r) for case, r in by_case.items()}
     base_cpu = float(np.median(runs["httpx"]["cpu_per_cycle"]))
-    for path in ("lean", "httpx"):
-        r = runs[path]
+    for case, r in runs.items():
         p50, p99 = percentiles_us(r["durations"])
         cpu_p50, cpu_p99 = percentiles_us(r["cpu_per_cycle"])
         cycle_cpu = float(np.median(r["cpu_per_cycle"]))
         results.append(
             {
-                "case": f"scrape-cycle/{path}",
+                "case": f"scrape-cycle/{case}",
                 "endpoints": n,
                 "p50_us": p50,
                 "p99_us": p99,
@@ -257,13 +307,14 @@ def main() -> None:
                 "cpu_per_cycle_p50_us": cpu_p50,
                 "cpu_per_cycle_p99_us": cpu_p99,
                 "cpu_per_endpoint_us": cpu_p50 / n,
+                "round_cpu_per_endpoint_us": r["round_cpu_per_endpoint_us"],
                 "cycles": int(r["durations"].size),
                 "interval_ms": INTERVAL_S * 1e3,
                 "wall_s": r["wall_s"],
                 "failed_scrapes": r["failed"],
                 "user_fraction": r["user_s"] / r["wall_s"],
                 "sys_fraction": r["sys_s"] / r["wall_s"],
-                "page_bytes": page_bytes,
+                "page_bytes": page_bytes if case != "lean-filtered" else None,
                 "note": "p50/p99: wall time of one scrape_once over all endpoints",
             }
         )

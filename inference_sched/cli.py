@@ -1,4 +1,4 @@
-"""``inference-sched`` command line: demo, validate, plugins, simulate."""
+"""``inference-sched`` command line: demo, validate, plugins, simulate, scrape."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from . import registry
 from .config import load_config, load_config_file
+from .datalayer import cli as datalayer_cli
 from .errors import ConfigError, InferenceSchedError
 from .scheduler import Scheduler
 from .sim import cli as sim_cli
@@ -173,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_validate)
 
     sim_cli.add_parser(sub)
+    datalayer_cli.add_parser(sub)
 
     plugins = sub.add_parser("plugins", help="list every plugin type, its kinds and its source")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")

@@ -67,6 +67,7 @@ _SCRAPED: Final = frozenset(
     {"waiting", "running", "kv_usage_frac", "kv_blocks_total", "block_size_tokens", "max_loras"}
 )
 _INITIAL_CAPACITY: Final = 16
+_MAX_CACHED_ADAPTER_SETS: Final = 4096
 _OTHER_COLUMNS: Final = (
     "generation",
     "is_alive",
@@ -128,6 +129,7 @@ class EndpointTable:
         self._high_water = 0  # rows [0, high_water) have been used at least once
         self._adapter_ids: dict[str, int] = {}
         self._adapter_names: list[str] = []
+        self._bits_by_set: dict[frozenset[str], tuple[npt.NDArray[np.uint8], int]] = {}
         self._candidates: Candidates | None = None
         self._removal_listeners: list[RemovalListener] = []
         self.version = 0
@@ -375,13 +377,26 @@ class EndpointTable:
         max_loras: float | None = None,
     ) -> None:
         """Replace one row's running and waiting LoRA adapter sets."""
-        active_ids = {self.intern_adapter(a) for a in active}
-        waiting_ids = {self.intern_adapter(a) for a in waiting}
-        self.active_adapters[row] = _bits(active_ids, self.active_adapters.shape[1])
-        self.waiting_adapters[row] = _bits(waiting_ids, self.waiting_adapters.shape[1])
-        self.num_adapters[row] = len(active_ids) + len(waiting_ids)
+        active_bits, num_active = self._adapter_bits(active)
+        waiting_bits, num_waiting = self._adapter_bits(waiting)
+        self.active_adapters[row] = active_bits
+        self.waiting_adapters[row] = waiting_bits
+        self.num_adapters[row] = num_active + num_waiting
         if max_loras is not None:
             self.max_loras[row] = max_loras
+
+    def _adapter_bits(self, adapters: Iterable[str]) -> tuple[npt.NDArray[np.uint8], int]:
+        """The bitset of a set of adapter names and its size (sets repeat: cached)."""
+        key = adapters if isinstance(adapters, frozenset) else frozenset(adapters)
+        hit = self._bits_by_set.get(key)
+        if hit is None or hit[0].shape[0] != self.active_adapters.shape[1]:
+            ids = {self.intern_adapter(a) for a in key}  # may widen the bitsets
+            bits = _bits(ids, self.active_adapters.shape[1])
+            bits.flags.writeable = False
+            if len(self._bits_by_set) >= _MAX_CACHED_ADAPTER_SETS:
+                self._bits_by_set.clear()
+            hit = self._bits_by_set[key] = (bits, len(ids))
+        return hit
 
     def adapters_of(self, row: int) -> tuple[frozenset[str], frozenset[str]]:
         """(running, waiting) adapter names of ``row``."""

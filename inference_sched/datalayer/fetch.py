@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import ClassVar, Final, TypeAlias
+from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
 from urllib.parse import urlsplit
+
+from inference_sched.datalayer.poller import PolledTransport, connect, poller_for
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -121,6 +123,24 @@ _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _UNTIL_CLOSE = range(6)
 """Parser states."""
 
 
+class _Head(NamedTuple):
+    """A parsed answer head."""
+
+    status: int
+    state: int
+    """Parser state for the body: _BODY, _CHUNK_SIZE or _UNTIL_CLOSE."""
+    need: int
+    """Body bytes (_BODY)."""
+    reusable: bool
+    """The connection may carry another request after this answer."""
+
+
+_MAX_CACHED_HEADS: Final = 4096
+_MAX_CACHED_HEAD_BYTES: Final = 1024
+_heads: dict[bytes, _Head] = {}
+"""Answer heads seen (status line + headers) → parsed."""
+
+
 class _Retry(Exception):
     """A reused idle connection died before answering: retry once on a fresh one."""
 
@@ -143,7 +163,10 @@ class _Protocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.waiter: asyncio.Future[bytes] | None = None
-        self.callback: Callable[[Body | BaseException], None] | None = None
+        # Gets Body | BaseException, or an Outcome when an HttpConnection owns the request.
+        self.callback: Callable[[Any], None] | None = None
+        self.owner: HttpConnection | None = None
+        """The connection that sent the request (its :meth:`HttpConnection.send`)."""
         self.reusable = True
         self._reused = False
         self._buf = bytearray()
@@ -222,9 +245,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self._send(request)
         return waiter
 
-    def start_callback(
-        self, request: bytes, callback: Callable[[Body | BaseException], None]
-    ) -> None:
+    def start_callback(self, request: bytes, callback: Callable[[Any], None]) -> None:
         """Send ``request``; ``callback`` gets the body or the error, from the loop."""
         self.callback = callback
         self._send(request)
@@ -244,6 +265,15 @@ class _Protocol(asyncio.BufferedProtocol):
         callback = self.callback
         if callback is not None:
             self.callback = None
+            owner = self.owner
+            if owner is not None and owner._callback is not None:
+                # HttpConnection.send's answer, settled here (one frame less per request).
+                owner._callback = None
+                owner._busy = False
+                if isinstance(outcome, BaseException):
+                    owner.close()
+                    callback(outcome if isinstance(outcome, FetchError) else None)
+                    return
             callback(outcome)
             return
         waiter = self.waiter
@@ -352,6 +382,24 @@ class _Protocol(asyncio.BufferedProtocol):
             raise BodyTooLarge(f"GET {self.url}: body larger than {self.max_bytes} bytes")
 
     def _head(self, head: bytes) -> None:
+        # Heads repeat from answer to answer (a server's Date changes once a second, a
+        # Content-Length when the page's size does): parse each distinct one once.
+        parsed = _heads.get(head)
+        if parsed is None:
+            parsed = self._parse_head(head)
+            if len(head) <= _MAX_CACHED_HEAD_BYTES:
+                if len(_heads) >= _MAX_CACHED_HEADS:
+                    _heads.clear()
+                _heads[head] = parsed
+        self._status = parsed.status
+        if not parsed.reusable:
+            self.reusable = False
+        if parsed.state == _BODY and parsed.need > self.max_bytes:
+            raise BodyTooLarge(f"GET {self.url}: body of {parsed.need} bytes > {self.max_bytes}")
+        self._state, self._need = parsed.state, parsed.need
+
+    def _parse_head(self, head: bytes) -> _Head:
+        """Status line and headers → what the parser needs (raises on bad input)."""
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         if (
@@ -361,9 +409,9 @@ class _Protocol(asyncio.BufferedProtocol):
             or not parts[1].isdigit()
         ):
             raise MalformedResponse(f"GET {self.url}: bad status line {lines[0][:80]!r}")
-        self._status = int(parts[1])
-        if 100 <= self._status < 200:
-            raise MalformedResponse(f"GET {self.url}: unexpected interim answer {self._status}")
+        status = int(parts[1])
+        if 100 <= status < 200:
+            raise MalformedResponse(f"GET {self.url}: unexpected interim answer {status}")
         keep_alive = parts[0] == b"HTTP/1.1"
         length: int | None = None
         chunked = False
@@ -390,21 +438,13 @@ class _Protocol(asyncio.BufferedProtocol):
                     keep_alive = False
                 elif b"keep-alive" in tokens:
                     keep_alive = True
-        if not keep_alive:
-            self.reusable = False
         if chunked:  # wins over Content-Length (RFC 9112 §6.3); the mix is never reused
-            if length is not None:
-                self.reusable = False
-            self._state = _CHUNK_SIZE
-        elif length is not None:
-            if length > self.max_bytes:
-                raise BodyTooLarge(f"GET {self.url}: body of {length} bytes > {self.max_bytes}")
-            self._need, self._state = length, _BODY
-        elif self._status in (204, 304):
-            self._need, self._state = 0, _BODY
-        else:
-            self.reusable = False
-            self._state = _UNTIL_CLOSE
+            return _Head(status, _CHUNK_SIZE, 0, keep_alive and length is None)
+        if length is not None:
+            return _Head(status, _BODY, length, keep_alive)
+        if status in (204, 304):
+            return _Head(status, _BODY, 0, keep_alive)
+        return _Head(status, _UNTIL_CLOSE, 0, False)
 
 
 # ------------------------------------------------------------------ connection
@@ -415,6 +455,8 @@ class HttpConnection:
         url: the page (``http://host[:port]/path?query``; IPv6 hosts bracketed).
         timeout_s: total time one :meth:`get` may take, connecting included.
         max_bytes: largest body accepted.
+        polled: keep the socket in the event loop's epoll set (:mod:`.poller`: ~half
+            the CPU per request of an asyncio transport) where the platform allows.
 
     Not safe for concurrent :meth:`get` calls (one request at a time, by design: the
     scraper never has two fetches of one endpoint in flight). Call :meth:`aclose` (or
@@ -422,7 +464,12 @@ class HttpConnection:
     """
 
     def __init__(
-        self, url: str, *, timeout_s: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES
+        self,
+        url: str,
+        *,
+        timeout_s: float = 1.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        polled: bool = True,
     ) -> None:
         if not is_supported(url):
             raise ValueError(f"only http:// URLs are supported, got {url!r}")
@@ -432,6 +479,9 @@ class HttpConnection:
         if parts.hostname is None:
             raise ValueError(f"no host in {url!r}")
         self.url = url
+        self.polled = polled
+        """Serve the connection from the loop's epoll set (:mod:`.poller`) where the
+        platform allows; False: a plain asyncio transport."""
         self.host = parts.hostname
         self.port = parts.port or 80
         self.timeout_s = timeout_s
@@ -497,20 +547,9 @@ class HttpConnection:
         self._busy = True
         self._callback = callback
         self.requests += 1
-        proto.start_callback(self._request, self._on_answer)
+        proto.owner = self  # _Protocol._deliver settles the answer for us
+        proto.start_callback(self._request, callback)
         return True
-
-    def _on_answer(self, outcome: Body | BaseException) -> None:
-        callback, self._callback = self._callback, None
-        self._busy = False
-        result: Outcome
-        if isinstance(outcome, BaseException):
-            self.close()
-            result = outcome if isinstance(outcome, FetchError) else None
-        else:
-            result = outcome
-        if callback is not None:
-            callback(result)
 
     def cancel(self) -> None:
         """Drop the :meth:`send` in flight (its callback is never called) and close the
@@ -541,10 +580,16 @@ class HttpConnection:
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         self._proto = None
+        poller = poller_for(loop) if self.polled else None
         try:
-            _, proto = await loop.create_connection(
-                lambda: _Protocol(self.url, self.max_bytes), self.host, self.port
-            )
+            if poller is not None:
+                sock = await connect(loop, self.host, self.port)
+                proto = _Protocol(self.url, self.max_bytes)
+                PolledTransport(poller, sock, proto)
+            else:
+                _, proto = await loop.create_connection(
+                    lambda: _Protocol(self.url, self.max_bytes), self.host, self.port
+                )
         except OSError as exc:
             raise ConnectError(f"GET {self.url}: cannot connect: {exc}") from None
         self.connects += 1

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import attrs
 import httpx
@@ -49,9 +51,12 @@ from inference_sched.datalayer.fetch import (
     is_supported,
 )
 from inference_sched.datalayer.metrics import EndpointSample
-from inference_sched.errors import DataError
+from inference_sched.errors import ConfigError, DataError
 from inference_sched.state import EndpointHandle, EndpointTable
 from inference_sched.types import Endpoint
+
+if TYPE_CHECKING:
+    from inference_sched.scheduler import Scheduler
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -61,6 +66,7 @@ __all__ = [
     "ScrapeReport",
     "Scraper",
     "is_stale",
+    "scrapers_for",
     "stale_mask",
 ]
 
@@ -90,7 +96,8 @@ class MetricsExtractor(Protocol):
     """Turns a page into a sample (GIE's metrics ``Extractor``)."""
 
     def extract(self, text: str, endpoint: Endpoint) -> EndpointSample:
-        """Read one endpoint's page.
+        """Read one endpoint's page (``bytes`` as received instead of ``str`` when the
+        extractor has a true ``accepts_bytes`` attribute).
 
         Raises:
             DataError: the page is malformed or has impossible values.
@@ -148,8 +155,7 @@ class ScrapeReport:
     """Endpoints whose scrape failed, by name."""
 
 
-@attrs.frozen
-class _Outcome:
+class _Outcome(NamedTuple):
     handle: EndpointHandle
     name: str
     sample: EndpointSample | None
@@ -158,9 +164,10 @@ class _Outcome:
 
 
 class _LeanFetch:
-    """One callback-driven GET over a kept lean connection (no task, future or timer)."""
+    """One callback-driven GET over a kept lean connection (no task, future or timer);
+    kept and reused tick after tick while the endpoint and its connection stay."""
 
-    __slots__ = ("conn", "deadline", "endpoint", "handle", "scraper", "url")
+    __slots__ = ("conn", "deadline", "done", "endpoint", "handle", "url")
 
     def __init__(
         self,
@@ -170,15 +177,13 @@ class _LeanFetch:
         handle: EndpointHandle,
         endpoint: Endpoint,
     ) -> None:
-        self.scraper = scraper
         self.conn = conn
         self.url = url
         self.handle = handle
         self.endpoint = endpoint
         self.deadline = 0.0
-
-    def done(self, outcome: Outcome) -> None:
-        self.scraper._lean_done(self, outcome)
+        # A C-level partial: the answer reaches the scraper without a Python frame here.
+        self.done: Callable[[Outcome], None] = functools.partial(scraper._lean_done, self)
 
 
 _SCRAPED_FIELDS: Final = (
@@ -189,7 +194,10 @@ _SCRAPED_FIELDS: Final = (
     ("num_gpu_blocks", "kv_blocks_total"),
     ("max_loras", "max_loras"),
 )
-"""EndpointSample field → table column."""
+"""EndpointSample field → table column (the sample's first fields, in order)."""
+_NUM_SCRAPED: Final = len(_SCRAPED_FIELDS)
+_SCRAPED_COLUMNS: Final = tuple(column for _, column in _SCRAPED_FIELDS)
+assert EndpointSample._fields[:_NUM_SCRAPED] == tuple(f for f, _ in _SCRAPED_FIELDS)
 
 
 # ------------------------------------------------------------------ scraper
@@ -210,6 +218,17 @@ class Scraper:
             default: real sockets). Given one, every URL goes through httpx; without,
             ``http://`` pages use the lean :class:`HttpConnection` (~20x less CPU per
             request than httpx) and ``https://`` pages httpx.
+        polled: serve the lean connections from one epoll set watched by the loop
+            (:mod:`~inference_sched.datalayer.poller`, Linux) instead of one asyncio
+            transport each.
+        request_families: ask only for the families the extractor reads, with
+            prometheus-client's ``name[]`` query parameters (``?name[]=vllm:...``): a
+            server whose ``/metrics`` is prometheus-client's exposition (its WSGI/ASGI
+            apps and ``start_http_server`` honour them) answers ~1 KB instead of ~40 KB,
+            which cuts its work and ours (see docs/datalayer.md). Needs an extractor
+            with ``families_for(endpoint)``; a server that ignores the parameters
+            still works (whole page), and an endpoint whose filtered page has none
+            of the families is asked for the whole page from then on.
 
     Use ``async with Scraper(...) as scraper:`` (or call :meth:`aclose`) so the HTTP
     client is closed; :meth:`run` closes it itself when it ends.
@@ -227,6 +246,8 @@ class Scraper:
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        polled: bool = True,
+        request_families: bool = False,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -243,6 +264,7 @@ class Scraper:
         self.max_bytes = max_bytes
         self.clock = clock or table.clock
         self._transport = transport
+        self.polled = polled
         self._clients: dict[str, httpx.AsyncClient | HttpConnection] = {}
         self._ssl: ssl.SSLContext | None = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -251,11 +273,23 @@ class Scraper:
         self._lean: dict[str, _LeanFetch] = {}  # sent, by start time (= deadline order)
         self._lean_queue: deque[_LeanFetch] = deque()  # waiting for a slot
         self._results: list[_Outcome] = []  # finished lean fetches since the last flush
+        self._pages: list[tuple[bytes, EndpointHandle, Endpoint]] = []  # received, unparsed
         self._sweep: asyncio.TimerHandle | None = None
         self._idle: asyncio.Future[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._status: dict[str, EndpointStatus] = {}
         self._stop = asyncio.Event()
+        self._bytes_pages = bool(getattr(extractor, "accepts_bytes", False))
+        self.request_families = request_families
+        self._unfiltered: set[str] = set()  # endpoints whose filtered page came back empty
+        self._targets_version = -1
+        self._target_list: list[tuple[EndpointHandle, Endpoint, str]] = []
+        self._kept: dict[str, _LeanFetch] = {}  # reusable lean fetch per endpoint
+        # Adapter sets last written per endpoint: a row's bitsets are rewritten only when
+        # its sets change (most scrapes repeat them).
+        self._written_adapters: dict[
+            str, tuple[EndpointHandle, frozenset[str], frozenset[str]]
+        ] = {}
 
     # ............................................................ lifecycle
     async def __aenter__(self) -> Scraper:
@@ -271,6 +305,7 @@ class Scraper:
         self._lean.clear()
         self._lean_queue.clear()
         self._results.clear()
+        self._pages.clear()
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
@@ -338,7 +373,9 @@ class Scraper:
                 return client
             if client is not None:  # the endpoint moved (or its scheme changed)
                 self._close_later(self._clients.pop(name))
-            lean = HttpConnection(url, timeout_s=self.timeout_s, max_bytes=self.max_bytes)
+            lean = HttpConnection(
+                url, timeout_s=self.timeout_s, max_bytes=self.max_bytes, polled=self.polled
+            )
             self._clients[name] = lean
             return lean
         if isinstance(client, HttpConnection):
@@ -360,22 +397,58 @@ class Scraper:
             self._clients[name] = client
         return client
 
+    def _targets(self) -> list[tuple[EndpointHandle, Endpoint, str]]:
+        """(handle, endpoint, URL) of every endpoint, rebuilt only when the table's
+        membership changes (most ticks see the same pool)."""
+        table = self.table
+        if self._targets_version != table.version:
+            with table.lock:
+                version = table.version
+                endpoints = [(table.handle(e.name), e) for e in table]
+            self._target_list = [(h, e, self._url_for(e)) for h, e in endpoints]
+            self._targets_version = version
+        return self._target_list
+
+    def _url_for(self, endpoint: Endpoint) -> str:
+        url = self.source.url_for(endpoint)
+        if not self.request_families or endpoint.name in self._unfiltered:
+            return url
+        families_for = getattr(self.extractor, "families_for", None)
+        if families_for is None:
+            return url
+        try:
+            families = families_for(endpoint)
+        except DataError:
+            return url  # e.g. an unknown engine label: the extraction will say so
+        query = "&".join("name%5B%5D=" + quote(f, safe=":") for f in families)
+        return url + ("&" if "?" in url else "?") + query if query else url
+
     def _start_fetches(self) -> None:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
-        with self.table.lock:
-            targets = [(self.table.handle(e.name), e) for e in self.table]
-        lean, in_flight, queue = self._lean, self._in_flight, self._lean_queue
+        lean, in_flight, queue, kept = self._lean, self._in_flight, self._lean_queue, self._kept
         queued = {f.endpoint.name for f in queue} if queue else ()
-        for handle, endpoint in targets:
+        for handle, endpoint, url in self._targets():
             name = endpoint.name
             if name in in_flight or name in lean or name in queued:
                 continue
-            url = self.source.url_for(endpoint)
-            client = self._client_for(name, url)
+            fetch = kept.get(name)
+            if (
+                fetch is not None
+                and fetch.handle == handle
+                and fetch.url == url
+                and self._clients.get(name) is fetch.conn
+            ):
+                client: httpx.AsyncClient | HttpConnection = fetch.conn
+            else:
+                client = self._client_for(name, url)
+                fetch = None
             if isinstance(client, HttpConnection) and client.connected:
-                # Fast path: no task, no semaphore, no timer per request.
-                queue.append(_LeanFetch(self, client, url, handle, endpoint))
+                # Fast path: no task, no semaphore, no timer per request, and the
+                # fetch object of the last tick reused.
+                if fetch is None:
+                    fetch = kept[name] = _LeanFetch(self, client, url, handle, endpoint)
+                queue.append(fetch)
             else:  # connecting, or httpx: a task
                 in_flight[name] = asyncio.create_task(self._fetch(client, url, handle, endpoint))
         if queue:
@@ -443,7 +516,9 @@ class Scraper:
                 _Outcome(fetch.handle, name, None, f"{type(outcome).__name__}: {outcome}")
             )
         else:
-            self._results.append(self._extract(outcome, fetch.handle, fetch.endpoint))
+            # Parsed at the flush, all pages in one loop: interleaved with the socket
+            # work, the interpreter ran with caches the kernel had just evicted (~2x).
+            self._pages.append((bytes(outcome), fetch.handle, fetch.endpoint))
         if self._lean_queue:
             self._send_queued()
         if not self._lean:
@@ -462,9 +537,20 @@ class Scraper:
     def _extract(self, body: Body, handle: EndpointHandle, endpoint: Endpoint) -> _Outcome:
         """Decode and extract a page (never raises)."""
         try:
-            text = str(body, "utf-8", "replace")
-            sample = self.extractor.extract(text, endpoint)
+            # bytes when the extractor reads them (ours: it never decodes the whole page)
+            page = body if self._bytes_pages else str(body, "utf-8", "replace")
+            sample = self.extractor.extract(page, endpoint)  # type: ignore[arg-type]
             if sample.is_empty:
+                if self.request_families and endpoint.name not in self._unfiltered:
+                    # The server honoured name[] with an empty page (or mangled it):
+                    # ask for the whole page from the next tick on.
+                    self._unfiltered.add(endpoint.name)
+                    self._targets_version = -1
+                    log.info(
+                        "metrics of %s: the page filtered by name[] had none of the "
+                        "engine's families; fetching the whole page from now on",
+                        endpoint.name,
+                    )
                 return _Outcome(
                     handle,
                     endpoint.name,
@@ -536,6 +622,10 @@ class Scraper:
         if self._results:
             outcomes += self._results
             self._results = []
+        if self._pages:
+            pages, self._pages = self._pages, []
+            extract = self._extract
+            outcomes += [extract(body, handle, endpoint) for body, handle, endpoint in pages]
         now = self.clock()
         good: list[_Outcome] = []
         failed: list[str] = []
@@ -558,25 +648,37 @@ class Scraper:
     def _write(self, good: list[_Outcome], now: float) -> None:
         table = self.table
         rows = np.fromiter((o.handle.row for o in good), dtype=np.intp, count=len(good))
+        # One matrix of the numeric fields (None -> NaN: never a valid value, all are
+        # validated finite), then one masked write per column.
+        values = np.array([o.sample[:_NUM_SCRAPED] for o in good], dtype=np.float64)  # type: ignore[index]
         columns: dict[str, npt.NDArray[np.float64]] = {}
-        for field, column in _SCRAPED_FIELDS:
-            values = [getattr(o.sample, field) for o in good]
-            if all(v is None for v in values):
+        for j, column in enumerate(_SCRAPED_COLUMNS):
+            new = values[:, j]
+            missing = np.isnan(new)
+            if missing.all():
                 continue
-            # A field missing from one page keeps that row's previous value.
-            merged = getattr(table, column)[rows].astype(np.float64, copy=True)
-            for i, v in enumerate(values):
-                if v is not None:
-                    merged[i] = v
-            columns[column] = merged
+            if missing.any():  # a field missing from one page keeps that row's value
+                new = np.where(missing, getattr(table, column)[rows], new)
+            columns[column] = new
         table.update_metrics(rows, now_s=now, **columns)
+        written = self._written_adapters
         for o in good:
             sample = o.sample
             assert sample is not None
-            if sample.running_adapters is not None:
-                table.set_adapters(
-                    o.handle.row, sample.running_adapters, sample.waiting_adapters or ()
-                )
+            running = sample.running_adapters
+            if running is None:
+                continue
+            waiting = sample.waiting_adapters or frozenset()
+            last = written.get(o.name)
+            if (
+                last is not None
+                and last[0] == o.handle
+                and last[1] == running
+                and last[2] == waiting
+            ):
+                continue
+            table.set_adapters(o.handle.row, running, waiting)
+            written[o.name] = (o.handle, running, waiting)
 
     def _failed(self, outcome: _Outcome) -> None:
         status = self._status.setdefault(outcome.name, EndpointStatus())
@@ -616,11 +718,58 @@ class Scraper:
     def _forget_removed(self) -> None:
         for name in [n for n in self._status if n not in self.table]:
             del self._status[name]
+            self._written_adapters.pop(name, None)
         for name in [n for n in self._clients if n not in self.table]:
             if name not in self._in_flight and name not in self._lean:
                 self._close_later(self._clients.pop(name))
+                self._kept.pop(name, None)
 
     def _close_later(self, client: httpx.AsyncClient | HttpConnection) -> None:
         task = asyncio.get_running_loop().create_task(client.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+# ------------------------------------------------------------------ from config
+def scrapers_for(scheduler: Scheduler, **options: Any) -> list[Scraper]:
+    """One :class:`Scraper` per ``dataLayer`` source of the scheduler's config.
+
+    Each source names a ``metrics-data-source``-like plugin and its extractors; both are
+    the instances the scheduler built (GIE's default config adds
+    ``metrics-data-source`` + ``core-metrics-extractor``). ``options`` go to every
+    scraper (``interval_s``: GIE's ``--refresh-metrics-interval``, 50 ms; ``timeout_s``,
+    ``max_concurrency``, ``request_families``, ...). Run them with ``scraper.run()``
+    next to the scheduler; an empty list means the config collects no metrics (the
+    embedder writes the table itself).
+
+    Raises:
+        ConfigError: a source has no extractor or several (one page, one extractor
+            here), or a referenced plugin lacks ``url_for`` / ``extract``.
+    """
+    config = scheduler.config
+    section = None if config is None else config.data_layer
+    if not section:
+        return []
+    scrapers = []
+    for i, entry in enumerate(section.get("sources") or ()):
+        path = f"dataLayer.sources[{i}]"
+        source = scheduler.plugins[entry["pluginRef"]]
+        refs = [e["pluginRef"] for e in entry.get("extractors") or ()]
+        if len(refs) != 1:
+            raise ConfigError(
+                f"expected exactly one extractor per source, got {len(refs)}",
+                path=f"{path}.extractors",
+            )
+        extractor = scheduler.plugins[refs[0]]
+        if not isinstance(source, MetricsSource):
+            raise ConfigError(
+                f"plugin {entry['pluginRef']!r} is not a metrics source (no url_for)",
+                path=f"{path}.pluginRef",
+            )
+        if not isinstance(extractor, MetricsExtractor):
+            raise ConfigError(
+                f"plugin {refs[0]!r} is not a metrics extractor (no extract)",
+                path=f"{path}.extractors[0].pluginRef",
+            )
+        scrapers.append(Scraper(scheduler.table, source, extractor, **options))
+    return scrapers

@@ -20,7 +20,7 @@ from inference_sched.datalayer.engines import (
     parse_engine_configs,
     resolve_engines,
 )
-from inference_sched.datalayer.metrics import EndpointSample, extract
+from inference_sched.datalayer.metrics import EndpointSample, Page, extract
 from inference_sched.datalayer.scraper import MetricsExtractor, MetricsSource
 from inference_sched.errors import ConfigError, DataError
 from inference_sched.interfaces import Handle
@@ -133,8 +133,19 @@ class CoreMetricsExtractor:
             )
         return spec
 
-    def extract(self, text: str, endpoint: Endpoint) -> EndpointSample:
-        """Read ``endpoint``'s page with its engine's mapping.
+    def families_for(self, endpoint: Endpoint) -> tuple[str, ...]:
+        """Sample names read for ``endpoint`` (for the scraper's ``name[]`` filter).
+
+        Raises:
+            DataError: the engine label names no known engine.
+        """
+        return self.engine_for(endpoint).metric_names
+
+    accepts_bytes: ClassVar[bool] = True
+    """The scraper may hand over pages as received: only the lines read get decoded."""
+
+    def extract(self, text: Page, endpoint: Endpoint) -> EndpointSample:
+        """Read ``endpoint``'s page (``str``, or UTF-8 ``bytes``) with its engine's mapping.
 
         Raises:
             DataError: unknown engine label, malformed page or impossible values.

@@ -103,6 +103,15 @@ class ScriptedServer:
         self._sock.close()
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["polled", "asyncio-transport"])
+def transport_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test runs over both transports: the loop's epoll set and asyncio's own."""
+    defaults = HttpConnection.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "polled", request.param)
+    return bool(request.param)
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[[Reply], ScriptedServer]]:
     started: list[ScriptedServer] = []

@@ -64,7 +64,10 @@ class LoopbackServer:
 
     def __init__(self, page: Page, *, keep_alive: bool = False) -> None:
         self.page = page
+        self.filtered_page: Page | None = None
+        """Served instead of ``page`` to requests with a ``name[]`` query, when set."""
         self.requests = 0
+        self.paths: list[str] = []
         self._release = threading.Event()
         server = self
 
@@ -74,7 +77,10 @@ class LoopbackServer:
 
             def do_GET(self) -> None:
                 server.requests += 1
+                server.paths.append(self.path)
                 page = server.page
+                if server.filtered_page is not None and "name%5B%5D=" in self.path:
+                    page = server.filtered_page
                 if page.delay_s:
                     server._release.wait(page.delay_s)
                 body = page.body.encode()
@@ -638,3 +644,217 @@ def test_http_uses_the_lean_client_https_and_transports_use_httpx(
             assert isinstance(with_transport._clients["v"], httpx.AsyncClient)
 
     asyncio.run(forced())
+
+
+# ====================================================================== name[] filter
+def _vllm_registry() -> Any:
+    from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+    reg = CollectorRegistry()
+    Gauge("vllm:num_requests_waiting", "w", ["model_name"], registry=reg).labels("m").set(2)
+    Gauge("vllm:num_requests_running", "r", ["model_name"], registry=reg).labels("m").set(3)
+    Gauge("vllm:kv_cache_usage_perc", "kv", ["model_name"], registry=reg).labels("m").set(0.5)
+    lora = Gauge(
+        "vllm:lora_requests_info",
+        "lora",
+        ["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+        registry=reg,
+    )
+    lora.labels("4", "a", "").set(1.7e9)
+    cache = Gauge("vllm:cache_config_info", "cache", ["block_size", "num_gpu_blocks"], registry=reg)
+    cache.labels("16", "1000").set(1)
+    ttft = Histogram("vllm:time_to_first_token_seconds", "ttft", registry=reg)
+    ttft.observe(0.2)
+    return reg
+
+
+def test_request_families_against_prometheus_client_exposition(plugins: ModuleType) -> None:
+    from prometheus_client import start_http_server
+
+    httpd, thread = start_http_server(0, addr="127.0.0.1", registry=_vllm_registry())
+    try:
+        port = httpd.server_port
+        table = EndpointTable(clock=Clock())
+        add(table, "v", port)
+        scraper, _, extractor = make(plugins, table, request_families=True)
+        assert extractor.families_for(next(iter(table))) == (
+            "vllm:num_requests_waiting",
+            "vllm:num_requests_running",
+            "vllm:kv_cache_usage_perc",
+            "vllm:gpu_cache_usage_perc",
+            "vllm:lora_requests_info",
+            "vllm:cache_config_info",
+        )
+        url = scraper._targets()[0][2]
+        assert url == (
+            f"http://127.0.0.1:{port}/metrics?name%5B%5D=vllm:num_requests_waiting"
+            "&name%5B%5D=vllm:num_requests_running&name%5B%5D=vllm:kv_cache_usage_perc"
+            "&name%5B%5D=vllm:gpu_cache_usage_perc&name%5B%5D=vllm:lora_requests_info"
+            "&name%5B%5D=vllm:cache_config_info"
+        )
+
+        async def go() -> tuple[Any, bytes, bytes]:
+            from inference_sched.datalayer.fetch import HttpConnection
+
+            async with scraper:
+                report = await scraper.scrape_once()
+            filtered, whole = HttpConnection(url), HttpConnection(url.split("?")[0])
+            try:
+                return report, await filtered.get(), await whole.get()
+            finally:
+                await filtered.aclose()
+                await whole.aclose()
+
+        report, filtered_body, whole_body = asyncio.run(go())
+        assert (report.written, report.failed) == (1, ())
+        m = table.metrics_of("v")
+        assert (m["waiting"], m["running"], m["kv_usage_frac"], m["max_loras"]) == (2, 3, 0.5, 4)
+        assert (m["block_size_tokens"], m["kv_blocks_total"]) == (16, 1000)
+        # The server did the filtering: the histogram never crossed the wire.
+        assert b"time_to_first_token" in whole_body
+        assert b"time_to_first_token" not in filtered_body
+        assert len(filtered_body) < len(whole_body) / 2
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def test_empty_filtered_page_falls_back_to_the_whole_page(
+    plugins: ModuleType, servers: list[LoopbackServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    servers.append(LoopbackServer(Page(vllm(1, 2, 0.5)), keep_alive=True))
+    servers[0].filtered_page = Page("# nothing matched\n")
+    table = EndpointTable(clock=Clock())
+    add(table, "v", servers[0].port)
+    scraper, _, _ = make(plugins, table, request_families=True)
+
+    async def go() -> list[Any]:
+        async with scraper:
+            return [await scraper.scrape_once() for _ in range(3)]
+
+    with caplog.at_level(logging.INFO, logger="inference_sched.datalayer.scraper"):
+        reports = asyncio.run(go())
+    assert [(r.written, r.failed) for r in reports] == [(0, ("v",)), (1, ()), (1, ())]
+    assert ["?" in p for p in servers[0].paths] == [True, False, False]
+    assert "fetching the whole page from now on" in caplog.text
+    assert table.metrics_of("v")["kv_usage_frac"] == 0.5
+
+
+def test_request_families_needs_an_extractor_that_names_them(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    class Plain:
+        def extract(self, text: str, endpoint: Endpoint) -> EndpointSample:
+            return EndpointSample(waiting=1.0)
+
+    servers.append(LoopbackServer(Page("x 1\n"), keep_alive=True))
+    table = EndpointTable(clock=Clock())
+    add(table, "v", servers[0].port)
+    source = plugins.MetricsDataSource("s", plugins.MetricsDataSource.Params(), PluginHandle(table))
+    scraper = Scraper(table, source, Plain(), request_families=True, timeout_s=TIMEOUT_S)
+
+    async def go() -> Any:
+        async with scraper:
+            return await scraper.scrape_once()
+
+    assert asyncio.run(go()).written == 1
+    assert servers[0].paths == ["/metrics"]
+
+
+# ====================================================================== from config
+def test_scrapers_for_the_default_config_fill_the_table(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    from inference_sched.datalayer.scraper import scrapers_for
+    from inference_sched.scheduler import Scheduler
+
+    servers.append(LoopbackServer(Page(vllm(4, 5, 0.75)), keep_alive=True))
+    scheduler = Scheduler.from_config(None)  # GIE's default: the data layer is added
+    add(scheduler.table, "v", servers[0].port)
+    scrapers = scrapers_for(scheduler, interval_s=0.01, timeout_s=TIMEOUT_S)
+    assert len(scrapers) == 1
+    (scraper,) = scrapers
+    assert scraper.source is scheduler.plugins["metrics-data-source"]
+    assert scraper.extractor is scheduler.plugins["core-metrics-extractor"]
+    assert scraper.interval_s == 0.01
+
+    async def go() -> None:
+        task = asyncio.create_task(scraper.run())
+        async with asyncio.timeout(5):
+            while scraper.status("v").last_success_s == -np.inf:
+                await asyncio.sleep(0.005)
+        scraper.stop()
+        await task
+
+    asyncio.run(go())
+    m = scheduler.table.metrics_of("v")
+    assert (m["waiting"], m["running"], m["kv_usage_frac"]) == (4.0, 5.0, 0.75)
+
+
+def test_scrapers_for_configs_without_metrics_or_with_two_extractors(plugins: ModuleType) -> None:
+    from inference_sched.datalayer.scraper import scrapers_for
+    from inference_sched.errors import ConfigError
+    from inference_sched.scheduler import Scheduler
+
+    off = Scheduler.from_config("plugins: [{type: queue-scorer}]\ndataLayer: {sources: []}\n")
+    assert scrapers_for(off) == []
+    table = EndpointTable()
+    hand_made = Scheduler.from_config(None, table)
+    hand_made.config = None  # built by hand: nothing to read
+    assert scrapers_for(hand_made) == []
+    two = Scheduler.from_config(
+        """
+plugins:
+- type: queue-scorer
+- type: metrics-data-source
+- {type: core-metrics-extractor, name: a}
+- {type: core-metrics-extractor, name: b}
+dataLayer:
+  sources: [{pluginRef: metrics-data-source, extractors: [{pluginRef: a}, {pluginRef: b}]}]
+"""
+    )
+    with pytest.raises(ConfigError) as info:
+        scrapers_for(two)
+    assert str(info.value) == (
+        "dataLayer.sources[0].extractors: expected exactly one extractor per source, got 2"
+    )
+
+
+# ====================================================================== CLI
+def test_scrape_command_prints_what_the_scheduler_reads(
+    plugins: ModuleType, servers: list[LoopbackServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from inference_sched.cli import main
+
+    servers.append(LoopbackServer(Page(vllm(3, 7, 0.5, adapters="x")), keep_alive=True))
+    dead = closed_port()
+    argv = ["scrape", "--endpoint", f"v=127.0.0.1:{servers[0].port}", "--duration", "0.3"]
+    assert main([*argv, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row | {"age_s": None} == {
+        "endpoint": "v",
+        "ok": True,
+        "waiting": 3.0,
+        "running": 7.0,
+        "kv_usage_frac": 0.5,
+        "block_size": 16.0,
+        "kv_blocks": 1000.0,
+        "max_loras": 4.0,
+        "running_adapters": ["x"],
+        "waiting_adapters": ["w"],
+        "age_s": None,
+        "errors": 0,
+        "last_error": "",
+        "missing": [],
+    }
+    # A dead endpoint: exit status 1, and the table says why.
+    assert main([*argv, "--endpoint", f"d=127.0.0.1:{dead}"]) == 1
+    out = capsys.readouterr().out
+    assert "what the scheduler reads" in out
+    assert "never" in out
+    assert "d: last error: ConnectError" in out
+    assert main(["scrape"]) == 1
+    assert "give --endpoint" in capsys.readouterr().err

@@ -173,3 +173,21 @@ def test_lookup_errors_name_the_endpoint() -> None:
     with pytest.raises(LookupError, match="row 5 holds no endpoint"):
         table.endpoint_at(5)
     assert table.get("x") is None
+
+
+def test_adapter_bitsets_cached_per_set_survive_widening() -> None:
+    table = EndpointTable()
+    for i in range(3):
+        table.add(Endpoint(f"e{i}", "10.0.0.1", 8000 + i))
+    table.set_adapters(0, frozenset({"a", "b"}), frozenset())
+    table.set_adapters(1, frozenset({"a", "b"}), frozenset({"c"}))  # same running set: cached
+    assert table.adapters_of(0) == (frozenset({"a", "b"}), frozenset())
+    assert table.adapters_of(1) == (frozenset({"a", "b"}), frozenset({"c"}))
+    assert table.num_adapters[1] == 3
+    # Twenty new names widen the bitsets; cached sets are rebuilt at the new width.
+    table.set_adapters(2, frozenset(f"x{i}" for i in range(20)), ())
+    table.set_adapters(0, frozenset({"a", "b"}), ["c"])
+    assert table.active_adapters.shape[1] >= 3
+    assert table.adapters_of(0) == (frozenset({"a", "b"}), frozenset({"c"}))
+    assert table.adapters_of(2)[0] == frozenset(f"x{i}" for i in range(20))
+    assert table.adapters_of(1) == (frozenset({"a", "b"}), frozenset({"c"}))
