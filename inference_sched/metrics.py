@@ -10,8 +10,8 @@ a decision pays nothing for metrics and an unscraped scheduler pays nothing at a
 GIE exports the scheduler e2e and plugin durations as histograms. The scheduler records
 every decision in a :class:`~inference_sched.histogram.DurationHistogram` (GIE's bounds,
 ~0.2 us per decision), exported with real buckets; plugins keep totals only, so their
-histograms carry just the ``+Inf`` bucket plus exact ``_sum`` and ``_count`` until a
-``PluginStats.histogram`` is kept for them.
+histograms carry just the ``+Inf`` bucket plus exact ``_sum`` and ``_count``, unless
+``Scheduler.record_plugin_histograms()`` gave each ``PluginStats`` a histogram.
 
 Names we add where GIE has none follow its style (``inference_extension_*`` for the
 scheduler and plugins, ``inference_pool_*`` for the pool); docs/metrics.md lists them all.

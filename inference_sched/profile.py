@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import NoEndpointError
+from .histogram import DurationHistogram
 from .interfaces import Filter, Picker, Scorer
 from .kernels.filtering import is_subsequence
 from .kernels.picking import top_k_ranked_salted
@@ -49,6 +50,7 @@ class PluginStats:
         total_ns: time spent in the plugin, nanoseconds.
         nonfinite_scores / clamped_scores: scorer outputs that were NaN/inf (→ 0) or
             outside [0, 1] (clamped).
+        histogram: per-call durations in buckets (``None`` unless enabled).
     """
 
     __slots__ = (
@@ -59,6 +61,7 @@ class PluginStats:
         "clamped_scores",
         "errors",
         "extension_point",
+        "histogram",
         "nonfinite_scores",
         "plugin_name",
         "plugin_type",
@@ -74,6 +77,9 @@ class PluginStats:
         self.total_ns = 0
         self.nonfinite_scores = 0
         self.clamped_scores = 0
+        self.histogram: DurationHistogram | None = None
+        """Per-call durations in buckets, when enabled
+        (:meth:`~inference_sched.scheduler.Scheduler.record_plugin_histograms`)."""
         self._warned_nonfinite = 0
         self._warned_clamped = 0
         self._last_log_s = -np.inf
@@ -219,8 +225,11 @@ class SchedulingProfile:
             except Exception as exc:  # noqa: BLE001 - isolate third-party plugins (module doc)
                 stats.failed(exc)
                 kept = candidates
-            stats.total_ns += time.perf_counter_ns() - t0
+            elapsed = time.perf_counter_ns() - t0
+            stats.total_ns += elapsed
             stats.calls += 1
+            if stats.histogram is not None:
+                stats.histogram.observe_ns(elapsed)
             if len(kept) == 0:
                 raise NoEndpointError(self.name, plugin.name)
             candidates = kept
@@ -242,8 +251,11 @@ class SchedulingProfile:
             except Exception as exc:  # noqa: BLE001 - isolate third-party plugins (module doc)
                 stats.failed(exc)
                 matrix[i] = 0.0
-            stats.total_ns += time.perf_counter_ns() - t0
+            elapsed = time.perf_counter_ns() - t0
+            stats.total_ns += elapsed
             stats.calls += 1
+            if stats.histogram is not None:
+                stats.histogram.observe_ns(elapsed)
         totals: npt.NDArray[np.float32] = block[num_scorers]
         weighted_sum(matrix, self.weights, totals, self._nonfinite, self._clamped)
         self._check_scores()
@@ -268,8 +280,11 @@ class SchedulingProfile:
             positions = np.empty(1, dtype=np.int32)
             salt = cycle.rng.bit_generator.random_raw() >> 1
             top_k_ranked_salted(totals, salt, 1, positions)
-        stats.total_ns += time.perf_counter_ns() - t0
+        elapsed = time.perf_counter_ns() - t0
+        stats.total_ns += elapsed
         stats.calls += 1
+        if stats.histogram is not None:
+            stats.histogram.observe_ns(elapsed)
         return positions
 
     def run(

@@ -501,3 +501,27 @@ def test_scraper_collector_exports_scrape_errors_and_failing_per_endpoint() -> N
     ]
     assert [(s.labels["endpoint"], s.value) for s in failing] == [("a", 0.0), ("b", 1.0)]
     assert {s.labels["name"] for s in failing} == {"pool"}
+
+
+def test_recorded_plugin_histograms_reach_the_exposition() -> None:
+    scheduler = Scheduler.from_config(None, pool_table(), seed=0)
+    scheduler.record_plugin_histograms()
+    for _ in range(3):
+        scheduler.schedule(Request.create("m", prompt=PROMPT))
+    scheduler.run_deferred()
+    _, samples = scrape(registry_for(scheduler, clock=lambda: NOW))
+    buckets = series(samples, "inference_extension_plugin_duration_seconds_bucket")
+    counts = series(samples, "inference_extension_plugin_duration_seconds_count")
+    picker = lab(
+        extension_point="Picker", plugin_type="max-score-picker", plugin_name="max-score-picker"
+    )
+    assert counts[picker] == 3.0
+    per_le = {dict(k)["le"]: v for k, v in buckets.items() if k - {("le", dict(k)["le"])} == picker}
+    assert len(per_le) == len(DEFAULT_DURATION_BUCKETS_S) + 1
+    assert per_le["+Inf"] == 3.0
+    assert list(per_le.values()) == sorted(per_le.values())  # cumulative
+    for stats in scheduler.stats():  # every plugin recorded each call it made
+        assert stats.histogram is not None
+        assert sum(stats.histogram.counts) == stats.calls
+    scheduler.record_plugin_histograms(enabled=False)
+    assert all(s.histogram is None for s in scheduler.stats())
