@@ -1,0 +1,556 @@
+"""The KV-event subscriber against real ZeroMQ sockets on loopback: a fake vLLM publisher
+(PUB plus the ROUTER replay socket, served as ``ZmqEventPublisher`` does) in bind and dial
+modes, gaps, duplicates, malformed messages, replays and a publisher restart.
+
+Every wait is bounded by a deadline and asserts on outcomes, never on timing: ZeroMQ's
+slow joiner drops messages until the subscription reaches the publisher, so each stream
+is primed by repeating seq 0 until it arrives (the repeats count as duplicates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+zmq = pytest.importorskip("zmq")
+pytest.importorskip("msgpack")
+
+from inference_sched.datalayer.kv_events import (  # noqa: E402
+    BlockRemoved,
+    BlockStored,
+    EventBatch,
+    encode_batch,
+)
+from inference_sched.datalayer.kv_subscriber import (  # noqa: E402
+    END_SEQ,
+    KVEventSubscriber,
+)
+
+DEADLINE_S = 3.0
+LOOPBACK = "tcp://127.0.0.1"
+POD, MODEL = "10.0.0.7:8000", "meta-llama/Llama-3.1-8B"
+TOPIC = f"kv@{POD}@{MODEL}".encode()
+
+
+def payload(seq: int, base: int = 1000) -> bytes:
+    """A batch whose content names its sequence number (hash ``base + seq``)."""
+    stored = BlockStored(
+        np.array([base + seq], np.uint64), None, np.arange(16, dtype=np.uint32), 16, None, "GPU"
+    )
+    return encode_batch([stored], ts=float(seq), encoding="mixed", data_parallel_rank=0)
+
+
+def hash_of(batch: EventBatch) -> int:
+    event = batch.events[0]
+    assert isinstance(event, BlockStored | BlockRemoved)
+    return int(event.block_hashes[0])
+
+
+class FakeVllm:
+    """vLLM's ``ZmqEventPublisher`` reduced to its wire behaviour: a PUB socket, a replay
+    buffer of the last ``buffer_steps`` (seq, payload) pairs and a ROUTER answering
+    ``[start seq]`` with ``(seq, payload)`` pairs and ``END_SEQ``, from its own thread."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        *,
+        connect: str | None = None,
+        bind_port: int | None = None,
+        replay_port: int | None = None,
+        with_replay: bool = False,
+        topic_frame: bool = False,
+        buffer_steps: int = 1000,
+        topic: bytes = TOPIC,
+    ) -> None:
+        self.topic = topic
+        self.topic_frame = topic_frame
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        if connect is not None:
+            self.pub.connect(connect)
+            self.address = connect
+        else:
+            port = _bind(self.pub, bind_port)
+            self.address = f"{LOOPBACK}:{port}"
+        self.buffer: deque[tuple[int, bytes]] = deque(maxlen=buffer_steps)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.replay_address: str | None = None
+        self.thread: threading.Thread | None = None
+        if with_replay or replay_port is not None:
+            self.router = ctx.socket(zmq.ROUTER)
+            self.router.setsockopt(zmq.LINGER, 0)
+            self.replay_address = f"{LOOPBACK}:{_bind(self.router, replay_port)}"
+            self.thread = threading.Thread(target=self._serve, daemon=True)
+            self.thread.start()
+
+    @property
+    def replay_port(self) -> int:
+        assert self.replay_address is not None
+        return int(self.replay_address.rsplit(":", 1)[1])
+
+    def send(self, seq: int, data: bytes | None = None, *, publish: bool = True) -> None:
+        """Buffer batch ``seq``; publish it unless ``publish=False`` (a lost message)."""
+        data = payload(seq) if data is None else data
+        if publish:
+            self.pub.send_multipart([self.topic, seq.to_bytes(8, "big"), data])
+        with self.lock:
+            self.buffer.append((seq, data))
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            if not self.router.poll(20):
+                continue
+            client, _, start = self.router.recv_multipart()
+            start_seq = int.from_bytes(start, "big")
+            with self.lock:
+                pairs = [(seq, data) for seq, data in self.buffer if seq >= start_seq]
+            head = [client, b""] + ([self.topic] if self.topic_frame else [])
+            for seq, data in pairs:
+                self.router.send_multipart([*head, seq.to_bytes(8, "big"), data])
+            end_head = [client, b""] + ([b""] if self.topic_frame else [])
+            self.router.send_multipart([*end_head, END_SEQ, b""])
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(DEADLINE_S)
+            self.router.close(linger=0)
+        self.pub.close(linger=0)
+
+
+def _bind(socket: Any, port: int | None) -> int:
+    """Bind to ``port`` (retrying while a just-closed socket still holds it) or a free one."""
+    if port is None:
+        bound: int = socket.bind_to_random_port(LOOPBACK)
+        return bound
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            socket.bind(f"{LOOPBACK}:{port}")
+            return port
+        except zmq.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+class _Closing:
+    """A bare socket in the ``publishers`` list, closed at teardown like the publishers."""
+
+    def __init__(self, socket: Any) -> None:
+        self.socket = socket
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class Recorder:
+    """The callbacks: every batch and every invalidation, in order."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, str, int, EventBatch]] = []
+        self.invalidations: list[tuple[str, str]] = []
+        self.threads: set[str] = set()
+
+    def on_batch(self, endpoint: str, model: str, seq: int, batch: EventBatch) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append((endpoint, model, seq, batch))
+
+    def on_invalidate(self, endpoint: str, reason: str) -> None:
+        self.invalidations.append((endpoint, reason))
+
+    def seqs(self, endpoint: str | None = None) -> list[int]:
+        return [seq for e, _, seq, _ in self.batches if endpoint is None or e == endpoint]
+
+
+@pytest.fixture
+def ctx() -> Iterator[Any]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def make_subscriber(ctx: Any) -> Iterator[Callable[..., tuple[KVEventSubscriber, Recorder]]]:
+    made: list[KVEventSubscriber] = []
+
+    def make(**kwargs: Any) -> tuple[KVEventSubscriber, Recorder]:
+        recorder = Recorder()
+        kwargs.setdefault("context", ctx)
+        subscriber = KVEventSubscriber(recorder.on_batch, recorder.on_invalidate, **kwargs)
+        made.append(subscriber)
+        return subscriber, recorder
+
+    yield make
+    for subscriber in made:
+        assert subscriber.stop()
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[FakeVllm | _Closing]]:
+    made: list[FakeVllm | _Closing] = []
+    yield made
+    for publisher in made:
+        publisher.close()
+
+
+def pump(subscriber: KVEventSubscriber, done: Callable[[], bool]) -> None:
+    """Poll until ``done()``; fail after the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not done():
+        assert time.monotonic() < deadline, "timed out waiting for the subscriber"
+        subscriber.poll_once(20)
+
+
+def prime(publisher: FakeVllm, subscriber: KVEventSubscriber, recorder: Recorder) -> None:
+    """Repeat seq 0 until it is delivered (the subscription has reached the publisher)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while 0 not in recorder.seqs():
+        assert time.monotonic() < deadline, "the subscription never reached the publisher"
+        publisher.send(0)
+        subscriber.poll_once(20)
+
+
+def drain(subscriber: KVEventSubscriber, seq: int, recorder: Recorder) -> None:
+    """Poll until batch ``seq`` is delivered, then take whatever else is queued."""
+    pump(subscriber, lambda: seq in recorder.seqs())
+    while subscriber.poll_once(20):
+        pass
+
+
+# ====================================================================== modes
+def test_bind_mode_identity_from_topic(make_subscriber: Any, ctx: Any, publishers: Any) -> None:
+    subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*")
+    assert subscriber.bound_address is not None
+    publisher = FakeVllm(ctx, connect=subscriber.bound_address)
+    publishers.append(publisher)
+    prime(publisher, subscriber, recorder)
+    for seq in range(1, 5):
+        publisher.send(seq)
+    drain(subscriber, 4, recorder)
+    assert recorder.seqs() == [0, 1, 2, 3, 4]
+    assert {(e, m) for e, m, _, _ in recorder.batches} == {(POD, MODEL)}
+    assert [hash_of(b) for *_, b in recorder.batches] == [1000, 1001, 1002, 1003, 1004]
+    assert recorder.invalidations == []
+    stats = subscriber.stats
+    assert (stats.batches, stats.events_stored, stats.blocks_stored) == (5, 5, 5)
+    assert stats.messages == stats.batches + stats.duplicates
+
+
+def test_dial_mode_with_vllms_default_topic(
+    make_subscriber: Any, ctx: Any, publishers: Any
+) -> None:
+    # Two engines, each counting from 0 with the empty topic: identity is the socket.
+    subscriber, recorder = make_subscriber(topic_filter="")
+    engines = [FakeVllm(ctx, topic=b""), FakeVllm(ctx, topic=b"")]
+    publishers.extend(engines)
+    subscriber.add_endpoint("pod-a", engines[0].address, model="model-a")
+    subscriber.add_endpoint("pod-b", engines[1].address, model="model-b")
+    assert subscriber.endpoints == {"pod-a", "pod-b"}
+    prime(engines[0], subscriber, recorder)
+    deadline = time.monotonic() + DEADLINE_S
+    while 0 not in recorder.seqs("pod-b"):
+        assert time.monotonic() < deadline
+        engines[1].send(0, payload(0, base=2000))
+        subscriber.poll_once(20)
+    engines[0].send(1)
+    engines[1].send(1, payload(1, base=2000))
+    pump(subscriber, lambda: 1 in recorder.seqs("pod-a") and 1 in recorder.seqs("pod-b"))
+    by_endpoint = {
+        e: [(m, s, hash_of(b)) for e2, m, s, b in recorder.batches if e2 == e]
+        for e in ("pod-a", "pod-b")
+    }
+    assert by_endpoint == {
+        "pod-a": [("model-a", 0, 1000), ("model-a", 1, 1001)],
+        "pod-b": [("model-b", 0, 2000), ("model-b", 1, 2001)],
+    }
+    assert recorder.invalidations == []
+
+
+# ====================================================================== sequence problems
+def test_gap_without_replay_invalidates(make_subscriber: Any, ctx: Any, publishers: Any) -> None:
+    subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*")
+    publisher = FakeVllm(ctx, connect=subscriber.bound_address)
+    publishers.append(publisher)
+    prime(publisher, subscriber, recorder)
+    publisher.send(1)
+    publisher.send(2, publish=False)
+    publisher.send(3)
+    drain(subscriber, 3, recorder)
+    assert recorder.seqs() == [0, 1, 3]
+    assert recorder.invalidations == [(POD, "missed seq 2..2 (no replay address)")]
+    assert (subscriber.stats.gaps, subscriber.stats.invalidations) == (1, 1)
+    assert subscriber.tracker.counts(POD)["gap"] == 1
+
+
+def test_duplicates_malformed_payloads_and_bad_frames(
+    make_subscriber: Any, ctx: Any, publishers: Any
+) -> None:
+    subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*")
+    publisher = FakeVllm(ctx, connect=subscriber.bound_address)
+    publishers.append(publisher)
+    prime(publisher, subscriber, recorder)
+    before = subscriber.stats.as_dict()
+    publisher.send(1)
+    publisher.send(1)  # duplicate
+    publisher.send(2, b"\xc1")  # not msgpack
+    publisher.send(3)
+    publisher.pub.send_multipart([TOPIC, (4).to_bytes(8, "big")])  # 2 frames
+    publisher.pub.send_multipart([TOPIC, (4).to_bytes(8, "big"), payload(4), b"x"])  # 4
+    publisher.pub.send_multipart([TOPIC, (4).to_bytes(4, "big"), payload(4)])  # short seq
+    publisher.pub.send_multipart([b"kv@no-model", (4).to_bytes(8, "big"), payload(4)])
+    publisher.pub.send_multipart([b"kv@\xff@m", (4).to_bytes(8, "big"), payload(4)])
+    publisher.send(4)
+    drain(subscriber, 4, recorder)
+    assert recorder.seqs() == [0, 1, 3, 4]
+    assert len(recorder.invalidations) == 1
+    endpoint, reason = recorder.invalidations[0]
+    assert endpoint == POD
+    assert reason.startswith(
+        f"malformed payload: {POD} seq 2: payload: expected a msgpack document"
+    )
+    after = subscriber.stats.as_dict()
+    delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    # Late repeats of the priming seq 0 may still arrive: one more message and duplicate each.
+    late = delta["duplicates"] - 1
+    assert late >= 0
+    assert delta == {
+        "messages": 10 + late,
+        "batches": 3,
+        "events_stored": 3,
+        "blocks_stored": 3,
+        "duplicates": 1 + late,
+        "decode_errors": 1,
+        "invalidations": 1,
+        "bad_frames": 3,
+        "bad_topics": 2,
+    }
+
+
+# ====================================================================== replay
+@pytest.mark.parametrize("topic_frame", [False, True], ids=["vllm-3-frames", "vllm-4-frames"])
+def test_replay_serves_missed_batches(
+    make_subscriber: Any, ctx: Any, publishers: Any, topic_frame: bool
+) -> None:
+    subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*")
+    publisher = FakeVllm(
+        ctx, connect=subscriber.bound_address, with_replay=True, topic_frame=topic_frame
+    )
+    publishers.append(publisher)
+    subscriber.set_replay_address(POD, publisher.replay_address)
+    prime(publisher, subscriber, recorder)
+    publisher.send(1)
+    publisher.send(2, publish=False)
+    publisher.send(3, publish=False)
+    publisher.send(4)
+    publisher.send(5)
+    drain(subscriber, 5, recorder)
+    assert recorder.seqs() == [0, 1, 2, 3, 4, 5]
+    assert [hash_of(b) for *_, b in recorder.batches] == [1000, 1001, 1002, 1003, 1004, 1005]
+    assert recorder.invalidations == []
+    stats = subscriber.stats
+    assert (stats.gaps, stats.replays, stats.replayed_batches, stats.replay_failures) == (
+        1,
+        1,
+        2,
+        0,
+    )
+
+
+def test_replay_that_cannot_cover_the_gap_invalidates_and_keeps_the_tail(
+    make_subscriber: Any, ctx: Any, publishers: Any
+) -> None:
+    subscriber, recorder = make_subscriber(topic_filter="kv@")
+    publisher = FakeVllm(ctx, with_replay=True, buffer_steps=2)
+    publishers.append(publisher)
+    subscriber.add_endpoint("pod", publisher.address, replay_address=publisher.replay_address)
+    prime(publisher, subscriber, recorder)
+    publisher.send(1)
+    for seq in (2, 3, 4, 5):
+        publisher.send(seq, publish=False)  # the buffer keeps only the last two
+    publisher.send(6)
+    drain(subscriber, 6, recorder)
+    assert recorder.seqs() == [0, 1, 5, 6]
+    assert recorder.invalidations == [("pod", "missed seq 2..5 (replay covered 5..5 only)")]
+    assert (subscriber.stats.replays, subscriber.stats.replay_failures) == (1, 1)
+
+
+def test_replay_timeout_invalidates(make_subscriber: Any, ctx: Any, publishers: Any) -> None:
+    silent = ctx.socket(zmq.ROUTER)  # accepts the request, never answers
+    silent_port = silent.bind_to_random_port(LOOPBACK)
+    replay_address = f"{LOOPBACK}:{silent_port}"
+    publishers.append(_Closing(silent))
+    subscriber, recorder = make_subscriber(
+        bind=f"{LOOPBACK}:*", replay_addresses={POD: replay_address}, replay_timeout_s=0.2
+    )
+    publisher = FakeVllm(ctx, connect=subscriber.bound_address)
+    publishers.append(publisher)
+    prime(publisher, subscriber, recorder)
+    publisher.send(1, publish=False)
+    publisher.send(2)
+    drain(subscriber, 2, recorder)
+    assert recorder.seqs() == [0, 2]
+    assert recorder.invalidations == [
+        (POD, f"missed seq 1..1 (replay from {replay_address} timed out)")
+    ]
+    assert subscriber.stats.replay_failures == 1
+
+
+# ====================================================================== restart
+@pytest.mark.parametrize("mode", ["bind", "dial"])
+def test_publisher_goes_away_and_comes_back(
+    make_subscriber: Any, ctx: Any, publishers: Any, mode: str
+) -> None:
+    if mode == "bind":
+        subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*")
+        first = FakeVllm(ctx, connect=subscriber.bound_address, with_replay=True)
+        subscriber.set_replay_address(POD, first.replay_address)
+        endpoint = POD
+    else:
+        subscriber, recorder = make_subscriber()
+        first = FakeVllm(ctx, with_replay=True)
+        subscriber.add_endpoint("engine", first.address, replay_address=first.replay_address)
+        endpoint = "engine"
+    prime(first, subscriber, recorder)
+    for seq in range(1, 6):
+        first.send(seq)
+    drain(subscriber, 5, recorder)
+    first.close()
+    subscriber.poll_once(20)  # the subscriber keeps running without its publisher
+
+    # The engine restarts on the same addresses and counts from 0 again; its first two
+    # batches are lost (slow joiner), the replay socket still has them.
+    if mode == "bind":
+        second = FakeVllm(ctx, connect=subscriber.bound_address, replay_port=first.replay_port)
+    else:
+        port = int(first.address.rsplit(":", 1)[1])
+        second = FakeVllm(ctx, bind_port=port, replay_port=first.replay_port)
+    publishers.extend([first, second])
+    second.send(0, payload(0, base=5000), publish=False)
+    second.send(1, payload(1, base=5000), publish=False)
+    deadline = time.monotonic() + DEADLINE_S
+    while not recorder.invalidations:
+        assert time.monotonic() < deadline, "the restarted publisher was never heard"
+        second.send(2, payload(2, base=5000))  # repeated until it gets through
+        subscriber.poll_once(20)
+    drain(subscriber, 2, recorder)
+    assert recorder.invalidations == [(endpoint, "publisher restarted: seq went back from 5 to 2")]
+    restarted = [(s, hash_of(b)) for _, _, s, b in recorder.batches[6:]]
+    assert restarted == [(0, 5000), (1, 5001), (2, 5002)]
+    stats = subscriber.stats
+    assert (stats.restarts, stats.replays, stats.replayed_batches) == (1, 1, 2)
+
+
+# ====================================================================== thread, callbacks
+def test_thread_mode_and_runtime_endpoint_changes(publishers: Any) -> None:
+    received: queue.Queue[tuple[str, int, str]] = queue.Queue()
+    invalidated: queue.Queue[tuple[str, str]] = queue.Queue()
+    context = zmq.Context()
+    try:
+        publisher = FakeVllm(context)
+        publishers.append(publisher)
+        with KVEventSubscriber(
+            lambda e, m, s, b: received.put((e, s, threading.current_thread().name)),
+            lambda e, r: invalidated.put((e, r)),
+            poll_interval_ms=20,
+        ) as subscriber:
+            with pytest.raises(RuntimeError, match="poll_once"):
+                subscriber.poll_once()
+            subscriber.add_endpoint("pod", publisher.address)  # applied by the thread
+            deadline = time.monotonic() + DEADLINE_S
+            first = None
+            while first is None:
+                assert time.monotonic() < deadline
+                publisher.send(0)
+                with contextlib.suppress(queue.Empty):
+                    first = received.get(timeout=0.02)
+            assert first == ("pod", 0, "kv-event-subscriber")
+            publisher.send(1)
+            while (got := received.get(timeout=DEADLINE_S))[1] == 0:
+                pass  # repeats of seq 0 in flight are dropped as duplicates
+            assert got == ("pod", 1, "kv-event-subscriber")
+            subscriber.remove_endpoint("pod")
+            assert invalidated.get(timeout=DEADLINE_S) == ("pod", "endpoint removed")
+            assert subscriber.endpoints == frozenset()
+        assert subscriber.stop() is True  # already stopped by the context manager
+    finally:
+        context.destroy(linger=0)
+
+
+def test_callback_errors_do_not_stop_the_stream(ctx: Any, publishers: Any) -> None:
+    delivered: list[int] = []
+    invalidations: list[tuple[str, str]] = []
+
+    def on_batch(endpoint: str, model: str, seq: int, batch: EventBatch) -> None:
+        if seq == 1:
+            raise RuntimeError("index full")
+        delivered.append(seq)
+
+    def on_invalidate(endpoint: str, reason: str) -> None:
+        invalidations.append((endpoint, reason))
+        raise RuntimeError("also broken")
+
+    subscriber = KVEventSubscriber(on_batch, on_invalidate, bind=f"{LOOPBACK}:*", context=ctx)
+    try:
+        publisher = FakeVllm(ctx, connect=subscriber.bound_address)
+        publishers.append(publisher)
+        deadline = time.monotonic() + DEADLINE_S
+        while 0 not in delivered:
+            assert time.monotonic() < deadline
+            publisher.send(0)
+            subscriber.poll_once(20)
+        publisher.send(1)
+        publisher.send(2)
+        pump(subscriber, lambda: 2 in delivered)
+        assert invalidations == [(POD, "on_batch raised at seq 1: RuntimeError('index full')")]
+        assert subscriber.stats.callback_errors == 2
+        assert subscriber.stats.internal_errors == 0
+    finally:
+        subscriber.stop()
+
+
+# ====================================================================== configuration
+def test_configuration_errors(make_subscriber: Any) -> None:
+    subscriber, _ = make_subscriber()
+    subscriber.add_endpoint("a", f"{LOOPBACK}:1")
+    with pytest.raises(ValueError, match="endpoint 'a' is already subscribed"):
+        subscriber.add_endpoint("a", f"{LOOPBACK}:2")
+    with pytest.raises(ValueError, match="endpoint name must not be empty"):
+        subscriber.add_endpoint("", f"{LOOPBACK}:2")
+    with pytest.raises(KeyError, match="endpoint 'b' is not subscribed"):
+        subscriber.remove_endpoint("b")
+    with pytest.raises(ValueError, match="replay_timeout_s must be > 0"):
+        make_subscriber(replay_timeout_s=0)
+    with pytest.raises(ValueError, match="poll_interval_ms must be an int >= 1"):
+        make_subscriber(poll_interval_ms=0)
+
+
+def test_stop_without_start_and_lifecycle_errors(make_subscriber: Any) -> None:
+    subscriber, _ = make_subscriber(bind=f"{LOOPBACK}:*")
+    assert subscriber.poll_once(0) == 0
+    assert subscriber.stop() is True
+    assert subscriber.stop() is True
+    with pytest.raises(RuntimeError, match="poll_once"):
+        subscriber.poll_once()
+    with pytest.raises(RuntimeError, match="can be started once"):
+        subscriber.start()
+
+
+def test_bind_failure_raises_and_cleans_up(ctx: Any) -> None:
+    taken = ctx.socket(zmq.SUB)
+    try:
+        port = taken.bind_to_random_port(LOOPBACK)
+        with pytest.raises(zmq.ZMQError):
+            KVEventSubscriber(lambda *a: None, bind=f"{LOOPBACK}:{port}")
+    finally:
+        taken.close(linger=0)
