@@ -30,6 +30,7 @@ import contextlib
 import functools
 import logging
 import math
+import mmap
 import ssl
 import time
 from collections import deque
@@ -50,7 +51,7 @@ from inference_sched.datalayer.fetch import (
     Outcome,
     is_supported,
 )
-from inference_sched.datalayer.metrics import EndpointSample
+from inference_sched.datalayer.metrics import EndpointSample, Page, Span
 from inference_sched.errors import ConfigError, DataError
 from inference_sched.state import EndpointHandle, EndpointTable
 from inference_sched.types import Endpoint
@@ -196,6 +197,9 @@ _SCRAPED_FIELDS: Final = (
 )
 """EndpointSample field → table column (the sample's first fields, in order)."""
 _NUM_SCRAPED: Final = len(_SCRAPED_FIELDS)
+_INITIAL_ARENA_BYTES: Final = 1 << 20
+_MAX_ARENA_BYTES: Final = 64 * 1024 * 1024
+"""Pages kept for one flush in the reused buffer; beyond, each gets its own bytes."""
 _SCRAPED_COLUMNS: Final = tuple(column for _, column in _SCRAPED_FIELDS)
 assert EndpointSample._fields[:_NUM_SCRAPED] == tuple(f for f, _ in _SCRAPED_FIELDS)
 
@@ -273,13 +277,18 @@ class Scraper:
         self._lean: dict[str, _LeanFetch] = {}  # sent, by start time (= deadline order)
         self._lean_queue: deque[_LeanFetch] = deque()  # waiting for a slot
         self._results: list[_Outcome] = []  # finished lean fetches since the last flush
-        self._pages: list[tuple[bytes, EndpointHandle, Endpoint]] = []  # received, unparsed
+        self._pages: list[tuple[Span | bytes, EndpointHandle, Endpoint]] = []  # unparsed
         self._sweep: asyncio.TimerHandle | None = None
         self._idle: asyncio.Future[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._status: dict[str, EndpointStatus] = {}
         self._stop = asyncio.Event()
         self._bytes_pages = bool(getattr(extractor, "accepts_bytes", False))
+        self._span_pages = bool(getattr(extractor, "accepts_spans", False))
+        # This cycle's received pages, back to back. An anonymous mmap: its slices are
+        # bytes (what the line cache keys on) and its pages stay mapped between cycles.
+        self._arena = mmap.mmap(-1, _INITIAL_ARENA_BYTES)
+        self._arena_used = 0
         self.request_families = request_families
         self._unfiltered: set[str] = set()  # endpoints whose filtered page came back empty
         self._targets_version = -1
@@ -306,6 +315,7 @@ class Scraper:
         self._lean_queue.clear()
         self._results.clear()
         self._pages.clear()
+        self._arena_used = 0
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
@@ -518,7 +528,8 @@ class Scraper:
         else:
             # Parsed at the flush, all pages in one loop: interleaved with the socket
             # work, the interpreter ran with caches the kernel had just evicted (~2x).
-            self._pages.append((bytes(outcome), fetch.handle, fetch.endpoint))
+            # Kept in one reused buffer, not a fresh bytes each (allocator page faults).
+            self._pages.append((self._keep(outcome), fetch.handle, fetch.endpoint))
         if self._lean_queue:
             self._send_queued()
         if not self._lean:
@@ -534,11 +545,34 @@ class Scraper:
         if idle is not None and not idle.done():
             idle.set_result(None)
 
-    def _extract(self, body: Body, handle: EndpointHandle, endpoint: Endpoint) -> _Outcome:
+    def _keep(self, body: Body) -> Span | bytes:
+        """Copy a received page into the cycle's buffer (bytes once it is full)."""
+        start = self._arena_used
+        end = start + len(body)
+        arena = self._arena
+        if end > len(arena):
+            if end > _MAX_ARENA_BYTES:
+                return bytes(body)
+            # A bigger buffer for the rest of the cycle; spans already handed out keep
+            # the old one alive until they are read.
+            arena = self._arena = mmap.mmap(-1, min(_MAX_ARENA_BYTES, max(2 * len(arena), 2 * end)))
+        arena[start:end] = body
+        self._arena_used = end
+        return Span(arena, start, end)
+
+    def _extract(self, body: Body | Span, handle: EndpointHandle, endpoint: Endpoint) -> _Outcome:
         """Decode and extract a page (never raises)."""
         try:
-            # bytes when the extractor reads them (ours: it never decodes the whole page)
-            page = body if self._bytes_pages else str(body, "utf-8", "replace")
+            page: Page
+            if isinstance(body, Span):
+                if self._span_pages:
+                    page = body
+                else:
+                    raw = body.buffer[body.start : body.end]
+                    page = bytes(raw) if self._bytes_pages else str(raw, "utf-8", "replace")
+            else:
+                # bytes when the extractor reads them (ours never decodes the whole page)
+                page = body if self._bytes_pages else str(body, "utf-8", "replace")
             sample = self.extractor.extract(page, endpoint)  # type: ignore[arg-type]
             if sample.is_empty:
                 if self.request_families and endpoint.name not in self._unfiltered:
@@ -626,6 +660,7 @@ class Scraper:
             pages, self._pages = self._pages, []
             extract = self._extract
             outcomes += [extract(body, handle, endpoint) for body, handle, endpoint in pages]
+            self._arena_used = 0  # the spans are read: the buffer is free again
         now = self.clock()
         good: list[_Outcome] = []
         failed: list[str] = []

@@ -143,6 +143,8 @@ class CoreMetricsExtractor:
 
     accepts_bytes: ClassVar[bool] = True
     """The scraper may hand over pages as received: only the lines read get decoded."""
+    accepts_spans: ClassVar[bool] = True
+    """... and as a :class:`~inference_sched.datalayer.metrics.Span` of its buffer."""
 
     def extract(self, text: Page, endpoint: Endpoint) -> EndpointSample:
         """Read ``endpoint``'s page (``str``, or UTF-8 ``bytes``) with its engine's mapping.

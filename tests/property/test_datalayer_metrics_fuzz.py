@@ -4,6 +4,7 @@ valid pages give the values they were built from, in both parsing modes."""
 from __future__ import annotations
 
 import math
+import mmap
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -157,14 +158,14 @@ def test_newest_timestamp_wins(series: list[tuple[int, int, int]]) -> None:
 
 
 # ----------------------------------------------------------------- fast path == careful path
-def _careful(page: str | bytes, engine: str) -> EndpointSample | str:
+def _careful(page: str, engine: str) -> EndpointSample | str:
     try:
         return metrics._careful_sample(page, BUILTIN_ENGINES[engine], "same", False)
     except DataError as exc:
         return str(exc)
 
 
-def _default(page: str | bytes, engine: str) -> EndpointSample | str:
+def _default(page: metrics.Page, engine: str) -> EndpointSample | str:
     try:
         return extract(page, engine, endpoint="same")
     except DataError as exc:
@@ -181,7 +182,7 @@ def _pages_with_moves(draw: st.DrawFn) -> str:
         histograms=draw(st.booleans()),
     ).split("\n")
     for _ in range(draw(st.integers(0, 3))):
-        kind = draw(st.sampled_from(["dup", "move", "ts", "lora", "pad", "drop", "cr"]))
+        kind = draw(st.sampled_from(["dup", "move", "ts", "lora", "pad", "drop", "cr", "last"]))
         i = draw(st.integers(0, len(lines) - 1))
         if kind == "dup":
             lines.insert(i, lines[i])
@@ -190,11 +191,15 @@ def _pages_with_moves(draw: st.DrawFn) -> str:
         elif kind == "ts" and lines[i] and not lines[i].startswith("#"):
             lines[i] += " 1700000000000"
         elif kind == "lora":
-            at = next(k for k, line in enumerate(lines) if line.startswith("vllm:lora_requests"))
+            at = next((k for k, ln in enumerate(lines) if ln.startswith("vllm:lora_req")), 0)
             t = draw(st.integers(0, 9))
             lines.insert(
                 at + 1, f'vllm:lora_requests_info{{max_lora="2",running_lora_adapters="x{t}"}} {t}'
             )
+        elif kind == "last":  # a family read last on the page (no newline after it, maybe)
+            at = next((k for k, ln in enumerate(lines) if ln.startswith("vllm:kv_cache")), None)
+            if at is not None:
+                lines.append(lines.pop(at))
         elif kind == "pad":
             lines.insert(i, "# " + "p" * draw(st.integers(0, 9000)))
         elif kind == "drop":
@@ -204,12 +209,42 @@ def _pages_with_moves(draw: st.DrawFn) -> str:
     return "\n".join(lines)
 
 
+_KV_LINE = b'vllm:kv_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"}'
+
+
+def _as(kind: str, text: str, junk: bytes) -> metrics.Page:
+    """The page as str, bytes, or a Span in the middle of a buffer with other bytes
+    (a metric line among them) before and after it, as the scraper's buffer holds it."""
+    if kind == "str":
+        return text
+    data = text.encode()
+    if kind == "bytes":
+        return data
+    whole = junk + data + junk
+    if kind == "span-mmap":
+        buffer: mmap.mmap | bytearray = mmap.mmap(-1, len(whole))
+        buffer[:] = whole
+    else:
+        buffer = bytearray(whole)
+    return metrics.Span(buffer, len(junk), len(junk) + len(data))
+
+
 @settings(max_examples=250)
-@given(pages=st.lists(_pages_with_moves(), min_size=1, max_size=3), as_bytes=st.booleans())
-def test_fast_path_equals_careful_path(pages: list[str], as_bytes: bool) -> None:
+@given(
+    pages=st.lists(_pages_with_moves(), min_size=1, max_size=3),
+    kind=st.sampled_from(["str", "bytes", "span-bytearray", "span-mmap"]),
+    junk=st.sampled_from(
+        [b"", b"x", b"5\n", b" 5", b"vllm:num_requests_waiting 7\n", b"\n" + _KV_LINE + b" 0.9\n"]
+    ),
+    trailing_newline=st.booleans(),
+)
+def test_fast_path_equals_careful_path(
+    pages: list[str], kind: str, junk: bytes, trailing_newline: bool
+) -> None:
     # One endpoint name throughout: offsets remembered from one page meet the next.
     for text in pages:
-        page: str | bytes = text.encode() if as_bytes else text
-        expected = _careful(page, "vllm")
+        text = text if trailing_newline else text.rstrip("\n")
+        expected = _careful(text, "vllm")
+        page = _as(kind, text, junk)
         assert _default(page, "vllm") == expected
         assert _default(page, "vllm") == expected  # caches warm
