@@ -37,6 +37,12 @@ def add_parser(sub: Any) -> None:
         help="a generator name or trace:PATH (Mooncake JSONL, Azure CSV, normalized .gz)",
     )
     p.add_argument("--endpoints", type=int, default=16, help="simulated servers (default 16)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="active scheduler replicas taking requests round-robin (default 1)",
+    )
     p.add_argument("--rate", type=float, help="arrival rate, requests/s (generators)")
     p.add_argument("--duration", type=float, help="seconds of arrivals (generators; traces: cut)")
     p.add_argument("--seed", type=int, default=0)
@@ -64,10 +70,11 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None:
         options["duration_s"] = args.duration
     workload = load_workload(args.workload, **options)
-    fleet = FleetConfig(num_servers=args.endpoints, seed=args.seed)
+    fleet = FleetConfig(num_servers=args.endpoints, seed=args.seed, replicas=args.replicas)
+    replicas = f", {args.replicas} scheduler replicas" if args.replicas > 1 else ""
     console.print(
         f"workload {workload.name}: {len(workload.requests)} requests, "
-        f"{args.endpoints} servers ({fleet.engine.latency_model}), "
+        f"{args.endpoints} servers ({fleet.engine.latency_model}){replicas}, "
         f"metrics every {fleet.scrape_interval_s * 1e3:.0f} ms"
     )
     runs = []

@@ -64,7 +64,9 @@ class FleetConfig:
         scrape_interval_s: metrics refresh interval (GIE ``refreshMetricsInterval``).
         end_s: cut the run at this simulated time (unfinished requests are reported as
             such); None runs until every request has ended.
-        seed: seeds the scheduler's random tie-breaks and pickers.
+        seed: seeds the scheduler's random tie-breaks and pickers (replica ``k`` uses
+            ``seed + k``).
+        replicas: scheduler replicas (below).
     """
 
     num_servers: int = attrs.field(default=16, validator=attrs.validators.ge(1))
@@ -72,6 +74,11 @@ class FleetConfig:
     scrape_interval_s: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
     end_s: float | None = None
     seed: int = 0
+    replicas: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    """Scheduler replicas, each with its own table, plugins and state, as several active
+    EPPs behind one gateway: requests reach them round-robin, each replica sees only
+    its own decisions and responses, and every replica scrapes every server (and gets
+    every server's KV events)."""
 
 
 class _Fleet:
@@ -86,21 +93,39 @@ class _Fleet:
     ) -> None:
         self.now = 0.0
         self.last_event_s = 0.0  # arrivals and engine events, not scrapes
-        self.table = EndpointTable(clock=lambda: self.now)
         self.names = tuple(f"sim-{i}" for i in range(fleet.num_servers))
+        self.endpoints = tuple(
+            Endpoint(f"{name}-rank-0", f"10.0.{i // 256}.{i % 256}", 8000)
+            for i, name in enumerate(self.names)
+        )
+        # One table and scheduler per replica; every table lists the servers in order.
+        self.tables: list[EndpointTable] = []
+        self.schedulers: list[Scheduler] = []
         self.rows = np.empty(fleet.num_servers, dtype=np.int32)
-        for i, name in enumerate(self.names):
-            self.rows[i] = self.table.add(
-                Endpoint(f"{name}-rank-0", f"10.0.{i // 256}.{i % 256}", 8000)
-            ).row
+        for k in range(fleet.replicas):
+            table = EndpointTable(clock=lambda: self.now)
+            for i, endpoint in enumerate(self.endpoints):
+                self.rows[i] = table.add(endpoint).row
+            self.tables.append(table)
+            self.schedulers.append(Scheduler.from_config(config, table, seed=fleet.seed + k))
+        self.table, self.scheduler = self.tables[0], self.schedulers[0]
+        # Plugins that read engine KV events (the precise prefix producer) get every
+        # server's events in process, by the endpoint's ip:port (llm-d's pod id).
+        consumers = [
+            plugin.kv_event
+            for scheduler in self.schedulers
+            for plugin in scheduler.plugins.values()
+            if callable(getattr(plugin, "kv_event", None))
+        ]
+        sink = _fan_out(kv_events, consumers, dict(zip(self.names, self.endpoints, strict=True)))
         step_model = latency_models.load(fleet.engine.latency_model)
-        self.kv_sink_attached = kv_events is not None
-        token_ids_of = block_token_ids if kv_events is not None else None
+        self.kv_sink_attached = sink is not None
+        token_ids_of = block_token_ids if sink is not None else None
         self.servers = [
-            Server(name, fleet.engine, step_model, kv_events=kv_events, token_ids_of=token_ids_of)
+            Server(name, fleet.engine, step_model, kv_events=sink, token_ids_of=token_ids_of)
             for name in self.names
         ]
-        self.scheduler = Scheduler.from_config(config, self.table, seed=fleet.seed)
+        self.next_replica = 0
         self.model = workload.model
         n = len(workload.requests)
         self.requests = workload.requests
@@ -111,7 +136,7 @@ class _Fleet:
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.endpoint = np.full(n, -1, dtype=np.int32)
         self.status = np.full(n, RequestStatus.UNFINISHED, dtype=np.int8)
-        self.in_flight: dict[int, tuple[Request, SchedulingResult]] = {}
+        self.in_flight: dict[int, tuple[Scheduler, Request, SchedulingResult]] = {}
         self.row_to_server = {int(row): i for i, row in enumerate(self.rows)}
         self.samples: list[tuple[float, list[float], list[float], list[float]]] = []
         self.decision_ns: list[int] = []
@@ -136,12 +161,12 @@ class _Fleet:
         self.now = self.last_event_s = event.time_s
         kind = event.kind
         if kind == EventKind.FIRST_TOKEN:
-            request, result = self.in_flight[rid]
-            self.scheduler.response_streaming(
+            scheduler, request, result = self.in_flight[rid]
+            scheduler.response_streaming(
                 request, self._response(request, is_start_of_stream=True), result
             )
         elif kind == EventKind.FINISHED:
-            request, result = self.in_flight.pop(rid)
+            scheduler, request, result = self.in_flight.pop(rid)
             finished = event.finished
             assert finished is not None
             self.scheduled_s[rid] = finished.scheduled_s
@@ -150,13 +175,13 @@ class _Fleet:
             self.cached_tokens[rid] = finished.cached_tokens
             self.preemptions[rid] = finished.preemptions
             self.status[rid] = RequestStatus.COMPLETED
-            self.scheduler.response_complete(
+            scheduler.response_complete(
                 request, self._response(request, is_end_of_stream=True), result
             )
         elif kind == EventKind.REJECTED:
-            request, result = self.in_flight.pop(rid)
+            scheduler, request, result = self.in_flight.pop(rid)
             self.status[rid] = RequestStatus.REJECTED
-            self.scheduler.response_complete(
+            scheduler.response_complete(
                 request, self._response(request, status_code=400, is_end_of_stream=True), result
             )
         # PREEMPTED: the engine counts it in Finished; the scheduler is not told (a real
@@ -173,20 +198,24 @@ class _Fleet:
         waiting = [float(m.waiting) for m in metrics]
         running = [float(m.running) for m in metrics]
         kv = [m.kv_usage_frac for m in metrics]
-        self.table.update_metrics(
-            self.rows,
-            now_s=t,
-            waiting=waiting,
-            running=running,
-            kv_usage_frac=kv,
-            kv_blocks_total=[float(m.num_gpu_blocks) for m in metrics],
-            block_size_tokens=[float(m.block_size) for m in metrics],
-            max_loras=[float(m.max_loras) for m in metrics],
-        )
-        for row, m in zip(self.rows.tolist(), metrics, strict=True):
-            if m.running_adapters or m.waiting_adapters or self.table.num_adapters[row]:
-                # sorted: the table interns adapters in the order it sees them
-                self.table.set_adapters(row, sorted(m.running_adapters), sorted(m.waiting_adapters))
+        blocks = [float(m.num_gpu_blocks) for m in metrics]
+        block_size = [float(m.block_size) for m in metrics]
+        max_loras = [float(m.max_loras) for m in metrics]
+        for table in self.tables:
+            table.update_metrics(
+                self.rows,
+                now_s=t,
+                waiting=waiting,
+                running=running,
+                kv_usage_frac=kv,
+                kv_blocks_total=blocks,
+                block_size_tokens=block_size,
+                max_loras=max_loras,
+            )
+            for row, m in zip(self.rows.tolist(), metrics, strict=True):
+                if m.running_adapters or m.waiting_adapters or table.num_adapters[row]:
+                    # sorted: the table interns adapters in the order it sees them
+                    table.set_adapters(row, sorted(m.running_adapters), sorted(m.waiting_adapters))
         self.samples.append((t, running, waiting, kv))
 
     # -------------------------------------------------------------- decisions
@@ -200,18 +229,20 @@ class _Fleet:
             base_models=(self.model,),
             headers={"x-session-token": sim.session} if sim.session else None,
         )
+        scheduler = self.schedulers[self.next_replica]  # the gateway's round-robin
+        self.next_replica = (self.next_replica + 1) % len(self.schedulers)
         t0 = time.perf_counter_ns()
         try:
-            result = self.scheduler.schedule(request)
+            result = scheduler.schedule(request)
         except InferenceSchedError:
             self.decision_ns.append(time.perf_counter_ns() - t0)
             self.status[sim.id] = RequestStatus.FAILED_SCHEDULING
             return
         self.decision_ns.append(time.perf_counter_ns() - t0)
-        self.scheduler.run_deferred()  # the answer is out: e.g. the prefix index update
+        scheduler.run_deferred()  # the answer is out: e.g. the prefix index update
         server = self.row_to_server[result.primary.rows[0]]
         self.endpoint[sim.id] = server
-        self.in_flight[sim.id] = (request, result)
+        self.in_flight[sim.id] = (scheduler, request, result)
         target = self.servers[server]
         stranded = target.advance(sim.arrival_s)  # nothing left after advance_all
         assert not stranded, "engine events past advance_all"
@@ -250,6 +281,27 @@ class _Fleet:
             if decisions.size
             else math.nan,
         )
+
+
+def _fan_out(
+    external: KvEventSink | None,
+    consumers: list[Callable[[str, object], None]],
+    endpoints: dict[str, Endpoint],
+) -> KvEventSink | None:
+    """One sink for the servers: the caller's (by server name) and every consumer's (by
+    the endpoint's ``ip:port``, the pod id of llm-d's ``kv@<pod>@<model>`` topics)."""
+    if not consumers:
+        return external
+    pods = {name: endpoint.hostport for name, endpoint in endpoints.items()}
+
+    def sink(server: str, event: object) -> None:
+        if external is not None:
+            external(server, event)
+        pod = pods[server]
+        for consume in consumers:
+            consume(pod, event)
+
+    return sink
 
 
 def simulate(

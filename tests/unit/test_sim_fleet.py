@@ -301,3 +301,36 @@ def test_a_cut_before_the_first_arrival_reports_every_request_unfinished() -> No
     run = _run(_workload([_request(0, 1.0, [1])]), "load-only", num_servers=1, end_s=0.5)
     assert run.status.tolist() == [RequestStatus.UNFINISHED]
     assert np.isnan(run.decision_us_p50)
+
+
+def test_replicas_take_requests_round_robin_and_keep_their_own_state(
+    small: Workload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference_sched.sim import fleet as fleet_module
+
+    built: list[object] = []
+    fleet_class = fleet_module._Fleet
+
+    class Spy(fleet_class):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            built.append(self)
+
+    monkeypatch.setattr(fleet_module, "_Fleet", Spy)
+    label, config = "inflight", load_config(INFLIGHT)
+    run = simulate(small, config, label=label, fleet=FleetConfig(num_servers=4, replicas=3))
+    n = len(small.requests)
+    assert (run.status == RequestStatus.COMPLETED).sum() == n
+    (state,) = built
+    schedulers = state.schedulers  # type: ignore[attr-defined]
+    assert len(schedulers) == 3
+    assert [s.cycles for s in schedulers] == [len(range(k, n, 3)) for k in range(3)]
+    for scheduler in schedulers:  # every replica got its own responses back
+        producer = scheduler.plugins["inflight-load-producer"]
+        assert producer.num_tracked_requests() == 0
+        assert scheduler.table.inflight_requests[scheduler.table.candidates()].sum() == 0
+        assert scheduler.table.last_update_s.max() == run.sample_s[-1]  # all scraped
+    # Replicas see a third of the picks each, so spreading by in-flight counts is worse
+    # informed than with one replica: the runs differ, each deterministic.
+    one = simulate(small, config, label=label, fleet=FleetConfig(num_servers=4))
+    assert not np.array_equal(one.endpoint, run.endpoint)
