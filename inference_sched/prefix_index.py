@@ -76,10 +76,11 @@ class PrefixIndex:
     and the LRUs always agree.
 
     Concurrency contract: **one writer, and no reader while it writes.** Nothing is
-    locked: callers must serialise :meth:`add` / :meth:`remove_endpoint` with every other
-    call, for example by running them all on the scheduler's thread (GIE's asynchronous
-    PreRequest update becomes a call made between decisions) or by holding one lock
-    around all of them. Concurrent matches with no writer running are safe: they only read.
+    locked: callers must serialise :meth:`add` / :meth:`remove` / :meth:`remove_endpoint`
+    with every other call, for example by running them all on the scheduler's thread
+    (GIE's asynchronous PreRequest update becomes a call made between decisions) or by
+    holding one lock around all of them. Concurrent matches with no writer running are
+    safe: they only read.
 
     Any uint64 value, 0 included, is a valid hash.
     """
@@ -156,12 +157,28 @@ class PrefixIndex:
         entries, live = int(meta[_k._M_ENTRIES]), int(meta[_k._M_LIVE])
         lru_capacity = int(self._eps[row, _k._EP_CAPACITY]) or int(capacity)
         room = max(0, min(n, lru_capacity - int(self._eps[row, _k._EP_SIZE])))
-        if entries + room > self._nodes.shape[0]:
-            self._resize_nodes(max(entries + room, 3 * self._nodes.shape[0] // 2))
-        max_live = min(live + n, entries + room)
-        if 10 * max_live > 7 * self._keys.shape[0]:
-            self._rehash(_slots_for(max_live))
+        self._ensure_capacity(entries + room, min(live + n, entries + room))
         _k._add(self._keys, self._heads, self._nodes, self._eps, meta, keys, row, int(capacity))
+
+    def remove(self, hashes: npt.ArrayLike, row: int) -> int:
+        """Drop endpoint ``row``'s entries for ``hashes``; return how many were held.
+
+        Hashes the endpoint does not hold are ignored, and so is a repeated hash after its
+        first removal. Each removal is one table probe plus a walk of that hash's
+        endpoint list (as in :meth:`add`); the LRU keeps its capacity even when it
+        empties (unlike :meth:`remove_endpoint`). A hash no endpoint holds any more
+        disappears.
+
+        Raises:
+            ValueError: a negative or too large ``row``, or ``hashes`` not 1-D.
+        """
+        keys = _as_keys(hashes)
+        row = self._check_row(row)
+        if row >= self._eps.shape[0] or keys.shape[0] == 0:
+            return 0
+        return int(
+            _k._remove(self._keys, self._heads, self._nodes, self._eps, self._meta, keys, row)
+        )
 
     def remove_endpoint(self, row: int) -> int:
         """Drop every hash of endpoint ``row`` and its LRU; return how many entries went.
@@ -380,6 +397,14 @@ class PrefixIndex:
         eps = self._new_endpoints(max(num_rows, 2 * self._eps.shape[0]))
         eps[: self._eps.shape[0]] = self._eps
         self._eps = eps
+
+    def _ensure_capacity(self, num_entries: int, num_hashes: int) -> None:
+        """Grow the node pool to ``num_entries`` nodes (by half its size at least) and the
+        table to hold ``num_hashes`` distinct hashes at load <= 7/10; never shrinks."""
+        if num_entries > self._nodes.shape[0]:
+            self._resize_nodes(max(num_entries, 3 * self._nodes.shape[0] // 2))
+        if 10 * num_hashes > 7 * self._keys.shape[0]:
+            self._rehash(_slots_for(num_hashes))
 
     def _resize_nodes(self, num_nodes: int) -> None:
         nodes = np.empty((num_nodes, _k._NODE_FIELDS), dtype=np.int32)

@@ -216,7 +216,7 @@ def _release(
 
 
 @kernel
-def _add(
+def _insert_many(
     keys: npt.NDArray[np.int64],
     heads: npt.NDArray[np.int32],
     nodes: npt.NDArray[np.int32],
@@ -224,14 +224,15 @@ def _add(
     meta: npt.NDArray[np.int64],
     hashes: npt.NDArray[np.int64],
     row: int,
-    capacity: int,
+    out_nodes: npt.NDArray[np.int32],
 ) -> None:
-    """Insert ``hashes`` in order into ``row``'s LRU; the wrapper made room for every node."""
-    if eps[row, _EP_CAPACITY] == 0:
-        eps[row, _EP_HEAD] = -1
-        eps[row, _EP_TAIL] = -1
-        eps[row, _EP_SIZE] = 0
-        eps[row, _EP_CAPACITY] = capacity
+    """Make each (hash, ``row``) in turn ``row``'s MRU entry and write its node to
+    ``out_nodes``; a new hash evicts the LRU entry of a full ``row`` first.
+
+    The wrapper made room for every node. One loop over all the hashes, not a call per
+    hash: Numba passes each array as an exploded struct and LLVM does not inline a body
+    this size, so a per-hash call would cost about a third more.
+    """
     shift = meta[_M_SHIFT]
     for i in range(hashes.shape[0]):
         key = hashes[i]
@@ -248,6 +249,7 @@ def _add(
                 if nodes[node, _HASH_PREV] >= 0:
                     _hash_unlink(keys, heads, nodes, meta, node)  # not first: no slot change
                     _hash_push_front(heads, nodes, node, found)
+                out_nodes[i] = node
                 continue
         if eps[row, _EP_SIZE] >= eps[row, _EP_CAPACITY]:
             oldest = eps[row, _EP_HEAD]
@@ -270,6 +272,107 @@ def _add(
             nodes[node, _HASH_NEXT] = -1
         _lru_push_mru(nodes, eps, node)
         eps[row, _EP_SIZE] += 1
+        out_nodes[i] = node
+
+
+@kernel
+def _add(
+    keys: npt.NDArray[np.int64],
+    heads: npt.NDArray[np.int32],
+    nodes: npt.NDArray[np.int32],
+    eps: npt.NDArray[np.int32],
+    meta: npt.NDArray[np.int64],
+    hashes: npt.NDArray[np.int64],
+    row: int,
+    capacity: int,
+) -> None:
+    """Insert ``hashes`` in order into ``row``'s LRU; the wrapper made room for every node."""
+    if eps[row, _EP_CAPACITY] == 0:
+        eps[row, _EP_HEAD] = -1
+        eps[row, _EP_TAIL] = -1
+        eps[row, _EP_SIZE] = 0
+        eps[row, _EP_CAPACITY] = capacity
+    out_nodes = np.empty(hashes.shape[0], dtype=np.int32)
+    _insert_many(keys, heads, nodes, eps, meta, hashes, row, out_nodes)
+
+
+@kernel
+def _find_entry(
+    keys: npt.NDArray[np.int64],
+    heads: npt.NDArray[np.int32],
+    nodes: npt.NDArray[np.int32],
+    shift: int,
+    key: int,
+    row: int,
+) -> int:
+    """The node of (``key``, ``row``), or -1: a probe, then a walk of the hash's list."""
+    s = _find_slot(keys, heads, shift, key)
+    if s < 0:
+        return -1
+    node = heads[s]
+    while node >= 0 and nodes[node, _ROW] != row:
+        node = nodes[node, _HASH_NEXT]
+    return int(node)
+
+
+@kernel
+def _drop_entry(
+    keys: npt.NDArray[np.int64],
+    heads: npt.NDArray[np.int32],
+    nodes: npt.NDArray[np.int32],
+    eps: npt.NDArray[np.int32],
+    meta: npt.NDArray[np.int64],
+    node: int,
+) -> None:
+    """Unlink ``node`` from both its lists and free it (its LRU keeps its capacity)."""
+    row = nodes[node, _ROW]
+    _lru_unlink(nodes, eps, node)
+    _release(keys, heads, nodes, meta, node)
+    eps[row, _EP_SIZE] -= 1
+
+
+@kernel
+def _remove(
+    keys: npt.NDArray[np.int64],
+    heads: npt.NDArray[np.int32],
+    nodes: npt.NDArray[np.int32],
+    eps: npt.NDArray[np.int32],
+    meta: npt.NDArray[np.int64],
+    hashes: npt.NDArray[np.int64],
+    row: int,
+) -> int:
+    """Drop the (hash, ``row``) entries of ``hashes`` that exist; return how many went."""
+    num_removed = 0
+    shift = meta[_M_SHIFT]  # deletions never rehash
+    for i in range(hashes.shape[0]):
+        node = _find_entry(keys, heads, nodes, shift, hashes[i], row)
+        if node >= 0:
+            _drop_entry(keys, heads, nodes, eps, meta, node)
+            num_removed += 1
+    return num_removed
+
+
+@kernel
+def _clear_lru(
+    keys: npt.NDArray[np.int64],
+    heads: npt.NDArray[np.int32],
+    nodes: npt.NDArray[np.int32],
+    eps: npt.NDArray[np.int32],
+    meta: npt.NDArray[np.int64],
+    row: int,
+) -> int:
+    """Free every node of ``row``'s LRU, keeping its capacity; return how many went."""
+    num_removed = 0
+    node = eps[row, _EP_HEAD]
+    while node >= 0:
+        nxt = nodes[node, _LRU_NEXT]
+        _release(keys, heads, nodes, meta, node)
+        num_removed += 1
+        node = nxt
+    eps[row, _EP_HEAD] = -1
+    eps[row, _EP_TAIL] = -1
+    eps[row, _EP_SIZE] = 0
+    return num_removed
 
 
 @kernel
@@ -282,16 +385,7 @@ def _remove_endpoint(
     row: int,
 ) -> int:
     """Free every node of ``row`` and forget its LRU; return how many entries went."""
-    num_removed = 0
-    node = eps[row, _EP_HEAD]
-    while node >= 0:
-        nxt = nodes[node, _LRU_NEXT]
-        _release(keys, heads, nodes, meta, node)
-        num_removed += 1
-        node = nxt
-    eps[row, _EP_HEAD] = -1
-    eps[row, _EP_TAIL] = -1
-    eps[row, _EP_SIZE] = 0
+    num_removed = _clear_lru(keys, heads, nodes, eps, meta, row)
     eps[row, _EP_CAPACITY] = 0
     return num_removed
 

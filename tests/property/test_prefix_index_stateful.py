@@ -44,6 +44,20 @@ class PrefixIndexMachine(RuleBasedStateMachine):
         self.model.add(hashes, row, capacity)
         self.seen_rows.add(row)
 
+    @rule(hashes=hash_lists, row=rows)
+    def remove(self, hashes: list[int], row: int) -> None:
+        assert self.index.remove(np.array(hashes, dtype=np.uint64), row) == (
+            self.model.remove(hashes, row)
+        )
+
+    @rule(data=st.data())
+    def remove_held(self, data: st.DataObject) -> None:
+        """Remove some of an endpoint's own hashes (plus strays), so removals really hit."""
+        row = data.draw(rows)
+        held = self.model.lru_order(row)
+        picked = data.draw(st.lists(st.sampled_from(held), max_size=6)) if held else []
+        self.remove(picked + data.draw(hash_lists), row)
+
     @rule(row=rows)
     def remove_endpoint(self, row: int) -> None:
         assert self.index.remove_endpoint(row) == self.model.remove_endpoint(row)

@@ -153,6 +153,31 @@ def test_remove_endpoint(index: Index) -> None:
     assert index.remove_endpoint(7) == 0
 
 
+def test_remove_by_hash(index: Index) -> None:
+    index.add(u64([1, 2, 3, 4]), 0, 4)
+    index.add(u64([2, 3]), 1, 4)
+    # 9 is held by nobody, 2 is repeated: both ignored after the first removal.
+    assert index.remove(u64([2, 9, 2, 4]), 0) == 2
+    assert index.lru_order(0) == [1, 3]
+    assert index.lru_order(1) == [2, 3]  # the other endpoint keeps its entries
+    assert (index.size(), index.num_hashes()) == (4, 3)  # 4 is gone, 2 stays for row 1
+    assert strict(index, [1, 2, 3], 2) == (1, [1.0, 0.0])
+    assert index.remove(u64([2, 3]), 1) == 2
+    assert (index.endpoint_size(1), index.endpoint_capacity(1)) == (0, 4)  # LRU kept
+    assert index.num_hashes() == 2
+    assert index.remove(u64([1]), 5) == 0  # a row without an LRU
+    assert index.remove(u64([]), 0) == 0
+
+
+def test_remove_frees_room_in_the_lru(index: Index) -> None:
+    index.add(u64([1, 2, 3]), 0, 3)
+    index.remove(u64([2]), 0)
+    index.add(u64([4]), 0, 3)  # fits without evicting 1
+    assert index.lru_order(0) == [1, 3, 4]
+    index.add(u64([5]), 0, 3)  # full again: evicts 1
+    assert index.lru_order(0) == [3, 4, 5]
+
+
 def test_readd_after_removal_starts_a_new_lru(index: Index) -> None:
     index.add(u64([1, 2, 3]), 0, 3)
     index.remove_endpoint(0)
