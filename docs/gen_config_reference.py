@@ -116,8 +116,12 @@ def parameter_rows(params_cls: type[Any]) -> list[str]:
             default = "(required)"
         elif key in written:
             default = _json(written[key])
-        else:
+        elif defaults is not None:
             default = _shown(getattr(defaults, attribute.name))
+        elif isinstance(attribute.default, attrs.Factory):  # type: ignore[arg-type]
+            default = _shown(attribute.default.factory())
+        else:
+            default = _shown(attribute.default)
         description = docs.get(attribute.name, "")
         if deprecated := attribute.metadata.get(_DEPRECATED):
             description = f"{description} *Deprecated; when used, warns:* {deprecated}.".strip()

@@ -38,6 +38,7 @@ __all__ = [
     "duration_s",
     "in_range",
     "integer",
+    "nested",
     "number",
     "one_of",
     "param",
@@ -243,6 +244,48 @@ def duration_s(key: str) -> Callable[[Any], float]:
             return parse_duration_s(raw)
         except ValueError:
             raise ParamCheck(key, "a duration string such as '200ms'", raw) from None
+
+    return parse
+
+
+def nested(cls: type[P], key: str) -> Callable[[Any], P]:
+    """A ``parse=`` function for a parameter that is an object of ``cls``'s keys (e.g.
+    llm-d's ``kvEventsConfig: {topicFilter: ..., podDiscoveryConfig: {...}}``).
+
+    Keys are checked like top-level ones, nested parse functions apply, and an error
+    names the nested key (``kvEventsConfig.podDiscoveryConfig.socketPort``). Absent keys
+    take ``cls``'s defaults.
+    """
+    fields = {a.alias or a.name: a for a in attrs.fields(cls)}  # type: ignore[arg-type]
+    expected = "a mapping with keys " + ", ".join(fields)
+
+    def parse(raw: Any) -> P:
+        if isinstance(raw, cls):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise ParamCheck(key, expected, raw)
+        kwargs: dict[str, Any] = {}
+        for name, value in raw.items():
+            attribute = fields.get(name) if isinstance(name, str) else None
+            if attribute is None:
+                near = closest(str(name), list(fields))
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ParamCheck(
+                    f"{key}.{name}", f"one of the keys {', '.join(fields)}{hint}", name
+                )
+            try:
+                inner = attribute.metadata.get(_PARSE)
+                if inner is not None:
+                    value = inner(value)
+                if attribute.validator is not None:
+                    attribute.validator(None, attribute, value)
+            except ParamCheck as exc:
+                raise ParamCheck(f"{key}.{exc.key}", exc.expectation, exc.value) from None
+            kwargs[attribute.alias or attribute.name] = value
+        try:
+            return cls(**kwargs)
+        except ParamCheck as exc:
+            raise ParamCheck(f"{key}.{exc.key}", exc.expectation, exc.value) from None
 
     return parse
 

@@ -8,6 +8,9 @@ Families (GIE/llm-d type strings):
 * :mod:`.lora`: ``lora-affinity-scorer``.
 * :mod:`.prefix`: ``approx-prefix-cache-producer`` (the approximate prefix index),
   ``prefix-cache-scorer``, ``prefix-cache-affinity-filter`` and llm-d's ``no-hit-lru-scorer``.
+* :mod:`.precise_prefix`: ``precise-prefix-cache-producer`` (llm-d: the prefix match from
+  the engines' KV events).
+* :mod:`.tokens`: ``token-producer`` (prompt token ids from a local ``tokenizer.json``).
 * :mod:`.pickers`: ``max-score-picker``, ``random-picker``, ``weighted-random-picker``.
 * :mod:`.filters`: ``decode-filter``, ``prefill-filter``, ``label-selector-filter``
   (deprecated alias ``by-label-selector``).
@@ -25,8 +28,20 @@ from inference_sched.plugins import (
     load,
     lora,
     pickers,
+    precise_prefix,
     prefix,
     profile_handlers,
+    tokens,
 )
 
-__all__ = ["datalayer", "filters", "load", "lora", "pickers", "prefix", "profile_handlers"]
+__all__ = [
+    "datalayer",
+    "filters",
+    "load",
+    "lora",
+    "pickers",
+    "precise_prefix",
+    "prefix",
+    "profile_handlers",
+    "tokens",
+]

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inference_sched.sim.presets import PRESETS
+
 __all__ = ["DEFAULT_CONFIGS", "add_parser"]
 
 DEFAULT_CONFIGS = ("round-robin", "load-only", "gie-default")
@@ -27,8 +29,8 @@ def add_parser(sub: Any) -> None:
         "--config",
         action="append",
         metavar="PRESET|FILE",
-        help=f"a preset ({', '.join(DEFAULT_CONFIGS)}) or an EndpointPickerConfig YAML; "
-        f"repeat to compare (default: all three presets)",
+        help=f"a preset ({', '.join(PRESETS)}) or an EndpointPickerConfig YAML; "
+        f"repeat to compare (default: {', '.join(DEFAULT_CONFIGS)})",
     )
     p.add_argument(
         "--workload",

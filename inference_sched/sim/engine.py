@@ -431,7 +431,11 @@ class Server:
                     tokens.extend(of(block_id))
                 token_ids.append(tokens)
         lora_id = lora_int_id(r.lora) if r.lora is not None else None
-        r.held.extend(self._kv.register(keys[lo:hi], parent, lora_id=lora_id, token_ids=token_ids))
+        r.held.extend(
+            self._kv.register(
+                keys[lo:hi], parent, lora_id=lora_id, lora_name=r.lora, token_ids=token_ids
+            )
+        )
 
     def _keys(self, r: _Req) -> list[int]:
         keys = r.keys

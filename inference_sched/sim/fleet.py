@@ -30,7 +30,7 @@ from inference_sched.errors import InferenceSchedError
 from inference_sched.scheduler import Scheduler
 from inference_sched.sim import latency as latency_models
 from inference_sched.sim.engine import Server
-from inference_sched.sim.prompts import block_token_ids, prompt_bytes
+from inference_sched.sim.prompts import block_token_ids, prompt_bytes, prompt_token_ids
 from inference_sched.sim.types import (
     EngineConfig,
     EngineEvent,
@@ -111,13 +111,18 @@ class _Fleet:
         self.table, self.scheduler = self.tables[0], self.schedulers[0]
         # Plugins that read engine KV events (the precise prefix producer) get every
         # server's events in process, by the endpoint's ip:port (llm-d's pod id).
-        consumers = [
-            plugin.kv_event
-            for scheduler in self.schedulers
-            for plugin in scheduler.plugins.values()
-            if callable(getattr(plugin, "kv_event", None))
-        ]
-        sink = _fan_out(kv_events, consumers, dict(zip(self.names, self.endpoints, strict=True)))
+        plugins = [p for scheduler in self.schedulers for p in scheduler.plugins.values()]
+        consumers = [p.kv_event for p in plugins if callable(getattr(p, "kv_event", None))]
+        for plugin in plugins:
+            if callable(getattr(plugin, "events_in_process", None)):
+                plugin.events_in_process()  # no sockets: the servers are in this process
+        self.token_ids = any(getattr(p, "wants_token_ids", False) for p in plugins)
+        sink = _fan_out(
+            kv_events,
+            consumers,
+            dict(zip(self.names, self.endpoints, strict=True)),
+            workload.model,
+        )
         step_model = latency_models.load(fleet.engine.latency_model)
         self.kv_sink_attached = sink is not None
         token_ids_of = block_token_ids if sink is not None else None
@@ -225,6 +230,8 @@ class _Fleet:
         request = Request.create(
             model,
             prompt=prompt_bytes(sim.blocks, sim.prompt_tokens),
+            # As a gateway with a tokenizer would, for plugins that match token blocks.
+            token_ids=prompt_token_ids(sim.blocks, sim.prompt_tokens) if self.token_ids else None,
             request_id=str(sim.id),
             base_models=(self.model,),
             headers={"x-session-token": sim.session} if sim.session else None,
@@ -285,8 +292,9 @@ class _Fleet:
 
 def _fan_out(
     external: KvEventSink | None,
-    consumers: list[Callable[[str, object], None]],
+    consumers: list[Callable[[str, object, str], None]],
     endpoints: dict[str, Endpoint],
+    model: str,
 ) -> KvEventSink | None:
     """One sink for the servers: the caller's (by server name) and every consumer's (by
     the endpoint's ``ip:port``, the pod id of llm-d's ``kv@<pod>@<model>`` topics)."""
@@ -299,7 +307,7 @@ def _fan_out(
             external(server, event)
         pod = pods[server]
         for consume in consumers:
-            consume(pod, event)
+            consume(pod, event, model)
 
     return sink
 

@@ -60,6 +60,8 @@ class BlockStored(NamedTuple):
     block_size: int
     lora_id: int | None
     medium: str | None
+    lora_name: str | None = None
+    """The adapter's name (vLLM since #27577): the chain root of a precise index."""
 
 
 class BlockRemoved(NamedTuple):
@@ -244,6 +246,7 @@ class KVCache:
         parent: int | None,
         *,
         lora_id: int | None = None,
+        lora_name: str | None = None,
         token_ids: Sequence[Sequence[int]] | None = None,
     ) -> list[int]:
         """Give keys to freshly computed full blocks (already allocated, in use by one
@@ -266,7 +269,7 @@ class KVCache:
                     ref[key] = 1
                     done.append(key)
         if self.on_event is not None and done:
-            self._emit_stored(keys, done, parent, lora_id, token_ids)
+            self._emit_stored(keys, done, parent, lora_id, lora_name, token_ids)
         return done
 
     def _emit_stored(
@@ -275,6 +278,7 @@ class KVCache:
         done: list[int],
         parent: int | None,
         lora_id: int | None,
+        lora_name: str | None,
         token_ids: Sequence[Sequence[int]] | None,
     ) -> None:
         # One event per run of consecutive registered blocks (a skipped duplicate breaks
@@ -292,13 +296,17 @@ class KVCache:
                 continue
             if run:
                 self.on_event(
-                    BlockStored(run, run_parent, tokens, self.block_size, lora_id, GPU_MEDIUM)
+                    BlockStored(
+                        run, run_parent, tokens, self.block_size, lora_id, GPU_MEDIUM, lora_name
+                    )
                 )
                 run, tokens = [], []
             run_parent = key
         if run:
             self.on_event(
-                BlockStored(run, run_parent, tokens, self.block_size, lora_id, GPU_MEDIUM)
+                BlockStored(
+                    run, run_parent, tokens, self.block_size, lora_id, GPU_MEDIUM, lora_name
+                )
             )
 
     def free(self, keys: Sequence[int], num_plain: int) -> None:

@@ -2,8 +2,9 @@
 
 ``round-robin`` spreads blindly (GIE has no round-robin picker: a random pick is its
 stateless equivalent), ``load-only`` routes on scraped load alone, ``gie-default`` is
-GIE's default profile (queue 2, kv-cache 2, prefix 3). Anything else is read as a path to
-an ``EndpointPickerConfig`` file.
+GIE's default profile (queue 2, kv-cache 2, prefix 3), ``llm-d-precise`` the same weights
+over llm-d's precise prefix index (the servers' KV events, fed in process). Anything else
+is read as a path to an ``EndpointPickerConfig`` file.
 """
 
 from __future__ import annotations
@@ -45,6 +46,22 @@ schedulingProfiles:
   - {pluginRef: max-score-picker}
 """,
     "gie-default": None,  # GIE's defaulting: queue 2, kv-cache 2, prefix 3, max-score
+    "llm-d-precise": _HEADER
+    + """\
+plugins:
+- type: precise-prefix-cache-producer
+- type: prefix-cache-scorer
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: prefix-cache-scorer, weight: 3}
+  - {pluginRef: queue-scorer, weight: 2}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: max-score-picker}
+""",
 }
 """Preset name -> config YAML (``None``: GIE's empty-config default)."""
 

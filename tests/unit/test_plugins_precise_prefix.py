@@ -1,0 +1,268 @@
+"""precise-prefix-cache-producer (llm-d A.4, H.2): params, events in, exact matches,
+speculation, invalidation, removal, and the scorer's absolute ratio on top."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference_sched.config import load_config
+from inference_sched.errors import ConfigError, ParameterError
+from inference_sched.handle import PluginHandle
+from inference_sched.params import parse_params
+from inference_sched.plugins.precise_prefix import PrecisePrefixCacheProducer
+from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
+from inference_sched.scheduler import Scheduler
+from inference_sched.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored
+from inference_sched.state import EndpointTable
+from inference_sched.types import CycleState, Endpoint, Request
+from tests.helpers import make_table
+
+pytestmark = pytest.mark.unit
+
+PATH = "plugins[0].parameters"
+MODEL = "m"
+TOKENS = np.arange(1000, 1000 + 96, dtype=np.uint32)  # 6 blocks of 16
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _producer(clock: Clock | None = None, n: int = 3, **raw: Any) -> PrecisePrefixCacheProducer:
+    table = make_table(n)
+    params = parse_params(PrecisePrefixCacheProducer.Params, raw, PATH)
+    producer = PrecisePrefixCacheProducer("precise", params, PluginHandle(table, clock=clock))
+    producer.events_in_process()
+    return producer
+
+
+def _stored(
+    blocks: range, *, parent: int | None = None, medium: str = "GPU", lora: str | None = None
+) -> BlockStored:
+    """Engine blocks ``blocks`` of TOKENS (engine hashes 500 + i)."""
+    tokens = TOKENS[blocks.start * 16 : blocks.stop * 16].tolist()
+    hashes = [500 + i for i in blocks]
+    return BlockStored(hashes, parent, tokens, 16, None, medium, lora)
+
+
+def _match(
+    producer: PrecisePrefixCacheProducer, tokens: Any = TOKENS, model: str = MODEL
+) -> PrefixCacheMatchInfo:
+    cycle = CycleState(np.random.default_rng(0), producer._clock())
+    table = producer._table
+    request = Request.create(model, prompt="x", token_ids=tokens)
+    producer.prepare_request_data(cycle, request, table, table.candidates())
+    info = cycle.read(PREFIX_CACHE_MATCH_INFO)
+    assert isinstance(info, PrefixCacheMatchInfo)
+    return info
+
+
+def test_gpu_cpu_weights_and_chains_give_exact_counts() -> None:
+    producer = _producer()
+    producer.kv_event("10.0.0.0:8000", _stored(range(4)), MODEL)  # e0: blocks 0-3 on GPU
+    producer.kv_event("e1", _stored(range(2)), MODEL)  # by name works too: blocks 0-1
+    producer.kv_event("10.0.0.2:8000", _stored(range(3), medium="CPU"), MODEL)
+    # e2 continues its chain from engine block 502 (a child event): blocks 3-4 on GPU.
+    producer.kv_event("10.0.0.2:8000", _stored(range(3, 5), parent=502), MODEL)
+    info = _match(producer)
+    assert info.total_blocks == 6
+    assert info.block_size_tokens == 16
+    np.testing.assert_allclose(info.match_blocks[:3], [4.0, 2.0, 0.8 * 3 + 2.0])
+    assert producer.stats["BlockStored"] == 4
+
+
+def test_removed_cleared_and_invalidated_blocks_stop_matching() -> None:
+    producer = _producer()
+    for pod in ("10.0.0.0:8000", "10.0.0.1:8000", "10.0.0.2:8000"):
+        producer.kv_event(pod, _stored(range(6)), MODEL)
+    producer.kv_event("10.0.0.0:8000", BlockRemoved([502], "GPU"), MODEL)  # a gap at block 2
+    producer.kv_event("10.0.0.1:8000", AllBlocksCleared(), MODEL)
+    producer.invalidate("10.0.0.2:8000", "sequence gap")
+    np.testing.assert_allclose(_match(producer).match_blocks[:3], [2.0, 0.0, 0.0])
+    assert producer.stats["BlockRemoved"] == 1
+    assert producer.stats["invalidated"] == 1
+
+
+def test_lora_name_is_the_chain_root() -> None:
+    producer = _producer()
+    producer.kv_event("10.0.0.0:8000", _stored(range(6), lora="sql"), MODEL)
+    producer.kv_event("10.0.0.1:8000", _stored(range(6)), MODEL)
+    np.testing.assert_allclose(_match(producer, model="sql").match_blocks[:2], [6.0, 0.0])
+    np.testing.assert_allclose(_match(producer).match_blocks[:2], [0.0, 6.0])
+
+
+def test_unknown_endpoints_unknown_parents_and_requests_without_tokens_are_counted() -> None:
+    producer = _producer()
+    producer.kv_event("10.9.9.9:8000", _stored(range(2)), MODEL)
+    producer.kv_event("10.0.0.0:8000", _stored(range(2, 4), parent=12345), MODEL)
+    info = _match(producer, tokens=None)
+    assert info.total_blocks == 0
+    assert not info.match_blocks.any()
+    assert producer.stats["events_unknown_endpoint"] == 1
+    assert producer.stats["requests_without_token_ids"] == 1
+    assert producer.index.stats()["unknown_parent_events"] == 1
+
+
+def test_gpu_capacity_follows_the_scraped_cache_size() -> None:
+    producer = _producer()
+    table = producer._table
+    table.update_metrics([0], kv_blocks_total=[2.0], block_size_tokens=[32.0])
+    producer.kv_event("10.0.0.0:8000", _stored(range(6)), MODEL)  # 16-token engine blocks
+    info = _match(producer)
+    # 2 engine blocks of 32 tokens = 4 index blocks: the LRU keeps the last 4 stored.
+    assert producer.index.endpoint_size(0, "gpu") == 4
+    assert info.match_blocks[0] == 0.0  # blocks 0-1 evicted: no leading match
+
+
+def test_speculative_entries_serve_the_next_request_until_the_ttl() -> None:
+    clock = Clock()
+    table = EndpointTable(clock=clock)
+    for i in range(3):
+        table.add(Endpoint(f"e{i}", f"10.0.0.{i}", 8000))
+    scheduler = Scheduler.from_config(
+        """
+plugins:
+- type: precise-prefix-cache-producer
+  parameters: {speculativeIndexing: true, speculativeTTL: 2s}
+- type: prefix-cache-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: prefix-cache-scorer}, {pluginRef: max-score-picker}]
+""",
+        table,
+    )
+    producer = scheduler.plugins["precise-prefix-cache-producer"]
+    producer.events_in_process()
+    result = scheduler.schedule(Request.create(MODEL, prompt="x", token_ids=TOKENS))
+    picked = result.primary.rows[0]
+    info = _match(producer)
+    assert info.match_blocks[picked] == 6.0  # speculative: before any engine event
+    assert info.match_blocks.sum() == 6.0
+    clock.now += 1.0
+    scheduler.run_deferred()
+    assert _match(producer).match_blocks.sum() == 6.0  # within the TTL
+    clock.now += 1.5
+    scheduler.run_deferred()
+    assert _match(producer).match_blocks.sum() == 0.0
+    assert producer.index.stats()["speculative_expired"] == 6
+
+
+def test_removing_an_endpoint_drops_its_entries() -> None:
+    producer = _producer()
+    producer.kv_event("10.0.0.1:8000", _stored(range(6)), MODEL)
+    assert producer.index_size() == 6
+    producer._table.remove("e1")
+    assert producer.index_size() == 0
+
+
+def test_the_scorer_divides_by_the_request_blocks() -> None:
+    config = load_config(
+        """
+plugins:
+- type: precise-prefix-cache-producer
+- type: prefix-cache-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: prefix-cache-scorer}, {pluginRef: max-score-picker}]
+"""
+    )
+    assert "approx-prefix-cache-producer" not in {p.type for p in config.plugins}
+    table = make_table(3)
+    scheduler = Scheduler.from_config(config, table)
+    producer = scheduler.plugins["precise-prefix-cache-producer"]
+    producer.events_in_process()
+    producer.kv_event("10.0.0.2:8000", _stored(range(3)), MODEL)
+    result = scheduler.schedule(Request.create(MODEL, prompt="x", token_ids=TOKENS))
+    assert result.primary.endpoints[0].name == "e2"
+    assert result.primary.scores[0] == pytest.approx(0.5)  # 3 of 6 blocks, weight 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"kvEventsConfig": {"podDiscoveryConfig": {"socketPort": 0}}},
+            f"{PATH}.kvEventsConfig.podDiscoveryConfig.socketPort: expected a number in "
+            "[1, 65535], got 0 (int)",
+        ),
+        (
+            {"tokenProcessorConfig": {"blockSizeToken": 16}},
+            f"{PATH}.tokenProcessorConfig.blockSizeToken: expected one of the keys "
+            "blockSizeTokens, blockSize, hashSeed (did you mean 'blockSizeTokens'?), "
+            "got 'blockSizeToken' (str)",
+        ),
+        (
+            {"indexerConfig": {"kvCacheBackendConfigs": [{"name": "gpu", "weight": -1}]}},
+            f"{PATH}.indexerConfig.kvCacheBackendConfigs[0].weight: expected a number >= 0, "
+            "got -1 (int)",
+        ),
+        (
+            {"speculativeTTL": 2},
+            f"{PATH}.speculativeTTL: expected a duration string such as '200ms', got 2 (int)",
+        ),
+    ],
+)
+def test_parameter_errors_name_the_nested_key(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        parse_params(PrecisePrefixCacheProducer.Params, raw, PATH)
+    assert str(info.value) == message
+
+
+def test_llm_d_parameters_are_read() -> None:
+    params = parse_params(
+        PrecisePrefixCacheProducer.Params,
+        {
+            "tokenProcessorConfig": {"blockSize": 64, "hashSeed": "42"},
+            "indexerConfig": {
+                "kvCacheBackendConfigs": [
+                    {"name": "GPU", "weight": 1},
+                    {"name": "cpu", "weight": 0.5},
+                ]
+            },
+            "kvEventsConfig": {
+                "topicFilter": "kv@",
+                "concurrency": 8,
+                "zmqEndpoint": "tcp://*:5557",
+            },
+            "speculativeIndexing": True,
+            "speculativeTTL": "500ms",
+        },
+        PATH,
+    )
+    assert params.block_size_tokens == 64  # the old key alone
+    assert params.speculative_ttl_s == 0.5
+    producer = PrecisePrefixCacheProducer("p", params, PluginHandle(make_table(1)))
+    assert producer.index.tier_weights["cpu"] == 0.5
+    with pytest.raises(ConfigError):
+        load_config("plugins: [{type: precise-prefix-cache-producer, parameters: {bogus: 1}}]")
+
+
+def test_cache_salt_in_vllm_extra_keys_is_the_chain_salt() -> None:
+    from inference_sched.datalayer.kv_events import BlockStored as WireStored
+
+    producer = _producer()
+    tokens = TOKENS[:32]
+    event = WireStored(
+        np.array([1, 2], dtype=np.uint64), None, tokens, 16, None, "GPU", None, (("s1",), None)
+    )
+    producer.kv_event("10.0.0.0:8000", event, MODEL)
+
+    def match(body: dict[str, Any] | None) -> float:
+        cycle = CycleState(np.random.default_rng(0))
+        table = producer._table
+        request = Request.create(MODEL, prompt="x", token_ids=tokens, body=body)
+        producer.prepare_request_data(cycle, request, table, table.candidates())
+        return float(cycle.read(PREFIX_CACHE_MATCH_INFO).match_blocks[0])
+
+    assert match({"cache_salt": "s1"}) == 2.0
+    assert match(None) == 0.0
+    assert match({"cache_salt": "other"}) == 0.0
