@@ -27,14 +27,14 @@ def _pytest(session: nox.Session, *paths: str, markers: str | None = None) -> No
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit and property tests with the Numba JIT on."""
-    session.install("-e", ".[test,plot,k8s,kvevents]")
+    session.install("-e", ".[test,plot,k8s,kvevents,redis,tokenizer]")
     _pytest(session, "tests", markers="unit or property")
 
 
 @nox.session(python=PYTHON)
 def tests_nojit(session: nox.Session) -> None:
     """The same tests with NUMBA_DISABLE_JIT=1: kernels run as Python (coverage, bugs)."""
-    session.install("-e", ".[test,plot,k8s,kvevents]")
+    session.install("-e", ".[test,plot,k8s,kvevents,redis,tokenizer]")
     session.env["NUMBA_DISABLE_JIT"] = "1"
     _pytest(session, "tests", markers="unit or property")
 
@@ -42,14 +42,14 @@ def tests_nojit(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
     """Tests that start real parts on loopback."""
-    session.install("-e", ".[test,plot,k8s,kvevents]")
+    session.install("-e", ".[test,plot,k8s,kvevents,redis,tokenizer]")
     _pytest(session, "tests", markers="integration")
 
 
 @nox.session(python=PYTHON)
 def plugins(session: nox.Session) -> None:
     """Install each out-of-tree plugin distribution and run its own tests."""
-    session.install("-e", ".[test,plot,k8s,kvevents]")
+    session.install("-e", ".[test,plot,k8s,kvevents,redis,tokenizer]")
     for dist in PLUGIN_DISTS:
         session.install(str(dist))
         session.run("pytest", str(dist / "tests"), "-p", "no:cacheprovider")
@@ -77,7 +77,7 @@ def types(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmark scripts (JSON into .benchmarks/)."""
-    session.install("-e", ".[test,plot,k8s,kvevents]")
+    session.install("-e", ".[test,plot,k8s,kvevents,redis,tokenizer]")
     out = ROOT / ".benchmarks"
     out.mkdir(exist_ok=True)
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):

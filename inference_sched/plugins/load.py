@@ -9,6 +9,9 @@ that GIE and llm-d auto-create for ``InFlightLoad`` consumers, and llm-d's
 
 Each scorer reads one ``EndpointTable`` column at call time (columns are reallocated when
 the table grows) and makes one kernel call over the whole candidate set.
+
+With a ``redis`` parameter the producer shares its counters with the pool's other
+scheduler replicas (:mod:`inference_sched.redis_state`, ``docs/redis.md``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from typing import ClassVar, Final
 
 import attrs
@@ -32,6 +36,9 @@ from inference_sched.interfaces import (
 )
 from inference_sched.kernels import scoring
 from inference_sched.params import NoParams, at_least, in_range, param, string
+from inference_sched.redis_state import RedisInflightCounters, RedisInflightParams, Unavailable
+from inference_sched.redis_state.link import names_blob
+from inference_sched.redis_state.params import redis_field
 from inference_sched.registry import register
 from inference_sched.state import EndpointHandle, EndpointTable
 from inference_sched.types import (
@@ -219,6 +226,18 @@ class _Hold:
     profile: str
     handle: EndpointHandle
     tokens: float
+    name: str
+
+
+@attrs.frozen
+class InflightLoadProducerParams:
+    """Parameters of ``inflight-load-producer`` (GIE has none)."""
+
+    # redis_field returns an attrs field specifier, as param() does (RUF009 cannot tell).
+    redis: RedisInflightParams | None = redis_field(RedisInflightParams)  # noqa: RUF009
+    """Ours: share the counters with the pool's other scheduler replicas through Redis, an
+    object {address, namespace, timeoutMs, syncIntervalMs, leaseTtlMs} (docs/redis.md);
+    absent: in-process."""
 
 
 @register("inflight-load-producer", default_producer_for=(IN_FLIGHT_LOAD,))
@@ -232,20 +251,46 @@ class InflightLoadProducer:
     may repeat): a release subtracts exactly that, never below 0, and only while the row
     still holds the same endpoint (a row reused after a removal carries a new generation
     and is left alone). One instance per table: two would count every request twice.
+
+    With ``redis`` set, every change to this replica's share is also published to Redis
+    (:class:`~inference_sched.redis_state.RedisInflightCounters`: by a background thread,
+    off the decision), and PrepareRequestData overwrites the columns with the totals
+    over all replicas (one round trip per decision, or per ``syncIntervalMs``, which also
+    carries this replica's unpublished changes); between reads the columns move with
+    this replica's own changes, as in-process. While Redis does not answer, the columns
+    fall back to this replica's own share (the in-process behaviour).
     """
 
     type: ClassVar[str]
     produces: ClassVar[frozenset[str]] = frozenset({IN_FLIGHT_LOAD})
     consumes: ClassVar[frozenset[str]] = frozenset()
-    Params = NoParams
+    Params = InflightLoadProducerParams
 
-    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+    def __init__(
+        self, name: str, params: InflightLoadProducerParams | NoParams, handle: Handle
+    ) -> None:
         self.name = name
         self._table = handle.table
         self._lock = threading.Lock()
         # id(result) -> (result, holds); keeping the result alive keeps its id unique.
         self._held: dict[int, tuple[SchedulingResult, list[_Hold]]] = {}
         self._table.on_remove(self._on_remove)
+        self.shared: RedisInflightCounters | None = None
+        """The shared counters when ``redis`` is set (inspection)."""
+        redis = params.redis if isinstance(params, InflightLoadProducerParams) else None
+        self._sync_interval_s = 0.0
+        self._last_sync_s = -math.inf
+        self._columns_shared = False  # whether the columns hold the totals over replicas
+        self._names: tuple[int, npt.NDArray[np.intp], bytes] | None = None
+        if redis is not None:
+            self._sync_interval_s = redis.sync_interval_ms / 1000.0
+            self.shared = RedisInflightCounters.connect(redis)
+
+    def close(self) -> None:
+        """Withdraw this replica's share from Redis and close the connections (no-op
+        in-process)."""
+        if self.shared is not None:
+            self.shared.close()
 
     def prepare_request_data(
         self,
@@ -254,8 +299,54 @@ class InflightLoadProducer:
         table: EndpointTable,
         candidates: Candidates,
     ) -> None:
-        """Publish the in-flight counters under ``InFlightLoad``."""
+        """Publish the in-flight counters under ``InFlightLoad`` (with ``redis``, first
+        read the totals over replicas into the columns, when due)."""
+        if self.shared is not None:
+            self._sync(table)
         cycle.write(IN_FLIGHT_LOAD, InFlightLoad(table))
+
+    def _sync(self, table: EndpointTable) -> None:
+        assert self.shared is not None
+        now = time.monotonic()
+        if (
+            self._columns_shared
+            and now - self._last_sync_s < self._sync_interval_s
+            and self.shared.link.is_healthy
+        ):
+            return
+        rows, blob = self._table_names(table)
+        try:
+            totals = self.shared.sync(blob)
+        except Unavailable:
+            self._fall_back(table)
+            return
+        table.inflight_requests[rows] = totals[:, 0]
+        table.inflight_tokens[rows] = totals[:, 1]
+        self._columns_shared = True
+        self._last_sync_s = now
+
+    def _table_names(self, table: EndpointTable) -> tuple[npt.NDArray[np.intp], bytes]:
+        """Rows and names of the table's endpoints, cached per table version."""
+        cached = self._names
+        if cached is None or cached[0] != table.version:
+            endpoints = list(table)
+            kept, blob = names_blob(e.name for e in endpoints)
+            rows = np.asarray([table.row(endpoints[i].name) for i in kept], dtype=np.intp)
+            cached = self._names = (table.version, rows, blob)
+        return cached[1], cached[2]
+
+    def _fall_back(self, table: EndpointTable) -> None:
+        """Redis is away: the columns become this replica's own share (once per outage)."""
+        assert self.shared is not None
+        if not self._columns_shared:
+            return
+        self._columns_shared = False
+        with self._lock:
+            for endpoint in table:
+                row = table.row(endpoint.name)
+                requests, tokens = self.shared.own(endpoint.name)
+                table.inflight_requests[row] = requests
+                table.inflight_tokens[row] = tokens
 
     def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
         """+1 request and +estimate tokens on the pick of every profile that picked."""
@@ -267,15 +358,17 @@ class InflightLoadProducer:
                 if run is None or len(run.rows) == 0:
                     continue
                 row = int(run.rows[0])
-                if table.endpoint_or_none(row) is not run.endpoints[0]:
+                endpoint = run.endpoints[0]
+                if table.endpoint_or_none(row) is not endpoint:
                     continue  # removed (or its row reused) between the pick and now
                 table.inflight_requests[row] += 1.0
                 table.inflight_tokens[row] += tokens
-                holds.append(
-                    _Hold(profile, EndpointHandle(row, int(table.generation[row])), tokens)
-                )
+                handle = EndpointHandle(row, int(table.generation[row]))
+                holds.append(_Hold(profile, handle, tokens, endpoint.name))
             if holds:
                 self._held[id(result)] = (result, holds)
+        if self.shared is not None and holds:
+            self.shared.change([(h.name, 1.0, h.tokens) for h in holds])
 
     def response_streaming(
         self, request: Request, response: Response, result: SchedulingResult
@@ -289,10 +382,11 @@ class InflightLoadProducer:
                 return
             holds = entry[1]
             keep = [h for h in holds if h.profile != PREFILL_PROFILE]
-            for hold in holds:
-                if hold.profile == PREFILL_PROFILE:
-                    self._release(hold)
+            released = [h for h in holds if h.profile == PREFILL_PROFILE]
+            for hold in released:
+                self._release(hold)
             self._store(result, keep)
+        self._publish_release(released)
 
     def response_complete(
         self, request: Request, response: Response, result: SchedulingResult
@@ -305,6 +399,11 @@ class InflightLoadProducer:
             del self._held[id(result)]
             for hold in entry[1]:
                 self._release(hold)
+        self._publish_release(entry[1])
+
+    def _publish_release(self, holds: list[_Hold]) -> None:
+        if self.shared is not None and holds:
+            self.shared.change([(h.name, -1.0, -h.tokens) for h in holds])
 
     def num_tracked_requests(self) -> int:
         """Requests that still hold in-flight load (for tests and metrics)."""
@@ -330,6 +429,8 @@ class InflightLoadProducer:
         with self._lock:
             for result, holds in list(self._held.values()):
                 self._store(result, [h for h in holds if h.handle.row != row])
+        if self.shared is not None:
+            self.shared.forget(endpoint.name)
 
 
 _producer: type[DataProducer] = InflightLoadProducer

@@ -12,16 +12,21 @@
 All four meet through the cycle key ``PrefixCacheMatchInfo``; config loading creates the
 producer when a profile consumes the key and nobody produces it, with the parameters
 placed on ``prefix-cache-scorer`` (GIE's documentation puts them there).
+
+With a ``redis`` parameter the producer shares its index with the pool's other scheduler
+replicas (:mod:`inference_sched.redis_state`, ``docs/redis.md``).
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import itertools
 import logging
 import math
 import threading
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final, NamedTuple
 
 import attrs
@@ -50,6 +55,8 @@ from inference_sched.params import (
 from inference_sched.plugins.load import PREFILL_PROFILE
 from inference_sched.prefix_hashing import BYTES_PER_TOKEN, block_hashes, token_block_hashes
 from inference_sched.prefix_index import PrefixIndex
+from inference_sched.redis_state import RedisPrefixIndex, RedisPrefixParams, Unavailable
+from inference_sched.redis_state.params import redis_field, redis_forwarded
 from inference_sched.registry import register
 from inference_sched.state import EndpointTable
 from inference_sched.types import (
@@ -161,6 +168,10 @@ class ApproxPrefixCacheProducerParams:
         0, alias="hashBlockSize", check=integer, deprecated=_LEGACY_BLOCK_SIZE
     )
     """Deprecated (GIE v1.0 scorer key): characters per block; ignored."""
+    # redis_field returns an attrs field specifier, as param() does (RUF009 cannot tell).
+    redis: RedisPrefixParams | None = redis_field(RedisPrefixParams)  # noqa: RUF009
+    """Ours: share the index with the pool's other scheduler replicas through Redis, an
+    object {address, namespace, timeoutMs, endpointTtlMs} (docs/redis.md); absent: in-process."""
 
     def __attrs_post_init__(self) -> None:
         # GIE's validation (gie.md §4.2): the migration guard first, then autoTune.
@@ -204,6 +215,14 @@ class ApproxPrefixCacheProducer:
     sees every earlier pick, whether or not the embedder calls ``run_deferred``. An
     update costs more than the rest of the decision with a large index (cache misses
     on evictions and LRU moves), so this is what keeps it off the gateway's wait.
+
+    With ``redis`` set, the index is shared (:class:`~inference_sched.redis_state.
+    RedisPrefixIndex`, keyed by endpoint name) and the local index becomes a
+    write-through copy: every update goes to both, a match asks Redis (the queued
+    updates travel in the same round trip) and falls back to the local copy when Redis
+    does not answer within ``timeoutMs`` (this replica's own picks only: the in-process
+    behaviour). A table removal drops the local entries only; the shared ones expire
+    once no replica has the endpoint (``endpointTtlMs``).
     """
 
     type: ClassVar[str]
@@ -230,6 +249,23 @@ class ApproxPrefixCacheProducer:
         """Blocks of the last request found on its primary pick."""
         self._histogram = [0] * len(MATCH_LENGTH_BUCKETS)
         self._table.on_remove(self._on_remove)
+        # The shared index's queued updates, by endpoint name (a table removal does not
+        # cancel them: the pick happened, and other replicas may still route there).
+        self._remote_pending: list[tuple[npt.NDArray[np.uint64], str, int]] = []
+        self.shared: RedisPrefixIndex | None = None
+        """The shared index when ``redis`` is set (inspection, ``forget_endpoint``)."""
+        if params.redis is not None:
+            self.shared = RedisPrefixIndex.connect(params.redis, self._table_names)
+
+    def _table_names(self) -> list[str]:
+        with self._table.lock:
+            return [endpoint.name for endpoint in self._table]
+
+    def close(self) -> None:
+        """Stop the shared index's maintenance thread and close its connections (no-op
+        in-process). The shared entries stay for the other replicas."""
+        if self.shared is not None:
+            self.shared.close()
 
     # ------------------------------------------------------------------ cycle
     def block_size_tokens(self, table: EndpointTable, candidates: Candidates) -> int:
@@ -269,6 +305,8 @@ class ApproxPrefixCacheProducer:
         max_blocks = self.max_blocks(block_size_tokens)
         if block_size_tokens <= 0 or max_blocks <= 0:
             return _NO_HASHES
+        if self.shared is not None:
+            return self._shared_match(request, block_size_tokens, counts)
         salt = _cache_salt(request)
         model = request.target_model
         strict = not self._counting
@@ -286,6 +324,35 @@ class ApproxPrefixCacheProducer:
                     prompt, model, salt, block_size_tokens, max_blocks, counts, strict=strict
                 )
         return _NO_HASHES
+
+    def _shared_match(
+        self, request: Request, block_size_tokens: int, counts: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.uint64]:
+        """Hash locally, match in Redis (queued updates first, same round trip); the
+        local copy answers when Redis does not."""
+        assert self.shared is not None
+        hashes = self.hashes(request, block_size_tokens)
+        strict = not self._counting
+        with self._lock:
+            if self._pending:
+                self._apply_pending()
+            remote, self._remote_pending = self._remote_pending, []
+            if len(hashes) == 0 and not remote:
+                return hashes
+            try:
+                matched = self.shared.add_and_match(remote, hashes, strict=strict)
+            except Unavailable:
+                if len(hashes) > 0:
+                    if strict:
+                        self._index.match_prefix(hashes, counts)
+                    else:
+                        self._index.match_counting(hashes, counts)
+                return hashes
+        table = self._table
+        for name, count in matched.items():
+            if name in table:  # names other replicas know and this one does not: skip
+                counts[table.row(name)] = count
+        return hashes
 
     def prepare_request_data(
         self,
@@ -321,9 +388,13 @@ class ApproxPrefixCacheProducer:
                 for row, endpoint in picks:
                     if table.endpoint_or_none(row) is not endpoint:
                         continue  # removed (or its row reused) since the pick
-                    self._pending.append((state.hashes, row, self._capacity(row)))
+                    capacity = self._capacity(row)
+                    self._pending.append((state.hashes, row, capacity))
+                    if self.shared is not None:
+                        self._remote_pending.append((state.hashes, endpoint.name, capacity))
                 if len(self._pending) >= _MAX_PENDING:
                     self._apply_pending()  # nobody runs the deferred work: bound the queue
+                    self._flush_remote()
             if info.total_blocks > 0:
                 block_bytes = info.block_size_tokens * BYTES_PER_TOKEN
                 self.hit_bytes += matched * block_bytes
@@ -339,16 +410,27 @@ class ApproxPrefixCacheProducer:
         return min(self.params.lru_capacity_per_server, _MAX_LRU_CAPACITY)
 
     def run_deferred(self) -> None:
-        """Apply the queued index updates (GIE's asynchronous ``indexer.Add``)."""
-        if self._pending:
+        """Apply the queued index updates (GIE's asynchronous ``indexer.Add``); with
+        ``redis``, to the shared index too, in one round trip."""
+        if self._pending or self._remote_pending:
             with self._lock:
                 self._apply_pending()
+                self._flush_remote()
 
     def _apply_pending(self) -> None:
         """Apply the queue in pick order; the caller holds the lock."""
         pending, self._pending = self._pending, []
         for hashes, row, capacity in pending:
             self._index.add(hashes, row, capacity)
+
+    def _flush_remote(self) -> None:
+        """Send the shared index's queue (lost if Redis does not answer: the local copy
+        has it); the caller holds the lock."""
+        if self.shared is None or not self._remote_pending:
+            return
+        remote, self._remote_pending = self._remote_pending, []
+        with contextlib.suppress(Unavailable):  # counted by the link; the local copy has it
+            self.shared.add_many(remote)
 
     def _on_remove(self, row: int, endpoint: Endpoint) -> None:
         with self._lock:
@@ -357,7 +439,8 @@ class ApproxPrefixCacheProducer:
 
     @property
     def index(self) -> PrefixIndex:
-        """The block index, every queued update applied (tests, metrics, inspection).
+        """The block index, every queued update applied (tests, metrics, inspection);
+        with ``redis``, this replica's local copy (:attr:`shared` is the shared one).
 
         Read it when no decision is running: the index itself is not locked.
         """
@@ -428,6 +511,8 @@ class PrefixCacheScorerParams:
     """For the auto-created producer: the deprecated blockSize (characters)."""
     hash_block_size: int | None = _forwarded("hashBlockSize", integer)
     """For the auto-created producer: the deprecated v1.0 hashBlockSize (characters)."""
+    redis: Mapping[str, Any] | None = redis_forwarded(RedisPrefixParams)
+    """For the auto-created producer: redis (ours; docs/redis.md)."""
 
     def producer_parameters(self) -> dict[str, Any]:
         """The keys given here, by GIE key, as ``approx-prefix-cache-producer`` takes them."""
