@@ -7,13 +7,13 @@ got 0 (int)``. Nothing here imports ``redis``: a config is validated without the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
-from inference_sched.params import ParamCheck, at_least, closest, in_range, param, string
+from inference_sched.params import ParamCheck, at_least, in_range, nested, param, string
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -96,29 +96,10 @@ class RedisInflightParams(RedisParams):
 
 
 def _parse(cls: type[P], key: str) -> Callable[[Any], P | None]:
-    fields = {a.alias or a.name: a for a in attrs.fields(cls)}
-    expected = "a mapping with keys " + ", ".join(fields)
+    parse_object = nested(cls, key)
 
     def parse(raw: Any) -> P | None:
-        if raw is None or isinstance(raw, cls):
-            return raw
-        if not isinstance(raw, Mapping):
-            raise ParamCheck(key, expected, raw)
-        kwargs: dict[str, Any] = {}
-        for name, value in raw.items():
-            attribute = fields.get(name) if isinstance(name, str) else None
-            if attribute is None:
-                near = closest(str(name), list(fields))
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                known = ", ".join(fields)
-                raise ParamCheck(f"{key}.{name}", f"one of the keys {known}{hint}", name)
-            if attribute.validator is not None:
-                try:
-                    attribute.validator(None, attribute, value)
-                except ParamCheck as exc:
-                    raise ParamCheck(f"{key}.{exc.key}", exc.expectation, exc.value) from None
-            kwargs[name] = value
-        return cls(**kwargs)
+        return None if raw is None else parse_object(raw)
 
     return parse
 
