@@ -5,6 +5,8 @@ Families (GIE/llm-d type strings):
 * :mod:`.load`: ``queue-scorer``, ``running-requests-size-scorer``,
   ``kv-cache-utilization-scorer``, ``token-load-scorer``, ``active-request-scorer``,
   ``load-aware-scorer`` and the ``inflight-load-producer`` (in-flight accounting).
+* :mod:`.cost_model`: ``kv-cost-scorer`` and ``softmax-picker`` (NVIDIA Dynamo's KV-router
+  cost and softmax selection).
 * :mod:`.lora`: ``lora-affinity-scorer``.
 * :mod:`.prefix`: ``approx-prefix-cache-producer`` (the approximate prefix index),
   ``prefix-cache-scorer``, ``prefix-cache-affinity-filter`` and llm-d's ``no-hit-lru-scorer``.
@@ -23,6 +25,7 @@ only the type strings are promised: configs name plugins by type.
 """
 
 from inference_sched.plugins import (
+    cost_model,
     datalayer,
     filters,
     load,
@@ -35,6 +38,7 @@ from inference_sched.plugins import (
 )
 
 __all__ = [
+    "cost_model",
     "datalayer",
     "filters",
     "load",
