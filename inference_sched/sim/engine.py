@@ -269,6 +269,30 @@ class Server:
         if r.lora is not None:
             self._lora_waiting[r.lora] = self._lora_waiting.get(r.lora, 0) + 1
 
+    def receive_kv(self, request: SimRequest) -> int:
+        """The prompt's KV blocks arrive from a prefill engine (P/D): they land in the
+        prefix cache, so ``request`` submitted next hits them and only decodes. Returns
+        the prompt blocks now resident (fewer when the cache is full of blocks in use)."""
+        r = _Req(request)
+        keys = self._keys(r)
+        full = keys[: request.prompt_tokens // self._bs]
+        token_ids: list[list[int]] | None = None
+        if self._events_on and self._token_ids_of is not None:
+            m = self._bs // SIM_BLOCK_TOKENS
+            ids = request.blocks[: len(full) * m].tolist()
+            of = self._token_ids_of
+            token_ids = [
+                [t for block_id in ids[b * m : (b + 1) * m] for t in of(block_id)]
+                for b in range(len(full))
+            ]
+        lora = request.lora
+        return self._kv.preload(
+            full,
+            lora_id=lora_int_id(lora) if lora is not None else None,
+            lora_name=lora,
+            token_ids=token_ids,
+        )
+
     def advance(self, until_s: float) -> list[EngineEvent]:
         """Commit every step ending at or before ``until_s``; the events, in time order."""
         self._run(until_s)

@@ -17,6 +17,7 @@ run until idle (or until ``end_s``), still scraped, so load samples cover the ta
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import numpy as np
 
 from inference_sched.config import EndpointPickerConfig
 from inference_sched.errors import InferenceSchedError
+from inference_sched.plugins.load import PREFILL_PROFILE
 from inference_sched.scheduler import Scheduler
 from inference_sched.sim import latency as latency_models
 from inference_sched.sim.engine import Server
@@ -41,7 +43,7 @@ from inference_sched.sim.types import (
 )
 from inference_sched.sim.workloads import Workload
 from inference_sched.state import EndpointTable
-from inference_sched.types import Endpoint, Request, Response, SchedulingResult
+from inference_sched.types import ROLE_LABEL, Endpoint, Request, Response, SchedulingResult
 
 __all__ = ["FleetConfig", "KvEventSink", "Progress", "simulate"]
 
@@ -74,6 +76,18 @@ class FleetConfig:
     scrape_interval_s: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
     end_s: float | None = None
     seed: int = 0
+    prefill_servers: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    """P/D: the first this many servers are labelled ``llm-d.ai/role: prefill``, the rest
+    ``decode`` (0: no roles, every server does both). A request whose result has a
+    ``prefill`` pick runs its prompt there (``max_tokens`` 1, as llm-d's sidecar does),
+    its KV blocks travel to the decode pick (:attr:`kv_transfer_base_s` +
+    :attr:`kv_transfer_s_per_token` per prompt token), and the decode server then
+    serves it from its prefix cache."""
+    kv_transfer_base_s: float = attrs.field(default=0.001, validator=attrs.validators.ge(0))
+    """Fixed cost of one P/D KV transfer (connection, metadata, scheduling)."""
+    kv_transfer_s_per_token: float = attrs.field(default=2e-5, validator=attrs.validators.ge(0))
+    """Transfer time per prompt token: Llama-2-7B's 512 KiB of fp16 KV per token over
+    ~25 GB/s (NIXL over RDMA) is about 20 µs."""
     replicas: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     """Scheduler replicas, each with its own table, plugins and state, as several active
     EPPs behind one gateway: requests reach them round-robin, each replica sees only
@@ -94,10 +108,26 @@ class _Fleet:
         self.now = 0.0
         self.last_event_s = 0.0  # arrivals and engine events, not scrapes
         self.names = tuple(f"sim-{i}" for i in range(fleet.num_servers))
+        pd = fleet.prefill_servers
+        if pd >= fleet.num_servers:
+            raise ValueError(
+                f"prefill_servers ({pd}) must leave at least one of the "
+                f"{fleet.num_servers} servers to decode"
+            )
         self.endpoints = tuple(
-            Endpoint(f"{name}-rank-0", f"10.0.{i // 256}.{i % 256}", 8000)
+            Endpoint(
+                f"{name}-rank-0",
+                f"10.0.{i // 256}.{i % 256}",
+                8000,
+                labels={ROLE_LABEL: "prefill" if i < pd else "decode"} if pd else {},
+            )
             for i, name in enumerate(self.names)
         )
+        self.fleet = fleet
+        # P/D: prefill jobs in flight (job id -> request) and KV transfers under way.
+        self.prefill_jobs: dict[int, SimRequest] = {}
+        self.transfers: list[tuple[float, int]] = []  # (lands at, request id), a heap
+        self.prefill_endpoint = np.full(len(workload.requests), -1, dtype=np.int32)
         # One table and scheduler per replica; every table lists the servers in order.
         self.tables: list[EndpointTable] = []
         self.schedulers: list[Scheduler] = []
@@ -148,7 +178,25 @@ class _Fleet:
 
     # ------------------------------------------------------------------ time
     def advance_all(self, t: float) -> None:
-        """Run every server up to ``t`` and deliver what happened, in time order."""
+        """Run every server up to ``t`` and deliver what happened, in time order; P/D KV
+        transfers land on their decode server at their own times on the way."""
+        transfers = self.transfers
+        while transfers and transfers[0][0] <= t:
+            lands, rid = heapq.heappop(transfers)
+            self._advance(lands)
+            self._land(lands, rid)
+        self._advance(t)
+
+    def _land(self, t: float, rid: int) -> None:
+        """The prompt's KV reached the decode server: the request joins it there."""
+        sim = self.requests[rid]
+        server = self.servers[int(self.endpoint[rid])]
+        stranded = server.advance(t)  # nothing left after _advance
+        assert not stranded, "engine events past the transfer"
+        server.receive_kv(sim)
+        server.submit(sim, t)
+
+    def _advance(self, t: float) -> None:
         events: list[tuple[float, int, EngineEvent]] = []
         every = self.kv_sink_attached  # mid-chunk steps emit KV events when committed
         for i, server in enumerate(self.servers):
@@ -165,6 +213,9 @@ class _Fleet:
         rid = event.request_id
         self.now = self.last_event_s = event.time_s
         kind = event.kind
+        if rid < 0:  # a P/D prefill job: its end starts the KV transfer
+            self._prefill_event(event)
+            return
         if kind == EventKind.FIRST_TOKEN:
             scheduler, request, result = self.in_flight[rid]
             scheduler.response_streaming(
@@ -191,6 +242,26 @@ class _Fleet:
             )
         # PREEMPTED: the engine counts it in Finished; the scheduler is not told (a real
         # gateway is not either).
+
+    def _prefill_event(self, event: EngineEvent) -> None:
+        kind = event.kind
+        if kind == EventKind.FINISHED:
+            sim = self.prefill_jobs.pop(event.request_id)
+            fleet = self.fleet
+            lands = (
+                event.time_s
+                + fleet.kv_transfer_base_s
+                + fleet.kv_transfer_s_per_token * sim.prompt_tokens
+            )
+            heapq.heappush(self.transfers, (lands, sim.id))
+        elif kind == EventKind.REJECTED:  # the prefill server can never hold the prompt
+            sim = self.prefill_jobs.pop(event.request_id)
+            scheduler, request, result = self.in_flight.pop(sim.id)
+            self.status[sim.id] = RequestStatus.REJECTED
+            scheduler.response_complete(
+                request, self._response(request, status_code=400, is_end_of_stream=True), result
+            )
+        # FIRST_TOKEN of a prefill job: the one token is dropped (llm-d's sidecar).
 
     def _response(self, request: Request, **fields: Any) -> Response:
         """What the gateway would report to the response hooks now."""
@@ -250,6 +321,18 @@ class _Fleet:
         server = self.row_to_server[result.primary.rows[0]]
         self.endpoint[sim.id] = server
         self.in_flight[sim.id] = (scheduler, request, result)
+        prefill = result.profile_results.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.rows and result.primary_profile_name != PREFILL_PROFILE:
+            prefill_server = self.row_to_server[prefill.rows[0]]
+            if prefill_server != server:  # disaggregated: prefill there, then transfer
+                self.prefill_endpoint[sim.id] = prefill_server
+                job = attrs.evolve(sim, id=-(sim.id + 1), output_tokens=1)
+                self.prefill_jobs[job.id] = sim
+                target = self.servers[prefill_server]
+                stranded = target.advance(sim.arrival_s)
+                assert not stranded, "engine events past advance_all"
+                target.submit(job, sim.arrival_s)
+                return
         target = self.servers[server]
         stranded = target.advance(sim.arrival_s)  # nothing left after advance_all
         assert not stranded, "engine events past advance_all"
@@ -287,6 +370,7 @@ class _Fleet:
             decision_us_p50=float(np.percentile(decisions, 50)) / 1e3
             if decisions.size
             else math.nan,
+            prefill_endpoint=self.prefill_endpoint if self.fleet.prefill_servers else None,
         )
 
 
@@ -354,8 +438,10 @@ def simulate(
         state.decide(sim)
         if progress is not None and k % _PROGRESS_EVERY == 0:
             progress(k, total)
-    # The tail: keep scraping while any server has work (up to the cut).
-    while next_scrape <= end_s and min(s.next_event_s() for s in state.servers) < math.inf:
+    # The tail: keep scraping while any server has work or a KV transfer is under way.
+    while next_scrape <= end_s and (
+        state.transfers or min(s.next_event_s() for s in state.servers) < math.inf
+    ):
         state.advance_all(next_scrape)
         state.scrape(next_scrape)
         scrapes += 1

@@ -309,6 +309,41 @@ class KVCache:
                 )
             )
 
+    def preload(
+        self,
+        keys: Sequence[int],
+        *,
+        lora_id: int | None = None,
+        lora_name: str | None = None,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> int:
+        """Blocks that arrived from another engine (a P/D KV transfer) become cached free
+        blocks, as if computed here and released: the request that asked for them hits
+        them at admission. Loads the leading ``keys`` that fit in the free blocks; returns
+        how many of ``keys`` are resident afterwards (a prefix).
+        """
+        if not self.enable_prefix_caching or not keys:
+            return 0
+        resident = [k for k in keys if k in self]
+        self.acquire(resident)  # not evicted by the allocation below
+        # The transfer fills whole blocks in order; a block that does not fit ends it.
+        fit = min(len(keys), self.num_free)
+        batch = list(keys[:fit])
+        self.allocate(len(batch))
+        done = self.register(batch, None, lora_id=lora_id, lora_name=lora_name, token_ids=token_ids)
+        registered = set(done)
+        held = set(resident)
+        self.free([k for k in batch if k in registered or k in held], len(batch) - len(done))
+        leftover = [k for k in resident if k not in set(batch)]
+        if leftover:
+            self.free(leftover, 0)
+        loaded = 0
+        for key in keys:
+            if key not in self:
+                break
+            loaded += 1
+        return loaded
+
     def free(self, keys: Sequence[int], num_plain: int) -> None:
         """Release a request's blocks: its cached ``keys`` (in block order) and
         ``num_plain`` key-less blocks.

@@ -235,3 +235,6 @@ class RunResult:
     """Wall-clock seconds the run took."""
     decision_us_p50: float
     """Median wall time of one ``Scheduler.schedule`` call in the run, microseconds."""
+    prefill_endpoint: npt.NDArray[np.int32] | None = None
+    """P/D: index of the server that ran the request's prefill, -1 when it was not
+    disaggregated (None: the run had no prefill pool)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -334,3 +335,84 @@ def test_replicas_take_requests_round_robin_and_keep_their_own_state(
     # informed than with one replica: the runs differ, each deterministic.
     one = simulate(small, config, label=label, fleet=FleetConfig(num_servers=4))
     assert not np.array_equal(one.endpoint, run.endpoint)
+
+
+# ------------------------------------------------------------------------------- P/D
+PD_CONFIG = """\
+plugins:
+- type: test-pd-handler
+- type: prefill-filter
+- type: decode-filter
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: decode
+  plugins: [{pluginRef: decode-filter}, {pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
+- name: prefill
+  plugins: [{pluginRef: prefill-filter}, {pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
+"""
+
+
+@pytest.fixture
+def pd_handler() -> Any:
+    """A profile handler running ``decode`` then, for long prompts, ``prefill``."""
+    from collections.abc import Mapping
+
+    from inference_sched import registry
+
+    @registry.register("test-pd-handler")
+    class Handler:
+        def __init__(self, name: str, params: object, handle: object) -> None:
+            self.name = name
+
+        def pick_profiles(
+            self, cycle: Any, request: Request, profiles: Mapping[str, Any], results: Any
+        ) -> Mapping[str, Any]:
+            if "decode" not in results:
+                return {"decode": profiles["decode"]}
+            if "prefill" not in results and len(request.prompt or b"") >= 4 * 512:
+                return {"prefill": profiles["prefill"]}
+            return {}
+
+        def process_results(self, cycle: Any, request: Request, results: Any) -> SchedulingResult:
+            return SchedulingResult(profile_results=dict(results), primary_profile_name="decode")
+
+    yield Handler
+    registry._forget("test-pd-handler")
+
+
+def test_pd_prefills_on_the_prefill_pool_and_decodes_after_the_transfer(pd_handler: Any) -> None:
+    long_blocks = list(range(1000, 1064))  # 1024 tokens: disaggregated
+    short_blocks = list(range(2000, 2004))  # 64 tokens: decoded in place
+    requests = [
+        _request(0, 0.0, long_blocks, output=8),
+        _request(1, 0.001, short_blocks, output=8),
+    ]
+    config = load_config(PD_CONFIG)
+    fleet = FleetConfig(
+        num_servers=4, prefill_servers=2, kv_transfer_base_s=0.25, kv_transfer_s_per_token=1e-4
+    )
+    run = simulate(_workload(requests), config, label="pd", fleet=fleet)
+    assert list(run.status) == [RequestStatus.COMPLETED] * 2
+    assert run.prefill_endpoint is not None
+    assert run.prefill_endpoint[0] in (0, 1)  # a prefill server
+    assert run.prefill_endpoint[1] == -1
+    assert run.endpoint[0] in (2, 3)
+    assert run.endpoint[1] in (2, 3)
+    # Decode starts after the prefill ran and 0.25 s + 1024 x 0.1 ms of transfer.
+    assert run.scheduled_s[0] >= 0.25 + 0.1024
+    assert run.first_token_s[0] - run.arrival_s[0] >= 0.3524
+    # The KV arrived: the decode server found every full prompt block but the last token's.
+    assert run.cached_tokens[0] == 1024 - 16
+    assert run.first_token_s[1] - run.arrival_s[1] < 0.25
+
+
+def test_pd_needs_a_decode_server() -> None:
+    label, config = resolve_config("load-only")
+    with pytest.raises(ValueError, match="prefill_servers"):
+        simulate(
+            _workload([_request(0, 0.0, [1])]),
+            config,
+            label=label,
+            fleet=FleetConfig(num_servers=2, prefill_servers=2),
+        )
