@@ -40,6 +40,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--endpoints", type=int, default=16, help="simulated servers (default 16)")
     p.add_argument(
+        "--prefill-servers",
+        type=int,
+        default=0,
+        help="P/D: label this many servers prefill and the rest decode (default 0: no roles)",
+    )
+    p.add_argument(
         "--replicas",
         type=int,
         default=1,
@@ -72,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None:
         options["duration_s"] = args.duration
     workload = load_workload(args.workload, **options)
-    fleet = FleetConfig(num_servers=args.endpoints, seed=args.seed, replicas=args.replicas)
+    fleet = FleetConfig(
+        num_servers=args.endpoints,
+        seed=args.seed,
+        replicas=args.replicas,
+        prefill_servers=args.prefill_servers,
+    )
     replicas = f", {args.replicas} scheduler replicas" if args.replicas > 1 else ""
     console.print(
         f"workload {workload.name}: {len(workload.requests)} requests, "
