@@ -12,6 +12,7 @@ builtin a caller already catches, so ``except ValueError`` keeps working::
     │   └── PluginLoadError              (entry point failed to import; .distribution)
     ├── NoEndpointError(LookupError)     .profile, .filter  (which filter emptied the set)
     ├── SchedulingError(RuntimeError)    .profile_errors (every profile failed)
+    ├── RequestShedError(RuntimeError)   .priority, .saturation, .detector (HTTP 429)
     └── DataError(ValueError)            .source, .line     (metrics text, events, traces)
 
 Context lives in attributes as well as in the message, so callers can branch on it
@@ -21,6 +22,7 @@ without parsing text.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 __all__ = [
     "ConfigError",
@@ -31,6 +33,7 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "PluginRegistrationError",
+    "RequestShedError",
     "SchedulingError",
     "UnknownPluginTypeError",
 ]
@@ -140,6 +143,31 @@ class SchedulingError(InferenceSchedError, RuntimeError):
     def __init__(self, message: str, profile_errors: Mapping[str, Exception] | None = None) -> None:
         self.profile_errors = dict(profile_errors or {})
         super().__init__(message)
+
+
+class RequestShedError(InferenceSchedError, RuntimeError):
+    """A sheddable request (priority < 0) was rejected because the pool is saturated.
+
+    GIE's legacy admission: ``ResourceExhausted``, which the gateway answers with HTTP
+    429 (``http_status``). Raised before any profile runs; retrying later may succeed.
+
+    Attributes:
+        priority: the request's priority (negative).
+        saturation: what the detector reported (``>= 1.0``).
+        detector: name of the saturation detector instance.
+    """
+
+    http_status: ClassVar[int] = 429
+    """The HTTP status GIE answers with (ResourceExhausted)."""
+
+    def __init__(self, *, priority: int, saturation: float, detector: str) -> None:
+        self.priority = priority
+        self.saturation = saturation
+        self.detector = detector
+        super().__init__(
+            f"system saturated, sheddable request dropped: priority {priority} < 0 and "
+            f"saturation {saturation:.3g} >= 1 (detector {detector!r})"
+        )
 
 
 class DataError(InferenceSchedError, ValueError):

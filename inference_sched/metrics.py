@@ -61,6 +61,7 @@ out of the pool averages and ``ready_pods``."""
 # Metric names. GIE's (pkg/epp/metrics/metrics.go) unless marked "ours".
 E2E_DURATION: Final = "inference_extension_scheduler_e2e_duration_seconds"
 ATTEMPTS: Final = "inference_extension_scheduler_attempts"  # exposed with _total
+SHED: Final = "inference_extension_shed_requests"  # ours; _total
 PLUGIN_DURATION: Final = "inference_extension_plugin_duration_seconds"
 PLUGIN_ERRORS: Final = "inference_extension_plugin_errors"  # ours; _total
 PLUGIN_INVALID_SCORES: Final = "inference_extension_plugin_invalid_scores"  # ours; _total
@@ -183,6 +184,14 @@ class SchedulerCollector(Collector):
         attempts.add_metric(["success"], success)
         attempts.add_metric(["failure"], failures)
         yield attempts
+        shed = CounterMetricFamily(
+            SHED,
+            "Sheddable requests (priority < 0) rejected at admission because the pool was "
+            "saturated (HTTP 429).",
+            labels=[],
+        )
+        shed.add_metric([], getattr(scheduler, "shed", 0))
+        yield shed
         e2e = HistogramMetricFamily(
             E2E_DURATION, "End-to-end scheduling latency distribution in seconds.", labels=[]
         )

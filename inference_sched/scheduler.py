@@ -21,6 +21,13 @@ in one kernel call; otherwise it loops over ``schedule``.
 
 Every plugin call is isolated (see :mod:`inference_sched.profile`): a raising plugin is
 counted and logged, and the cycle degrades instead of failing.
+
+Admission (GIE's legacy admission controller, flow control off): before the cycle, a
+sheddable request (priority < 0) is rejected with :class:`~inference_sched.errors.
+RequestShedError` (HTTP 429) when the saturation detector named by the config's
+``saturationDetector`` reports >= 1.0 over the request's candidates. Requests with
+priority >= 0 are never shed. A rejected request is not a scheduling attempt (GIE
+admits before it schedules): it counts in ``shed`` only.
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import EndpointPickerConfig, load_config
-from .errors import ConfigError, InferenceSchedError, NoEndpointError, SchedulingError
+from .errors import (
+    ConfigError,
+    InferenceSchedError,
+    NoEndpointError,
+    RequestShedError,
+    SchedulingError,
+)
 from .handle import PluginHandle
 from .histogram import DEFAULT_DURATION_BUCKETS_S, DurationHistogram
 from .interfaces import (
@@ -43,6 +56,7 @@ from .interfaces import (
     Filter,
     Picker,
     ProfileHandler,
+    SaturationDetector,
     Scorer,
 )
 from .profile import PluginStats, SchedulingProfile
@@ -76,6 +90,8 @@ class Scheduler:
         plugins: every plugin instance by name; the lifecycle hooks (PreRequest,
             Response*) are taken from it, in order, whatever profile they belong to.
         seed: seeds the random tie-breaks; ``None`` draws fresh entropy.
+        saturation_detector: sheds sheddable requests at saturation >= 1.0 (see the
+            module docstring); ``None`` sheds nothing.
     """
 
     def __init__(
@@ -87,6 +103,7 @@ class Scheduler:
         producers: Sequence[DataProducer] = (),
         plugins: Mapping[str, Any] | None = None,
         seed: int | None = None,
+        saturation_detector: SaturationDetector | None = None,
     ) -> None:
         if not profiles:
             raise ValueError("a scheduler needs at least one profile")
@@ -125,6 +142,12 @@ class Scheduler:
         """Scheduling cycles run (``scheduler_attempts_total``)."""
         self.failures = 0
         """Cycles that ended in an error."""
+        self.saturation_detector = saturation_detector
+        """The detector admission asks (the config's ``saturationDetector``), or ``None``."""
+        self.shed = 0
+        """Sheddable requests rejected at admission because the pool was saturated."""
+        self.admission_errors = 0
+        """Detector calls that raised (the request was admitted)."""
         self.config: EndpointPickerConfig | None = None
         """The config it was built from (:meth:`from_config`), for the parts that live
         outside the scheduling cycle (``dataLayer``: :func:`~inference_sched.datalayer.
@@ -179,7 +202,13 @@ class Scheduler:
             [p for p in plugins.values() if "data-producer" in kinds_of(type(p))]
         )
         scheduler = cls(
-            table, profiles, handlers[0], producers=producers, plugins=plugins, seed=seed
+            table,
+            profiles,
+            handlers[0],
+            producers=producers,
+            plugins=plugins,
+            seed=seed,
+            saturation_detector=_saturation_detector(config, plugins),
         )
         scheduler.config = config
         return scheduler
@@ -193,7 +222,11 @@ class Scheduler:
                 GIE answers 503.
             SchedulingError: every profile failed or the handler rejected the
                 results: GIE answers 429. ``profile_errors`` says why per profile.
+            RequestShedError: the request is sheddable (priority < 0) and the pool is
+                saturated: GIE answers 429. Not counted as a scheduling attempt.
         """
+        if request.priority < 0 and self.saturation_detector is not None:
+            self._admit(request)
         t0 = time.perf_counter_ns()
         self.cycles += 1
         try:
@@ -303,6 +336,26 @@ class Scheduler:
         return out
 
     # ---------------------------------------------------------------- phases
+    def _admit(self, request: Request) -> None:
+        """Shed a sheddable request when the pool is saturated (GIE legacy admission)."""
+        detector = self.saturation_detector
+        assert detector is not None, "_admit needs a detector"
+        candidates = self.table.candidates_for(request.subset_hint)
+        if len(candidates) == 0:
+            return  # GIE answers "no candidates" (503) before admission: schedule() does
+        try:
+            saturation = detector.saturation(self.table, candidates, self._clock())
+        except Exception:  # a broken detector must not reject traffic: admit, count, log
+            self.admission_errors += 1
+            if self.admission_errors == 1:
+                log.exception("saturation detector %r failed; admitting", detector.name)
+            return
+        if saturation >= 1.0:
+            self.shed += 1
+            raise RequestShedError(
+                priority=request.priority, saturation=saturation, detector=detector.name
+            )
+
     def _prepare(self, cycle: CycleState, request: Request, candidates: Candidates) -> None:
         for plugin, stats in self._producers:
             _call(stats, plugin.prepare_request_data, cycle, request, self.table, candidates)
@@ -409,6 +462,8 @@ class Scheduler:
             return None
         if not callable(getattr(profile.picker, "pick_shared", None)):
             return None
+        if self.saturation_detector is not None and any(r.priority < 0 for r in requests):
+            return None  # admission is per request
         first = requests[0].subset_hint
         if any(r.subset_hint != first for r in requests):
             return None
@@ -507,6 +562,23 @@ def _build_profile(spec: Any, plugins: Mapping[str, Any]) -> SchedulingProfile:
         if "picker" in kinds:
             picker = plugin
     return SchedulingProfile(spec.name, filters, scorers, picker)
+
+
+def _saturation_detector(
+    config: EndpointPickerConfig, plugins: Mapping[str, Any]
+) -> SaturationDetector | None:
+    """The instance the config's ``saturationDetector.pluginRef`` names, if built."""
+    ref = (config.saturation_detector or {}).get("pluginRef")
+    if not ref or ref not in plugins:  # section off, or its default type is unavailable
+        return None
+    detector = plugins[ref]
+    if "saturation-detector" not in kinds_of(type(detector)):  # hand-made configs only
+        raise ConfigError(
+            f"plugin {ref!r} ({getattr(detector, 'type', '?')}) is not a saturation-detector",
+            path="saturationDetector.pluginRef",
+            value=ref,
+        )
+    return detector  # type: ignore[no-any-return]
 
 
 def _dependency_order(producers: list[DataProducer]) -> list[DataProducer]:

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+import inference_sched.plugins.saturation  # noqa: F401 - registers utilization-detector
 from inference_sched import registry
 from inference_sched.config import (
     API_VERSION,
@@ -50,9 +51,12 @@ from inference_sched.types import (
 )
 
 DATA = Path(__file__).parent.parent / "data" / "configs"
-SYSTEM_WARNINGS = ("parser: the default", "saturationDetector: the default")
+SYSTEM_WARNINGS = ("parser: the default",)
 DATA_LAYER = ["metrics-data-source", "core-metrics-extractor"]
 """The data-layer plugins GIE's defaulting adds to every config without a dataLayer."""
+SECTION_DEFAULTS = ["utilization-detector", *DATA_LAYER]
+"""What GIE's defaulting adds for absent sections: the saturation detector, the data layer."""
+DETECTOR = ("utilization-detector", "utilization-detector", True)
 
 
 # ====================================================================== test plugins
@@ -460,6 +464,7 @@ def test_empty_source_is_gie_default(source: str | None) -> None:
         ("prefix-cache-scorer", "prefix-cache-scorer", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
@@ -493,6 +498,7 @@ def test_empty_mapping_gets_the_pipeline_with_no_plugins() -> None:
     assert _types(cfg) == [
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
     ]
@@ -529,6 +535,7 @@ def test_gie_full_shape_example() -> None:
         ("my-prefix", "prefix-cache-scorer", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
@@ -565,10 +572,9 @@ def test_gie_full_shape_example() -> None:
         ],
     }
     warned = "\n".join(cfg.warnings)
-    for ref in (
-        "saturationDetector.pluginRef: 'utilization-detector'",
-        "parser.pluginRef: 'openai-parser'",
-    ):
+    assert cfg.plugin("utilization-detector").is_auto  # the section's ref: added by default
+    assert "saturationDetector" not in warned
+    for ref in ("parser.pluginRef: 'openai-parser'",):
         assert f"{ref} is a GIE default plugin, but its type is not available" in warned
     assert "dataLayer" not in warned  # its plugins exist: the references resolve
     assert "flowControl: the flow-control policy plugins" in warned
@@ -581,7 +587,10 @@ def test_gie_15a_with_the_producer() -> None:
     params = producer.params
     assert (params.auto_tune, params.block_size_tokens) == (False, 16)
     assert (params.max_prefix_blocks_to_match, params.lru_capacity_per_server) == (512, 40000)
-    assert [p.name for p in cfg.plugins if p.is_auto] == ["single-profile-handler", *DATA_LAYER]
+    assert [p.name for p in cfg.plugins if p.is_auto] == [
+        "single-profile-handler",
+        *SECTION_DEFAULTS,
+    ]
 
 
 def test_gie_15a_without_the_producer() -> None:
@@ -593,6 +602,7 @@ def test_gie_15a_without_the_producer() -> None:
         ("prefix-cache-scorer", "prefix-cache-scorer", False),
         ("max-score-picker", "max-score-picker", False),
         ("single-profile-handler", "single-profile-handler", True),
+        DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
@@ -614,6 +624,7 @@ def test_gie_15d_conformance_profile() -> None:
         ("destination-endpoint-served-verifier", "destination-endpoint-served-verifier", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
     ]
@@ -827,7 +838,7 @@ def test_profiles_without_picker_share_the_first_picker_in_config_order() -> Non
         (ProfileRef("m"),),
         (ProfileRef("r"),),
     ]
-    assert [p.name for p in cfg.plugins if p.is_auto] == DATA_LAYER
+    assert [p.name for p in cfg.plugins if p.is_auto] == SECTION_DEFAULTS
 
 
 def test_implicit_profile_takes_filters_scorers_pickers_in_list_order() -> None:
@@ -850,7 +861,10 @@ def test_implicit_profile_takes_filters_scorers_pickers_in_list_order() -> None:
             ),
         ),
     )
-    assert [p.name for p in cfg.plugins if p.is_auto] == ["single-profile-handler", *DATA_LAYER]
+    assert [p.name for p in cfg.plugins if p.is_auto] == [
+        "single-profile-handler",
+        *SECTION_DEFAULTS,
+    ]
 
 
 def test_ref_to_an_auto_added_picker_resolves() -> None:
@@ -873,7 +887,7 @@ def test_multi_profile_handler_needs_no_single_handler() -> None:
         schedulingProfiles: [{name: a, plugins: [{pluginRef: queue-scorer}]}, {name: b}]
         """
     )
-    assert [p.name for p in cfg.plugins if p.is_auto] == ["max-score-picker", *DATA_LAYER]
+    assert [p.name for p in cfg.plugins if p.is_auto] == ["max-score-picker", *SECTION_DEFAULTS]
 
 
 def test_unused_profile_plugin_is_warned() -> None:
@@ -937,11 +951,19 @@ def test_section_default_refs_resolve_to_added_plugins(system_stubs: None) -> No
 def test_explicit_section_refs_must_be_defined_or_gie_defaults() -> None:
     cfg = _load(
         """
-        plugins: [{type: queue-scorer}, {type: decode-filter, name: det}]
+        plugins: [{type: queue-scorer}, {type: concurrency-detector, name: det}]
         saturationDetector: {pluginRef: det}
         """
     )
     assert cfg.saturation_detector == {"pluginRef": "det"}
+    assert "utilization-detector" not in [p.name for p in cfg.plugins]
+
+
+def test_detector_ref_must_implement_the_detector() -> None:
+    with pytest.raises(ConfigError, match=r"^saturationDetector\.pluginRef: plugin 'det' \(decode-filter, plugins\[1\]\) is not a saturation-detector$"):  # fmt: skip
+        _load(
+            "plugins: [{type: queue-scorer}, {type: decode-filter, name: det}]\nsaturationDetector: {pluginRef: det}\n"
+        )
 
 
 def test_section_ref_kind_is_checked_once_the_registry_knows_it(
@@ -1020,7 +1042,11 @@ def test_default_type_failing_to_load_is_skipped_with_a_warning(
     )
 
 
-def test_defaulted_section_ref_to_unavailable_type_is_warned() -> None:
+def test_defaulted_section_ref_to_unavailable_type_is_warned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry._ensure_builtins()
+    monkeypatch.delitem(registry._classes, "utilization-detector")
     cfg = _load("saturationDetector: {}\n")
     assert cfg.saturation_detector == {}
     assert (
@@ -1101,6 +1127,16 @@ def test_to_dict_shape() -> None:
                 "parameters": {"maxNumOfEndpoints": 1},
             },
             {
+                "name": "utilization-detector",
+                "type": "utilization-detector",
+                "parameters": {
+                    "queueDepthThreshold": 5,
+                    "kvCacheUtilThreshold": 0.8,
+                    "metricsStalenessThreshold": "200ms",
+                    "headroom": 0.0,
+                },
+            },
+            {
                 "name": "metrics-data-source",
                 "type": "metrics-data-source",
                 "parameters": {"scheme": "http", "path": "/metrics", "insecureSkipVerify": True},
@@ -1124,6 +1160,7 @@ def test_to_dict_shape() -> None:
                 ],
             }
         ],
+        "saturationDetector": {"pluginRef": "utilization-detector"},
         "dataLayer": {
             "sources": [
                 {
@@ -1203,6 +1240,7 @@ def test_gie_15c_sglang_data_layer() -> None:
     assert [p.name for p in cfg.plugins if p.is_auto] == [
         "single-profile-handler",
         "max-score-picker",
+        "utilization-detector",
     ]
     extractor = cfg.plugin("core-metrics-extractor")
     assert extractor.params.default_engine == "sglang"

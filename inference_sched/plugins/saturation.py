@@ -1,0 +1,220 @@
+"""Saturation detectors: ``utilization-detector`` and ``concurrency-detector`` (GIE).
+
+Each is both a *saturation detector* (:class:`~inference_sched.interfaces.
+SaturationDetector`: the config's ``saturationDetector.pluginRef`` names the one the
+scheduler asks at admission, where a sheddable request is rejected at saturation >= 1)
+and a *filter* usable in a profile. Formulas: ``specs/gie.md`` §4.7; one page per type in
+``docs/plugins/``.
+
+* ``utilization-detector``: per endpoint ``max(waiting / queueDepthThreshold,
+  kv_usage_frac / kvCacheUtilThreshold)``, 1.0 when its metrics are stale or were never
+  scraped; the pool's saturation is the unweighted mean (no endpoint: 1.0). The filter
+  keeps fresh endpoints under both thresholds times ``1 + headroom`` and fails open.
+* ``concurrency-detector``: ``Σ in-flight / Σ capacity`` over the table's
+  ``inflight_requests`` or ``inflight_tokens`` column (``inflight-load-producer``);
+  no endpoint (capacity 0): 1.0. The filter keeps endpoints below
+  ``int(limit * (1 + headroom))`` and may return nothing.
+
+The math is a few numpy operations over the candidate rows: the detector runs once per
+sheddable request at admission, and as a filter once per profile run, so a kernel would
+save microseconds only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Final
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from inference_sched.interfaces import Filter, Handle, SaturationDetector
+from inference_sched.params import ParamCheck, at_least, in_range, one_of, param, parse_duration_s
+from inference_sched.plugins.load import IN_FLIGHT_LOAD
+from inference_sched.registry import register
+from inference_sched.state import EndpointTable
+from inference_sched.types import Candidates, CycleState, Request
+
+__all__ = [
+    "ConcurrencyDetector",
+    "ConcurrencyDetectorParams",
+    "UtilizationDetector",
+    "UtilizationDetectorParams",
+]
+
+_STALENESS_KEY: Final = "metricsStalenessThreshold"
+_DURATION: Final = "a positive duration such as '200ms'"
+
+
+def _staleness_s(raw: Any) -> float:
+    """``metricsStalenessThreshold``: a Go duration string > 0, in seconds."""
+    if not isinstance(raw, str):
+        raise ParamCheck(_STALENESS_KEY, _DURATION, raw)
+    try:
+        seconds = parse_duration_s(raw)
+    except ValueError:
+        raise ParamCheck(_STALENESS_KEY, _DURATION, raw) from None
+    if not seconds > 0:
+        raise ParamCheck(_STALENESS_KEY, _DURATION, raw)
+    return seconds
+
+
+def _positive_seconds(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A finite number of seconds > 0 (bools rejected)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ParamCheck(attribute.alias or attribute.name, _DURATION, value)
+
+
+def _stale(
+    table: EndpointTable, rows: Candidates, now_s: float, threshold_s: float
+) -> npt.NDArray[np.bool_]:
+    # The rule of datalayer.scraper.is_stale (never scraped: -inf, so always stale).
+    return np.asarray(now_s - table.last_update_s[rows] > threshold_s)
+
+
+# ---------------------------------------------------------------- utilization
+@attrs.frozen
+class UtilizationDetectorParams:
+    """Parameters of ``utilization-detector``."""
+
+    queue_depth_threshold: int = param(5, alias="queueDepthThreshold", check=at_least(1))
+    """Waiting requests at which an endpoint counts as saturated (score 1.0)."""
+    kv_cache_util_threshold: float = param(
+        0.8, alias="kvCacheUtilThreshold", check=in_range(0.0, 1.0, low_open=True)
+    )
+    """KV-cache usage (0..1 fraction) at which an endpoint counts as saturated."""
+    metrics_staleness_threshold_s: float = param(
+        0.2, alias="metricsStalenessThreshold", parse=_staleness_s, check=_positive_seconds
+    )
+    """Metrics older than this (``"200ms"``) make an endpoint saturated (1.0) and filtered."""
+    headroom: float = param(0.0, alias="headroom", check=at_least(0.0, kind="number"))
+    """Filter only: burst allowance above the thresholds, a fraction (0.2 = 20 %)."""
+
+
+@register("utilization-detector")
+class UtilizationDetector:
+    """Saturation from scraped queue depth and KV-cache usage; also a fail-open filter.
+
+    ``saturation = mean over candidates of (1.0 if stale else max(waiting / q, kv / k))``
+    with ``q = queueDepthThreshold``, ``k = kvCacheUtilThreshold``; no candidate: 1.0. An
+    endpoint whose score is NaN (a NaN metric) counts as 1.0, like missing metrics.
+    """
+
+    type: ClassVar[str]
+    Params = UtilizationDetectorParams
+    is_batch_invariant: ClassVar[bool] = True
+    """Reads scraped metrics only: a batch can filter once for all its requests."""
+
+    def __init__(self, name: str, params: UtilizationDetectorParams, handle: Handle) -> None:
+        self.name = name
+        self.params = params
+        self._queue = float(params.queue_depth_threshold)
+        self._kv = float(params.kv_cache_util_threshold)
+        self._stale_s = float(params.metrics_staleness_threshold_s)
+        self._queue_limit = self._queue * (1.0 + params.headroom)
+        self._kv_limit = self._kv * (1.0 + params.headroom)
+
+    def saturation(self, table: EndpointTable, candidates: Candidates, now_s: float) -> float:
+        """Mean per-endpoint saturation (see the class docstring)."""
+        if len(candidates) == 0:
+            return 1.0
+        scores = np.maximum(
+            table.waiting[candidates] / self._queue,
+            table.kv_usage_frac[candidates] / self._kv,
+        )
+        saturated = _stale(table, candidates, now_s, self._stale_s) | np.isnan(scores)
+        return float(np.where(saturated, 1.0, scores).mean())
+
+    def filter(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> Candidates:
+        """Fresh candidates with ``waiting < q * (1 + headroom)`` and ``kv < k * (1 +
+        headroom)``; all of ``candidates`` when none qualifies (GIE fails open)."""
+        keep = (
+            ~_stale(table, candidates, cycle.now_s, self._stale_s)
+            & (table.waiting[candidates] < self._queue_limit)
+            & (table.kv_usage_frac[candidates] < self._kv_limit)
+        )
+        if not keep.any():
+            return candidates
+        return candidates[keep]
+
+
+_utilization_detector: type[SaturationDetector] = UtilizationDetector
+_utilization_filter: type[Filter] = UtilizationDetector
+
+
+# ---------------------------------------------------------------- concurrency
+@attrs.frozen
+class ConcurrencyDetectorParams:
+    """Parameters of ``concurrency-detector``."""
+
+    concurrency_mode: str = param(
+        "requests", alias="concurrencyMode", check=one_of("requests", "tokens")
+    )
+    """What counts as load: in-flight ``requests`` or estimated in-flight ``tokens``."""
+    max_concurrency: int = param(100, alias="maxConcurrency", check=at_least(1))
+    """Requests mode: one endpoint's capacity in in-flight requests."""
+    max_token_concurrency: int = param(1_000_000, alias="maxTokenConcurrency", check=at_least(1))
+    """Tokens mode: one endpoint's capacity in in-flight tokens."""
+    headroom: float = param(0.0, alias="headroom", check=at_least(0.0, kind="number"))
+    """Filter only: burst allowance above the capacity, a fraction (0.2 = 20 %)."""
+
+
+@register("concurrency-detector")
+class ConcurrencyDetector:
+    """Saturation from the scheduler's own in-flight accounting; also a filter.
+
+    ``saturation = Σ load / (len(candidates) * capacity)`` where load is the
+    ``inflight_requests`` (capacity ``maxConcurrency``) or ``inflight_tokens`` column
+    (capacity ``maxTokenConcurrency``); no candidate: 1.0. The counters come from
+    ``inflight-load-producer``, which config loading adds when absent (``consumes``).
+    """
+
+    type: ClassVar[str]
+    Params = ConcurrencyDetectorParams
+    consumes: ClassVar[frozenset[str]] = frozenset({IN_FLIGHT_LOAD})
+
+    def __init__(self, name: str, params: ConcurrencyDetectorParams, handle: Handle) -> None:
+        self.name = name
+        self.params = params
+        self._is_tokens = params.concurrency_mode == "tokens"
+        capacity = params.max_token_concurrency if self._is_tokens else params.max_concurrency
+        self._capacity = float(capacity)
+        # Go: int64(float64(limit) * (1 + headroom)), truncation toward zero.
+        self._limit = float(math.trunc(capacity * (1.0 + params.headroom)))
+
+    def _load(self, table: EndpointTable) -> npt.NDArray[np.float64]:
+        return table.inflight_tokens if self._is_tokens else table.inflight_requests
+
+    def saturation(self, table: EndpointTable, candidates: Candidates, now_s: float) -> float:
+        """Total in-flight load over total capacity (see the class docstring)."""
+        total_capacity = len(candidates) * self._capacity
+        if total_capacity == 0:
+            return 1.0
+        return float(self._load(table)[candidates].sum()) / total_capacity
+
+    def filter(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> Candidates:
+        """Candidates whose load is below ``int(capacity * (1 + headroom))``; may be
+        empty (no fail-open, as GIE)."""
+        return candidates[self._load(table)[candidates] < self._limit]
+
+
+_concurrency_detector: type[SaturationDetector] = ConcurrencyDetector
+_concurrency_filter: type[Filter] = ConcurrencyDetector
