@@ -1,0 +1,590 @@
+"""session-affinity-scorer (llm-d) and session-affinity-filter (llm-d-router), peers.md §A.1."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Any
+
+import attrs
+import numpy as np
+import pytest
+
+import inference_sched.plugins.session  # noqa: F401 - registers the session plugins
+from inference_sched.errors import ParameterError
+from inference_sched.handle import PluginHandle
+from inference_sched.params import NoParams, parse_params
+from inference_sched.plugins.session import (
+    SessionAffinityFilter,
+    SessionAffinityFilterParams,
+    SessionAffinityScorer,
+    encode_session_token,
+    resolve_session_token,
+)
+from inference_sched.scheduler import Scheduler
+from inference_sched.state import EndpointTable
+from inference_sched.types import (
+    CycleState,
+    Endpoint,
+    ProfileRunResult,
+    Request,
+    Response,
+    SchedulingResult,
+)
+
+PATH = "plugins[0].parameters"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _table(clock: Clock, names: tuple[str, ...] = ("e0", "e1", "e2", "e3")) -> EndpointTable:
+    table = EndpointTable(clock=clock)
+    for i, name in enumerate(names):
+        table.add(Endpoint(name, f"10.0.0.{i}", 8000))
+    return table
+
+
+def _rows(*rows: int) -> np.ndarray:
+    return np.asarray(rows, dtype=np.int32)
+
+
+def _cycle() -> CycleState:
+    return CycleState(np.random.default_rng(0))
+
+
+def _b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def _request(**headers: str) -> Request:
+    return Request.create("m", headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def _result(table: EndpointTable, *picks: tuple[str, str], primary: str = "") -> SchedulingResult:
+    """A result whose profile ``p`` picked endpoint ``e`` for each ``(p, e)``."""
+    runs = {}
+    for profile, name in picks:
+        endpoint = table.get(name)
+        assert endpoint is not None
+        runs[profile] = ProfileRunResult((table.row(name),), (endpoint,), (1.0,))
+    return SchedulingResult(runs, primary or picks[0][0])
+
+
+# ====================================================================== tokens
+def test_token_is_base64_of_the_endpoint_name() -> None:
+    assert encode_session_token("e1") == "ZTE="
+    assert encode_session_token("pod-a-rank-0") == _b64("pod-a-rank-0")
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        pytest.param(_b64("e1"), ("ok", "e1"), id="ours"),
+        pytest.param(f"  {_b64('e1')} ", ("ok", "e1"), id="surrounding-space"),
+        pytest.param(_b64("default/e1"), ("ok", "e1"), id="llm-d-namespace/name"),
+        pytest.param(_b64("ns/pod-a"), ("ok", "pod-a-rank-0"), id="llm-d-bare-pod-name"),
+        pytest.param(_b64("pod-a"), ("ok", "pod-a-rank-0"), id="bare-pod-name"),
+        pytest.param(_b64("ns/e9"), ("unknown", None), id="unknown-name"),
+        pytest.param(_b64("ns/"), ("unknown", None), id="namespace-only"),
+        pytest.param(None, ("empty", None), id="absent"),
+        pytest.param("", ("empty", None), id="empty"),
+        pytest.param("  ", ("empty", None), id="blank"),
+        pytest.param("not base64!", ("malformed", None), id="bad-alphabet"),
+        pytest.param("ZTE", ("malformed", None), id="missing-padding"),
+        pytest.param("ZTE=", ("ok", "e1"), id="padded"),
+        pytest.param(_b64(b"\xff\xfe"), ("malformed", None), id="not-utf8"),
+        pytest.param("é", ("malformed", None), id="non-ascii"),
+        pytest.param(_b64(""), ("empty", None), id="empty-string-is-empty"),
+        pytest.param(_b64("e1") * 400, ("malformed", None), id="too-long"),
+    ],
+)
+def test_resolve_session_token(token: str | None, expected: tuple[str, str | None]) -> None:
+    table = _table(Clock(), ("e0", "e1", "pod-a-rank-0", "pod-a-rank-1"))
+    assert resolve_session_token(token, table) == expected
+
+
+def test_encoded_empty_identity_is_malformed() -> None:
+    # base64("") is "", which is an absent token; a token that decodes to "" can only be
+    # spelled with padding alone, which is not valid base64.
+    assert resolve_session_token("====", _table(Clock()))[0] == "malformed"
+
+
+# ====================================================================== scorer
+def _scorer(table: EndpointTable) -> SessionAffinityScorer:
+    return SessionAffinityScorer("session", NoParams(), PluginHandle(table))
+
+
+def _score(
+    scorer: SessionAffinityScorer, table: EndpointTable, request: Request, *rows: int
+) -> list[float]:
+    out = np.zeros(len(rows), dtype=np.float32)
+    scorer.score(_cycle(), request, table, _rows(*rows), out)
+    return [float(x) for x in out]
+
+
+@pytest.mark.parametrize(
+    ("token", "candidates", "expected"),
+    [
+        pytest.param(_b64("e1"), (0, 1, 2, 3), [0.0, 1.0, 0.0, 0.0], id="match"),
+        pytest.param(_b64("e1"), (3, 1), [0.0, 1.0], id="match-keeps-order"),
+        pytest.param(_b64("e1"), (0, 2), [0.0, 0.0], id="not-a-candidate"),
+        pytest.param(_b64("ns/e2"), (0, 1, 2), [0.0, 0.0, 1.0], id="llm-d-form"),
+        pytest.param(_b64("e9"), (0, 1), [0.0, 0.0], id="unknown"),
+        pytest.param("%%%", (0, 1), [0.0, 0.0], id="malformed"),
+        pytest.param("", (0, 1), [0.0, 0.0], id="empty"),
+    ],
+)
+def test_scorer_scores(token: str, candidates: tuple[int, ...], expected: list[float]) -> None:
+    table = _table(Clock())
+    scorer = _scorer(table)
+    assert _score(scorer, table, _request(x_session_token=token), *candidates) == expected
+
+
+def test_scorer_without_header_scores_zero_and_counts_nothing_bad() -> None:
+    table = _table(Clock())
+    scorer = _scorer(table)
+    assert _score(scorer, table, _request(), 0, 1) == [0.0, 0.0]
+    assert (scorer.num_matched_tokens, scorer.num_malformed_tokens) == (0, 0)
+    assert scorer.num_unknown_tokens == 0
+
+
+def test_scorer_counts_malformed_and_unknown_tokens() -> None:
+    table = _table(Clock())
+    scorer = _scorer(table)
+    for token in ("%%%", "ZTE", _b64(b"\xff"), _b64("e9"), _b64("e1"), _b64("e3")):
+        _score(scorer, table, _request(x_session_token=token), 0, 1)
+    assert scorer.num_malformed_tokens == 3
+    assert scorer.num_unknown_tokens == 1
+    assert scorer.num_matched_tokens == 2
+
+
+def test_scorer_token_round_trip() -> None:
+    """The response carries the pick's token; sending it back scores that pick 1."""
+    table = _table(Clock())
+    scorer = _scorer(table)
+    result = _result(table, ("default", "e2"))
+    headers_phase = Response("r1")
+    end = Response("r1", is_end_of_stream=True)
+    scorer.response_received(_request(), headers_phase, result)
+    scorer.response_complete(_request(), end, result)
+    assert headers_phase.set_headers == end.set_headers == {"x-session-token": _b64("e2")}
+    token = end.set_headers["x-session-token"]
+    assert _score(scorer, table, _request(x_session_token=token), 0, 1, 2, 3) == [0, 0, 1, 0]
+
+
+def test_scorer_token_names_the_primary_pick_not_prefill() -> None:
+    table = _table(Clock())
+    result = _result(table, ("prefill", "e0"), ("decode", "e3"), primary="decode")
+    response = Response("r1", is_end_of_stream=True)
+    _scorer(table).response_complete(_request(), response, result)
+    assert response.set_headers == {"x-session-token": _b64("e3")}
+
+
+def test_response_set_headers_is_per_instance_and_outside_equality() -> None:
+    a, b = Response("r"), Response("r")
+    a.set_headers["x"] = "1"
+    assert b.set_headers == {}
+    assert a == b
+
+
+# ====================================================================== filter
+def _filter(table: EndpointTable, clock: Clock, **raw: Any) -> SessionAffinityFilter:
+    params = parse_params(SessionAffinityFilterParams, raw, PATH)
+    return SessionAffinityFilter("sticky", params, PluginHandle(table, clock=clock))
+
+
+def _run(
+    flt: SessionAffinityFilter, table: EndpointTable, request: Request, *rows: int
+) -> list[int]:
+    candidates = _rows(*rows) if rows else table.candidates()
+    return [int(row) for row in flt.filter(_cycle(), request, table, candidates)]
+
+
+def _bind(flt: SessionAffinityFilter, table: EndpointTable, session: str, name: str) -> None:
+    flt.pre_request(_cycle(), _request(x_session_id=session), _result(table, ("default", name)))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(1000.0)
+
+
+@pytest.fixture
+def table(clock: Clock) -> EndpointTable:
+    return _table(clock)
+
+
+def test_params_defaults() -> None:
+    params = parse_params(SessionAffinityFilterParams, None, PATH)
+    assert attrs.asdict(params) == {
+        "strategy": "session_id",
+        "session_header": "x-session-id",
+        "eviction_ttl_seconds": 300.0,
+        "eviction_sweep_seconds": 10.0,
+        "max_sessions": 100_000,
+        "profile_name": "",
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        pytest.param(
+            {"strategy": "session-id"},
+            r"plugins\[0\]\.parameters\.strategy: expected one of .*did you mean 'session_id'",
+            id="strategy",
+        ),
+        pytest.param(
+            {"evictionTtlSeconds": 0},
+            r"parameters\.evictionTtlSeconds: expected a number > 0, got 0 \(int\)",
+            id="ttl-zero",
+        ),
+        pytest.param(
+            {"evictionSweepSeconds": "10s"},
+            r"parameters\.evictionSweepSeconds: expected a finite number",
+            id="sweep-string",
+        ),
+        pytest.param(
+            {"maxSessions": 0}, r"parameters\.maxSessions: expected int >= 1", id="max-zero"
+        ),
+        pytest.param(
+            {"maxSessions": True}, r"parameters\.maxSessions: expected int", id="max-bool"
+        ),
+        pytest.param(
+            {"sessionHeader": " "},
+            r"parameters\.sessionHeader: expected a non-empty header name",
+            id="blank-header",
+        ),
+        pytest.param(
+            {"profileName": 3}, r"parameters\.profileName: expected str", id="profile-int"
+        ),
+    ],
+)
+def test_params_rejected(raw: dict[str, Any], match: str) -> None:
+    with pytest.raises(ParameterError, match=match):
+        parse_params(SessionAffinityFilterParams, raw, PATH)
+
+
+def test_new_session_keeps_all_then_sticks(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock)
+    request = _request(x_session_id="s1")
+    assert _run(flt, table, request) == [0, 1, 2, 3]
+    assert flt.num_misses == 1
+    _bind(flt, table, "s1", "e2")
+    assert flt.binding("s1") == "e2"
+    assert _run(flt, table, request) == [2]
+    assert _run(flt, table, request, 3, 2, 0) == [2]
+    assert flt.num_hits == 2
+
+
+def test_requests_without_session_are_untouched(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock)
+    _bind(flt, table, "s1", "e2")
+    assert _run(flt, table, _request()) == [0, 1, 2, 3]
+    assert _run(flt, table, _request(x_session_id="")) == [0, 1, 2, 3]
+    flt.pre_request(_cycle(), _request(), _result(table, ("default", "e1")))
+    assert flt.sessions() == ["s1"]
+    assert (flt.num_hits, flt.num_misses) == (0, 0)
+
+
+def test_session_header_is_configurable_and_case_insensitive(
+    table: EndpointTable, clock: Clock
+) -> None:
+    flt = _filter(table, clock, sessionHeader="X-Conversation-Id")
+    request = Request.create("m", headers={"X-Conversation-ID": "c1"})
+    flt.pre_request(_cycle(), request, _result(table, ("default", "e3")))
+    assert _run(flt, table, request) == [3]
+    assert _run(flt, table, _request(x_session_id="c1")) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("idle_s", "bound"),
+    [
+        pytest.param(0.0, "e1", id="fresh"),
+        pytest.param(299.9, "e1", id="just-under-ttl"),
+        pytest.param(300.0, None, id="at-ttl"),
+        pytest.param(1e6, None, id="long-gone"),
+    ],
+)
+def test_ttl_eviction(table: EndpointTable, clock: Clock, idle_s: float, bound: str | None) -> None:
+    flt = _filter(table, clock)
+    _bind(flt, table, "s1", "e1")
+    clock.now += idle_s
+    assert flt.binding("s1") == bound
+    expected = [1] if bound else [0, 1, 2, 3]
+    assert _run(flt, table, _request(x_session_id="s1")) == expected
+
+
+def test_expired_lookup_counts_and_forgets(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, evictionSweepSeconds=1e9)  # no sweep: the lookup evicts
+    _bind(flt, table, "s1", "e1")
+    clock.now += 300.0
+    assert _run(flt, table, _request(x_session_id="s1")) == [0, 1, 2, 3]
+    assert (flt.num_evicted_ttl, flt.num_misses, flt.num_sessions) == (1, 1, 0)
+
+
+def test_use_refreshes_the_ttl(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, evictionTtlSeconds=100)
+    _bind(flt, table, "s1", "e1")
+    for _ in range(5):  # 5 x 90 s = 450 s > TTL, but never 100 s idle
+        clock.now += 90.0
+        assert _run(flt, table, _request(x_session_id="s1")) == [1]
+    clock.now += 100.0
+    assert _run(flt, table, _request(x_session_id="s1")) == [0, 1, 2, 3]
+
+
+def test_pre_request_refreshes_the_ttl(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, evictionTtlSeconds=100)
+    _bind(flt, table, "s1", "e1")
+    clock.now += 90.0
+    _bind(flt, table, "s1", "e1")
+    clock.now += 90.0
+    assert flt.binding("s1") == "e1"
+    assert flt.num_rebound == 0
+
+
+def test_sweep_drops_idle_sessions_from_memory(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, evictionTtlSeconds=60, evictionSweepSeconds=10)
+    _bind(flt, table, "old-1", "e0")
+    _bind(flt, table, "old-2", "e1")
+    clock.now += 30.0
+    _bind(flt, table, "young", "e2")
+    clock.now += 35.0  # old-* idle 65 s, young 35 s
+    _run(flt, table, _request(x_session_id="other"))  # any call sweeps when due
+    assert flt.sessions() == ["young"]
+    assert flt.num_evicted_ttl == 2
+
+
+def test_sweep_waits_for_its_interval(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, evictionTtlSeconds=60, evictionSweepSeconds=100)
+    _bind(flt, table, "s1", "e0")
+    clock.now += 70.0  # expired, but the last sweep (construction) was 70 s ago
+    _run(flt, table, _request(x_session_id="other"))
+    assert flt.sessions() == ["s1"]
+    assert flt.binding("s1") is None  # expiry is exact even before the sweep
+    clock.now += 30.0
+    _run(flt, table, _request(x_session_id="other"))
+    assert flt.sessions() == []
+
+
+def test_max_sessions_evicts_least_recently_used(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, maxSessions=2)
+    _bind(flt, table, "a", "e0")
+    clock.now += 1
+    _bind(flt, table, "b", "e1")
+    clock.now += 1
+    assert _run(flt, table, _request(x_session_id="a")) == [0]  # a is now most recent
+    _bind(flt, table, "c", "e2")
+    assert flt.sessions() == ["a", "c"]
+    assert flt.num_evicted_lru == 1
+    assert flt.binding("b") is None
+    _bind(flt, table, "d", "e3")
+    assert flt.sessions() == ["c", "d"]
+    assert flt.num_evicted_lru == 2
+
+
+def test_endpoint_removal_drops_its_bindings(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock)
+    _bind(flt, table, "a", "e1")
+    _bind(flt, table, "b", "e2")
+    _bind(flt, table, "c", "e1")
+    table.remove("e1")
+    assert flt.sessions() == ["b"]
+    assert flt.num_dropped_on_removal == 2
+    # The row is reused by a new endpoint: the old session must not stick to it.
+    table.add(Endpoint("e9", "10.0.0.9", 8000))
+    assert table.row("e9") == 1
+    assert _run(flt, table, _request(x_session_id="a")) == [0, 1, 2, 3]
+
+
+def test_fail_open_when_bound_endpoint_is_unhealthy(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock)
+    _bind(flt, table, "s1", "e1")
+    table.set_healthy("e1", False)
+    request = _request(x_session_id="s1")
+    assert _run(flt, table, request) == [0, 2, 3]
+    assert flt.num_fail_open == 1
+    # The new pick takes the session over.
+    flt.pre_request(_cycle(), request, _result(table, ("default", "e3")))
+    assert (flt.binding("s1"), flt.num_rebound) == ("e3", 1)
+    table.set_healthy("e1", True)
+    assert _run(flt, table, request) == [3]
+
+
+def test_fail_open_when_an_earlier_filter_dropped_the_endpoint(
+    table: EndpointTable, clock: Clock
+) -> None:
+    flt = _filter(table, clock)
+    _bind(flt, table, "s1", "e1")
+    assert _run(flt, table, _request(x_session_id="s1"), 0, 2) == [0, 2]
+    assert flt.num_fail_open == 1
+
+
+def test_pick_removed_before_pre_request_is_not_bound(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock)
+    result = _result(table, ("default", "e1"))
+    table.remove("e1")
+    flt.pre_request(_cycle(), _request(x_session_id="s1"), result)
+    assert flt.sessions() == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "bound"),
+    [
+        pytest.param({}, "e3", id="primary-by-default"),
+        pytest.param({"profileName": "prefill"}, "e0", id="prefill-profile"),
+        pytest.param({"profileName": "encode"}, None, id="profile-did-not-run"),
+    ],
+)
+def test_profile_name_selects_the_pick_to_bind(
+    table: EndpointTable, clock: Clock, raw: dict[str, Any], bound: str | None
+) -> None:
+    flt = _filter(table, clock, **raw)
+    result = _result(table, ("prefill", "e0"), ("decode", "e3"), primary="decode")
+    flt.pre_request(_cycle(), _request(x_session_id="s1"), result)
+    assert flt.binding("s1") == bound
+
+
+def test_session_id_strategy_sets_no_response_header(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock)
+    response = Response("r", is_end_of_stream=True)
+    flt.response_complete(_request(), response, _result(table, ("default", "e1")))
+    assert response.set_headers == {}
+
+
+def test_encoded_endpoint_header_strategy(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, strategy="encoded_endpoint_header")
+    assert _run(flt, table, _request(x_session_token=_b64("e2"))) == [2]
+    assert _run(flt, table, _request(x_session_token=_b64("ns/e2")), 0, 2) == [2]
+    assert _run(flt, table, _request(x_session_token=_b64("e2")), 0, 1) == [0, 1]
+    assert _run(flt, table, _request(x_session_token="%%")) == [0, 1, 2, 3]
+    assert _run(flt, table, _request(x_session_token=_b64("e7"))) == [0, 1, 2, 3]
+    # x-session-id means nothing to this strategy, and nothing is remembered.
+    _bind(flt, table, "s1", "e1")
+    assert _run(flt, table, _request(x_session_id="s1")) == [0, 1, 2, 3]
+    assert flt.sessions() == []
+    assert (flt.num_hits, flt.num_fail_open) == (2, 1)
+    assert (flt.num_malformed_tokens, flt.num_unknown_tokens) == (1, 1)
+    response = Response("r", is_end_of_stream=True)
+    flt.response_complete(_request(), response, _result(table, ("default", "e1")))
+    assert response.set_headers == {"x-session-token": _b64("e1")}
+
+
+def test_concurrent_use_stays_bounded(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, maxSessions=50)
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(300):
+                request = _request(x_session_id=f"s{k}-{i % 80}")
+                flt.filter(_cycle(), request, table, table.candidates())
+                result = _result(table, ("default", f"e{(k + i) % 4}"))
+                flt.pre_request(_cycle(), request, result)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert flt.num_sessions == 50
+    assert flt.num_hits + flt.num_misses == 1200
+
+
+# ====================================================================== scheduler
+SCORER_CONFIG = """
+plugins:
+- {type: queue-scorer}
+- {type: session-affinity-scorer}
+- {type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: queue-scorer, weight: 1}
+  - {pluginRef: session-affinity-scorer, weight: 2}
+  - {pluginRef: max-score-picker}
+"""
+
+FILTER_CONFIG = """
+plugins:
+- type: session-affinity-filter
+  parameters: {evictionTtlSeconds: 60, evictionSweepSeconds: 5}
+- {type: queue-scorer}
+- {type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: session-affinity-filter}
+  - {pluginRef: queue-scorer}
+  - {pluginRef: max-score-picker}
+"""
+
+
+def _waiting(table: EndpointTable, *queues: float) -> None:
+    table.update_metrics(np.arange(len(queues)), waiting=list(queues))
+
+
+def test_scheduler_with_session_affinity_scorer() -> None:
+    clock = Clock()
+    table = _table(clock)
+    scheduler = Scheduler.from_config(SCORER_CONFIG, table, seed=0)
+    _waiting(table, 5, 0, 5, 5)
+    first = Request.create("m")
+    result = scheduler.schedule(first)
+    assert result.endpoint.name == "e1"
+    response = Response(first.request_id, is_end_of_stream=True)
+    scheduler.response_complete(first, response, result)
+    token = response.set_headers["x-session-token"]
+    assert token == _b64("e1")
+    # e1 is now the busiest; the token (weight 2) still outweighs the queue (weight 1).
+    _waiting(table, 0, 9, 0, 0)
+    follow_up = Request.create("m", headers={"X-Session-Token": token})
+    assert scheduler.schedule(follow_up).endpoint.name == "e1"
+    # A garbage token is scored 0 everywhere and the queue decides.
+    garbage = Request.create("m", headers={"x-session-token": "!!"})
+    assert scheduler.schedule(garbage).endpoint.name != "e1"
+    scorer = scheduler.plugins["session-affinity-scorer"]
+    assert (scorer.num_matched_tokens, scorer.num_malformed_tokens) == (1, 1)
+    assert all(s.errors == 0 for s in scheduler.stats())
+
+
+def test_scheduler_with_session_affinity_filter() -> None:
+    clock = Clock(10.0)
+    table = _table(clock)
+    scheduler = Scheduler.from_config(FILTER_CONFIG, table, seed=0)
+    flt = scheduler.plugins["session-affinity-filter"]
+
+    def route(session: str) -> str:
+        return scheduler.schedule(
+            Request.create("m", headers={"x-session-id": session})
+        ).endpoint.name
+
+    _waiting(table, 3, 3, 0, 3)
+    assert route("chat-1") == "e2"
+    _waiting(table, 0, 0, 9, 0)  # e2 is busy now, but the session stays
+    assert [route("chat-1") for _ in range(3)] == ["e2"] * 3
+    assert route("chat-2") != "e2"  # a new session follows the load
+    # The endpoint leaves: the session fails open and moves to the new pick.
+    table.remove("e2")
+    moved = route("chat-1")
+    assert moved != "e2"
+    _waiting(table, 5, 5, 5, 5)
+    table.update_metrics(np.asarray([table.row(moved)]), waiting=[50.0])
+    assert route("chat-1") == moved
+    # Idle beyond the TTL: the binding is gone and load decides again.
+    clock.now += 60.0
+    assert route("chat-1") != moved
+    assert flt.num_dropped_on_removal == 1
+    assert all(s.errors == 0 for s in scheduler.stats())
