@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DataProducer",
+    "Decider",
     "DataSource",
     "DeferredWork",
     "Extractor",
@@ -57,6 +58,7 @@ __all__ = [
     "ResponseComplete",
     "ResponseReceived",
     "ResponseStreaming",
+    "SaturationDetector",
     "Scorer",
 ]
 
@@ -326,6 +328,52 @@ class ResponseComplete(Plugin, Protocol):
         self, request: Request, response: Response, result: SchedulingResult
     ) -> None:
         """Release per-request state. Always called, also after errors or disconnects."""
+        ...
+
+
+@runtime_checkable
+class SaturationDetector(Plugin, Protocol):
+    """Measures how saturated the pool is (GIE ``flowcontrol.SaturationDetector``).
+
+    The config's ``saturationDetector.pluginRef`` names the instance the scheduler asks
+    at admission: a sheddable request (priority < 0) is rejected when the answer is
+    ``>= 1.0``. A detector may also be a :class:`Filter` and sit in a profile.
+    """
+
+    def saturation(self, table: EndpointTable, candidates: Candidates, now_s: float) -> float:
+        """The pool's saturation over ``candidates``: ``>= 1.0`` means saturated, above 1
+        the depth of the overload.
+
+        Called at admission, before the profiles run, with the request's candidates
+        (possibly empty).
+
+        Args:
+            table: endpoint state; read columns at ``candidates``.
+            candidates: int32 rows; may be empty (a detector then answers 1.0).
+            now_s: the current time on the table's clock (for metric staleness).
+
+        Returns:
+            A finite number >= 0.
+        """
+        ...
+
+
+@runtime_checkable
+class Decider(Plugin, Protocol):
+    """P/D (llm-d): whether a request also runs an optional stage (``prefill``,
+    ``encode``), named in ``disagg-profile-handler``'s ``deciders``."""
+
+    def decide(self, cycle: CycleState, request: Request, decode: ProfileRunResult) -> bool:
+        """Called by the profile handler after the decode profile picked ``decode``.
+
+        Args:
+            cycle: the cycle's state (the prefix match of every row is there).
+            request: the request.
+            decode: the decode profile's result (non-empty).
+
+        Returns:
+            True to run the stage.
+        """
         ...
 
 

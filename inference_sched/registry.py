@@ -63,6 +63,8 @@ KINDS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "response-received": (interfaces.ResponseReceived, ("response_received",)),
     "response-streaming": (interfaces.ResponseStreaming, ("response_streaming",)),
     "response-complete": (interfaces.ResponseComplete, ("response_complete",)),
+    "saturation-detector": (interfaces.SaturationDetector, ("saturation",)),
+    "decider": (interfaces.Decider, ("decide",)),
 }
 """Extension points: kind → (Protocol, methods that define it). Later subsystems
 (flow control, saturation detection, the data layer) add their kinds here."""

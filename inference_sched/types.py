@@ -312,6 +312,9 @@ class Response:
         is_end_of_stream: this is the last body chunk (always delivered, also on errors).
         usage: token usage when the server reported it.
         time_s: when this was observed, on the scheduler's clock.
+        set_headers: headers the response hooks add to the response the client gets
+            (keys lower-case; GIE's hooks write ``Response.Headers``). The hooks fill
+            it; the embedder copies it onto the client response after they ran.
     """
 
     request_id: str
@@ -321,6 +324,8 @@ class Response:
     is_end_of_stream: bool = False
     usage: Usage | None = None
     time_s: float = 0.0
+    # Mutable on purpose (the hooks write it); left out of eq and hash.
+    set_headers: dict[str, str] = attrs.field(factory=dict, eq=False)
 
 
 class ProfileRunResult(NamedTuple):
@@ -358,10 +363,16 @@ class SchedulingResult(NamedTuple):
     Attributes:
         profile_results: every profile that ran, by name; ``None`` when it failed.
         primary_profile_name: the profile whose pick the gateway routes to.
+        request_headers: headers the gateway sets on the upstream request (P/D: the
+            prefill pick in ``x-prefiller-host-port``; data parallelism: the rank).
+        dropped_request_headers: headers the gateway removes from the client's request
+            first, so a client cannot supply them (set ones included).
     """
 
     profile_results: Mapping[str, ProfileRunResult | None]
     primary_profile_name: str
+    request_headers: Mapping[str, str] = types.MappingProxyType({})
+    dropped_request_headers: tuple[str, ...] = ()
 
     @property
     def primary(self) -> ProfileRunResult:

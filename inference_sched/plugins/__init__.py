@@ -13,6 +13,13 @@ Families (GIE/llm-d type strings):
 * :mod:`.precise_prefix`: ``precise-prefix-cache-producer`` (llm-d: the prefix match from
   the engines' KV events).
 * :mod:`.tokens`: ``token-producer`` (prompt token ids from a local ``tokenizer.json``).
+* :mod:`.pd`: llm-d's ``disagg-profile-handler``, ``prefix-based-pd-decider``,
+  ``always-disagg-pd-decider``, ``always-disagg-multimodal-decider`` and
+  ``data-parallel-profile-handler``.
+* :mod:`.saturation`: GIE's ``utilization-detector`` and ``concurrency-detector``
+  (saturation detectors, also filters).
+* :mod:`.session`: llm-d's ``session-affinity-scorer`` and the router's
+  ``session-affinity-filter``.
 * :mod:`.pickers`: ``max-score-picker``, ``random-picker``, ``weighted-random-picker``.
 * :mod:`.filters`: ``decode-filter``, ``prefill-filter``, ``label-selector-filter``
   (deprecated alias ``by-label-selector``).
@@ -30,10 +37,13 @@ from inference_sched.plugins import (
     filters,
     load,
     lora,
+    pd,
     pickers,
     precise_prefix,
     prefix,
     profile_handlers,
+    saturation,
+    session,
     tokens,
 )
 
@@ -43,9 +53,12 @@ __all__ = [
     "filters",
     "load",
     "lora",
+    "pd",
     "pickers",
     "precise_prefix",
     "prefix",
     "profile_handlers",
+    "saturation",
+    "session",
     "tokens",
 ]

@@ -305,7 +305,7 @@ class _Fleet:
             token_ids=prompt_token_ids(sim.blocks, sim.prompt_tokens) if self.token_ids else None,
             request_id=str(sim.id),
             base_models=(self.model,),
-            headers={"x-session-token": sim.session} if sim.session else None,
+            headers={"x-session-id": sim.session} if sim.session else None,
         )
         scheduler = self.schedulers[self.next_replica]  # the gateway's round-robin
         self.next_replica = (self.next_replica + 1) % len(self.schedulers)

@@ -1,0 +1,355 @@
+"""Prefill/decode disaggregation (llm-d, ``specs/peers.md`` A.5, H.7).
+
+``disagg-profile-handler`` runs the ``decode`` profile first, always; a *decider* then
+says whether the request also runs ``prefill`` (and, for multimodal requests, ``encode``)
+given the decode pick. The answer routes to the decode pick and carries the prefill pick
+for the decode pod's sidecar in ``x-prefiller-host-port`` (the encode picks in
+``x-encoder-hosts-ports``); the gateway must drop any client-supplied copy of those
+headers (:attr:`~inference_sched.types.SchedulingResult.dropped_request_headers`), so a
+client cannot point a decode pod at a prefiller of its choice.
+
+Deciders: ``prefix-based-pd-decider`` (disaggregate when the prompt's tokens the decode
+pick does not hold in cache reach ``nonCachedTokens``; on real token counts when the
+request has token ids, GIE's chars / 4 estimate otherwise), ``always-disagg-pd-decider``
+and ``always-disagg-multimodal-decider``.
+
+``data-parallel-profile-handler`` (llm-d, deprecated there in favour of Istio's DP
+support) runs the single profile and sends the request to the pod's ``primaryPort`` with
+the chosen rank's ``ip:port`` in ``x-data-parallel-host-port``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import attrs
+
+from inference_sched.errors import SchedulingError
+from inference_sched.interfaces import Handle
+from inference_sched.params import ParamCheck, at_least, in_range, param
+from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
+from inference_sched.plugins.tokens import request_token_ids
+from inference_sched.registry import register
+from inference_sched.types import CycleState, ProfileRunResult, Request, SchedulingResult
+
+if TYPE_CHECKING:
+    from inference_sched.profile import SchedulingProfile
+
+__all__ = [
+    "DATA_PARALLEL_HEADER",
+    "ENCODER_HEADER",
+    "PREFILLER_HEADER",
+    "AlwaysDisaggMultimodalDecider",
+    "AlwaysDisaggPDDecider",
+    "DataParallelProfileHandler",
+    "DisaggProfileHandler",
+    "PrefixBasedPDDecider",
+]
+
+log = logging.getLogger(__name__)
+
+PREFILLER_HEADER: Final = "x-prefiller-host-port"
+"""The prefill pick's ``ip:port``, for the decode pod's sidecar (llm-d)."""
+ENCODER_HEADER: Final = "x-encoder-hosts-ports"
+"""The encode picks' ``ip:port,ip:port`` (llm-d E/P/D)."""
+DATA_PARALLEL_HEADER: Final = "x-data-parallel-host-port"
+"""The chosen data-parallel rank's ``ip:port`` (llm-d)."""
+_PD_HEADERS: Final = (PREFILLER_HEADER, ENCODER_HEADER)
+_MEDIA_PARTS: Final = frozenset({"image_url", "video_url", "input_audio"})
+_LOG_EVERY_S: Final = 60.0
+
+
+def _estimated_tokens(request: Request) -> int:
+    """GIE/llm-d's input estimate: characters / 4 of the prompt, or of the JSON of the
+    chat messages."""
+    body = request.body
+    if body is not None:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return len(prompt) // 4
+        messages = body.get("messages")
+        if messages is not None:
+            return len(json.dumps(messages, separators=(",", ":"))) // 4
+    return len(request.prompt or b"") // 4
+
+
+# ====================================================================== deciders
+@attrs.frozen
+class PrefixBasedParams:
+    """Parameters of ``prefix-based-pd-decider`` (llm-d)."""
+
+    non_cached_tokens: int = param(0, alias="nonCachedTokens", check=at_least(0))
+    """Disaggregate when at least this many prompt tokens are not cached on the decode
+    pick (0: never)."""
+
+
+@register("prefix-based-pd-decider")
+class PrefixBasedPDDecider:
+    """Prefill elsewhere when the decode pick would have to compute a long prompt."""
+
+    type: ClassVar[str]
+    Params = PrefixBasedParams
+
+    def __init__(self, name: str, params: PrefixBasedParams, handle: Handle) -> None:
+        self.name = name
+        self.params = params
+        self._last_log = -_LOG_EVERY_S
+
+    def decide(self, cycle: CycleState, request: Request, decode: ProfileRunResult) -> bool:
+        """Whether the request's uncached tokens on the decode pick reach the threshold.
+
+        ``uncached = tokens - matched blocks x block size``, with ``tokens`` the request's
+        token count when its ids are known (``Request.token_ids``, the body's
+        ``prompt_token_ids``, a token producer's), else chars / 4 (llm-d). Without a
+        prefix match in the cycle the answer is no (logged once a minute), as llm-d.
+        """
+        threshold = self.params.non_cached_tokens
+        if threshold <= 0 or not decode.rows:
+            return False
+        ids = request_token_ids(request, cycle)
+        tokens = len(ids) if ids is not None else _estimated_tokens(request)
+        if tokens < threshold:
+            return False
+        info = cycle.read(PREFIX_CACHE_MATCH_INFO)
+        if not isinstance(info, PrefixCacheMatchInfo):
+            now = time.monotonic()
+            if now - self._last_log >= _LOG_EVERY_S:
+                self._last_log = now
+                log.error(
+                    "%s: no PrefixCacheMatchInfo in the cycle (add a prefix producer); "
+                    "not disaggregating",
+                    self.name,
+                )
+            return False
+        row = decode.rows[0]
+        matched = float(info.match_blocks[row]) if row < len(info.match_blocks) else 0.0
+        return tokens - matched * info.block_size_tokens >= threshold
+
+
+@register("always-disagg-pd-decider")
+class AlwaysDisaggPDDecider:
+    """Always prefill on the prefill pool."""
+
+    type: ClassVar[str]
+
+    def __init__(self, name: str, params: object, handle: Handle) -> None:
+        self.name = name
+
+    def decide(self, cycle: CycleState, request: Request, decode: ProfileRunResult) -> bool:
+        """True."""
+        return True
+
+
+@register("always-disagg-multimodal-decider")
+class AlwaysDisaggMultimodalDecider:
+    """Encode on the encode pool when the chat request carries images, video or audio."""
+
+    type: ClassVar[str]
+
+    def __init__(self, name: str, params: object, handle: Handle) -> None:
+        self.name = name
+
+    def decide(self, cycle: CycleState, request: Request, decode: ProfileRunResult) -> bool:
+        """True iff a message has an ``image_url``, ``video_url`` or ``input_audio`` part."""
+        body = request.body
+        messages = body.get("messages") if body is not None else None
+        if not isinstance(messages, list):
+            return False
+        for message in messages:
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if isinstance(content, list):
+                for part in content:
+                    if isinstance(part, Mapping) and part.get("type") in _MEDIA_PARTS:
+                        return True
+        return False
+
+
+# ====================================================================== handlers
+def _names(raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise ParamCheck(key, f"a mapping with keys among {', '.join(allowed)}", raw)
+    out = {}
+    for name, value in raw.items():
+        if name not in allowed:
+            raise ParamCheck(f"{key}.{name}", f"one of the keys {', '.join(allowed)}", name)
+        if not isinstance(value, str) or not value:
+            raise ParamCheck(f"{key}.{name}", "a non-empty str", value)
+        out[name] = value
+    return out
+
+
+_DEFAULT_PROFILES: Final = {"decode": "decode", "prefill": "prefill", "encode": "encode"}
+
+
+def _profiles(raw: Any) -> dict[str, str]:
+    return _DEFAULT_PROFILES | _names(raw, "profiles", tuple(_DEFAULT_PROFILES))
+
+
+def _deciders(raw: Any) -> dict[str, str]:
+    return _names(raw, "deciders", ("prefill", "encode"))
+
+
+@attrs.frozen
+class DisaggParams:
+    """Parameters of ``disagg-profile-handler`` (llm-d)."""
+
+    profiles: dict[str, str] = param(  # noqa: RUF009 - an attrs field
+        factory=lambda: dict(_DEFAULT_PROFILES), alias="profiles", parse=_profiles
+    )
+    """Profile names by stage (``decode``, ``prefill``, ``encode``)."""
+    deciders: dict[str, str] = param(factory=dict, alias="deciders", parse=_deciders)  # noqa: RUF009 - an attrs field
+    """The decider plugin (by name) of each optional stage; a stage without one never runs."""
+
+
+@register("disagg-profile-handler")
+class DisaggProfileHandler:
+    """Decode first, then prefill / encode when their deciders say so (llm-d)."""
+
+    type: ClassVar[str]
+    Params = DisaggParams
+
+    def __init__(self, name: str, params: DisaggParams, handle: Handle) -> None:
+        self.name = name
+        self.params = params
+        self._handle = handle
+        self._deciders: dict[str, Any] = {}
+
+    def _decider(self, stage: str) -> Any | None:
+        ref = self.params.deciders.get(stage)
+        if ref is None:
+            return None
+        decider = self._deciders.get(stage)
+        if decider is None:
+            try:
+                decider = self._handle.plugin(ref)
+            except KeyError as exc:
+                raise SchedulingError(f"{self.name}: deciders.{stage}: {exc.args[0]}") from None
+            if not callable(getattr(decider, "decide", None)):
+                raise SchedulingError(f"{self.name}: deciders.{stage}: {ref!r} is not a decider")
+            self._deciders[stage] = decider
+        return decider
+
+    def pick_profiles(
+        self,
+        cycle: CycleState,
+        request: Request,
+        profiles: Mapping[str, SchedulingProfile],
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> Mapping[str, SchedulingProfile]:
+        """Decode alone first; then the optional stages whose decider approves."""
+        names = self.params.profiles
+        decode = names["decode"]
+        if decode not in profiles:
+            raise SchedulingError(f"{self.name}: no profile named {decode!r} (profiles.decode)")
+        if decode not in results:
+            return {decode: profiles[decode]}
+        decoded = results[decode]
+        if decoded is None or not decoded.rows:
+            return {}  # process_results reports it
+        chosen: dict[str, SchedulingProfile] = {}
+        for stage in ("encode", "prefill"):
+            profile = names[stage]
+            if profile in results or profile not in profiles:
+                continue
+            decider = self._decider(stage)
+            if decider is not None and decider.decide(cycle, request, decoded):
+                chosen[profile] = profiles[profile]
+        return chosen
+
+    def process_results(
+        self,
+        cycle: CycleState,
+        request: Request,
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> SchedulingResult:
+        """Decode is primary; the prefill / encode picks go to the sidecar's headers.
+
+        Raises:
+            SchedulingError: decode found no endpoint ("failed to find available decode
+                workers", as llm-d).
+        """
+        names = self.params.profiles
+        decoded = results.get(names["decode"])
+        if decoded is None or not decoded.rows:
+            raise SchedulingError("failed to find available decode workers")
+        headers: dict[str, str] = {}
+        prefill = results.get(names["prefill"])
+        if prefill is not None and prefill.endpoints:
+            headers[PREFILLER_HEADER] = prefill.endpoints[0].hostport
+        encode = results.get(names["encode"])
+        if encode is not None and encode.endpoints:
+            headers[ENCODER_HEADER] = ",".join(e.hostport for e in encode.endpoints)
+        ran = {k: v for k, v in results.items() if v is not None or k == names["decode"]}
+        return SchedulingResult(
+            profile_results=ran,
+            primary_profile_name=names["decode"],
+            request_headers=headers,
+            dropped_request_headers=_PD_HEADERS,
+        )
+
+
+@attrs.frozen
+class DataParallelParams:
+    """Parameters of ``data-parallel-profile-handler`` (llm-d)."""
+
+    primary_port: int = param(8000, alias="primaryPort", check=in_range(1, 65535))
+    """The port the pod's sidecar listens on; it forwards to the rank in the header."""
+
+
+@register("data-parallel-profile-handler")
+class DataParallelProfileHandler:
+    """One profile; the request goes to ``primaryPort`` with the rank in a header."""
+
+    type: ClassVar[str]
+    Params = DataParallelParams
+
+    def __init__(self, name: str, params: DataParallelParams, handle: Handle) -> None:
+        self.name = name
+        self.params = params
+
+    def pick_profiles(
+        self,
+        cycle: CycleState,
+        request: Request,
+        profiles: Mapping[str, SchedulingProfile],
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> Mapping[str, SchedulingProfile]:
+        """The single profile, once.
+
+        Raises:
+            SchedulingError: more than one profile is configured.
+        """
+        if len(profiles) != 1:
+            raise SchedulingError(
+                f"{self.name}: data-parallel-profile-handler needs exactly one profile, "
+                f"got {len(profiles)}"
+            )
+        return {} if results else dict(profiles)
+
+    def process_results(
+        self,
+        cycle: CycleState,
+        request: Request,
+        results: Mapping[str, ProfileRunResult | None],
+    ) -> SchedulingResult:
+        """Route to each pick's ``primaryPort``; the rank's ``ip:port`` in the header."""
+        ((name, result),) = results.items()
+        if result is None or not result.endpoints:
+            raise SchedulingError(f"failed to run scheduler profile '{name}'")
+        port = self.params.primary_port
+        ranks = result.endpoints
+        rerouted = ProfileRunResult(
+            rows=result.rows,
+            endpoints=tuple(attrs.evolve(e, port=port) for e in ranks),
+            scores=result.scores,
+        )
+        return SchedulingResult(
+            profile_results={name: rerouted},
+            primary_profile_name=name,
+            request_headers={DATA_PARALLEL_HEADER: ranks[0].hostport},
+            dropped_request_headers=(DATA_PARALLEL_HEADER,),
+        )

@@ -1,0 +1,198 @@
+"""P/D and data parallelism (llm-d A.5, H.7): deciders with exact values, the disagg
+handler's stages and headers, the data-parallel handler, and P/D in the simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inference_sched.errors import SchedulingError
+from inference_sched.handle import PluginHandle
+from inference_sched.params import parse_params
+from inference_sched.plugins.pd import (
+    DATA_PARALLEL_HEADER,
+    ENCODER_HEADER,
+    PREFILLER_HEADER,
+    AlwaysDisaggMultimodalDecider,
+    PrefixBasedPDDecider,
+)
+from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
+from inference_sched.scheduler import Scheduler
+from inference_sched.state import EndpointTable
+from inference_sched.types import ROLE_LABEL, CycleState, Endpoint, ProfileRunResult, Request
+
+pytestmark = pytest.mark.unit
+
+
+def _decider(threshold: int) -> PrefixBasedPDDecider:
+    params = parse_params(PrefixBasedPDDecider.Params, {"nonCachedTokens": threshold}, "p")
+    return PrefixBasedPDDecider("d", params, PluginHandle(EndpointTable()))
+
+
+def _decode(row: int) -> ProfileRunResult:
+    return ProfileRunResult(
+        rows=(row,), endpoints=(Endpoint("x", "10.0.0.1", 8000),), scores=(1.0,)
+    )
+
+
+def _cycle(matched: list[float] | None, block: int = 16) -> CycleState:
+    cycle = CycleState(np.random.default_rng(0))
+    if matched is not None:
+        info = PrefixCacheMatchInfo(np.asarray(matched, dtype=np.float64), 20, block)
+        cycle.write(PREFIX_CACHE_MATCH_INFO, info)
+    return cycle
+
+
+@pytest.mark.parametrize(
+    ("threshold", "tokens", "matched", "row", "expected"),
+    [
+        (100, 320, [10.0, 0.0], 0, True),  # 320 - 160 = 160 >= 100
+        (100, 320, [15.0, 0.0], 0, False),  # 320 - 240 = 80
+        (100, 320, [15.0, 0.0], 1, True),  # nothing cached on row 1
+        (100, 80, [0.0, 0.0], 0, False),  # the prompt alone is under the threshold
+        (0, 5000, [0.0, 0.0], 0, False),  # 0 disables disaggregation
+        (100, 320, None, 0, False),  # no prefix match in the cycle: no (llm-d)
+        (100, 320, [12.5, 0.0], 0, True),  # CPU-tier weights: 320 - 200 = 120
+    ],
+)
+def test_prefix_based_decider_counts_real_uncached_tokens(
+    threshold: int, tokens: int, matched: list[float] | None, row: int, expected: bool
+) -> None:
+    request = Request.create("m", prompt="x", token_ids=np.arange(tokens))
+    assert _decider(threshold).decide(_cycle(matched), request, _decode(row)) is expected
+
+
+def test_prefix_based_decider_estimates_chars_over_four_without_token_ids() -> None:
+    decider = _decider(100)
+    prompt = "y" * 800  # 200 estimated tokens
+    request = Request.create("m", prompt=prompt, body={"prompt": prompt})
+    assert decider.decide(_cycle([6.0]), request, _decode(0))  # 200 - 96 = 104
+    assert not decider.decide(_cycle([7.0]), request, _decode(0))  # 200 - 112 = 88
+    chat = Request.create("m", body={"messages": [{"role": "user", "content": "z" * 600}]})
+    # len('[{"role":"user","content":"zzz..."}]') = 627 -> 156 tokens
+    assert decider.decide(_cycle([3.0]), chat, _decode(0))  # 156 - 48 = 108
+    assert not decider.decide(_cycle([4.0]), chat, _decode(0))  # 156 - 64 = 92
+
+
+def test_multimodal_decider() -> None:
+    decider = AlwaysDisaggMultimodalDecider("mm", None, PluginHandle(EndpointTable()))
+    image = {"type": "image_url", "image_url": {"url": "data:..."}}
+    with_image = Request.create("m", body={"messages": [{"role": "user", "content": [image]}]})
+    text_only = Request.create("m", body={"messages": [{"role": "user", "content": "hi"}]})
+    assert decider.decide(_cycle(None), with_image, _decode(0))
+    assert not decider.decide(_cycle(None), text_only, _decode(0))
+    assert not decider.decide(_cycle(None), Request.create("m", prompt="p"), _decode(0))
+
+
+def _pool() -> EndpointTable:
+    table = EndpointTable(clock=lambda: 100.0)
+    for i, role in enumerate(["prefill", "prefill", "decode", "decode"]):
+        table.add(Endpoint(f"e{i}", f"10.0.0.{i}", 8000, labels={ROLE_LABEL: role}))
+    table.update_metrics(np.arange(4), waiting=[3, 0, 2, 0])
+    return table
+
+
+def _pd_config(decider: str) -> str:
+    return f"""
+plugins:
+- type: disagg-profile-handler
+  parameters: {{deciders: {{prefill: pd-decider}}}}
+- {{type: {decider}, name: pd-decider}}
+- type: prefill-filter
+- type: decode-filter
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: decode
+  plugins:
+  - {{pluginRef: decode-filter}}
+  - {{pluginRef: queue-scorer}}
+  - {{pluginRef: max-score-picker}}
+- name: prefill
+  plugins:
+  - {{pluginRef: prefill-filter}}
+  - {{pluginRef: queue-scorer}}
+  - {{pluginRef: max-score-picker}}
+"""
+
+
+def test_disagg_handler_runs_decode_then_prefill_and_sets_the_sidecar_header() -> None:
+    scheduler = Scheduler.from_config(_pd_config("always-disagg-pd-decider"), _pool())
+    request = Request.create("m", prompt="p", headers={PREFILLER_HEADER: "6.6.6.6:1"})
+    result = scheduler.schedule(request)
+    assert result.primary_profile_name == "decode"
+    assert result.endpoint.name == "e3"  # the idle decode endpoint
+    assert result.picked("prefill") is not None
+    assert result.picked("prefill").name == "e1"  # type: ignore[union-attr]
+    assert dict(result.request_headers) == {PREFILLER_HEADER: "10.0.0.1:8000"}
+    assert result.dropped_request_headers == (PREFILLER_HEADER, ENCODER_HEADER)
+    assert result.destination_header == "10.0.0.3:8000"
+
+
+def test_disagg_handler_skips_prefill_when_the_decider_says_no() -> None:
+    config = _pd_config("prefix-based-pd-decider").replace(
+        "{type: prefix-based-pd-decider, name: pd-decider}",
+        "{type: prefix-based-pd-decider, name: pd-decider, parameters: {nonCachedTokens: 9999}}",
+    )
+    scheduler = Scheduler.from_config(config, _pool())
+    result = scheduler.schedule(Request.create("m", prompt="p" * 64))
+    assert set(result.profile_results) == {"decode"}
+    assert dict(result.request_headers) == {}
+    assert result.dropped_request_headers == (PREFILLER_HEADER, ENCODER_HEADER)
+
+
+def test_disagg_handler_fails_without_decode_workers_or_with_an_unknown_decider() -> None:
+    table = EndpointTable()
+    table.add(Endpoint("p", "10.0.0.9", 8000, labels={ROLE_LABEL: "prefill"}))
+    scheduler = Scheduler.from_config(_pd_config("always-disagg-pd-decider"), table)
+    with pytest.raises(SchedulingError, match="profile 'decode': filter 'decode-filter'"):
+        scheduler.schedule(Request.create("m", prompt="p"))
+    broken = _pd_config("always-disagg-pd-decider").replace(
+        "deciders: {prefill: pd-decider}", "deciders: {prefill: nobody}"
+    )
+    scheduler = Scheduler.from_config(broken, _pool())
+    with pytest.raises(SchedulingError, match=r"deciders\.prefill: no plugin named 'nobody'"):
+        scheduler.schedule(Request.create("m", prompt="p"))
+
+
+def test_data_parallel_handler_routes_to_the_primary_port_with_the_rank() -> None:
+    table = EndpointTable()
+    for rank in range(4):
+        table.add(Endpoint(f"pod-rank-{rank}", "10.0.0.5", 8000 + rank))
+    table.update_metrics(np.arange(4), waiting=[5, 5, 0, 5])
+    config = """
+plugins:
+- type: data-parallel-profile-handler
+  parameters: {primaryPort: 9000}
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
+"""
+    result = Scheduler.from_config(config, table).schedule(Request.create("m", prompt="p"))
+    assert result.destination_header == "10.0.0.5:9000"
+    assert dict(result.request_headers) == {DATA_PARALLEL_HEADER: "10.0.0.5:8002"}
+    assert result.endpoint.name == "pod-rank-2"
+
+
+def test_pd_in_the_simulator_from_a_config_file() -> None:
+    from inference_sched.config import load_config
+    from inference_sched.sim.fleet import FleetConfig, simulate
+    from inference_sched.sim.workloads import load_workload
+
+    workload = load_workload("shared-prefix", duration_s=2.0, rate=10.0, seed=4)
+    config = load_config(_pd_config("always-disagg-pd-decider"))
+    run = simulate(
+        workload, config, label="pd", fleet=FleetConfig(num_servers=6, prefill_servers=2)
+    )
+    n = len(workload.requests)
+    assert run.prefill_endpoint is not None
+    assert (run.prefill_endpoint >= 0).all()
+    assert (run.prefill_endpoint < 2).all()  # prefilled on the prefill pool
+    assert (run.endpoint >= 2).all()  # decoded on the decode pool
+    assert int((run.status == 0).sum()) == n  # every request completed
+    done: Any = run.first_token_s - run.arrival_s
+    assert float(np.min(done)) > 0.001  # at least the transfer's fixed cost
