@@ -19,6 +19,7 @@ from .errors import (
     PluginError,
     PluginLoadError,
     PluginRegistrationError,
+    RequestShedError,
     SchedulingError,
     UnknownPluginTypeError,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "PluginHandle",
     "PluginLoadError",
     "PluginRegistrationError",
+    "RequestShedError",
     "PreRequest",
     "ProfileHandler",
     "ProfileRunResult",

@@ -121,6 +121,10 @@ class NoEndpointError(InferenceSchedError, LookupError):
             set was empty before any filter ran (empty pool or gateway subset).
     """
 
+    http_status: ClassVar[int] = 503
+    """What GIE answers when ``schedule`` raises it with no candidates at all
+    (``ServiceUnavailable``)."""
+
     def __init__(self, profile: str, filter: str = "") -> None:
         self.profile = profile
         self.filter = filter
@@ -139,6 +143,10 @@ class SchedulingError(InferenceSchedError, RuntimeError):
     Attributes:
         profile_errors: the error of each profile that failed, by profile name.
     """
+
+    http_status: ClassVar[int] = 429
+    """What GIE answers (``ResourceExhausted``: every profile failed, or the handler
+    rejected the results)."""
 
     def __init__(self, message: str, profile_errors: Mapping[str, Exception] | None = None) -> None:
         self.profile_errors = dict(profile_errors or {})
