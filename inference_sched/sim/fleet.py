@@ -228,7 +228,8 @@ class _Fleet:
             self.scheduled_s[rid] = finished.scheduled_s
             self.first_token_s[rid] = finished.first_token_s
             self.finish_s[rid] = finished.finish_s
-            self.cached_tokens[rid] = finished.cached_tokens
+            if self.prefill_endpoint[rid] < 0:  # P/D: the prefill server's hits count
+                self.cached_tokens[rid] = finished.cached_tokens
             self.preemptions[rid] = finished.preemptions
             self.status[rid] = RequestStatus.COMPLETED
             scheduler.response_complete(
@@ -247,6 +248,11 @@ class _Fleet:
         kind = event.kind
         if kind == EventKind.FINISHED:
             sim = self.prefill_jobs.pop(event.request_id)
+            finished = event.finished
+            assert finished is not None
+            # The prompt's cache hits are the prefill server's: the blocks that reach the
+            # decode server are a transfer, not a hit.
+            self.cached_tokens[sim.id] = finished.cached_tokens
             fleet = self.fleet
             lands = (
                 event.time_s

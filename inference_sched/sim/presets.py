@@ -3,8 +3,11 @@
 ``round-robin`` spreads blindly (GIE has no round-robin picker: a random pick is its
 stateless equivalent), ``load-only`` routes on scraped load alone, ``gie-default`` is
 GIE's default profile (queue 2, kv-cache 2, prefix 3), ``llm-d-precise`` the same weights
-over llm-d's precise prefix index (the servers' KV events, fed in process). Anything else
-is read as a path to an ``EndpointPickerConfig`` file.
+over llm-d's precise prefix index (the servers' KV events, fed in process), ``ours-best``
+the cost model of NVIDIA Dynamo's KV router (credit 4: uncached prefix blocks and the
+scheduler's own in-flight blocks, counted at pick time) weighted 3 with prefix 2, queue 1
+and kv-cache 1: the most robust of the profiles measured in docs/benchmarks.md. Anything
+else is read as a path to an ``EndpointPickerConfig`` file.
 """
 
 from __future__ import annotations
@@ -60,6 +63,24 @@ schedulingProfiles:
   - {pluginRef: prefix-cache-scorer, weight: 3}
   - {pluginRef: queue-scorer, weight: 2}
   - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+  - {pluginRef: max-score-picker}
+""",
+    "ours-best": _HEADER
+    + """\
+plugins:
+- type: kv-cost-scorer
+  parameters: {overlapScoreWeight: 4.0}
+- type: prefix-cache-scorer
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: kv-cost-scorer, weight: 3}
+  - {pluginRef: prefix-cache-scorer, weight: 2}
+  - {pluginRef: queue-scorer, weight: 1}
+  - {pluginRef: kv-cache-utilization-scorer, weight: 1}
   - {pluginRef: max-score-picker}
 """,
 }
