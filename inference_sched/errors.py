@@ -13,6 +13,7 @@ builtin a caller already catches, so ``except ValueError`` keeps working::
     ├── NoEndpointError(LookupError)     .profile, .filter  (which filter emptied the set)
     ├── SchedulingError(RuntimeError)    .profile_errors (every profile failed)
     ├── RequestShedError(RuntimeError)   .priority, .saturation, .detector (HTTP 429)
+    ├── AdmissionDeniedError(RuntimeError) .priority, .admitter, .reason   (HTTP 500)
     └── DataError(ValueError)            .source, .line     (metrics text, events, traces)
 
 Context lives in attributes as well as in the message, so callers can branch on it
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 __all__ = [
+    "AdmissionDeniedError",
     "ConfigError",
     "DataError",
     "InferenceSchedError",
@@ -176,6 +178,29 @@ class RequestShedError(InferenceSchedError, RuntimeError):
             f"system saturated, sheddable request dropped: priority {priority} < 0 and "
             f"saturation {saturation:.3g} >= 1 (detector {detector!r})"
         )
+
+
+class AdmissionDeniedError(InferenceSchedError, RuntimeError):
+    """An admission plugin (GIE ``Admitter``, e.g. ``latency-slo-admitter``) denied the
+    request after the data producers ran and before any profile.
+
+    GIE's Director answers an admitter's denial with HTTP 500 (``http_status``). Not a
+    scheduling attempt: the scheduler counts it in ``denied`` only.
+
+    Attributes:
+        priority: the request's priority.
+        admitter: name of the admission plugin instance.
+        reason: why it denied.
+    """
+
+    http_status: ClassVar[int] = 500
+    """The HTTP status GIE answers with (an admitter's error)."""
+
+    def __init__(self, *, priority: int, admitter: str, reason: str) -> None:
+        self.priority = priority
+        self.admitter = admitter
+        self.reason = reason
+        super().__init__(f"request denied by admitter {admitter!r} (priority {priority}): {reason}")
 
 
 class DataError(InferenceSchedError, ValueError):

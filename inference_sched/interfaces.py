@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .profile import SchedulingProfile
 
 __all__ = [
+    "Admitter",
     "DataProducer",
     "Decider",
     "DataSource",
@@ -265,6 +266,35 @@ class DataProducer(Plugin, Protocol):
 
         Called once per cycle, before the profile handler, in dependency order. An
         exception is logged and counted; scheduling continues without the data.
+        """
+        ...
+
+
+@runtime_checkable
+class Admitter(Plugin, Protocol):
+    """Admits or denies a request after the data producers ran (GIE ``Admitter``)."""
+
+    def admit_request(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> None:
+        """Return to admit; raise to deny.
+
+        Called once per request, after every DataProducer and before the profile
+        handler, in config order; the first denial stops the request.
+
+        Args:
+            cycle: the cycle's state, with the producers' data.
+            request: the request.
+            table: endpoint state.
+            candidates: int32 rows (non-empty).
+
+        Raises:
+            AdmissionDeniedError: the request is denied (GIE answers HTTP 500). Any other
+                exception is a plugin bug: counted, logged, and the request admitted.
         """
         ...
 

@@ -65,6 +65,7 @@ KINDS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "response-complete": (interfaces.ResponseComplete, ("response_complete",)),
     "saturation-detector": (interfaces.SaturationDetector, ("saturation",)),
     "decider": (interfaces.Decider, ("decide",)),
+    "admitter": (interfaces.Admitter, ("admit_request",)),
 }
 """Extension points: kind → (Protocol, methods that define it). Later subsystems
 (flow control, saturation detection, the data layer) add their kinds here."""

@@ -19,6 +19,16 @@ scraped metrics, role and label filters) and the picker can rank one score vecto
 many requests (``pick_shared``), the batch filters and scores once and ranks all requests
 in one kernel call; otherwise it loops over ``schedule``.
 
+``schedule_batch(requests, joint=True)`` instead places the burst as a whole
+(:mod:`inference_sched.joint`): each request runs admission, the data producers and the
+profile's filters as in ``schedule``; then one kernel assigns every request on Dynamo's
+cost (uncached prefix blocks against load), with the load and the batch's own prefix
+cache updated as each request is placed, so identical prompts co-locate while that pays
+and the rest spreads instead of herding on one snapshot; then the PreRequest hooks run
+per request, in order. The profile's scorers and picker are not called in that mode. It
+needs a handler with a static profile; with any other handler it loops over
+``schedule``.
+
 Every plugin call is isolated (see :mod:`inference_sched.profile`): a raising plugin is
 counted and logged, and the cycle degrades instead of failing.
 
@@ -28,6 +38,13 @@ RequestShedError` (HTTP 429) when the saturation detector named by the config's
 ``saturationDetector`` reports >= 1.0 over the request's candidates. Requests with
 priority >= 0 are never shed. A rejected request is not a scheduling attempt (GIE
 admits before it schedules): it counts in ``shed`` only.
+
+Admission plugins (GIE ``Admitter``, e.g. ``latency-slo-admitter``): every instantiated
+plugin with ``admit_request`` runs after the data producers (it may read their data) and
+before the profiles; one raising :class:`~inference_sched.errors.AdmissionDeniedError`
+denies the request (GIE: HTTP 500). A denial is not a scheduling attempt either: it counts
+in ``denied`` only. Any other exception from an admitter admits (counted in
+``admission_errors``).
 """
 
 from __future__ import annotations
@@ -43,6 +60,7 @@ import numpy.typing as npt
 
 from .config import EndpointPickerConfig, load_config
 from .errors import (
+    AdmissionDeniedError,
     ConfigError,
     InferenceSchedError,
     NoEndpointError,
@@ -59,6 +77,8 @@ from .interfaces import (
     SaturationDetector,
     Scorer,
 )
+from .joint import JointCost, Plan, Prepared, plan
+from .plugins.prefix import PREFIX_CACHE_MATCH_INFO
 from .profile import PluginStats, SchedulingProfile
 from .registry import kinds_of
 from .state import EndpointTable
@@ -126,6 +146,7 @@ class Scheduler:
         self._complete = [
             (p, _stats("ResponseComplete", p)) for p in _having(hooks, "response_complete")
         ]
+        self._admitters = [(p, _stats("Admitter", p)) for p in _having(hooks, "admit_request")]
         self._handler_pick = _stats("ProfilePicker", handler)
         self._handler_process = _stats("ProcessProfilesResults", handler)
         self._max_rounds = _MAX_ROUNDS_PER_PROFILE * len(self.profiles)
@@ -147,7 +168,16 @@ class Scheduler:
         self.shed = 0
         """Sheddable requests rejected at admission because the pool was saturated."""
         self.admission_errors = 0
-        """Detector calls that raised (the request was admitted)."""
+        """Detector or admitter calls that raised (the request was admitted)."""
+        self.denied = 0
+        """Requests an admission plugin denied (:class:`AdmissionDeniedError`)."""
+        self.joint_cost = JointCost()
+        """The cost weights of ``schedule_batch(..., joint=True)`` (replace to change)."""
+        self._prefix_state_keys = [
+            f"{getattr(p, 'type', '')}/{p.name}"
+            for p in producers
+            if PREFIX_CACHE_MATCH_INFO in getattr(p, "produces", ())
+        ]
         self.config: EndpointPickerConfig | None = None
         """The config it was built from (:meth:`from_config`), for the parts that live
         outside the scheduling cycle (``dataLayer``: :func:`~inference_sched.datalayer.
@@ -224,6 +254,8 @@ class Scheduler:
                 results: GIE answers 429. ``profile_errors`` says why per profile.
             RequestShedError: the request is sheddable (priority < 0) and the pool is
                 saturated: GIE answers 429. Not counted as a scheduling attempt.
+            AdmissionDeniedError: an admission plugin denied the request: GIE answers
+                500. Not counted as a scheduling attempt.
         """
         if request.priority < 0 and self.saturation_detector is not None:
             self._admit(request)
@@ -236,6 +268,8 @@ class Scheduler:
                 raise NoEndpointError("")
             if self._producers:
                 self._prepare(cycle, request, candidates)
+            if self._admitters:
+                self._run_admitters(cycle, request, candidates)
             profile = self._static_profile
             if profile is None:
                 result = self._run_profiles(cycle, request, candidates)
@@ -244,6 +278,10 @@ class Scheduler:
             if self._pre_request:
                 self._run_pre_request(cycle, request, result)
             return result
+        except AdmissionDeniedError:
+            self.cycles -= 1  # denied before scheduling: not an attempt (see module doc)
+            self.denied += 1
+            raise
         except InferenceSchedError:
             self.failures += 1
             raise
@@ -257,14 +295,25 @@ class Scheduler:
             self.e2e_histogram.observe_ns(elapsed)
 
     def schedule_batch(
-        self, requests: Sequence[Request]
+        self, requests: Sequence[Request], *, joint: bool = False
     ) -> list[SchedulingResult | InferenceSchedError]:
         """Schedule many requests; entry ``i`` is the result (or error) of ``requests[i]``.
 
-        Equivalent to calling :meth:`schedule` on each request in order (errors are
-        returned in place instead of raised), with the Python overhead amortised when
-        the plugins allow it (see the module docstring).
+        By default equivalent to calling :meth:`schedule` on each request in order
+        (errors are returned in place instead of raised), with the Python overhead
+        amortised when the plugins allow it (see the module docstring).
+
+        Args:
+            requests: the batch, in arrival order.
+            joint: assign the batch as a whole on the cost of :attr:`joint_cost`
+                (module docstring, :mod:`inference_sched.joint`): later requests see the
+                load and prefixes of earlier ones, identical prompts co-locate while
+                that pays. The profile's filters apply; its scorers and picker do not.
+                Each entry is a :class:`SchedulingResult` whose scores are the negated
+                costs, or the request's own error, as with :meth:`schedule`.
         """
+        if joint:
+            return self._schedule_joint(requests)
         plan = self._batch_plan(requests)
         if plan is None:
             return [self._schedule_or_error(r) for r in requests]
@@ -326,6 +375,7 @@ class Scheduler:
         for profile in self.profiles.values():
             out += profile.stats()
         for hooks in (
+            self._admitters,
             self._pre_request,
             self._deferred,
             self._received,
@@ -355,6 +405,24 @@ class Scheduler:
             raise RequestShedError(
                 priority=request.priority, saturation=saturation, detector=detector.name
             )
+
+    def _run_admitters(self, cycle: CycleState, request: Request, candidates: Candidates) -> None:
+        """Admission plugins, in order; the first denial propagates."""
+        for plugin, stats in self._admitters:
+            t0 = time.perf_counter_ns()
+            try:
+                plugin.admit_request(cycle, request, self.table, candidates)
+            except AdmissionDeniedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broken admitter must not deny: admit
+                stats.failed(exc)
+                self.admission_errors += 1
+            finally:
+                elapsed = time.perf_counter_ns() - t0
+                stats.calls += 1
+                stats.total_ns += elapsed
+                if stats.histogram is not None:
+                    stats.histogram.observe_ns(elapsed)
 
     def _prepare(self, cycle: CycleState, request: Request, candidates: Candidates) -> None:
         for plugin, stats in self._producers:
@@ -455,7 +523,7 @@ class Scheduler:
     def _batch_plan(self, requests: Sequence[Request]) -> SchedulingProfile | None:
         """The single profile a batch can share, or ``None`` to loop over ``schedule``."""
         profile = self._static_profile
-        if len(requests) < 2 or self._producers or profile is None:
+        if len(requests) < 2 or self._producers or self._admitters or profile is None:
             return None
         plugins: Iterable[Any] = (*profile.filters, *profile.scorers)
         if not all(getattr(p, "is_batch_invariant", False) for p in plugins):
@@ -496,6 +564,89 @@ class Scheduler:
         out = self._package_shared(requests, profile, candidates, totals, ranked, counts)
         self._record_batch(time.perf_counter_ns() - t0, n)
         return out
+
+    def _schedule_joint(
+        self, requests: Sequence[Request]
+    ) -> list[SchedulingResult | InferenceSchedError]:
+        profile = self._static_profile
+        if profile is None:  # the profiles a request runs depend on the handler
+            return [self._schedule_or_error(r) for r in requests]
+        if not requests:
+            return []
+        t0 = time.perf_counter_ns()
+        first_cycle = self.cycles  # shed requests are not cycles (as in schedule)
+        out: list[SchedulingResult | InferenceSchedError | None] = [None] * len(requests)
+        prepared: list[Prepared] = []
+        for i, request in enumerate(requests):
+            try:
+                prepared.append(self._prepare_joint(i, request, profile))
+            except InferenceSchedError as exc:
+                out[i] = exc
+        if prepared:
+            try:
+                planned = plan(
+                    prepared, self.table, self.joint_cost, self.rng, self._prefix_state_keys
+                )
+            except Exception as exc:  # never let a framework bug escape raw
+                log.exception("joint batch assignment failed unexpectedly")
+                self.failures += len(prepared)
+                for p in prepared:
+                    out[p.position] = SchedulingError(f"joint batch assignment failed: {exc!r}")
+            else:
+                self._package_joint(prepared, profile, planned, out)
+        self._record_batch(time.perf_counter_ns() - t0, self.cycles - first_cycle)
+        results = [r for r in out if r is not None]
+        assert len(results) == len(requests), "every request gets a result or an error"
+        return results
+
+    def _prepare_joint(self, index: int, request: Request, profile: SchedulingProfile) -> Prepared:
+        """Admission, producers and filters of one request of a joint batch."""
+        if request.priority < 0 and self.saturation_detector is not None:
+            self._admit(request)
+        self.cycles += 1
+        try:
+            cycle = CycleState(self.rng, self._clock())
+            candidates = self.table.candidates_for(request.subset_hint)
+            if len(candidates) == 0:
+                raise NoEndpointError("")
+            if self._producers:
+                self._prepare(cycle, request, candidates)
+            try:
+                candidates = profile.filter(cycle, request, self.table, candidates)
+            except NoEndpointError as exc:  # as _run_static reports a failed profile
+                raise SchedulingError(
+                    f"failed to run any scheduler profile: {exc}", {profile.name: exc}
+                ) from exc
+            return Prepared(index, request, cycle, candidates)
+        except InferenceSchedError:
+            self.failures += 1
+            raise
+        except Exception as exc:  # never let a framework bug escape raw
+            self.failures += 1
+            log.exception("scheduling cycle failed unexpectedly")
+            raise SchedulingError(f"scheduling cycle failed: {exc!r}") from exc
+
+    def _package_joint(
+        self,
+        prepared: Sequence[Prepared],
+        profile: SchedulingProfile,
+        planned: Plan,
+        out: list[SchedulingResult | InferenceSchedError | None],
+    ) -> None:
+        endpoint_at = self.table.endpoint_at
+        name = profile.name
+        for p, positions, costs in zip(
+            prepared, planned.ranked.tolist(), planned.costs.tolist(), strict=True
+        ):
+            kept = [q for q in positions if q >= 0]
+            rows = tuple([int(p.candidates[q]) for q in kept])
+            run = ProfileRunResult(
+                rows, tuple([endpoint_at(r) for r in rows]), tuple([-c for c in costs[: len(kept)]])
+            )
+            result = SchedulingResult({name: run}, name)
+            out[p.position] = result
+            if self._pre_request:  # in request order: ``prepared`` is
+                self._run_pre_request(p.cycle, p.request, result)
 
     def _record_batch(self, elapsed_ns: int, n: int) -> None:
         self.e2e_ns += elapsed_ns

@@ -12,6 +12,9 @@ Families (GIE/llm-d type strings):
   ``prefix-cache-scorer``, ``prefix-cache-affinity-filter`` and llm-d's ``no-hit-lru-scorer``.
 * :mod:`.precise_prefix`: ``precise-prefix-cache-producer`` (llm-d: the prefix match from
   the engines' KV events).
+* :mod:`.slo`: GIE's latency-predictor stack, learned in process:
+  ``predicted-latency-producer``, ``latency-scorer``, ``slo-headroom-tier-filter``,
+  ``latency-slo-admitter``.
 * :mod:`.tokens`: ``token-producer`` (prompt token ids from a local ``tokenizer.json``).
 * :mod:`.pd`: llm-d's ``disagg-profile-handler``, ``prefix-based-pd-decider``,
   ``always-disagg-pd-decider``, ``always-disagg-multimodal-decider`` and
@@ -44,6 +47,7 @@ from inference_sched.plugins import (
     profile_handlers,
     saturation,
     session,
+    slo,
     tokens,
 )
 
@@ -60,5 +64,6 @@ __all__ = [
     "profile_handlers",
     "saturation",
     "session",
+    "slo",
     "tokens",
 ]

@@ -58,6 +58,7 @@ from inference_sched.prefix_index import PrefixIndex
 from inference_sched.redis_state import RedisPrefixIndex, RedisPrefixParams, Unavailable
 from inference_sched.redis_state.params import redis_field, redis_forwarded
 from inference_sched.registry import register
+from inference_sched.slo.info import read_latency_info
 from inference_sched.state import EndpointTable
 from inference_sched.types import (
     Candidates,
@@ -588,7 +589,13 @@ _prefix_cache_scorer: type[Scorer] = PrefixCacheScorer
 @register("prefix-cache-affinity-filter")
 class PrefixCacheAffinityFilter:
     """Keeps the candidates holding at least ``affinityThreshold`` of the prefix
-    (none do: all); skipped with probability ``explorationProbability``."""
+    (none do: all); skipped with probability ``explorationProbability``.
+
+    TTFT gate (GIE): when ``maxTTFTPenaltyMs > 0``, a ``LatencyPredictionInfo`` with
+    predictions is in the cycle (``predicted-latency-producer``) and some candidates are
+    not sticky, all candidates are kept if the best predicted TTFT among the sticky ones
+    exceeds the best among the others by more than ``maxTTFTPenaltyMs``. The filter does
+    not declare the prediction in ``consumes``: without a producer it works as before."""
 
     type: ClassVar[str]
     consumes: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO})
@@ -606,12 +613,14 @@ class PrefixCacheAffinityFilter:
         max_ttft_penalty_ms: float = param(
             5000.0, alias="maxTTFTPenaltyMs", check=at_least(0, kind="number")
         )
-        """Accepted, not used yet: the TTFT gate needs SLO prediction (a later issue)."""
+        """Keep all candidates when sticking costs more than this predicted TTFT (ms);
+        0 disables the gate, which also needs predicted-latency-producer."""
 
     def __init__(self, name: str, params: PrefixCacheAffinityFilter.Params, handle: Handle) -> None:
         self.name = name
         self._threshold = float(params.affinity_threshold)
         self._explore = float(params.exploration_probability)
+        self._max_penalty_ms = float(params.max_ttft_penalty_ms)
 
     def filter(
         self,
@@ -631,7 +640,25 @@ class PrefixCacheAffinityFilter:
         sticky = info.match_blocks[candidates] / info.total_blocks >= self._threshold
         if not sticky.any():
             return candidates
+        if (
+            self._max_penalty_ms > 0
+            and not sticky.all()
+            and self._ttft_penalty_too_high(cycle, candidates, sticky)
+        ):
+            return candidates
         return candidates[sticky]
+
+    def _ttft_penalty_too_high(
+        self, cycle: CycleState, candidates: Candidates, sticky: npt.NDArray[np.bool_]
+    ) -> bool:
+        """``bestTTFT(sticky) - bestTTFT(others) > maxTTFTPenaltyMs`` (no prediction: no)."""
+        latency = read_latency_info(cycle)
+        if latency is None or not latency.has_prediction:
+            return False
+        ttft = latency.ttft_ms[candidates]
+        best_sticky = float(ttft[sticky].min())
+        best_other = float(ttft[~sticky].min())
+        return best_sticky - best_other > self._max_penalty_ms
 
 
 _affinity_filter: type[Filter] = PrefixCacheAffinityFilter

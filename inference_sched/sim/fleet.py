@@ -43,7 +43,14 @@ from inference_sched.sim.types import (
 )
 from inference_sched.sim.workloads import Workload
 from inference_sched.state import EndpointTable
-from inference_sched.types import ROLE_LABEL, Endpoint, Request, Response, SchedulingResult
+from inference_sched.types import (
+    ROLE_LABEL,
+    Endpoint,
+    Request,
+    Response,
+    SchedulingResult,
+    Usage,
+)
 
 __all__ = ["FleetConfig", "KvEventSink", "Progress", "simulate"]
 
@@ -232,8 +239,11 @@ class _Fleet:
                 self.cached_tokens[rid] = finished.cached_tokens
             self.preemptions[rid] = finished.preemptions
             self.status[rid] = RequestStatus.COMPLETED
+            sim = self.requests[rid]
+            # The usage the final chunk reports (OpenAI ``usage``): what a gateway passes.
+            usage = Usage(sim.prompt_tokens, sim.output_tokens, int(self.cached_tokens[rid]))
             scheduler.response_complete(
-                request, self._response(request, is_end_of_stream=True), result
+                request, self._response(request, is_end_of_stream=True, usage=usage), result
             )
         elif kind == EventKind.REJECTED:
             scheduler, request, result = self.in_flight.pop(rid)

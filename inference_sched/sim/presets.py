@@ -3,7 +3,9 @@
 ``round-robin`` spreads blindly (GIE has no round-robin picker: a random pick is its
 stateless equivalent), ``load-only`` routes on scraped load alone, ``gie-default`` is
 GIE's default profile (queue 2, kv-cache 2, prefix 3), ``llm-d-precise`` the same weights
-over llm-d's precise prefix index (the servers' KV events, fed in process), ``ours-best``
+over llm-d's precise prefix index (the servers' KV events, fed in process),
+``gie-predicted-latency`` GIE's latency-predictor pipeline (gie.md §4.8, the predictor
+learned in process: docs/slo.md), ``ours-best``
 the cost model of NVIDIA Dynamo's KV router (credit 4: uncached prefix blocks and the
 scheduler's own in-flight blocks, counted at pick time) weighted 3 with prefix 2, queue 1
 and kv-cache 1: the most robust of the profiles measured in docs/benchmarks.md. Anything
@@ -64,6 +66,30 @@ schedulingProfiles:
   - {pluginRef: queue-scorer, weight: 2}
   - {pluginRef: kv-cache-utilization-scorer, weight: 2}
   - {pluginRef: max-score-picker}
+""",
+    "gie-predicted-latency": _HEADER
+    + """\
+plugins:
+- type: predicted-latency-producer
+  parameters: {streamingMode: true}
+- name: prefix-strict
+  type: prefix-cache-affinity-filter
+  parameters: {affinityThreshold: 0.99}
+- type: slo-headroom-tier-filter
+- name: prefix-loose
+  type: prefix-cache-affinity-filter
+  parameters: {affinityThreshold: 0.80}
+- type: latency-scorer
+- type: weighted-random-picker
+- type: latency-slo-admitter
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-strict
+  - pluginRef: slo-headroom-tier-filter
+  - pluginRef: prefix-loose
+  - pluginRef: latency-scorer
+  - pluginRef: weighted-random-picker
 """,
     "ours-best": _HEADER
     + """\

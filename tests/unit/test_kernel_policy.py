@@ -17,7 +17,16 @@ import pytest
 from numba.core.dispatcher import Dispatcher
 
 import inference_sched.kernels
-from inference_sched.kernels import _jit, cost, filtering, hashing, picking, reference, scoring
+from inference_sched.kernels import (
+    _jit,
+    assignment,
+    cost,
+    filtering,
+    hashing,
+    picking,
+    reference,
+    scoring,
+)
 from inference_sched.kernels._jit import is_jit_enabled, kernel
 
 pytestmark = pytest.mark.unit
@@ -25,7 +34,14 @@ pytestmark = pytest.mark.unit
 KERNELS_DIR = Path(inference_sched.kernels.__file__).parent
 POLICY_FILE = "_jit.py"
 TWIN_FILE = "reference.py"
-KERNEL_MODULES: tuple[types.ModuleType, ...] = (scoring, picking, filtering, hashing, cost)
+KERNEL_MODULES: tuple[types.ModuleType, ...] = (
+    scoring,
+    picking,
+    filtering,
+    hashing,
+    cost,
+    assignment,
+)
 
 # Numba entry points that compile a Python function; all of them bypass the policy.
 _COMPILERS = frozenset({"njit", "jit", "generated_jit", "jit_module"})
