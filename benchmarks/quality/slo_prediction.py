@@ -13,7 +13,8 @@ endpoint it was routed to with what the simulator then measured:
 The simulator's end-of-stream response carries the final chunk's ``usage`` (output
 tokens), from which the producer learns TPOT.
 
-    python benchmarks/quality/slo_prediction.py [--quick] [--rate R] [--servers N] [--json PATH]
+    python benchmarks/quality/slo_prediction.py [--quick] [--workload NAME|trace:PATH]
+        [--duration S] [--rate R] [--servers N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def _record_predictions(predictions: Predictions) -> Any:
     return original, pre_request
 
 
-def run(rate: float, duration_s: float, servers: int) -> dict[str, Any]:
-    workload = load_workload("shared-prefix", rate=rate, duration_s=duration_s, seed=0)
+def run(
+    rate: float | None, duration_s: float, servers: int, spec: str = "shared-prefix"
+) -> dict[str, Any]:
+    workload = load_workload(spec, rate=rate, duration_s=duration_s, seed=0)
     predictions: Predictions = {}
     original_pre, pre_request = _record_predictions(predictions)
     PredictedLatencyProducer.pre_request = pre_request  # type: ignore[method-assign]
@@ -101,7 +104,9 @@ def run(rate: float, duration_s: float, servers: int) -> dict[str, Any]:
             tpot_true.append((finish - first) * 1000.0 / (tokens - 1))
             tpot_pred.append(entry[2])
     return {
-        "workload": f"shared-prefix @{rate:g} req/s, {duration_s:g} s",
+        "workload": (
+            f"{workload.name} @{len(workload.requests) / duration_s:.1f} req/s, {duration_s:g} s"
+        ),
         "servers": servers,
         "requests": len(workload.requests),
         "scored_requests": len(ttft_true),
@@ -125,11 +130,20 @@ def _errors(name: str, actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="20 s of arrivals instead of 120")
-    parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--rate", type=float, help="req/s (default 40 for shared-prefix)")
     parser.add_argument("--servers", type=int, default=8)
+    parser.add_argument(
+        "--workload",
+        default="shared-prefix",
+        metavar="NAME|trace:PATH",
+        help="a generator or a trace (a trace keeps its own rate unless --rate is given)",
+    )
+    parser.add_argument("--duration", type=float, help="seconds of arrivals (default 120)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    report = run(args.rate, 20.0 if args.quick else 120.0, args.servers)
+    rate = args.rate if args.rate is not None or args.workload.startswith("trace:") else 40.0
+    duration = args.duration or (20.0 if args.quick else 120.0)
+    report = run(rate, duration, args.servers, args.workload)
     for key, value in report.items():
         shown = f"{value:.3f}" if isinstance(value, float) else value
         print(f"{key:<24} {shown}")

@@ -321,7 +321,8 @@ class _Fleet:
             token_ids=prompt_token_ids(sim.blocks, sim.prompt_tokens) if self.token_ids else None,
             request_id=str(sim.id),
             base_models=(self.model,),
-            headers={"x-session-id": sim.session} if sim.session else None,
+            headers=_headers(sim),
+            priority=sim.priority,
         )
         scheduler = self.schedulers[self.next_replica]  # the gateway's round-robin
         self.next_replica = (self.next_replica + 1) % len(self.schedulers)
@@ -388,6 +389,18 @@ class _Fleet:
             else math.nan,
             prefill_endpoint=self.prefill_endpoint if self.fleet.prefill_servers else None,
         )
+
+
+def _headers(sim: SimRequest) -> dict[str, str] | None:
+    """What the gateway passes on: the session and the SLO objectives."""
+    headers = {}
+    if sim.session:
+        headers["x-session-id"] = sim.session
+    if sim.slo_ttft_ms > 0:
+        headers["x-slo-ttft-ms"] = f"{sim.slo_ttft_ms:g}"
+    if sim.slo_tpot_ms > 0:
+        headers["x-slo-tpot-ms"] = f"{sim.slo_tpot_ms:g}"
+    return headers or None
 
 
 def _fan_out(

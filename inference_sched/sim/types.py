@@ -51,6 +51,7 @@ class SimRequest:
             of them, prefix-consistent (module docstring).
         lora: LoRA adapter name, or None for the base model.
         session: session id (multi-turn chat), or None.
+        slo_ttft_ms / slo_tpot_ms / priority: the request's SLO class (mixed-slo).
     """
 
     id: int
@@ -60,6 +61,12 @@ class SimRequest:
     blocks: npt.NDArray[np.int64]
     lora: str | None = None
     session: str | None = None
+    slo_ttft_ms: float = 0.0
+    """The request's TTFT objective (``x-slo-ttft-ms``); 0: none."""
+    slo_tpot_ms: float = 0.0
+    """The request's TPOT objective (``x-slo-tpot-ms``); 0: none."""
+    priority: int = 0
+    """InferenceObjective priority; < 0 is sheddable."""
 
 
 @attrs.frozen

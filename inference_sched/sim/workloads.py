@@ -638,6 +638,45 @@ def hot_prefix(
     return _assemble("hot-prefix", model, params, arrivals, prompt_tokens, outputs, blocks)
 
 
+SLO_CLASSES: Final = (
+    ("interactive", 0.3, 200.0, 50.0, 1),
+    ("standard", 0.5, 1000.0, 0.0, 0),
+    ("batch", 0.2, 0.0, 0.0, -1),
+)
+"""(name, share, TTFT SLO ms, TPOT SLO ms, priority) of ``mixed-slo``'s classes."""
+
+
+def mixed_slo(
+    *,
+    rate: float = 80.0,
+    duration_s: float = _DURATION_S,
+    seed: int = 0,
+    model: str = DEFAULT_MODEL,
+) -> Workload:
+    """Shared-prefix traffic in three SLO classes, as GIE's SLO-aware stack expects it.
+
+    :data:`SLO_CLASSES`: 30% interactive (TTFT <= 200 ms, TPOT <= 50 ms, priority 1), 50%
+    standard (TTFT <= 1 s, priority 0) and 20% batch (no SLO, priority -1: sheddable when
+    the pool saturates). The requests are :func:`shared_prefix`'s at ``rate`` (default 80
+    req/s, past what 16 default servers serve comfortably), each class drawn independently.
+    """
+    base = shared_prefix(rate=rate, duration_s=duration_s, seed=seed, model=model)
+    rng = np.random.default_rng(seed + 7)
+    shares = np.array([share for _, share, _, _, _ in SLO_CLASSES])
+    drawn = rng.choice(len(SLO_CLASSES), size=len(base.requests), p=shares / shares.sum())
+    requests = tuple(
+        attrs.evolve(
+            r,
+            slo_ttft_ms=SLO_CLASSES[c][2],
+            slo_tpot_ms=SLO_CLASSES[c][3],
+            priority=SLO_CLASSES[c][4],
+        )
+        for r, c in zip(base.requests, drawn.tolist(), strict=True)
+    )
+    params = {**base.params, "generator": "mixed-slo", "classes": [c[0] for c in SLO_CLASSES]}
+    return Workload(name="mixed-slo", requests=requests, params=params, model=model)
+
+
 # ---------------------------------------------------------------------------- registry
 
 WORKLOADS: Final[dict[str, Callable[..., Workload]]] = {
@@ -646,6 +685,7 @@ WORKLOADS: Final[dict[str, Callable[..., Workload]]] = {
     "lora-mix": lora_mix,
     "bursty": bursty,
     "hot-prefix": hot_prefix,
+    "mixed-slo": mixed_slo,
 }
 """Synthetic generators by name; every one takes ``rate``, ``duration_s`` and ``seed``."""
 
