@@ -33,7 +33,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
 from inference_sched.sim.kvcache import KVCache, KVEvent, block_keys, lora_int_id
+from inference_sched.sim.prompts import block_token_ids, prompt_token_ids
 from inference_sched.sim.types import (
     SIM_BLOCK_TOKENS,
     EngineConfig,
@@ -278,13 +282,7 @@ class Server:
         full = keys[: request.prompt_tokens // self._bs]
         token_ids: list[list[int]] | None = None
         if self._events_on and self._token_ids_of is not None:
-            m = self._bs // SIM_BLOCK_TOKENS
-            ids = request.blocks[: len(full) * m].tolist()
-            of = self._token_ids_of
-            token_ids = [
-                [t for block_id in ids[b * m : (b + 1) * m] for t in of(block_id)]
-                for b in range(len(full))
-            ]
+            token_ids = self._block_tokens(request.blocks, 0, len(full))
         lora = request.lora
         return self._kv.preload(
             full,
@@ -292,6 +290,25 @@ class Server:
             lora_name=lora,
             token_ids=token_ids,
         )
+
+    def _block_tokens(self, blocks: npt.NDArray[np.int64], lo: int, hi: int) -> list[list[int]]:
+        """The token ids of engine blocks ``[lo, hi)`` of a prompt, one list per block."""
+        m = self._bs // SIM_BLOCK_TOKENS
+        ids = blocks[lo * m : hi * m]
+        if self._token_ids_of is block_token_ids:  # the fleet's: one vectorised call
+            rows: list[list[int]] = (
+                prompt_token_ids(ids, ids.shape[0] * SIM_BLOCK_TOKENS)
+                .reshape(hi - lo, self._bs)
+                .tolist()
+            )
+            return rows
+        of = self._token_ids_of
+        assert of is not None
+        listed = ids.tolist()
+        return [
+            [t for block_id in listed[b * m : (b + 1) * m] for t in of(block_id)]
+            for b in range(hi - lo)
+        ]
 
     def advance(self, until_s: float) -> list[EngineEvent]:
         """Commit every step ending at or before ``until_s``; the events, in time order."""
@@ -445,15 +462,7 @@ class Server:
             return
         token_ids: list[list[int]] | None = None
         if self._token_ids_of is not None:
-            m = bs // SIM_BLOCK_TOKENS
-            ids = r.sim.blocks[lo * m : hi * m].tolist()
-            of = self._token_ids_of
-            token_ids = []
-            for b in range(hi - lo):
-                tokens: list[int] = []
-                for block_id in ids[b * m : (b + 1) * m]:
-                    tokens.extend(of(block_id))
-                token_ids.append(tokens)
+            token_ids = self._block_tokens(r.sim.blocks, lo, hi)
         lora_id = lora_int_id(r.lora) if r.lora is not None else None
         r.held.extend(
             self._kv.register(
