@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import EndpointPickerConfig, load_config, load_config_file
 from .errors import (
+    AdmissionDeniedError,
     ConfigError,
     DataError,
     InferenceSchedError,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     __version__: str
 
 __all__ = [
+    "AdmissionDeniedError",
     "Candidates",
     "ConfigError",
     "CycleState",

@@ -62,6 +62,7 @@ out of the pool averages and ``ready_pods``."""
 E2E_DURATION: Final = "inference_extension_scheduler_e2e_duration_seconds"
 ATTEMPTS: Final = "inference_extension_scheduler_attempts"  # exposed with _total
 SHED: Final = "inference_extension_shed_requests"  # ours; _total
+DENIED: Final = "inference_extension_denied_requests"  # ours; _total
 PLUGIN_DURATION: Final = "inference_extension_plugin_duration_seconds"
 PLUGIN_ERRORS: Final = "inference_extension_plugin_errors"  # ours; _total
 PLUGIN_INVALID_SCORES: Final = "inference_extension_plugin_invalid_scores"  # ours; _total
@@ -192,6 +193,14 @@ class SchedulerCollector(Collector):
         )
         shed.add_metric([], getattr(scheduler, "shed", 0))
         yield shed
+        denied = CounterMetricFamily(
+            DENIED,
+            "Requests an admitter plugin denied before scheduling (latency-slo-admitter: "
+            "HTTP 500).",
+            labels=[],
+        )
+        denied.add_metric([], getattr(scheduler, "denied", 0))
+        yield denied
         e2e = HistogramMetricFamily(
             E2E_DURATION, "End-to-end scheduling latency distribution in seconds.", labels=[]
         )

@@ -12,10 +12,12 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 import inference_sched.plugins.slo  # noqa: F401 - registers the SLO plugin types
 from inference_sched.errors import AdmissionDeniedError, ParameterError
 from inference_sched.handle import PluginHandle
+from inference_sched.metrics import registry_for
 from inference_sched.params import NoParams, parse_params
 from inference_sched.plugins.prefix import (
     PREFIX_CACHE_MATCH_INFO,
@@ -710,6 +712,8 @@ def test_admitter_in_the_scheduler_denies_sheddable_requests() -> None:
     with pytest.raises(AdmissionDeniedError):
         scheduler.schedule(Request.create("m", prompt="x " * 40, headers=tight, priority=-1))
     assert (scheduler.denied, scheduler.cycles, scheduler.failures) == (1, cycles, 0)
+    exposed = generate_latest(registry_for(scheduler)).decode()
+    assert "inference_extension_denied_requests_total 1.0" in exposed
     # priority >= 0 is always admitted
     assert scheduler.schedule(Request.create("m", prompt="y " * 40, headers=tight)).endpoint
 
