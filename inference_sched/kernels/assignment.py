@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_sched.kernels._jit import kernel
+from inference_sched.kernels.cost import _dynamo_cost
 
 __all__ = ["assign_greedy"]
 
@@ -76,10 +77,9 @@ def assign_greedy(
             cached = match_blocks[start + p]
             if not cached >= shared[row]:  # NaN match: the batch's share only
                 cached = shared[row]
-            uncached = total_blocks[i] - cached
-            if uncached < 0.0:
-                uncached = 0.0
-            c = credit * uncached + load_tokens[row] / block_size_tokens[i]
+            c = _dynamo_cost(
+                credit, total_blocks[i], cached, load_tokens[row], block_size_tokens[i]
+            )
             cost[p] = c if c == c else math.inf  # NaN ranks last
         taken = np.zeros(m, dtype=np.bool_)
         for slot in range(k):

@@ -20,6 +20,18 @@ _MIN_UNIFORM = 1e-300  # keeps -log(-log(u)) finite for u == 0
 
 
 @kernel
+def _dynamo_cost(
+    credit: float, total_blocks: float, cached_blocks: float, load_tokens: float, block: float
+) -> float:
+    """``credit * max(total - cached, 0) + load / block``; a NaN input stays NaN (the one
+    formula of ``kv_cost_scores`` and of the joint assignment)."""
+    uncached = total_blocks - cached_blocks
+    if uncached < 0.0:  # NaN fails the test and stays NaN
+        uncached = 0.0
+    return credit * uncached + load_tokens / block
+
+
+@kernel
 def kv_cost_scores(
     match_blocks: npt.NDArray[np.float64],
     inflight_tokens: npt.NDArray[np.float64],
@@ -34,10 +46,9 @@ def kv_cost_scores(
     n = candidates.shape[0]
     for i in range(n):
         row = candidates[i]
-        uncached = total_blocks - match_blocks[row]
-        if uncached < 0.0:  # NaN fails the test and stays NaN
-            uncached = 0.0
-        logits[i] = credit * uncached + inflight_tokens[row] / block_size_tokens
+        logits[i] = _dynamo_cost(
+            credit, total_blocks, match_blocks[row], inflight_tokens[row], block_size_tokens
+        )
     min_max_inverted(logits, np.arange(n, dtype=np.int32), out)
 
 

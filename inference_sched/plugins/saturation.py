@@ -29,6 +29,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from inference_sched.datalayer.scraper import stale_mask
 from inference_sched.interfaces import Filter, Handle, SaturationDetector
 from inference_sched.params import ParamCheck, at_least, in_range, one_of, param, parse_duration_s
 from inference_sched.plugins.load import IN_FLIGHT_LOAD
@@ -69,13 +70,6 @@ def _positive_seconds(inst: Any, attribute: attrs.Attribute[Any], value: Any) ->
         or value <= 0
     ):
         raise ParamCheck(attribute.alias or attribute.name, _DURATION, value)
-
-
-def _stale(
-    table: EndpointTable, rows: Candidates, now_s: float, threshold_s: float
-) -> npt.NDArray[np.bool_]:
-    # The rule of datalayer.scraper.is_stale (never scraped: -inf, so always stale).
-    return np.asarray(now_s - table.last_update_s[rows] > threshold_s)
 
 
 # ---------------------------------------------------------------- utilization
@@ -128,7 +122,7 @@ class UtilizationDetector:
             table.waiting[candidates] / self._queue,
             table.kv_usage_frac[candidates] / self._kv,
         )
-        saturated = _stale(table, candidates, now_s, self._stale_s) | np.isnan(scores)
+        saturated = stale_mask(table, candidates, now_s, self._stale_s) | np.isnan(scores)
         return float(np.where(saturated, 1.0, scores).mean())
 
     def filter(
@@ -141,7 +135,7 @@ class UtilizationDetector:
         """Fresh candidates with ``waiting < q * (1 + headroom)`` and ``kv < k * (1 +
         headroom)``; all of ``candidates`` when none qualifies (GIE fails open)."""
         keep = (
-            ~_stale(table, candidates, cycle.now_s, self._stale_s)
+            ~stale_mask(table, candidates, cycle.now_s, self._stale_s)
             & (table.waiting[candidates] < self._queue_limit)
             & (table.kv_usage_frac[candidates] < self._kv_limit)
         )
