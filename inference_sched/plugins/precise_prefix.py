@@ -36,7 +36,6 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, NamedTuple
 
@@ -504,10 +503,3 @@ class PrecisePrefixCacheProducer:
         with self._lock:
             self._apply_queue()
             return self.index.size()
-
-    def wait_idle(self, timeout_s: float = 1.0) -> bool:
-        """Wait until no event is queued (tests of the socket path)."""
-        deadline = time.monotonic() + timeout_s
-        while self._queue and time.monotonic() < deadline:
-            time.sleep(0.001)
-        return not self._queue
