@@ -75,7 +75,7 @@ def _only(page: str, families: frozenset[str]) -> str:
 def _pages(num_endpoints: int) -> tuple[list[list[bytes]], list[list[bytes]]]:
     """(whole pages, pages filtered to the vLLM families) per endpoint and variant."""
     from inference_sched.datalayer.engines import BUILTIN_ENGINES
-    from inference_sched.datalayer.metrics import vllm_page
+    from inference_sched.datalayer.parse import vllm_page
 
     families = frozenset(BUILTIN_ENGINES["vllm"].metric_names)
     rng = np.random.default_rng(5)
@@ -185,11 +185,11 @@ def run_cycles(
 ) -> dict[str, Any]:
     """Paced cycles with the real scraper; CPU and wall figures of the measured part."""
     from inference_sched.datalayer.scraper import Scraper
-    from inference_sched.handle import PluginHandle
-    from inference_sched.state import EndpointTable
-    from inference_sched.types import Endpoint
+    from inference_sched.framework.handle import PluginHandle
+    from inference_sched.framework.types import Endpoint
+    from inference_sched.state.table import EndpointTable
 
-    plugins = importlib.import_module("inference_sched.plugins.datalayer")
+    plugins = importlib.import_module("inference_sched.datalayer.plugins")
     table = EndpointTable()
     for i in range(num_endpoints):
         table.add(Endpoint(f"e{i}", "127.0.0.1", port))
@@ -285,7 +285,7 @@ def main() -> None:
             run = run_cycles(port, n, httpx_cycles, warmup=3)
         run["endpoints"] = n
         by_case["httpx"].append(run)
-    from inference_sched.datalayer.metrics import vllm_page
+    from inference_sched.datalayer.parse import vllm_page
 
     page_bytes = len(vllm_page().encode())
     runs = {case: _merge(r) for case, r in by_case.items()}

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import parse_args, percentiles_us, time_calls, write_report
 
 from inference_sched.kernels import hashing, reference
-from inference_sched.prefix_hashing import block_hashes, readonly, seed_hash
+from inference_sched.prefix.hashing import block_hashes, readonly, seed_hash
 
 SIZES = {"8KB": 8 * 1024, "32KB": 32 * 1024, "400KB": 400 * 1024}
 BLOCK_TOKENS = 16

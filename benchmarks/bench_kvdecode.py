@@ -11,7 +11,7 @@ Per batch, in the same process and on the same bytes:
 
 * ``python-loop``: the baseline, a straightforward decoder that checks and normalises
   every hash and token in a Python loop, then builds the arrays;
-* ``decode_batch``: :func:`inference_sched.datalayer.kv_events.decode_batch` (bulk
+* ``decode_batch``: :func:`inference_sched.prefix.precise.wire.decode_batch` (bulk
   ``sum``-checked NumPy conversion);
 * ``unpackb-only``: ``msgpack.unpackb`` alone, the floor any msgpack decoder pays.
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import parse_args, percentiles_us, time_calls, write_report
 
-from inference_sched.datalayer.kv_events import (
+from inference_sched.prefix.precise.wire import (
     AllBlocksCleared,
     BlockRemoved,
     BlockStored,

@@ -10,7 +10,7 @@ batches (one ``apply_events`` kernel call), exactly the subscriber's path minus 
 socket. ``block_events_per_s`` = engine blocks named by BlockStored and BlockRemoved
 events / time. Baseline (same process, same stream): the per-element Python decoder of
 ``bench_kvdecode.py`` feeding the pure-Python index model
-(:class:`~inference_sched.prefix_index_model.PreciseIndexModel`).
+(:class:`~tests.oracles.prefix_index_model.PreciseIndexModel`).
 
 **Decision** (issue 6 §7: a precise decision for an 8k-token request over 256 endpoints,
 p50 <= 50 us): the whole ``Scheduler.schedule`` with the ``llm-d-precise`` preset
@@ -43,7 +43,7 @@ ROUNDS = 5
 # ---------------------------------------------------------------------------- ingest
 def record_stream(duration_s: float) -> tuple[list[tuple[str, bytes]], str, list[str]]:
     """(pod, payload) batches of a simulated run, the model, and the pods."""
-    from inference_sched.datalayer.kv_events import encode_batch
+    from inference_sched.prefix.precise.wire import encode_batch
     from inference_sched.sim.fleet import FleetConfig, simulate
     from inference_sched.sim.presets import resolve_config
     from inference_sched.sim.types import EngineConfig
@@ -72,7 +72,7 @@ def record_stream(duration_s: float) -> tuple[list[tuple[str, bytes]], str, list
 
 
 def block_events(batches: list[tuple[str, bytes]]) -> int:
-    from inference_sched.datalayer.kv_events import decode_batch
+    from inference_sched.prefix.precise.wire import decode_batch
 
     return sum(
         len(getattr(e, "block_hashes", ()))
@@ -83,12 +83,12 @@ def block_events(batches: list[tuple[str, bytes]]) -> int:
 
 def ingest_ours(batches: list[tuple[str, bytes]], model: str, pods: list[str]) -> list[float]:
     """Seconds per round (the stream cut in ROUNDS parts, applied in order)."""
-    from inference_sched.config import load_config
-    from inference_sched.datalayer.kv_events import decode_batch
-    from inference_sched.scheduler import Scheduler
+    from inference_sched.framework.config import load_config
+    from inference_sched.framework.scheduler import Scheduler
+    from inference_sched.framework.types import Endpoint
+    from inference_sched.prefix.precise.wire import decode_batch
     from inference_sched.sim.presets import PRESETS
-    from inference_sched.state import EndpointTable
-    from inference_sched.types import Endpoint
+    from inference_sched.state.table import EndpointTable
 
     table = EndpointTable()
     for pod in pods:
@@ -123,7 +123,7 @@ def ingest_ours(batches: list[tuple[str, bytes]], model: str, pods: list[str]) -
 def ingest_baseline(batches: list[tuple[str, bytes]], model: str, pods: list[str]) -> list[float]:
     from bench_kvdecode import python_loop_decode
 
-    from inference_sched.prefix_index_model import PreciseIndexModel
+    from tests.oracles.prefix_index_model import PreciseIndexModel
 
     index = PreciseIndexModel()
     rows = {pod: i for i, pod in enumerate(pods)}
@@ -156,12 +156,12 @@ def ingest_baseline(batches: list[tuple[str, bytes]], model: str, pods: list[str
 # -------------------------------------------------------------------------- decision
 def decision_setup(num_endpoints: int) -> tuple[Any, Any, list[Any]]:
     """Two schedulers over the same endpoints (precise, gie-default) and the requests."""
-    from inference_sched.config import load_config
-    from inference_sched.scheduler import Scheduler
+    from inference_sched.framework.config import load_config
+    from inference_sched.framework.scheduler import Scheduler
+    from inference_sched.framework.types import Endpoint, Request
     from inference_sched.sim.kvcache import BlockStored
     from inference_sched.sim.presets import PRESETS
-    from inference_sched.state import EndpointTable
-    from inference_sched.types import Endpoint, Request
+    from inference_sched.state.table import EndpointTable
 
     rng = np.random.default_rng(7)
     model = "meta-llama/Llama-3.1-8B-Instruct"

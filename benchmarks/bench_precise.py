@@ -19,7 +19,7 @@ Cases (compile time excluded by a warm-up, heap frozen with ``gc.freeze()``):
   events (one kernel call per batch; what a decoder draining its socket would do);
   ``p50_us``/``p99_us`` per batch.
 * ``ingest/python-model``: the same stream, event by event, into
-  :class:`~inference_sched.prefix_index_model.PreciseIndexModel` (dicts, sets,
+  :class:`~tests.oracles.prefix_index_model.PreciseIndexModel` (dicts, sets,
   OrderedDicts, ``xxhash`` per block): the baseline.
   Each ingest case reports ``block_events_per_s`` (engine blocks in stored and removed
   events / wall time, over the whole stream) and its ``ratio_vs_baseline`` is that rate
@@ -66,8 +66,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import parse_args, percentiles_us, round_p50s_us, time_calls, write_report
 
-from inference_sched.precise_index import EventBatchBuilder, PreciseIndex
-from inference_sched.prefix_index_model import PreciseIndexModel
+from inference_sched.prefix.precise.index import EventBatchBuilder, PreciseIndex
+from tests.oracles.prefix_index_model import PreciseIndexModel
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BLOCK = 16

@@ -24,7 +24,7 @@ Cases, in one run (compile time excluded, heap frozen with ``gc.freeze()`` after
   + PreRequest-style ``add`` of the request's blocks on an endpoint, for the 400 KB prompt
   and for 8k-token prompts (GIE default: 256 blocks matched), done by the pure-Python
   baseline (a Python loop of ``xxhash.xxh64`` and
-  :class:`~inference_sched.prefix_index_model.PrefixIndexModel`, a dict of sets plus
+  :class:`~tests.oracles.prefix_index_model.PrefixIndexModel`, a dict of sets plus
   OrderedDict LRUs) and by the Numba path, on identically filled indexes, alternating in
   5 rounds. Target >= 20x.
 * ``memory/...`` (e): a fresh child process fills an index to 10M (hash, endpoint)
@@ -60,9 +60,9 @@ from _common import parse_args, percentiles_us, round_p50s_us, time_calls, write
 
 from inference_sched import Endpoint, EndpointTable, Request, Scheduler, registry
 from inference_sched.kernels import reference
-from inference_sched.prefix_hashing import block_hashes, readonly, seed_hash
-from inference_sched.prefix_index import PrefixIndex
-from inference_sched.prefix_index_model import PrefixIndexModel
+from inference_sched.prefix.hashing import block_hashes, readonly, seed_hash
+from inference_sched.prefix.index import PrefixIndex
+from tests.oracles.prefix_index_model import PrefixIndexModel
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 BLOCK_TOKENS = 16

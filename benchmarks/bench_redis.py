@@ -51,9 +51,9 @@ from _common import parse_args, percentiles_us, round_p50s_us, time_calls, write
 
 from inference_sched import Endpoint, EndpointTable, Request, Response, Scheduler
 from inference_sched.params import parse_params
-from inference_sched.prefix_hashing import block_hashes
-from inference_sched.redis_state import HashEncoding, RedisLink, RedisPrefixIndex, RedisPrefixParams
-from inference_sched.redis_state.scripts import SCRIPTS
+from inference_sched.prefix.hashing import block_hashes
+from inference_sched.state.redis import HashEncoding, RedisLink, RedisPrefixIndex, RedisPrefixParams
+from inference_sched.state.redis.scripts import SCRIPTS
 from tests.redis_server import RedisServer, redis_server_binary
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

@@ -31,11 +31,11 @@ from _common import parse_args, percentiles_us, time_calls, write_report
 
 import inference_sched.plugins.slo  # noqa: F401 - registers the SLO plugin types
 from inference_sched import Endpoint, EndpointTable, Request
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import CycleState
 from inference_sched.params import parse_params
 from inference_sched.plugins.slo import PredictedLatencyProducer
 from inference_sched.slo import LatencyPredictor, feature_matrix
-from inference_sched.types import CycleState
 
 SIZES = (16, 64, 256)
 PROMPT_TOKENS = 2000.0

@@ -26,8 +26,8 @@ from typing import Any
 
 import attrs
 
-from inference_sched import registry
-from inference_sched.config import effective_parameters
+from inference_sched.framework import registry
+from inference_sched.framework.config import effective_parameters
 from inference_sched.params import _DEPRECATED, NoParams, parse_params
 
 OUTPUT = Path(__file__).with_name("config-reference.md")

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from .errors import ParameterError
+from inference_sched.errors import ParameterError
 
 __all__ = [
     "DEPRECATED_KEY",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from inference_sched.handle import PluginHandle
-from inference_sched.state import EndpointTable
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.state.table import EndpointTable
 
 # The first example of a kernel property pays the JIT compile: no deadline.
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from inference_sched.state import EndpointTable
-from inference_sched.types import Endpoint
+from inference_sched.framework.types import Endpoint
+from inference_sched.state.table import EndpointTable
 
 
 def make_table(n: int, **columns: list[float]) -> EndpointTable:
@@ -16,3 +17,16 @@ def make_table(n: int, **columns: list[float]) -> EndpointTable:
     if columns:
         table.update_metrics(np.arange(n), **columns)
     return table
+
+
+def hide_builtin(monkeypatch: pytest.MonkeyPatch, plugin_type: str) -> None:
+    """Make a built-in plugin type unavailable for one test (as in a build without it)."""
+    from inference_sched.framework import registry
+
+    registry.get(plugin_type)  # import its family first, so nothing re-registers it
+    monkeypatch.delitem(registry._classes, plugin_type)
+    monkeypatch.setattr(
+        registry,
+        "BUILTIN_PLUGINS",
+        {k: v for k, v in registry.BUILTIN_PLUGINS.items() if k != plugin_type},
+    )

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inference_sched.config import load_config_file
+from inference_sched.framework.config import load_config_file
 from inference_sched.sim import report
 from inference_sched.sim.data import shared_data_dir
 from inference_sched.sim.fleet import FleetConfig, simulate

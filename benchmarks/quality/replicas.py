@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from inference_sched.config import load_config
+from inference_sched.framework.config import load_config
 from inference_sched.sim import report
 from inference_sched.sim.fleet import FleetConfig, simulate
 from inference_sched.sim.workloads import load_workload

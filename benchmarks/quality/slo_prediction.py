@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 import inference_sched.plugins.slo  # noqa: F401 - registers the SLO plugin types
-from inference_sched.config import load_config
+from inference_sched.framework.config import load_config
+from inference_sched.framework.contracts import read_latency_info
+from inference_sched.framework.types import CycleState, Request, SchedulingResult
 from inference_sched.plugins.slo import PredictedLatencyProducer
 from inference_sched.sim.fleet import FleetConfig, simulate
 from inference_sched.sim.workloads import load_workload
-from inference_sched.slo.info import read_latency_info
-from inference_sched.types import CycleState, Request, SchedulingResult
 
 CONFIG = """\
 plugins:

@@ -9,7 +9,7 @@ so a repeated or missed snapshot cannot leave the table wrong.
 Sources here:
 
 * :class:`StaticDiscovery`: a fixed list (``ip:port`` / ``name=ip:port`` strings from the
-  CLI or config, or :class:`~inference_sched.types.Endpoint` objects);
+  CLI or config, or :class:`~inference_sched.framework.types.Endpoint` objects);
 * :class:`FileDiscovery`: a YAML or JSON file, re-read when it changes; a malformed edit
   keeps the last good list.
 
@@ -33,8 +33,8 @@ import attrs
 import yaml
 
 from inference_sched.errors import ConfigError, DataError
-from inference_sched.state import EndpointTable
-from inference_sched.types import Endpoint
+from inference_sched.framework.types import Endpoint
+from inference_sched.state.table import EndpointTable
 
 __all__ = [
     "Discovery",

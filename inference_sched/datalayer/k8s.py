@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequenc
 from typing import Any, Final
 
 from inference_sched.errors import ConfigError, DataError
-from inference_sched.types import Endpoint
+from inference_sched.framework.types import Endpoint
 
 __all__ = [
     "ACTIVE_PORTS_ANNOTATION",

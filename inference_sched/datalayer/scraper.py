@@ -51,13 +51,13 @@ from inference_sched.datalayer.fetch import (
     Outcome,
     is_supported,
 )
-from inference_sched.datalayer.metrics import EndpointSample, Page, Span
+from inference_sched.datalayer.parse import EndpointSample, Page, Span
 from inference_sched.errors import ConfigError, DataError
-from inference_sched.state import EndpointHandle, EndpointTable
-from inference_sched.types import Endpoint
+from inference_sched.framework.types import Endpoint
+from inference_sched.state.table import EndpointHandle, EndpointTable
 
 if TYPE_CHECKING:
-    from inference_sched.scheduler import Scheduler
+    from inference_sched.framework.scheduler import Scheduler
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -66,9 +66,7 @@ __all__ = [
     "MetricsSource",
     "ScrapeReport",
     "Scraper",
-    "is_stale",
     "scrapers_for",
-    "stale_mask",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,24 +102,6 @@ class MetricsExtractor(Protocol):
             DataError: the page is malformed or has impossible values.
         """
         ...
-
-
-# ------------------------------------------------------------------ staleness
-def is_stale(table: EndpointTable, row: int, now_s: float, threshold_s: float) -> bool:
-    """Whether ``row``'s metrics are older than ``threshold_s`` (never written = stale).
-
-    The rule plugins use (GIE's ``utilization-detector``: 200 ms): stale means
-    ``now_s - table.last_update_s[row] > threshold_s``, on the table's clock.
-    """
-    return bool(now_s - table.last_update_s[row] > threshold_s)
-
-
-def stale_mask(
-    table: EndpointTable, rows: npt.ArrayLike, now_s: float, threshold_s: float
-) -> npt.NDArray[np.bool_]:
-    """:func:`is_stale` for many rows at once."""
-    idx = np.asarray(rows, dtype=np.intp)
-    return np.asarray(now_s - table.last_update_s[idx] > threshold_s)
 
 
 # ------------------------------------------------------------------ status

@@ -370,7 +370,7 @@ def chained_token_block_hashes(
     """:func:`chained_block_hashes` over token ids serialised as uint32 little-endian.
 
     Reads ``tokens`` through a byte view, so it assumes a little-endian host (the
-    wrapper in :mod:`inference_sched.prefix_hashing` asserts it).
+    wrapper in :mod:`inference_sched.prefix.hashing` asserts it).
     """
     if block_tokens <= 0:
         return 0

@@ -1,4 +1,5 @@
-"""Numba kernels of the precise prefix index (:class:`inference_sched.precise_index.PreciseIndex`).
+"""Numba kernels of the precise prefix index
+(:class:`inference_sched.prefix.precise.index.PreciseIndex`).
 
 The contracts live on the wrapper class. The index is one
 :mod:`~inference_sched.kernels.prefix_index` store (table, nodes, per-LRU lists) plus a
@@ -23,7 +24,7 @@ The contracts live on the wrapper class. The index is one
 Kernels that only compute (:func:`_chain_block_keys`, :func:`_match_tiers`,
 :func:`_hash_match_tiers`) have NumPy twins of the same name in ``reference.py``; the
 ones that change the store are checked against the pure-Python model
-(:class:`~inference_sched.prefix_index_model.PreciseIndexModel`) by the stateful test,
+(:class:`~tests.oracles.prefix_index_model.PreciseIndexModel`) by the stateful test,
 as for the prefix index (a twin would replay the same linked-list surgery). All names
 are private, the wrapper being the public surface, so the twins keep the private names
 (the kernel-policy test pairs the *public* kernels of the modules it lists).

@@ -1,4 +1,8 @@
-"""Built-in plugins, one module per family; importing this package registers them all.
+"""Built-in plugins, one module per family.
+
+Importing this package imports no family: the registry imports a family the first time a
+config names one of its types (the catalogue is
+:data:`inference_sched.framework.catalogue.BUILTIN_PLUGINS`).
 
 Families (GIE/llm-d type strings):
 
@@ -12,6 +16,8 @@ Families (GIE/llm-d type strings):
   ``prefix-cache-scorer``, ``prefix-cache-affinity-filter`` and llm-d's ``no-hit-lru-scorer``.
 * :mod:`.precise_prefix`: ``precise-prefix-cache-producer`` (llm-d: the prefix match from
   the engines' KV events).
+* :mod:`inference_sched.datalayer.plugins` (beside the data layer it drives):
+  ``metrics-data-source`` and ``core-metrics-extractor``, configured under ``dataLayer``.
 * :mod:`.slo`: GIE's latency-predictor stack, learned in process:
   ``predicted-latency-producer``, ``latency-scorer``, ``slo-headroom-tier-filter``,
   ``latency-slo-admitter``.
@@ -27,43 +33,7 @@ Families (GIE/llm-d type strings):
 * :mod:`.filters`: ``decode-filter``, ``prefill-filter``, ``label-selector-filter``
   (deprecated alias ``by-label-selector``).
 * :mod:`.profile_handlers`: ``single-profile-handler``.
-* :mod:`.datalayer`: ``metrics-data-source`` and ``core-metrics-extractor`` (the data
-  layer's polling source and metrics extractor, configured under ``dataLayer``).
 
 Each plugin has a page in ``docs/plugins/<type>.md``. The classes are importable, but
 only the type strings are promised: configs name plugins by type.
 """
-
-from inference_sched.plugins import (
-    cost_model,
-    datalayer,
-    filters,
-    load,
-    lora,
-    pd,
-    pickers,
-    precise_prefix,
-    prefix,
-    profile_handlers,
-    saturation,
-    session,
-    slo,
-    tokens,
-)
-
-__all__ = [
-    "cost_model",
-    "datalayer",
-    "filters",
-    "load",
-    "lora",
-    "pd",
-    "pickers",
-    "precise_prefix",
-    "prefix",
-    "profile_handlers",
-    "saturation",
-    "session",
-    "slo",
-    "tokens",
-]

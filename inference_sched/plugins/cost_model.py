@@ -38,14 +38,17 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import Handle, Picker, Scorer
+from inference_sched.framework.contracts import (
+    IN_FLIGHT_LOAD,
+    PREFIX_CACHE_MATCH_INFO,
+    PrefixCacheMatchInfo,
+)
+from inference_sched.framework.interfaces import Handle, Picker, Scorer
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import Candidates, CycleState, Request, ScorerCategory
 from inference_sched.kernels import cost, picking
 from inference_sched.params import at_least, param
-from inference_sched.plugins.load import IN_FLIGHT_LOAD
-from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
-from inference_sched.registry import register
-from inference_sched.state import EndpointTable
-from inference_sched.types import Candidates, CycleState, Request, ScorerCategory
+from inference_sched.state.table import EndpointTable
 
 __all__ = ["DEFAULT_BLOCK_SIZE_TOKENS", "KvCostScorer", "SoftmaxPicker"]
 

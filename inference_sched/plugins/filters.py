@@ -21,12 +21,12 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import Filter, Handle
+from inference_sched.framework.interfaces import Filter, Handle
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import Candidates, CycleState, Request, Role
 from inference_sched.kernels import filtering
 from inference_sched.params import NoParams, ParamCheck, param
-from inference_sched.registry import register
-from inference_sched.state import EndpointTable
-from inference_sched.types import Candidates, CycleState, Request, Role
+from inference_sched.state.table import EndpointTable
 
 __all__ = [
     "ByLabelSelector",

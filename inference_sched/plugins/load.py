@@ -11,7 +11,7 @@ Each scorer reads one ``EndpointTable`` column at call time (columns are realloc
 the table grows) and makes one kernel call over the whole candidate set.
 
 With a ``redis`` parameter the producer shares its counters with the pool's other
-scheduler replicas (:mod:`inference_sched.redis_state`, ``docs/redis.md``).
+scheduler replicas (:mod:`inference_sched.state.redis`, ``docs/redis.md``).
 """
 
 from __future__ import annotations
@@ -20,13 +20,19 @@ import logging
 import math
 import threading
 import time
-from typing import ClassVar, Final
+from typing import ClassVar
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import (
+from inference_sched.framework.contracts import (
+    IN_FLIGHT_LOAD,
+    PREFILL_PROFILE,
+    InFlightLoad,
+    estimate_tokens,
+)
+from inference_sched.framework.interfaces import (
     DataProducer,
     Handle,
     PreRequest,
@@ -34,14 +40,8 @@ from inference_sched.interfaces import (
     ResponseStreaming,
     Scorer,
 )
-from inference_sched.kernels import scoring
-from inference_sched.params import NoParams, at_least, in_range, param, string
-from inference_sched.redis_state import RedisInflightCounters, RedisInflightParams, Unavailable
-from inference_sched.redis_state.link import names_blob
-from inference_sched.redis_state.params import redis_field
-from inference_sched.registry import register
-from inference_sched.state import EndpointHandle, EndpointTable
-from inference_sched.types import (
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import (
     Candidates,
     CycleState,
     Endpoint,
@@ -50,31 +50,24 @@ from inference_sched.types import (
     SchedulingResult,
     ScorerCategory,
 )
+from inference_sched.kernels import scoring
+from inference_sched.params import NoParams, at_least, in_range, param, string
+from inference_sched.state.redis import RedisInflightCounters, RedisInflightParams, Unavailable
+from inference_sched.state.redis.link import names_blob
+from inference_sched.state.redis.params import redis_field
+from inference_sched.state.table import EndpointHandle, EndpointTable
 
 __all__ = [
-    "IN_FLIGHT_LOAD",
-    "PREFILL_PROFILE",
     "ActiveRequestScorer",
-    "InFlightLoad",
     "InflightLoadProducer",
     "KvCacheUtilizationScorer",
     "LoadAwareScorer",
     "QueueScorer",
     "RunningRequestsSizeScorer",
     "TokenLoadScorer",
-    "estimate_tokens",
 ]
 
 log = logging.getLogger(__name__)
-
-IN_FLIGHT_LOAD: Final = "InFlightLoad"
-"""Data key of the scheduler's in-flight accounting (GIE ``InFlightLoadKey``)."""
-
-PREFILL_PROFILE: Final = "prefill"
-"""GIE's convention: a profile literally named ``prefill`` is the prefill stage of P/D."""
-
-_CHARS_PER_TOKEN: Final = 4.0
-_OUTPUT_RATIO: Final = 1.5
 
 
 # ---------------------------------------------------------------- metric scorers
@@ -170,55 +163,6 @@ _load_aware_scorer: type[Scorer] = LoadAwareScorer
 
 
 # ---------------------------------------------------------------- in-flight load
-@attrs.frozen(eq=False)
-class InFlightLoad:
-    """The scheduler's in-flight load per table row (GIE ``InFlightLoad``).
-
-    Written to the cycle under :data:`IN_FLIGHT_LOAD` by ``inflight-load-producer``. The
-    counters live in the table's ``inflight_requests`` / ``inflight_tokens`` columns;
-    this object reads them on access, so it never holds an array that the table has
-    since reallocated.
-    """
-
-    table: EndpointTable
-
-    @property
-    def requests(self) -> npt.NDArray[np.float64]:
-        """In-flight requests per row."""
-        return self.table.inflight_requests
-
-    @property
-    def tokens(self) -> npt.NDArray[np.float64]:
-        """Estimated in-flight tokens (input + output) per row."""
-        return self.table.inflight_tokens
-
-
-def _go_round(x: float) -> int:
-    """Go's ``math.Round`` for x >= 0: halves round away from zero (Python's round is
-    banker's rounding)."""
-    floor = math.floor(x)
-    return int(floor + 1 if x - floor >= 0.5 else floor)
-
-
-def estimate_tokens(request: Request) -> int:
-    """GIE's ``SimpleTokenEstimator``: estimated input + output tokens of ``request``.
-
-    Input is ``max(request_size_bytes // 4, 1)`` when the body size is known, else the
-    token-id count, else ``max(1, round(len(prompt) / 4))``; output is
-    ``round(input * 1.5)``; rounding is Go's (half away from zero). A request with no
-    size, no token ids and no prompt estimates 0 (GIE: no body).
-    """
-    if request.request_size_bytes > 0:
-        num_input = max(request.request_size_bytes // 4, 1)
-    elif request.token_ids is not None:
-        num_input = len(request.token_ids)
-    elif request.prompt is not None:
-        num_input = max(1, _go_round(len(request.prompt) / _CHARS_PER_TOKEN))
-    else:
-        return 0
-    return num_input + _go_round(num_input * _OUTPUT_RATIO)
-
-
 @attrs.frozen
 class _Hold:
     """What one profile's pick added for a request: released exactly once."""
@@ -253,7 +197,7 @@ class InflightLoadProducer:
     and is left alone). One instance per table: two would count every request twice.
 
     With ``redis`` set, every change to this replica's share is also published to Redis
-    (:class:`~inference_sched.redis_state.RedisInflightCounters`: by a background thread,
+    (:class:`~inference_sched.state.redis.RedisInflightCounters`: by a background thread,
     off the decision), and PrepareRequestData overwrites the columns with the totals
     over all replicas (one round trip per decision, or per ``syncIntervalMs``, which also
     carries this replica's unpublished changes); between reads the columns move with

@@ -11,12 +11,12 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import Handle, Scorer
+from inference_sched.framework.interfaces import Handle, Scorer
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import Candidates, CycleState, Request, ScorerCategory
 from inference_sched.kernels import scoring
 from inference_sched.params import NoParams
-from inference_sched.registry import register
-from inference_sched.state import EndpointTable
-from inference_sched.types import Candidates, CycleState, Request, ScorerCategory
+from inference_sched.state.table import EndpointTable
 
 __all__ = ["LoraAffinityScorer"]
 

@@ -5,7 +5,7 @@ says whether the request also runs ``prefill`` (and, for multimodal requests, ``
 given the decode pick. The answer routes to the decode pick and carries the prefill pick
 for the decode pod's sidecar in ``x-prefiller-host-port`` (the encode picks in
 ``x-encoder-hosts-ports``); the gateway must drop any client-supplied copy of those
-headers (:attr:`~inference_sched.types.SchedulingResult.dropped_request_headers`), so a
+headers (:attr:`~inference_sched.framework.types.SchedulingResult.dropped_request_headers`), so a
 client cannot point a decode pod at a prefiller of its choice.
 
 Deciders: ``prefix-based-pd-decider`` (disaggregate when the prompt's tokens the decode
@@ -29,15 +29,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import attrs
 
 from inference_sched.errors import SchedulingError
-from inference_sched.interfaces import Handle
+from inference_sched.framework.contracts import (
+    PREFIX_CACHE_MATCH_INFO,
+    PrefixCacheMatchInfo,
+    request_token_ids,
+)
+from inference_sched.framework.headers import HEADER_DATA_PARALLEL, HEADER_ENCODER, HEADER_PREFILLER
+from inference_sched.framework.interfaces import Handle
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import CycleState, ProfileRunResult, Request, SchedulingResult
 from inference_sched.params import ParamCheck, at_least, in_range, param
-from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
-from inference_sched.plugins.tokens import request_token_ids
-from inference_sched.registry import register
-from inference_sched.types import CycleState, ProfileRunResult, Request, SchedulingResult
 
 if TYPE_CHECKING:
-    from inference_sched.profile import SchedulingProfile
+    from inference_sched.framework.profile import SchedulingProfile
 
 __all__ = [
     "DATA_PARALLEL_HEADER",
@@ -52,12 +56,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PREFILLER_HEADER: Final = "x-prefiller-host-port"
-"""The prefill pick's ``ip:port``, for the decode pod's sidecar (llm-d)."""
-ENCODER_HEADER: Final = "x-encoder-hosts-ports"
-"""The encode picks' ``ip:port,ip:port`` (llm-d E/P/D)."""
-DATA_PARALLEL_HEADER: Final = "x-data-parallel-host-port"
-"""The chosen data-parallel rank's ``ip:port`` (llm-d)."""
+PREFILLER_HEADER: Final = HEADER_PREFILLER
+ENCODER_HEADER: Final = HEADER_ENCODER
+DATA_PARALLEL_HEADER: Final = HEADER_DATA_PARALLEL
 _PD_HEADERS: Final = (PREFILLER_HEADER, ENCODER_HEADER)
 _MEDIA_PARTS: Final = frozenset({"image_url", "video_url", "input_audio"})
 _LOG_EVERY_S: Final = 60.0

@@ -15,11 +15,11 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import Handle, Picker
+from inference_sched.framework.interfaces import Handle, Picker
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import Candidates, CycleState, Request
 from inference_sched.kernels import picking
 from inference_sched.params import at_least, param
-from inference_sched.registry import register
-from inference_sched.types import Candidates, CycleState, Request
 
 __all__ = ["MaxScorePicker", "PickerParams", "RandomPicker", "WeightedRandomPicker"]
 

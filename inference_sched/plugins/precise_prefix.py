@@ -2,7 +2,7 @@
 
 llm-d's precise prefix routing (``specs/peers.md`` A.4, B): every vLLM server publishes
 its KV-cache events (BlockStored / BlockRemoved / AllBlocksCleared) over ZMQ; the
-scheduler keeps a :class:`~inference_sched.precise_index.PreciseIndex` of them and
+scheduler keeps a :class:`~inference_sched.prefix.precise.index.PreciseIndex` of them and
 matches each request's token blocks against it. The match goes to the cycle as GIE's
 ``PrefixCacheMatchInfo`` (weighted matched blocks by row, the request's block count), so
 the ordinary ``prefix-cache-scorer`` scores ``matched / total``: absolute, never min-max
@@ -14,7 +14,7 @@ Where events come from:
   (engines connect; the endpoint is the topic's ``kv@<ip:port>@<model>``); else, with
   ``discoverPods`` (default), one connection to ``tcp://<ip>:<socketPort>`` per endpoint
   of the table, kept in step with the table. The subscriber
-  (:class:`~inference_sched.datalayer.kv_subscriber.KVEventSubscriber`, ``[kvevents]``
+  (:class:`~inference_sched.prefix.precise.subscriber.KVEventSubscriber`, ``[kvevents]``
   extra) runs in its own thread, started by the first scheduling cycle; it detects
   sequence gaps, duplicates and restarts, and asks for an endpoint's entries to be
   dropped when it cannot replay what it missed.
@@ -43,7 +43,23 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import Handle
+from inference_sched.framework.contracts import (
+    PREFIX_CACHE_MATCH_INFO,
+    TOKENIZED_PROMPT,
+    PrefixCacheMatchInfo,
+    cache_salt,
+    first_picks,
+    request_token_ids,
+)
+from inference_sched.framework.interfaces import Handle
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import (
+    Candidates,
+    CycleState,
+    Endpoint,
+    Request,
+    SchedulingResult,
+)
 from inference_sched.params import (
     ParamCheck,
     at_least,
@@ -55,17 +71,12 @@ from inference_sched.params import (
     param,
     string,
 )
-from inference_sched.plugins.prefix import (
-    PREFIX_CACHE_MATCH_INFO,
-    PrefixCacheMatchInfo,
-    _cache_salt,
-    _first_picks,
+from inference_sched.prefix.precise.index import (
+    EventBatchBuilder,
+    PreciseIndex,
+    split_vllm_extra_keys,
 )
-from inference_sched.plugins.tokens import TOKENIZED_PROMPT, request_token_ids
-from inference_sched.precise_index import EventBatchBuilder, PreciseIndex, split_vllm_extra_keys
-from inference_sched.registry import register
-from inference_sched.state import EndpointTable
-from inference_sched.types import Candidates, CycleState, Endpoint, Request, SchedulingResult
+from inference_sched.state.table import EndpointTable
 
 __all__ = ["PRECISE_PRODUCER_TYPE", "PrecisePrefixCacheProducer", "PrecisePrefixParams"]
 
@@ -403,19 +414,18 @@ class PrecisePrefixCacheProducer:
             if tokens is not None and len(tokens) >= block_tokens:
                 cap = self.params.max_prefix_blocks_to_match
                 limit = cap if cap > 0 else None
-                speculate = self.params.speculative_indexing
                 keys = self.index.match_tokens(
                     tokens,
                     self._seed + request.target_model,
-                    _cache_salt(request),
+                    cache_salt(request),
                     counts,
                     limit,
-                    all_keys=speculate,  # without speculation, stop once the match is decided
+                    all_keys=True,  # every key: the joint batch path groups by them
                 )
                 total = self.index.num_request_keys(len(tokens), limit)
         if tokens is None:
             self.stats["requests_without_token_ids"] += 1
-        info = PrefixCacheMatchInfo(counts, total, block_tokens)
+        info = PrefixCacheMatchInfo(counts, total, block_tokens, keys)
         cycle.write(PREFIX_CACHE_MATCH_INFO, info)
         if self.params.speculative_indexing and len(keys):
             cycle.write(self._state_key, _Match(keys, info))
@@ -429,7 +439,7 @@ class PrecisePrefixCacheProducer:
             return
         cycle.delete(self._state_key)
         now = self._clock()  # the clock expire() reads
-        for row, endpoint in _first_picks(result):
+        for row, endpoint in first_picks(result):
             self._speculative.append((row, endpoint, state.keys, now))
 
     # ------------------------------------------------------------------ sockets
@@ -444,7 +454,7 @@ class PrecisePrefixCacheProducer:
             log.warning("%s: kvEventsConfig names no event source; no events", self.name)
             return False
         try:
-            from inference_sched.datalayer.kv_subscriber import KVEventSubscriber
+            from inference_sched.prefix.precise.subscriber import KVEventSubscriber
         except ImportError as exc:
             self._start_failed = True
             log.error(

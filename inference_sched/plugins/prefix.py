@@ -1,7 +1,7 @@
 """Prefix-cache affinity (GIE ``specs/gie.md`` §4.2, §4.8; llm-d ``specs/peers.md`` §A.1).
 
 * ``approx-prefix-cache-producer`` hashes the request's prompt into chained blocks,
-  matches them against its :class:`~inference_sched.prefix_index.PrefixIndex` and writes
+  matches them against its :class:`~inference_sched.prefix.index.PrefixIndex` and writes
   :class:`PrefixCacheMatchInfo` to the cycle; PreRequest queues the blocks as cached on
   the primary pick (and on the ``prefill`` profile's pick), ``run_deferred`` applies them.
 * ``prefix-cache-scorer`` turns the match into ``matched / total`` blocks per candidate.
@@ -14,7 +14,7 @@ producer when a profile consumes the key and nobody produces it, with the parame
 placed on ``prefix-cache-scorer`` (GIE's documentation puts them there).
 
 With a ``redis`` parameter the producer shares its index with the pool's other scheduler
-replicas (:mod:`inference_sched.redis_state`, ``docs/redis.md``).
+replicas (:mod:`inference_sched.state.redis`, ``docs/redis.md``).
 """
 
 from __future__ import annotations
@@ -33,13 +33,31 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import (
+from inference_sched.framework.contracts import (
+    NO_HASHES,
+    PREFIX_CACHE_MATCH_INFO,
+    PrefixCacheMatchInfo,
+    cache_salt,
+    first_picks,
+    read_latency_info,
+    read_prefix_info,
+)
+from inference_sched.framework.interfaces import (
     DataProducer,
     DeferredWork,
     Filter,
     Handle,
     PreRequest,
     Scorer,
+)
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import (
+    Candidates,
+    CycleState,
+    Endpoint,
+    Request,
+    SchedulingResult,
+    ScorerCategory,
 )
 from inference_sched.kernels import scoring
 from inference_sched.params import (
@@ -52,37 +70,21 @@ from inference_sched.params import (
     param,
     string,
 )
-from inference_sched.plugins.load import PREFILL_PROFILE
-from inference_sched.prefix_hashing import BYTES_PER_TOKEN, block_hashes, token_block_hashes
-from inference_sched.prefix_index import PrefixIndex
-from inference_sched.redis_state import RedisPrefixIndex, RedisPrefixParams, Unavailable
-from inference_sched.redis_state.params import redis_field, redis_forwarded
-from inference_sched.registry import register
-from inference_sched.slo.info import read_latency_info
-from inference_sched.state import EndpointTable
-from inference_sched.types import (
-    Candidates,
-    CycleState,
-    Endpoint,
-    Request,
-    SchedulingResult,
-    ScorerCategory,
-)
+from inference_sched.prefix.hashing import BYTES_PER_TOKEN, block_hashes, token_block_hashes
+from inference_sched.prefix.index import PrefixIndex
+from inference_sched.state.redis import RedisPrefixIndex, RedisPrefixParams, Unavailable
+from inference_sched.state.redis.params import redis_field, redis_forwarded
+from inference_sched.state.table import EndpointTable
 
 __all__ = [
     "MATCH_LENGTH_BUCKETS",
-    "PREFIX_CACHE_MATCH_INFO",
     "ApproxPrefixCacheProducer",
     "NoHitLruScorer",
     "PrefixCacheAffinityFilter",
-    "PrefixCacheMatchInfo",
     "PrefixCacheScorer",
 ]
 
 log = logging.getLogger(__name__)
-
-PREFIX_CACHE_MATCH_INFO: Final = "PrefixCacheMatchInfo"
-"""Data key of the prefix match (GIE ``PrefixCacheMatchInfoKey``)."""
 
 PRODUCER_TYPE: Final = "approx-prefix-cache-producer"
 
@@ -93,51 +95,6 @@ _WARN_INTERVAL_S: Final = 60.0
 _MAX_PENDING: Final = 64
 """Queued index updates past which PreRequest applies them itself."""
 _MAX_LRU_CAPACITY: Final = 2**31 - 1
-
-
-@attrs.frozen(eq=False)
-class PrefixCacheMatchInfo:
-    """How much of the request's prefix each endpoint holds (GIE ``PrefixCacheMatchInfo``).
-
-    Attributes:
-        match_blocks: float64, indexed by *table row* (at least as long as the rows in
-            use): the request's blocks found on that endpoint.
-        total_blocks: the request's number of prefix blocks.
-        block_size_tokens: block size used for the hashes, in tokens.
-    """
-
-    match_blocks: npt.NDArray[np.float64]
-    total_blocks: int
-    block_size_tokens: int
-
-
-_NO_HASHES: Final = np.empty(0, dtype=np.uint64)
-_NO_HASHES.flags.writeable = False
-
-
-def _cache_salt(request: Request) -> str:
-    """The body's ``cache_salt`` when it is a string (GIE), else no salt."""
-    salt = request.body.get("cache_salt") if request.body is not None else None
-    return salt if isinstance(salt, str) else ""
-
-
-def _read_info(cycle: CycleState) -> PrefixCacheMatchInfo | None:
-    info = cycle.read(PREFIX_CACHE_MATCH_INFO)
-    return info if isinstance(info, PrefixCacheMatchInfo) else None
-
-
-def _first_picks(result: SchedulingResult) -> list[tuple[int, Endpoint]]:
-    """(row, endpoint) of the primary profile's pick, then of the ``prefill`` pick (GIE)."""
-    runs = result.profile_results
-    picks: list[tuple[int, Endpoint]] = []
-    run = runs.get(result.primary_profile_name)
-    if run is not None and run.rows:
-        picks.append((int(run.rows[0]), run.endpoints[0]))
-    if len(runs) > 1:  # one profile (the usual case) has no prefill pick
-        run = runs.get(PREFILL_PROFILE)
-        if run is not None and run.rows and all(r != run.rows[0] for r, _ in picks):
-            picks.append((int(run.rows[0]), run.endpoints[0]))
-    return picks
 
 
 # ====================================================================== producer
@@ -217,7 +174,7 @@ class ApproxPrefixCacheProducer:
     update costs more than the rest of the decision with a large index (cache misses
     on evictions and LRU moves), so this is what keeps it off the gateway's wait.
 
-    With ``redis`` set, the index is shared (:class:`~inference_sched.redis_state.
+    With ``redis`` set, the index is shared (:class:`~inference_sched.state.redis.
     RedisPrefixIndex`, keyed by endpoint name) and the local index becomes a
     write-through copy: every update goes to both, a match asks Redis (the queued
     updates travel in the same round trip) and falls back to the local copy when Redis
@@ -290,14 +247,14 @@ class ApproxPrefixCacheProducer:
         over its prompt bytes; none without either (what the match hashes)."""
         max_blocks = self.max_blocks(block_size_tokens)
         if block_size_tokens <= 0 or max_blocks <= 0:
-            return _NO_HASHES
-        salt = _cache_salt(request)
+            return NO_HASHES
+        salt = cache_salt(request)
         model = request.target_model
         if request.token_ids is not None and len(request.token_ids) > 0:
             return token_block_hashes(request.token_ids, model, salt, block_size_tokens, max_blocks)
         if request.prompt:
             return block_hashes(request.prompt, model, salt, block_size_tokens, max_blocks)
-        return _NO_HASHES
+        return NO_HASHES
 
     def _hash_and_match(
         self, request: Request, block_size_tokens: int, counts: npt.NDArray[np.float64]
@@ -305,10 +262,10 @@ class ApproxPrefixCacheProducer:
         """:meth:`hashes` and the match into ``counts``, fused (one kernel call)."""
         max_blocks = self.max_blocks(block_size_tokens)
         if block_size_tokens <= 0 or max_blocks <= 0:
-            return _NO_HASHES
+            return NO_HASHES
         if self.shared is not None:
             return self._shared_match(request, block_size_tokens, counts)
-        salt = _cache_salt(request)
+        salt = cache_salt(request)
         model = request.target_model
         strict = not self._counting
         tokens = request.token_ids
@@ -324,7 +281,7 @@ class ApproxPrefixCacheProducer:
                 return self._index.match_prompt(
                     prompt, model, salt, block_size_tokens, max_blocks, counts, strict=strict
                 )
-        return _NO_HASHES
+        return NO_HASHES
 
     def _shared_match(
         self, request: Request, block_size_tokens: int, counts: npt.NDArray[np.float64]
@@ -366,7 +323,7 @@ class ApproxPrefixCacheProducer:
         block_tokens = self.block_size_tokens(table, candidates)
         counts = np.zeros(max(table.capacity, 1))  # float64
         hashes = self._hash_and_match(request, block_tokens, counts)
-        info = PrefixCacheMatchInfo(counts, len(hashes), block_tokens)
+        info = PrefixCacheMatchInfo(counts, len(hashes), block_tokens, hashes)
         cycle.write(PREFIX_CACHE_MATCH_INFO, info)
         cycle.write(self._state_key, _PrefixState(hashes, info))
 
@@ -377,7 +334,7 @@ class ApproxPrefixCacheProducer:
         if not isinstance(state, _PrefixState):
             return
         cycle.delete(self._state_key)
-        picks = _first_picks(result)
+        picks = first_picks(result)
         if not picks:
             return
         table = self._table
@@ -634,7 +591,7 @@ class PrefixCacheAffinityFilter:
             return candidates
         if self._explore > 0 and cycle.rng.random() < self._explore:
             return candidates
-        info = _read_info(cycle)
+        info = read_prefix_info(cycle)
         if info is None or info.total_blocks <= 0:
             return candidates  # every score is 0: nobody is sticky
         sticky = info.match_blocks[candidates] / info.total_blocks >= self._threshold
@@ -714,7 +671,7 @@ class NoHitLruScorer:
         """0.5 each for a warm request; else ``1 - rank / (N - 1)`` with never-used
         endpoints first (input order), then used ones from least to most recent."""
         n = len(candidates)
-        info = _read_info(cycle)
+        info = read_prefix_info(cycle)
         if (
             info is not None
             and info.total_blocks > 0
@@ -742,7 +699,7 @@ class NoHitLruScorer:
         if cycle.read(self._cold_key) is not True:
             return
         with self._lock:
-            for row, endpoint in _first_picks(result):
+            for row, endpoint in first_picks(result):
                 if self._table.endpoint_or_none(row) is not endpoint:
                     continue
                 self._stamp += 1

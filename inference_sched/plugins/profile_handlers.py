@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from inference_sched.errors import SchedulingError
-from inference_sched.interfaces import Handle, ProfileHandler
+from inference_sched.framework.interfaces import Handle, ProfileHandler
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import CycleState, ProfileRunResult, Request, SchedulingResult
 from inference_sched.params import NoParams
-from inference_sched.registry import register
-from inference_sched.types import CycleState, ProfileRunResult, Request, SchedulingResult
 
 if TYPE_CHECKING:
-    from inference_sched.profile import SchedulingProfile
+    from inference_sched.framework.profile import SchedulingProfile
 
 __all__ = ["SingleProfileHandler"]
 

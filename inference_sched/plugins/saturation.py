@@ -1,6 +1,6 @@
 """Saturation detectors: ``utilization-detector`` and ``concurrency-detector`` (GIE).
 
-Each is both a *saturation detector* (:class:`~inference_sched.interfaces.
+Each is both a *saturation detector* (:class:`~inference_sched.framework.interfaces.
 SaturationDetector`: the config's ``saturationDetector.pluginRef`` names the one the
 scheduler asks at admission, where a sheddable request is rejected at saturation >= 1)
 and a *filter* usable in a profile. Formulas: ``specs/gie.md`` §4.7; one page per type in
@@ -29,13 +29,13 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.datalayer.scraper import stale_mask
-from inference_sched.interfaces import Filter, Handle, SaturationDetector
+from inference_sched.framework.contracts import IN_FLIGHT_LOAD
+from inference_sched.framework.interfaces import Filter, Handle, SaturationDetector
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import Candidates, CycleState, Request
 from inference_sched.params import ParamCheck, at_least, in_range, one_of, param, parse_duration_s
-from inference_sched.plugins.load import IN_FLIGHT_LOAD
-from inference_sched.registry import register
-from inference_sched.state import EndpointTable
-from inference_sched.types import Candidates, CycleState, Request
+from inference_sched.state.staleness import stale_mask
+from inference_sched.state.table import EndpointTable
 
 __all__ = [
     "ConcurrencyDetector",

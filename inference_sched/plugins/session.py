@@ -13,7 +13,7 @@
   stays and the session moves to the new pick.
 
 Endpoint identity. An endpoint is named by :attr:`Endpoint.name
-<inference_sched.types.Endpoint.name>`, unique in the pool (GIE's ``<pod>-rank-<i>``
+<inference_sched.framework.types.Endpoint.name>`, unique in the pool (GIE's ``<pod>-rank-<i>``
 from Kubernetes discovery), and a token is ``base64(name)`` (standard alphabet, padded,
 UTF-8), which is what the response hooks issue. llm-d issues ``base64("namespace/name")``;
 such a token resolves too: the part after the last ``/`` is looked up as a name, and a
@@ -38,7 +38,8 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.interfaces import (
+from inference_sched.framework.headers import HEADER_SESSION_ID, HEADER_SESSION_TOKEN
+from inference_sched.framework.interfaces import (
     Filter,
     Handle,
     PreRequest,
@@ -46,12 +47,8 @@ from inference_sched.interfaces import (
     ResponseReceived,
     Scorer,
 )
-from inference_sched.params import NoParams, ParamCheck, at_least, number, one_of, param, string
-from inference_sched.registry import register
-from inference_sched.state import EndpointHandle, EndpointTable
-from inference_sched.types import (
-    HEADER_SESSION_ID,
-    HEADER_SESSION_TOKEN,
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import (
     Candidates,
     CycleState,
     Endpoint,
@@ -60,6 +57,8 @@ from inference_sched.types import (
     SchedulingResult,
     ScorerCategory,
 )
+from inference_sched.params import NoParams, ParamCheck, at_least, number, one_of, param, string
+from inference_sched.state.table import EndpointHandle, EndpointTable
 
 __all__ = [
     "SessionAffinityFilter",

@@ -2,7 +2,7 @@
 
 * ``predicted-latency-producer`` predicts each candidate's TTFT and TPOT (p90 by
   default) with the online model of :mod:`inference_sched.slo.predictor`, writes
-  :class:`~inference_sched.slo.info.LatencyPredictionInfo` to the cycle, tracks the
+  :class:`~inference_sched.framework.contracts.LatencyPredictionInfo` to the cycle, tracks the
   requests and uncached prompt tokens it routed, and trains on the response hooks.
 * ``latency-scorer`` scores by SLO headroom (partitions, buckets, least/most), with
   GIE's composite fallback while the model warms up.
@@ -30,7 +30,14 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_sched.errors import AdmissionDeniedError
-from inference_sched.interfaces import (
+from inference_sched.framework.contracts import (
+    LATENCY_PREDICTION_INFO,
+    PREFIX_CACHE_MATCH_INFO,
+    LatencyPredictionInfo,
+    PrefixCacheMatchInfo,
+    read_latency_info,
+)
+from inference_sched.framework.interfaces import (
     Admitter,
     DataProducer,
     Filter,
@@ -39,6 +46,19 @@ from inference_sched.interfaces import (
     ResponseComplete,
     ResponseStreaming,
     Scorer,
+)
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import (
+    HEADER_SLO_TPOT_MS,
+    HEADER_SLO_TTFT_MS,
+    Candidates,
+    CycleState,
+    Endpoint,
+    Request,
+    Response,
+    Role,
+    SchedulingResult,
+    ScorerCategory,
 )
 from inference_sched.params import (
     NoParams,
@@ -51,27 +71,8 @@ from inference_sched.params import (
     parse_duration_s,
     string,
 )
-from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
-from inference_sched.registry import register
-from inference_sched.slo.info import (
-    LATENCY_PREDICTION_INFO,
-    LatencyPredictionInfo,
-    read_latency_info,
-)
 from inference_sched.slo.predictor import LatencyPredictor, feature_matrix
-from inference_sched.state import EndpointHandle, EndpointTable
-from inference_sched.types import (
-    HEADER_SLO_TPOT_MS,
-    HEADER_SLO_TTFT_MS,
-    Candidates,
-    CycleState,
-    Endpoint,
-    Request,
-    Response,
-    Role,
-    SchedulingResult,
-    ScorerCategory,
-)
+from inference_sched.state.table import EndpointHandle, EndpointTable
 
 __all__ = [
     "LatencyScorer",

@@ -19,39 +19,23 @@ from __future__ import annotations
 import collections
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
 from inference_sched.errors import ConfigError
-from inference_sched.interfaces import Handle
+from inference_sched.framework.contracts import TOKENIZED_PROMPT
+from inference_sched.framework.interfaces import Handle
+from inference_sched.framework.registry import register
+from inference_sched.framework.types import Candidates, CycleState, Request
 from inference_sched.params import ParamCheck, boolean, param, string
-from inference_sched.registry import register
-from inference_sched.state import EndpointTable
-from inference_sched.types import Candidates, CycleState, Request
+from inference_sched.state.table import EndpointTable
 
-__all__ = ["TOKENIZED_PROMPT", "TokenProducer", "request_token_ids"]
+__all__ = ["TokenProducer"]
 
 log = logging.getLogger(__name__)
-
-TOKENIZED_PROMPT: Final = "TokenizedPrompt"
-"""Data key of the prompt's token ids (llm-d ``TokenizedPrompt``)."""
-
-
-def request_token_ids(request: Request, cycle: CycleState) -> npt.NDArray[np.uint32] | None:
-    """The request's token ids: its own, the body's ``prompt_token_ids``, or what a
-    ``token-producer`` wrote to the cycle; None when nobody knows them."""
-    if request.token_ids is not None:
-        return request.token_ids
-    body = request.body
-    if body is not None:
-        ids = body.get("prompt_token_ids")
-        if isinstance(ids, list) and ids and all(type(i) is int and 0 <= i < 2**32 for i in ids):
-            return np.asarray(ids, dtype=np.uint32)
-    produced = cycle.read(TOKENIZED_PROMPT)
-    return produced if isinstance(produced, np.ndarray) else None
 
 
 def _existing_file(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

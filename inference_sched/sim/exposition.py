@@ -26,9 +26,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from inference_sched.framework.types import Endpoint
 from inference_sched.sim.engine import Server
 from inference_sched.sim.types import ServerMetrics
-from inference_sched.types import Endpoint
 
 __all__ = [
     "CONTENT_TYPE",

@@ -2,7 +2,7 @@
 
 The scheduler sees only what a gateway's endpoint picker sees. Every
 ``scrape_interval_s`` (GIE's ``refreshMetricsInterval``, 50 ms) each server's metrics are
-copied into the :class:`~inference_sched.state.EndpointTable`, so decisions work on
+copied into the :class:`~inference_sched.state.table.EndpointTable`, so decisions work on
 state up to one interval old; between scrapes the scheduler knows only its own
 decisions (PreRequest) and the response hooks it is called with: first token
 (``response_streaming``) and end of stream (``response_complete``).
@@ -26,10 +26,18 @@ from typing import Any
 import attrs
 import numpy as np
 
-from inference_sched.config import EndpointPickerConfig
 from inference_sched.errors import InferenceSchedError
-from inference_sched.plugins.load import PREFILL_PROFILE
-from inference_sched.scheduler import Scheduler
+from inference_sched.framework.config import EndpointPickerConfig
+from inference_sched.framework.contracts import PREFILL_PROFILE
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import (
+    ROLE_LABEL,
+    Endpoint,
+    Request,
+    Response,
+    SchedulingResult,
+    Usage,
+)
 from inference_sched.sim import latency as latency_models
 from inference_sched.sim.engine import Server
 from inference_sched.sim.prompts import block_token_ids, prompt_bytes, prompt_token_ids
@@ -42,15 +50,7 @@ from inference_sched.sim.types import (
     SimRequest,
 )
 from inference_sched.sim.workloads import Workload
-from inference_sched.state import EndpointTable
-from inference_sched.types import (
-    ROLE_LABEL,
-    Endpoint,
-    Request,
-    Response,
-    SchedulingResult,
-    Usage,
-)
+from inference_sched.state.table import EndpointTable
 
 __all__ = ["FleetConfig", "KvEventSink", "Progress", "simulate"]
 

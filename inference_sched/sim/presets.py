@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from inference_sched.config import EndpointPickerConfig, load_config, load_config_file
 from inference_sched.errors import ConfigError
+from inference_sched.framework.config import EndpointPickerConfig, load_config, load_config_file
 
 __all__ = ["PRESETS", "resolve_config"]
 

@@ -6,7 +6,7 @@ A workload describes a prompt by one int64 id per 16-token block
 ``k`` exactly when their parents and first ``k + 1`` contents agree (up to 64-bit
 collisions, ~2**-63 per pair).
 
-The scheduler hashes prompt *bytes* (4 per token, :mod:`inference_sched.prefix_hashing`),
+The scheduler hashes prompt *bytes* (4 per token, :mod:`inference_sched.prefix.hashing`),
 so :func:`prompt_bytes` turns ids into bytes: each block's 64 bytes are a function of its
 id alone, the last block cut to the remaining tokens. Hence two prompts share their first
 ``64 * k`` bytes exactly when their first ``k`` ids are equal, and the prefix scorer sees
@@ -28,8 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_sched.kernels._jit import is_jit_enabled, kernel
-
-from .types import SIM_BLOCK_TOKENS
+from inference_sched.sim.types import SIM_BLOCK_TOKENS
 
 __all__ = [
     "ID_MASK",

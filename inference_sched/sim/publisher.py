@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from inference_sched.datalayer.kv_events import encode_batch
-from inference_sched.types import Endpoint
+from inference_sched.framework.types import Endpoint
+from inference_sched.prefix.precise.wire import encode_batch
 
 __all__ = ["ZmqKvPublisher"]
 

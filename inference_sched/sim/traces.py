@@ -45,11 +45,10 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_sched.errors import ConfigError, DataError
-
-from .data import shared_data_dir
-from .prompts import child_ids, mix, mix_array
-from .types import SIM_BLOCK_TOKENS, SimRequest
-from .workloads import DEFAULT_MODEL, Workload
+from inference_sched.sim.data import shared_data_dir
+from inference_sched.sim.prompts import child_ids, mix, mix_array
+from inference_sched.sim.types import SIM_BLOCK_TOKENS, SimRequest
+from inference_sched.sim.workloads import DEFAULT_MODEL, Workload
 
 __all__ = [
     "SERVEGEN_TARBALL",

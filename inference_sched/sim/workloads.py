@@ -29,9 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_sched.errors import ConfigError
-
-from .prompts import chain_ids, mix, mix_array, num_blocks
-from .types import SIM_BLOCK_TOKENS, SimRequest
+from inference_sched.sim.prompts import chain_ids, mix, mix_array, num_blocks
+from inference_sched.sim.types import SIM_BLOCK_TOKENS, SimRequest
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -558,7 +557,10 @@ def _servegen_arrivals(
     rate: float,
     duration_s: float,
 ) -> tuple[npt.NDArray[np.float64], list[dict[str, object]]]:
-    from .traces import default_servegen_path, servegen_windows  # traces imports this module
+    from inference_sched.sim.traces import (  # traces imports this module
+        default_servegen_path,
+        servegen_windows,
+    )
 
     windows = servegen_windows(path if path is not None else default_servegen_path(), client)
     if first_window is None:
@@ -711,7 +713,7 @@ def load_workload(
         DataError: a malformed trace.
     """
     if spec.startswith("trace:"):
-        from .traces import load_trace  # traces imports this module
+        from inference_sched.sim.traces import load_trace  # traces imports this module
 
         func: Callable[..., Workload] = load_trace
         kwargs: dict[str, object] = dict(options)

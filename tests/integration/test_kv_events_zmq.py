@@ -23,15 +23,15 @@ import pytest
 zmq = pytest.importorskip("zmq")
 pytest.importorskip("msgpack")
 
-from inference_sched.datalayer.kv_events import (  # noqa: E402
+from inference_sched.prefix.precise.subscriber import (  # noqa: E402
+    END_SEQ,
+    KVEventSubscriber,
+)
+from inference_sched.prefix.precise.wire import (  # noqa: E402
     BlockRemoved,
     BlockStored,
     EventBatch,
     encode_batch,
-)
-from inference_sched.datalayer.kv_subscriber import (  # noqa: E402
-    END_SEQ,
-    KVEventSubscriber,
 )
 
 DEADLINE_S = 3.0

@@ -20,7 +20,8 @@ import pytest
 pytest.importorskip("zmq")
 pytest.importorskip("msgpack")
 
-from inference_sched.scheduler import Scheduler
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import Endpoint, Request
 from inference_sched.sim.fleet import FleetConfig, simulate
 from inference_sched.sim.kvcache import AllBlocksCleared
 from inference_sched.sim.presets import resolve_config
@@ -28,8 +29,7 @@ from inference_sched.sim.prompts import prompt_token_ids
 from inference_sched.sim.publisher import ZmqKvPublisher
 from inference_sched.sim.types import EngineConfig
 from inference_sched.sim.workloads import load_workload
-from inference_sched.state import EndpointTable
-from inference_sched.types import Endpoint, Request
+from inference_sched.state.table import EndpointTable
 
 pytestmark = pytest.mark.integration
 

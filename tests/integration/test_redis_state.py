@@ -20,19 +20,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import (
+    CycleState,
+    Endpoint,
+    Request,
+    Response,
+    SchedulingResult,
+)
 from inference_sched.plugins.load import InflightLoadProducer
 from inference_sched.plugins.prefix import ApproxPrefixCacheProducer
-from inference_sched.prefix_hashing import block_hashes
-from inference_sched.prefix_index import PrefixIndex
-from inference_sched.redis_state import (
+from inference_sched.prefix.hashing import block_hashes
+from inference_sched.prefix.index import PrefixIndex
+from inference_sched.state.redis import (
     RedisInflightCounters,
     RedisLink,
     RedisPrefixIndex,
     RedisPrefixParams,
 )
-from inference_sched.scheduler import Scheduler
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, Endpoint, Request, Response, SchedulingResult
+from inference_sched.state.table import EndpointTable
 from tests import redis_server
 from tests.redis_server import RedisServer, require_redis_server
 
@@ -283,7 +289,7 @@ def test_prefill_share_is_released_on_the_first_chunk_everywhere(
 
 
 def _run(table: EndpointTable, name: str) -> Any:
-    from inference_sched.types import ProfileRunResult
+    from inference_sched.framework.types import ProfileRunResult
 
     row = table.row(name)
     return ProfileRunResult((row,), (table.endpoint_at(row),), (1.0,))

@@ -12,18 +12,19 @@ import asyncio
 import numpy as np
 import pytest
 
-from inference_sched.datalayer.scraper import Scraper, ScrapeReport, is_stale
-from inference_sched.handle import PluginHandle
+from inference_sched.datalayer.plugins import CoreMetricsExtractor, MetricsDataSource
+from inference_sched.datalayer.scraper import Scraper, ScrapeReport
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import Request
 from inference_sched.params import parse_params
-from inference_sched.plugins.datalayer import CoreMetricsExtractor, MetricsDataSource
-from inference_sched.scheduler import Scheduler
 from inference_sched.sim import latency
 from inference_sched.sim.engine import Server
 from inference_sched.sim.exposition import MetricsHTTPServer, server_pages
 from inference_sched.sim.presets import PRESETS
 from inference_sched.sim.types import EngineConfig, ServerMetrics, SimRequest
-from inference_sched.state import EndpointTable
-from inference_sched.types import Request
+from inference_sched.state.staleness import is_stale
+from inference_sched.state.table import EndpointTable
 
 MODEL = "meta-llama/Llama-2-7b-hf"
 STEP_S = 1.0  # bound on every await

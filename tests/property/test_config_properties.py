@@ -13,16 +13,16 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference_sched import registry
-from inference_sched.config import (
+from inference_sched.errors import ConfigError
+from inference_sched.framework import registry
+from inference_sched.framework.config import (
     FEATURE_GATES,
     EndpointPickerConfig,
     load_config,
 )
-from inference_sched.errors import ConfigError
-from inference_sched.interfaces import Handle
+from inference_sched.framework.interfaces import Handle
+from inference_sched.framework.types import ProfileRunResult, Request, SchedulingResult
 from inference_sched.params import at_least, duration_s, param
-from inference_sched.types import ProfileRunResult, Request, SchedulingResult
 
 MULTI_HANDLER = "prop-multi-profile-handler"
 PARAM_SCORER = "prop-param-scorer"

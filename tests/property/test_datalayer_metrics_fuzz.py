@@ -9,9 +9,9 @@ import mmap
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from inference_sched.datalayer import metrics
+from inference_sched.datalayer import parse
 from inference_sched.datalayer.engines import BUILTIN_ENGINES
-from inference_sched.datalayer.metrics import EndpointSample, extract, vllm_page
+from inference_sched.datalayer.parse import EndpointSample, extract, vllm_page
 from inference_sched.errors import DataError
 
 ENGINES = sorted(BUILTIN_ENGINES)
@@ -160,12 +160,12 @@ def test_newest_timestamp_wins(series: list[tuple[int, int, int]]) -> None:
 # ----------------------------------------------------------------- fast path == careful path
 def _careful(page: str, engine: str) -> EndpointSample | str:
     try:
-        return metrics._careful_sample(page, BUILTIN_ENGINES[engine], "same", False)
+        return parse._careful_sample(page, BUILTIN_ENGINES[engine], "same", False)
     except DataError as exc:
         return str(exc)
 
 
-def _default(page: metrics.Page, engine: str) -> EndpointSample | str:
+def _default(page: parse.Page, engine: str) -> EndpointSample | str:
     try:
         return extract(page, engine, endpoint="same")
     except DataError as exc:
@@ -212,7 +212,7 @@ def _pages_with_moves(draw: st.DrawFn) -> str:
 _KV_LINE = b'vllm:kv_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"}'
 
 
-def _as(kind: str, text: str, junk: bytes) -> metrics.Page:
+def _as(kind: str, text: str, junk: bytes) -> parse.Page:
     """The page as str, bytes, or a Span in the middle of a buffer with other bytes
     (a metric line among them) before and after it, as the scraper's buffer holds it."""
     if kind == "str":
@@ -226,7 +226,7 @@ def _as(kind: str, text: str, junk: bytes) -> metrics.Page:
         buffer[:] = whole
     else:
         buffer = bytearray(whole)
-    return metrics.Span(buffer, len(junk), len(junk) + len(data))
+    return parse.Span(buffer, len(junk), len(junk) + len(data))
 
 
 @settings(max_examples=250)

@@ -26,7 +26,7 @@ from numba.core.dispatcher import Dispatcher
 
 from inference_sched.kernels import hashing, reference
 from inference_sched.kernels._jit import is_jit_enabled
-from inference_sched.prefix_hashing import (
+from inference_sched.prefix.hashing import (
     block_hashes,
     num_block_hashes,
     readonly,

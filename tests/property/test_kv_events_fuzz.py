@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 msgpack = pytest.importorskip("msgpack")
 pytest.importorskip("zmq")
 
-from inference_sched.datalayer.kv_events import (  # noqa: E402
+from inference_sched.errors import DataError  # noqa: E402
+from inference_sched.prefix.precise.subscriber import SequenceTracker, Verdict  # noqa: E402
+from inference_sched.prefix.precise.wire import (  # noqa: E402
     AllBlocksCleared,
     BlockRemoved,
     BlockStored,
@@ -23,8 +25,6 @@ from inference_sched.datalayer.kv_events import (  # noqa: E402
     decode_batch,
     encode_batch,
 )
-from inference_sched.datalayer.kv_subscriber import SequenceTracker, Verdict  # noqa: E402
-from inference_sched.errors import DataError  # noqa: E402
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 UINT64 = st.integers(0, 2**64 - 1)

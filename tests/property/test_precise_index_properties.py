@@ -4,9 +4,9 @@
   NumPy twins in ``reference.py``, on generated tokens, mixes and stores; the chain
   without mixes is the prefix-hashing token chain over full blocks, and continuing a
   chain from a key equals hashing in one go.
-* A stateful test drives :class:`~inference_sched.precise_index.PreciseIndex` (tiny pools,
+* A stateful test drives :class:`~inference_sched.prefix.precise.index.PreciseIndex` (tiny pools,
   so every growth path runs) and
-  :class:`~inference_sched.prefix_index_model.PreciseIndexModel` with the same stored /
+  :class:`~tests.oracles.prefix_index_model.PreciseIndexModel` with the same stored /
   removed / cleared events (single and batched), speculation, expiry, capacity changes
   and matches, and compares results, sizes, every LRU's order and the counters.
 
@@ -29,9 +29,9 @@ from inference_sched.kernels import precise_index as kernels
 from inference_sched.kernels import reference
 from inference_sched.kernels._jit import is_jit_enabled
 from inference_sched.kernels.prefix_index import _M_SHIFT
-from inference_sched.precise_index import EventBatchBuilder, PreciseIndex
-from inference_sched.prefix_hashing import chain_seed, readonly, token_block_hashes
-from inference_sched.prefix_index_model import PreciseIndexModel
+from inference_sched.prefix.hashing import chain_seed, readonly, token_block_hashes
+from inference_sched.prefix.precise.index import EventBatchBuilder, PreciseIndex
+from tests.oracles.prefix_index_model import PreciseIndexModel
 
 pytestmark = pytest.mark.property
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference_sched.prefix_hashing import block_hashes, token_block_hashes
-from inference_sched.prefix_index import PrefixIndex
+from inference_sched.prefix.hashing import block_hashes, token_block_hashes
+from inference_sched.prefix.index import PrefixIndex
 
 MODEL = "m"
 NUM_ROWS = 6

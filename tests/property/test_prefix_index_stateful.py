@@ -15,8 +15,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from inference_sched.prefix_index import PrefixIndex
-from inference_sched.prefix_index_model import PrefixIndexModel
+from inference_sched.prefix.index import PrefixIndex
+from tests.oracles.prefix_index_model import PrefixIndexModel
 
 pytestmark = pytest.mark.property
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inference_sched.errors import DataError
-from inference_sched.prompt_bytes import APIS, go_json_marshal, prompt_bytes
+from inference_sched.prefix.prompt_bytes import APIS, go_json_marshal, prompt_bytes
 
 # Characters on which Go and Python's json.dumps agree: no HTML set, no U+2028/2029, no
 # surrogates (Go's decoder would have replaced them).

@@ -16,8 +16,14 @@ import numpy.typing as npt
 import pytest
 
 import inference_sched.plugins.saturation  # noqa: F401 - registers utilization-detector
-from inference_sched import registry
-from inference_sched.config import (
+from inference_sched.errors import (
+    ConfigError,
+    ParameterError,
+    PluginLoadError,
+    UnknownPluginTypeError,
+)
+from inference_sched.framework import registry
+from inference_sched.framework.config import (
     API_VERSION,
     AUTO_PATH,
     EndpointPickerConfig,
@@ -30,17 +36,8 @@ from inference_sched.config import (
     load_config_file,
     parse_quantity,
 )
-from inference_sched.errors import (
-    ConfigError,
-    ParameterError,
-    PluginLoadError,
-    UnknownPluginTypeError,
-)
-from inference_sched.interfaces import Handle
-from inference_sched.params import at_least, duration_s, param, parse_params
-from inference_sched.plugins.pickers import PickerParams
-from inference_sched.state import EndpointTable
-from inference_sched.types import (
+from inference_sched.framework.interfaces import Handle
+from inference_sched.framework.types import (
     Candidates,
     CycleState,
     ProfileRunResult,
@@ -49,6 +46,10 @@ from inference_sched.types import (
     SchedulingResult,
     ScorerCategory,
 )
+from inference_sched.params import at_least, duration_s, param, parse_params
+from inference_sched.plugins.pickers import PickerParams
+from inference_sched.state.table import EndpointTable
+from tests.helpers import hide_builtin
 
 DATA = Path(__file__).parent.parent / "data" / "configs"
 SYSTEM_WARNINGS = ("parser: the default",)
@@ -1013,8 +1014,7 @@ def test_default_band_priority_is_ignored_with_a_warning() -> None:
 
 
 def test_required_default_that_is_not_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry._ensure_builtins()
-    monkeypatch.delitem(registry._classes, "single-profile-handler")
+    hide_builtin(monkeypatch, "single-profile-handler")
     with pytest.raises(ConfigError, match=r"^\(default\): no profile handler is configured and the default 'single-profile-handler' is not available; declare one in plugins$"):  # fmt: skip
         load_config(None)
 
@@ -1045,8 +1045,7 @@ def test_default_type_failing_to_load_is_skipped_with_a_warning(
 def test_defaulted_section_ref_to_unavailable_type_is_warned(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    registry._ensure_builtins()
-    monkeypatch.delitem(registry._classes, "utilization-detector")
+    hide_builtin(monkeypatch, "utilization-detector")
     cfg = _load("saturationDetector: {}\n")
     assert cfg.saturation_detector == {}
     assert (

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from inference_sched.config import AUTO_PATH, EndpointPickerConfig, load_config
 from inference_sched.errors import ConfigError
+from inference_sched.framework.config import AUTO_PATH, EndpointPickerConfig, load_config
 
 PRODUCER = "approx-prefix-cache-producer"
 

@@ -21,8 +21,8 @@ from inference_sched.datalayer.discovery import (
     run_discovery,
 )
 from inference_sched.errors import ConfigError, DataError
-from inference_sched.state import EndpointTable
-from inference_sched.types import Endpoint, Role
+from inference_sched.framework.types import Endpoint, Role
+from inference_sched.state.table import EndpointTable
 
 
 def summary(endpoints: list[Endpoint]) -> list[tuple[str, str, int]]:

@@ -32,8 +32,8 @@ from inference_sched.datalayer.k8s import (
     pod_endpoints,
 )
 from inference_sched.errors import ConfigError, DataError
-from inference_sched.state import EndpointTable
-from inference_sched.types import Endpoint, Role
+from inference_sched.framework.types import Endpoint, Role
+from inference_sched.state.table import EndpointTable
 
 EVENTS = Path(__file__).parent.parent / "data" / "k8s_watch_events.jsonl"
 PORTS = [8000, 8001]

@@ -15,7 +15,7 @@ from inference_sched.datalayer.engines import (
     parse_selector,
     resolve_engines,
 )
-from inference_sched.datalayer.metrics import MAX_LINE_CHARS, EndpointSample, extract, vllm_page
+from inference_sched.datalayer.parse import MAX_LINE_CHARS, EndpointSample, extract, vllm_page
 from inference_sched.errors import ConfigError, DataError
 
 BOTH = pytest.mark.parametrize("full", [False, True], ids=["fast", "full"])

@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_sched import registry
 from inference_sched.datalayer.engines import ENGINE_LABEL_KEY
-from inference_sched.datalayer.metrics import EndpointSample
-from inference_sched.datalayer.scraper import Scraper, is_stale, stale_mask
+from inference_sched.datalayer.parse import EndpointSample
+from inference_sched.datalayer.scraper import Scraper
 from inference_sched.errors import DataError
-from inference_sched.handle import PluginHandle
-from inference_sched.state import EndpointTable
-from inference_sched.types import Endpoint
+from inference_sched.framework import registry
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import Endpoint
+from inference_sched.state.staleness import is_stale, stale_mask
+from inference_sched.state.table import EndpointTable
 
 TIMEOUT_S = 0.3
 
@@ -136,7 +137,7 @@ def plugins() -> Iterator[ModuleType]:
     registry.is_registered("queue-scorer")  # load the built-ins first
     registered_before = registry.is_registered("metrics-data-source")
     kinds_before = dict(registry.KINDS)
-    module = importlib.import_module("inference_sched.plugins.datalayer")
+    module = importlib.import_module("inference_sched.datalayer.plugins")
     if not registry.is_registered("metrics-data-source"):
         module = importlib.reload(module)  # a previous test undid the registration
     yield module
@@ -540,7 +541,7 @@ def test_extractor_picks_engine_by_label(plugins: ModuleType) -> None:
 
 
 def test_config_loads_the_plugins_and_wires_the_data_layer(plugins: ModuleType) -> None:
-    from inference_sched.config import load_config
+    from inference_sched.framework.config import load_config
 
     cfg = load_config(
         """
@@ -588,8 +589,8 @@ dataLayer:
     ],
 )
 def test_extractor_parameter_errors(plugins: ModuleType, parameters: str, message: str) -> None:
-    from inference_sched.config import load_config
     from inference_sched.errors import ConfigError
+    from inference_sched.framework.config import load_config
 
     with pytest.raises(ConfigError) as info:
         load_config(f"plugins:\n- type: core-metrics-extractor\n  parameters: {parameters}\n")
@@ -597,8 +598,8 @@ def test_extractor_parameter_errors(plugins: ModuleType, parameters: str, messag
 
 
 def test_data_source_parameter_errors(plugins: ModuleType) -> None:
-    from inference_sched.config import load_config
     from inference_sched.errors import ConfigError
+    from inference_sched.framework.config import load_config
 
     with pytest.raises(ConfigError, match=r"parameters\.path: expected a URL path starting"):
         load_config("plugins:\n- type: metrics-data-source\n  parameters: {path: metrics}\n")
@@ -767,7 +768,7 @@ def test_scrapers_for_the_default_config_fill_the_table(
     plugins: ModuleType, servers: list[LoopbackServer]
 ) -> None:
     from inference_sched.datalayer.scraper import scrapers_for
-    from inference_sched.scheduler import Scheduler
+    from inference_sched.framework.scheduler import Scheduler
 
     servers.append(LoopbackServer(Page(vllm(4, 5, 0.75)), keep_alive=True))
     scheduler = Scheduler.from_config(None)  # GIE's default: the data layer is added
@@ -795,7 +796,7 @@ def test_scrapers_for_the_default_config_fill_the_table(
 def test_scrapers_for_configs_without_metrics_or_with_two_extractors(plugins: ModuleType) -> None:
     from inference_sched.datalayer.scraper import scrapers_for
     from inference_sched.errors import ConfigError
-    from inference_sched.scheduler import Scheduler
+    from inference_sched.framework.scheduler import Scheduler
 
     off = Scheduler.from_config("plugins: [{type: queue-scorer}]\ndataLayer: {sources: []}\n")
     assert scrapers_for(off) == []

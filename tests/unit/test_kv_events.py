@@ -11,7 +11,13 @@ import pytest
 msgpack = pytest.importorskip("msgpack")
 pytest.importorskip("zmq")
 
-from inference_sched.datalayer.kv_events import (  # noqa: E402
+from inference_sched.errors import DataError  # noqa: E402
+from inference_sched.prefix.precise.subscriber import (  # noqa: E402
+    SequenceTracker,
+    Verdict,
+    parse_topic,
+)
+from inference_sched.prefix.precise.wire import (  # noqa: E402
     AllBlocksCleared,
     BlockRemoved,
     BlockStored,
@@ -20,12 +26,6 @@ from inference_sched.datalayer.kv_events import (  # noqa: E402
     encode_batch,
     normalize_block_hash,
 )
-from inference_sched.datalayer.kv_subscriber import (  # noqa: E402
-    SequenceTracker,
-    Verdict,
-    parse_topic,
-)
-from inference_sched.errors import DataError  # noqa: E402
 from inference_sched.sim import kvcache as sim  # noqa: E402
 
 U64 = np.uint64

@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference_sched import Endpoint, NoEndpointError, Request, Scheduler
 from inference_sched._version import __version__
-from inference_sched.metrics import (
+from inference_sched.framework.profile import PluginStats
+from inference_sched.observability.prometheus import (
     DEFAULT_DURATION_BUCKETS_S,
     DurationHistogram,
     SchedulerCollector,
@@ -23,8 +24,7 @@ from inference_sched.metrics import (
     registry_for,
 )
 from inference_sched.plugins.prefix import MATCH_LENGTH_BUCKETS
-from inference_sched.profile import PluginStats
-from inference_sched.state import EndpointTable
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 # 160 bytes = 3 blocks of 16 tokens x 4 bytes (the last one partial): 192 bytes hashed.
@@ -481,7 +481,7 @@ def test_registry_mounts_as_a_wsgi_app(scheduled: Scheduler) -> None:
 
 def test_scraper_collector_exports_scrape_errors_and_failing_per_endpoint() -> None:
     from inference_sched.datalayer.scraper import EndpointStatus
-    from inference_sched.metrics import ScraperCollector
+    from inference_sched.observability.prometheus import ScraperCollector
 
     class FakeScraper:
         def statuses(self) -> dict[str, EndpointStatus]:

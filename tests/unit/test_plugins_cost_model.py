@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 import inference_sched.plugins.cost_model  # noqa: F401  (registers the types; see the report)
-from inference_sched import registry
-from inference_sched.config import load_config
 from inference_sched.errors import ConfigError, ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework import registry
+from inference_sched.framework.config import load_config
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import CycleState, Request
 from inference_sched.params import parse_params
 from inference_sched.plugins.cost_model import KvCostScorer, SoftmaxPicker
 from inference_sched.plugins.load import InflightLoadProducer
 from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
-from inference_sched.scheduler import Scheduler
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, Request
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 PATH = "plugins[0].parameters"

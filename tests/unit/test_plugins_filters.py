@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_sched import registry
 from inference_sched.errors import ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework import registry
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import ROLE_LABEL, CycleState, Endpoint, Request
 from inference_sched.params import NoParams, parse_params
 from inference_sched.plugins.filters import (
     ByLabelSelector,
@@ -19,8 +20,7 @@ from inference_sched.plugins.filters import (
     LabelSelectorFilter,
     PrefillFilter,
 )
-from inference_sched.state import EndpointTable
-from inference_sched.types import ROLE_LABEL, CycleState, Endpoint, Request
+from inference_sched.state.table import EndpointTable
 
 PATH = "plugins[0].parameters"
 

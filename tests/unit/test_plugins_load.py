@@ -8,9 +8,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_sched import registry
 from inference_sched.errors import ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework import registry
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import (
+    CycleState,
+    Endpoint,
+    ProfileRunResult,
+    Request,
+    Response,
+    SchedulingResult,
+)
 from inference_sched.params import NoParams, parse_params
 from inference_sched.plugins.load import (
     IN_FLIGHT_LOAD,
@@ -24,15 +32,7 @@ from inference_sched.plugins.load import (
     TokenLoadScorer,
     estimate_tokens,
 )
-from inference_sched.state import EndpointTable
-from inference_sched.types import (
-    CycleState,
-    Endpoint,
-    ProfileRunResult,
-    Request,
-    Response,
-    SchedulingResult,
-)
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 NAN = math.nan

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import CycleState, Request
 from inference_sched.params import NoParams
 from inference_sched.plugins.lora import LoraAffinityScorer
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, Request
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 # row: (active adapters, waiting adapters, max_loras)

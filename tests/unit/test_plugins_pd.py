@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from inference_sched.errors import SchedulingError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import (
+    ROLE_LABEL,
+    CycleState,
+    Endpoint,
+    ProfileRunResult,
+    Request,
+)
 from inference_sched.params import parse_params
 from inference_sched.plugins.pd import (
     DATA_PARALLEL_HEADER,
@@ -19,9 +27,7 @@ from inference_sched.plugins.pd import (
     PrefixBasedPDDecider,
 )
 from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
-from inference_sched.scheduler import Scheduler
-from inference_sched.state import EndpointTable
-from inference_sched.types import ROLE_LABEL, CycleState, Endpoint, ProfileRunResult, Request
+from inference_sched.state.table import EndpointTable
 
 pytestmark = pytest.mark.unit
 
@@ -179,7 +185,7 @@ schedulingProfiles:
 
 
 def test_pd_in_the_simulator_from_a_config_file() -> None:
-    from inference_sched.config import load_config
+    from inference_sched.framework.config import load_config
     from inference_sched.sim.fleet import FleetConfig, simulate
     from inference_sched.sim.workloads import load_workload
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from inference_sched.errors import ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import CycleState, Request
 from inference_sched.params import parse_params
 from inference_sched.plugins.pickers import (
     MaxScorePicker,
@@ -26,8 +27,7 @@ from inference_sched.plugins.pickers import (
     RandomPicker,
     WeightedRandomPicker,
 )
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, Request
+from inference_sched.state.table import EndpointTable
 
 PICKERS = [MaxScorePicker, RandomPicker, WeightedRandomPicker]
 

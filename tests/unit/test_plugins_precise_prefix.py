@@ -8,16 +8,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_sched.config import load_config
 from inference_sched.errors import ConfigError, ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.config import load_config
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import CycleState, Endpoint, Request
 from inference_sched.params import parse_params
 from inference_sched.plugins.precise_prefix import PrecisePrefixCacheProducer
 from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
-from inference_sched.scheduler import Scheduler
 from inference_sched.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, Endpoint, Request
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 pytestmark = pytest.mark.unit
@@ -247,7 +247,7 @@ def test_llm_d_parameters_are_read() -> None:
 
 
 def test_cache_salt_in_vllm_extra_keys_is_the_chain_salt() -> None:
-    from inference_sched.datalayer.kv_events import BlockStored as WireStored
+    from inference_sched.prefix.precise.wire import BlockStored as WireStored
 
     producer = _producer()
     tokens = TOKENS[:32]

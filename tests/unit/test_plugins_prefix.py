@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from inference_sched.errors import ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import CycleState, Request
 from inference_sched.params import parse_params
 from inference_sched.plugins.prefix import (
     PREFIX_CACHE_MATCH_INFO,
     PrefixCacheMatchInfo,
     PrefixCacheScorer,
 )
-from inference_sched.types import CycleState, Request
 from tests.helpers import make_table
 
 PATH = "plugins[0].parameters"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from inference_sched.errors import ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import CycleState, ProfileRunResult, Request, SchedulingResult
 from inference_sched.params import parse_params
 from inference_sched.plugins.prefix import (
     PREFIX_CACHE_MATCH_INFO,
@@ -16,8 +17,7 @@ from inference_sched.plugins.prefix import (
     PrefixCacheAffinityFilter,
     PrefixCacheMatchInfo,
 )
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, ProfileRunResult, Request, SchedulingResult
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 PATH = "plugins[0].parameters"

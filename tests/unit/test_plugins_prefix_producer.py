@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 from inference_sched.errors import ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import CycleState, ProfileRunResult, Request, SchedulingResult
 from inference_sched.params import parse_params
 from inference_sched.plugins.prefix import (
     PREFIX_CACHE_MATCH_INFO,
     ApproxPrefixCacheProducer,
     PrefixCacheMatchInfo,
 )
-from inference_sched.prefix_hashing import block_hashes, token_block_hashes
-from inference_sched.scheduler import Scheduler
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, ProfileRunResult, Request, SchedulingResult
+from inference_sched.prefix.hashing import block_hashes, token_block_hashes
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 PATH = "plugins[0].parameters"
@@ -500,7 +500,7 @@ def test_default_config_routes_shared_prefixes_to_the_first_server() -> None:
 
 
 def test_default_config_no_longer_warns_that_prefix_scores_zero() -> None:
-    from inference_sched.config import default_config
+    from inference_sched.framework.config import default_config
 
     cfg = default_config()
     assert not any("PrefixCacheMatchInfo" in w for w in cfg.warnings)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from inference_sched.errors import SchedulingError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.types import CycleState, Endpoint, ProfileRunResult, Request
 from inference_sched.params import NoParams
 from inference_sched.plugins.profile_handlers import SingleProfileHandler
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, Endpoint, ProfileRunResult, Request
+from inference_sched.state.table import EndpointTable
 
 # Only a profile's identity matters to the handler.
 DEFAULT: Any = object()

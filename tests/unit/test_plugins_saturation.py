@@ -15,8 +15,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import inference_sched.plugins.saturation  # noqa: F401 - registers the detectors
-from inference_sched import registry
-from inference_sched.config import AUTO_PATH, load_config
 from inference_sched.errors import (
     ConfigError,
     NoEndpointError,
@@ -24,8 +22,12 @@ from inference_sched.errors import (
     RequestShedError,
     SchedulingError,
 )
-from inference_sched.handle import PluginHandle
-from inference_sched.metrics import registry_for
+from inference_sched.framework import registry
+from inference_sched.framework.config import AUTO_PATH, load_config
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import CycleState, Endpoint, Request, Response
+from inference_sched.observability.prometheus import registry_for
 from inference_sched.params import parse_params
 from inference_sched.plugins.filters import DecodeFilter
 from inference_sched.plugins.load import InflightLoadProducer
@@ -35,10 +37,8 @@ from inference_sched.plugins.saturation import (
     UtilizationDetector,
     UtilizationDetectorParams,
 )
-from inference_sched.scheduler import Scheduler
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, Endpoint, Request, Response
-from tests.helpers import make_table
+from inference_sched.state.table import EndpointTable
+from tests.helpers import hide_builtin, make_table
 
 PATH = "plugins[0].parameters"
 NOW = 100.0  # make_table's clock: every metrics write is stamped at t = 100
@@ -411,8 +411,7 @@ def test_from_config_rejects_a_hand_made_non_detector_ref() -> None:
 
 
 def test_section_without_detector_sheds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry._ensure_builtins()
-    monkeypatch.delitem(registry._classes, "utilization-detector")
+    hide_builtin(monkeypatch, "utilization-detector")
     table = make_table(1)  # never scraped: any detector would say saturated
     scheduler = Scheduler.from_config(None, table, seed=0)
     assert scheduler.saturation_detector is None

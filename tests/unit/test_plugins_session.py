@@ -12,7 +12,16 @@ import pytest
 
 import inference_sched.plugins.session  # noqa: F401 - registers the session plugins
 from inference_sched.errors import ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import (
+    CycleState,
+    Endpoint,
+    ProfileRunResult,
+    Request,
+    Response,
+    SchedulingResult,
+)
 from inference_sched.params import NoParams, parse_params
 from inference_sched.plugins.session import (
     SessionAffinityFilter,
@@ -21,16 +30,7 @@ from inference_sched.plugins.session import (
     encode_session_token,
     resolve_session_token,
 )
-from inference_sched.scheduler import Scheduler
-from inference_sched.state import EndpointTable
-from inference_sched.types import (
-    CycleState,
-    Endpoint,
-    ProfileRunResult,
-    Request,
-    Response,
-    SchedulingResult,
-)
+from inference_sched.state.table import EndpointTable
 
 PATH = "plugins[0].parameters"
 

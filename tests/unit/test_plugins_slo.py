@@ -16,8 +16,21 @@ from prometheus_client import generate_latest
 
 import inference_sched.plugins.slo  # noqa: F401 - registers the SLO plugin types
 from inference_sched.errors import AdmissionDeniedError, ParameterError
-from inference_sched.handle import PluginHandle
-from inference_sched.metrics import registry_for
+from inference_sched.framework.contracts import LATENCY_PREDICTION_INFO, LatencyPredictionInfo
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.profile import PluginStats
+from inference_sched.framework.registry import kinds_of
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import (
+    CycleState,
+    Endpoint,
+    ProfileRunResult,
+    Request,
+    Response,
+    SchedulingResult,
+    Usage,
+)
+from inference_sched.observability.prometheus import registry_for
 from inference_sched.params import NoParams, parse_params
 from inference_sched.plugins.prefix import (
     PREFIX_CACHE_MATCH_INFO,
@@ -33,20 +46,7 @@ from inference_sched.plugins.slo import (
     prompt_tokens,
     slo_ms,
 )
-from inference_sched.profile import PluginStats
-from inference_sched.registry import kinds_of
-from inference_sched.scheduler import Scheduler
-from inference_sched.slo import LATENCY_PREDICTION_INFO, LatencyPredictionInfo
-from inference_sched.state import EndpointTable
-from inference_sched.types import (
-    CycleState,
-    Endpoint,
-    ProfileRunResult,
-    Request,
-    Response,
-    SchedulingResult,
-    Usage,
-)
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 PATH = "plugins[0].parameters"

@@ -10,12 +10,13 @@ import pytest
 
 tokenizers = pytest.importorskip("tokenizers")
 
-from inference_sched.config import load_config  # noqa: E402
 from inference_sched.errors import ConfigError  # noqa: E402
-from inference_sched.plugins.tokens import TOKENIZED_PROMPT, request_token_ids  # noqa: E402
-from inference_sched.scheduler import Scheduler  # noqa: E402
+from inference_sched.framework.config import load_config  # noqa: E402
+from inference_sched.framework.contracts import request_token_ids  # noqa: E402
+from inference_sched.framework.scheduler import Scheduler  # noqa: E402
+from inference_sched.framework.types import CycleState, Request  # noqa: E402
+from inference_sched.plugins.tokens import TOKENIZED_PROMPT  # noqa: E402
 from inference_sched.sim.kvcache import BlockStored  # noqa: E402
-from inference_sched.types import CycleState, Request  # noqa: E402
 from tests.helpers import make_table  # noqa: E402
 
 pytestmark = pytest.mark.unit

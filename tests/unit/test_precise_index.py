@@ -2,7 +2,7 @@
 
 Examples that both implement run against the Numba index (normal and tiny pools, so
 growth happens mid-call) and the pure-Python model
-(:class:`~inference_sched.prefix_index_model.PreciseIndexModel`) with the same expected
+(:class:`~tests.oracles.prefix_index_model.PreciseIndexModel`) with the same expected
 values, which pins the model the stateful test trusts. Index blocks are 4 tokens here.
 """
 
@@ -17,7 +17,8 @@ import numpy.typing as npt
 import pytest
 
 from inference_sched.kernels import reference
-from inference_sched.precise_index import (
+from inference_sched.prefix.hashing import chain_seed, seed_hash, token_block_hashes
+from inference_sched.prefix.precise.index import (
     STATUS_INVALID,
     STATUS_MISALIGNED_PARENT,
     STATUS_UNKNOWN_PARENT,
@@ -27,8 +28,7 @@ from inference_sched.precise_index import (
     extra_key_mix,
     split_vllm_extra_keys,
 )
-from inference_sched.prefix_hashing import chain_seed, seed_hash, token_block_hashes
-from inference_sched.prefix_index_model import PreciseIndexModel
+from tests.oracles.prefix_index_model import PreciseIndexModel
 
 Index = PreciseIndex | PreciseIndexModel
 

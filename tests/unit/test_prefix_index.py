@@ -1,7 +1,7 @@
 """PrefixIndex: exact LRU order, both match modes, removal, growth; the model agrees.
 
 Every example runs against the Numba index and the pure-Python model
-(:class:`~inference_sched.prefix_index_model.PrefixIndexModel`) with the same expected
+(:class:`~tests.oracles.prefix_index_model.PrefixIndexModel`) with the same expected
 values, so the model the stateful test trusts is pinned too.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from inference_sched.prefix_index import PrefixIndex
-from inference_sched.prefix_index_model import PrefixIndexModel
+from inference_sched.prefix.index import PrefixIndex
+from tests.oracles.prefix_index_model import PrefixIndexModel
 
 Index = PrefixIndex | PrefixIndexModel
 

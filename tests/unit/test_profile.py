@@ -10,9 +10,9 @@ import numpy.typing as npt
 import pytest
 
 from inference_sched.errors import NoEndpointError
-from inference_sched.profile import SchedulingProfile
-from inference_sched.state import EndpointTable
-from inference_sched.types import CycleState, Request
+from inference_sched.framework.profile import SchedulingProfile
+from inference_sched.framework.types import CycleState, Request
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 I32 = npt.NDArray[np.int32]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from inference_sched.errors import DataError
-from inference_sched.prompt_bytes import (
+from inference_sched.prefix.prompt_bytes import (
     APIS,
     GoStruct,
     api_from_path,

@@ -1,4 +1,4 @@
-"""The ``redis`` parameter object (inference_sched.redis_state.params): parsing, path-named
+"""The ``redis`` parameter object (inference_sched.state.redis.params): parsing, path-named
 errors, forwarding from prefix-cache-scorer, and the missing-extra error. No server."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
-from inference_sched.config import load_config
 from inference_sched.errors import ConfigError, ParameterError
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.config import load_config
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.scheduler import Scheduler
 from inference_sched.params import parse_params
 from inference_sched.plugins.load import InflightLoadProducer, InflightLoadProducerParams
 from inference_sched.plugins.prefix import ApproxPrefixCacheProducer
-from inference_sched.redis_state import (
+from inference_sched.state.redis import (
     EXTRA_HINT,
     RedisInflightParams,
     RedisPrefixParams,
 )
-from inference_sched.scheduler import Scheduler
 from tests.helpers import make_table
 
 PATH = "plugins[0].parameters"
@@ -301,7 +301,7 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as info:
         _prefix_producer(table, {})
     assert str(info.value) == (
-        "inference_sched.redis_state needs the [redis] extra: pip install 'inference-sched[redis]'"
+        "inference_sched.state.redis needs the [redis] extra: pip install 'inference-sched[redis]'"
     )
     assert str(info.value) == EXTRA_HINT
     assert isinstance(info.value.__cause__, ImportError)
@@ -318,8 +318,8 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_importing_the_library_does_not_import_redis() -> None:
     code = (
         "import sys; sys.modules['redis'] = None\n"
-        "import inference_sched, inference_sched.plugins, inference_sched.redis_state\n"
-        "from inference_sched.config import load_config\n"
+        "import inference_sched, inference_sched.plugins, inference_sched.state.redis\n"
+        "from inference_sched.framework.config import load_config\n"
         "load_config({'plugins': [{'type': 'prefix-cache-scorer', "
         "'parameters': {'redis': {}}}]})\n"
         "print('ok')\n"

@@ -20,15 +20,15 @@ import attrs
 import numpy as np
 import pytest
 
-from inference_sched import registry
 from inference_sched.errors import (
     PluginLoadError,
     PluginRegistrationError,
     UnknownPluginTypeError,
 )
+from inference_sched.framework import registry
+from inference_sched.framework.registry import register
 from inference_sched.params import NoParams
 from inference_sched.plugins.load import QueueScorer
-from inference_sched.registry import register
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def plugins(
 
 
 _DECORATED = """
-    from inference_sched.registry import register
+    from inference_sched.framework.registry import register
 
     @register("{type}")
     class {cls}:

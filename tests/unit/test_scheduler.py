@@ -25,9 +25,9 @@ from inference_sched import (
     SchedulingProfile,
     SchedulingResult,
 )
-from inference_sched.handle import PluginHandle
+from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.registry import get
 from inference_sched.params import NoParams
-from inference_sched.registry import get
 from tests.helpers import make_table
 
 QUEUE_KV = """
@@ -345,7 +345,7 @@ def test_batch_returns_errors_in_place() -> None:
 
 
 def test_plugin_constructor_failure_names_the_plugin() -> None:
-    from inference_sched import registry
+    from inference_sched.framework import registry
 
     @registry.register("exploding-scorer")
     class Exploding:
@@ -429,7 +429,7 @@ def test_an_unexpected_error_in_a_profile_fails_the_cycle_cleanly() -> None:
 
 
 def test_a_producer_may_refine_a_key_it_produces() -> None:
-    from inference_sched.scheduler import _dependency_order
+    from inference_sched.framework.scheduler import _dependency_order
 
     class Refining:
         name = "refining"

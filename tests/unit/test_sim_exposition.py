@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference_sched.datalayer.metrics import extract
+from inference_sched.datalayer.parse import extract
 from inference_sched.sim import latency
 from inference_sched.sim.engine import Server
 from inference_sched.sim.exposition import (

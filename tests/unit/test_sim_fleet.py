@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from inference_sched.cli import main
-from inference_sched.config import load_config
 from inference_sched.errors import ConfigError
-from inference_sched.scheduler import Scheduler
+from inference_sched.framework.config import load_config
+from inference_sched.framework.scheduler import Scheduler
+from inference_sched.framework.types import Request, Response, SchedulingResult
 from inference_sched.sim.fleet import FleetConfig, simulate
 from inference_sched.sim.presets import PRESETS, resolve_config
 from inference_sched.sim.types import EngineConfig, RequestStatus, RunResult, SimRequest
 from inference_sched.sim.workloads import Workload, load_workload
-from inference_sched.types import Request, Response, SchedulingResult
 
 MODEL = "meta-llama/Llama-2-7b-hf"
 INFLIGHT = """\
@@ -358,7 +358,7 @@ def pd_handler() -> Any:
     """A profile handler running ``decode`` then, for long prompts, ``prefill``."""
     from collections.abc import Mapping
 
-    from inference_sched import registry
+    from inference_sched.framework import registry
 
     @registry.register("test-pd-handler")
     class Handler:

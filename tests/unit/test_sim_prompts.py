@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference_sched.prefix_hashing import block_hashes, token_block_hashes
+from inference_sched.prefix.hashing import block_hashes, token_block_hashes
 from inference_sched.sim.prompts import (
     ID_MASK,
     block_token_ids,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_sched.state import EndpointTable
-from inference_sched.types import Endpoint, Role
+from inference_sched.framework.types import Endpoint, Role
+from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 

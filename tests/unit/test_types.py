@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from inference_sched.errors import DataError
-from inference_sched.types import (
+from inference_sched.framework.types import (
     CycleState,
     Endpoint,
     ProfileRunResult,
     Request,
     Role,
     SchedulingResult,
-    strip_port,
 )
+from inference_sched.state.endpoint import strip_port
 
 
 def test_create_reads_gie_headers() -> None:

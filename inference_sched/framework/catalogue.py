@@ -1,0 +1,82 @@
+"""Where each built-in plugin type lives, so the registry imports a family only when a
+config first names one of its types (``import inference_sched`` loads no family).
+
+A unit test imports every family and checks that this catalogue equals what the
+modules register, so it cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+__all__ = ["BUILTIN_DEFAULT_PRODUCERS", "BUILTIN_FAMILIES", "BUILTIN_PLUGINS"]
+
+BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "inference_sched.plugins.load": (
+            "queue-scorer",
+            "running-requests-size-scorer",
+            "kv-cache-utilization-scorer",
+            "token-load-scorer",
+            "active-request-scorer",
+            "load-aware-scorer",
+            "inflight-load-producer",
+        ),
+        "inference_sched.plugins.cost_model": ("kv-cost-scorer", "softmax-picker"),
+        "inference_sched.plugins.lora": ("lora-affinity-scorer",),
+        "inference_sched.plugins.prefix": (
+            "approx-prefix-cache-producer",
+            "prefix-cache-scorer",
+            "prefix-cache-affinity-filter",
+            "no-hit-lru-scorer",
+        ),
+        "inference_sched.plugins.precise_prefix": ("precise-prefix-cache-producer",),
+        "inference_sched.plugins.slo": (
+            "predicted-latency-producer",
+            "latency-scorer",
+            "slo-headroom-tier-filter",
+            "latency-slo-admitter",
+        ),
+        "inference_sched.plugins.tokens": ("token-producer",),
+        "inference_sched.plugins.pd": (
+            "disagg-profile-handler",
+            "prefix-based-pd-decider",
+            "always-disagg-pd-decider",
+            "always-disagg-multimodal-decider",
+            "data-parallel-profile-handler",
+        ),
+        "inference_sched.plugins.saturation": ("utilization-detector", "concurrency-detector"),
+        "inference_sched.plugins.session": ("session-affinity-scorer", "session-affinity-filter"),
+        "inference_sched.plugins.pickers": (
+            "max-score-picker",
+            "random-picker",
+            "weighted-random-picker",
+        ),
+        "inference_sched.plugins.filters": (
+            "decode-filter",
+            "prefill-filter",
+            "label-selector-filter",
+            "by-label-selector",
+        ),
+        "inference_sched.plugins.profile_handlers": ("single-profile-handler",),
+        "inference_sched.datalayer.plugins": ("metrics-data-source", "core-metrics-extractor"),
+    }
+)
+"""Module → the plugin types it registers."""
+
+BUILTIN_PLUGINS: Final[Mapping[str, str]] = MappingProxyType(
+    {t: module for module, types in BUILTIN_FAMILIES.items() for t in types}
+)
+"""Plugin type → the module that registers it."""
+
+BUILTIN_DEFAULT_PRODUCERS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "InFlightLoad": "inflight-load-producer",
+        "PrefixCacheMatchInfo": "approx-prefix-cache-producer",
+        "LatencyPredictionInfo": "predicted-latency-producer",
+    }
+)
+"""Data key → the built-in plugin type GIE creates when a profile consumes the key and
+no configured plugin produces it."""

@@ -1,0 +1,218 @@
+"""Data contracts: the cycle-state keys and value types that plugin families share.
+
+A plugin family never imports another: a producer writes one of these values to the
+:class:`~inference_sched.framework.types.CycleState` under its key, and every consumer
+(other families, the scheduler's batch path, the simulator) reads it from here. The keys
+are GIE's and llm-d's data keys (``docs/architecture.md``, "Data contracts").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from inference_sched.framework.types import CycleState, Endpoint, Request, SchedulingResult
+
+if TYPE_CHECKING:
+    from inference_sched.state.table import EndpointTable
+
+__all__ = [
+    "IN_FLIGHT_LOAD",
+    "LATENCY_PREDICTION_INFO",
+    "PREFILL_PROFILE",
+    "PREFIX_CACHE_MATCH_INFO",
+    "TOKENIZED_PROMPT",
+    "InFlightLoad",
+    "LatencyPredictionInfo",
+    "PrefixCacheMatchInfo",
+    "cache_salt",
+    "estimate_tokens",
+    "first_picks",
+    "read_latency_info",
+    "read_prefix_info",
+    "request_token_ids",
+]
+
+PREFILL_PROFILE: Final = "prefill"
+"""GIE's convention: a profile literally named ``prefill`` is the prefill stage of P/D."""
+
+# ------------------------------------------------------------------ prefix match
+PREFIX_CACHE_MATCH_INFO: Final = "PrefixCacheMatchInfo"
+"""Data key of the prefix match (GIE ``PrefixCacheMatchInfoKey``)."""
+
+NO_HASHES: Final = np.empty(0, dtype=np.uint64)
+NO_HASHES.flags.writeable = False
+
+
+@attrs.frozen(eq=False)
+class PrefixCacheMatchInfo:
+    """How much of the request's prefix each endpoint holds (GIE ``PrefixCacheMatchInfo``).
+
+    Written by both prefix producers (``approx-prefix-cache-producer`` and
+    ``precise-prefix-cache-producer``).
+
+    Attributes:
+        match_blocks: float64, indexed by *table row* (at least as long as the rows in
+            use): the request's blocks found on that endpoint.
+        total_blocks: the request's number of prefix blocks.
+        block_size_tokens: block size used for the hashes, in tokens.
+        hashes: the request's chained block hashes (uint64, ``total_blocks`` long, or
+            empty when the producer hashed nothing): two requests share their first ``k``
+            blocks exactly when their first ``k`` hashes are equal. The joint batch
+            assignment groups requests by them.
+    """
+
+    match_blocks: npt.NDArray[np.float64]
+    total_blocks: int
+    block_size_tokens: int
+    hashes: npt.NDArray[np.uint64] = NO_HASHES
+
+
+def read_prefix_info(cycle: CycleState) -> PrefixCacheMatchInfo | None:
+    """The cycle's prefix match, or ``None`` when no producer wrote one."""
+    info = cycle.read(PREFIX_CACHE_MATCH_INFO)
+    return info if isinstance(info, PrefixCacheMatchInfo) else None
+
+
+def cache_salt(request: Request) -> str:
+    """The body's ``cache_salt`` when it is a string (GIE, vLLM), else no salt."""
+    salt = request.body.get("cache_salt") if request.body is not None else None
+    return salt if isinstance(salt, str) else ""
+
+
+def first_picks(result: SchedulingResult) -> list[tuple[int, Endpoint]]:
+    """(row, endpoint) of the primary profile's pick, then of the ``prefill`` pick (GIE):
+    the endpoints that will hold the request's blocks."""
+    runs = result.profile_results
+    picks: list[tuple[int, Endpoint]] = []
+    run = runs.get(result.primary_profile_name)
+    if run is not None and run.rows:
+        picks.append((int(run.rows[0]), run.endpoints[0]))
+    if len(runs) > 1:  # one profile (the usual case) has no prefill pick
+        run = runs.get(PREFILL_PROFILE)
+        if run is not None and run.rows and all(r != run.rows[0] for r, _ in picks):
+            picks.append((int(run.rows[0]), run.endpoints[0]))
+    return picks
+
+
+# ------------------------------------------------------------------ in-flight load
+IN_FLIGHT_LOAD: Final = "InFlightLoad"
+"""Data key of the scheduler's in-flight accounting (GIE ``InFlightLoadKey``)."""
+
+_CHARS_PER_TOKEN: Final = 4.0
+_OUTPUT_RATIO: Final = 1.5
+
+
+@attrs.frozen(eq=False)
+class InFlightLoad:
+    """The scheduler's in-flight load per table row (GIE ``InFlightLoad``).
+
+    Written to the cycle under :data:`IN_FLIGHT_LOAD` by ``inflight-load-producer``. The
+    counters live in the table's ``inflight_requests`` / ``inflight_tokens`` columns;
+    this object reads them on access, so it never holds an array that the table has
+    since reallocated.
+    """
+
+    table: EndpointTable
+
+    @property
+    def requests(self) -> npt.NDArray[np.float64]:
+        """In-flight requests per row."""
+        return self.table.inflight_requests
+
+    @property
+    def tokens(self) -> npt.NDArray[np.float64]:
+        """Estimated in-flight tokens (input + output) per row."""
+        return self.table.inflight_tokens
+
+
+def _go_round(x: float) -> int:
+    """Go's ``math.Round`` for x >= 0: halves round away from zero (Python's round is
+    banker's rounding)."""
+    floor = math.floor(x)
+    return int(floor + 1 if x - floor >= 0.5 else floor)
+
+
+def estimate_tokens(request: Request) -> int:
+    """GIE's ``SimpleTokenEstimator``: estimated input + output tokens of ``request``.
+
+    Input is ``max(request_size_bytes // 4, 1)`` when the body size is known, else the
+    token-id count, else ``max(1, round(len(prompt) / 4))``; output is
+    ``round(input * 1.5)``; rounding is Go's (half away from zero). A request with no
+    size, no token ids and no prompt estimates 0 (GIE: no body).
+    """
+    if request.request_size_bytes > 0:
+        num_input = max(request.request_size_bytes // 4, 1)
+    elif request.token_ids is not None:
+        num_input = len(request.token_ids)
+    elif request.prompt is not None:
+        num_input = max(1, _go_round(len(request.prompt) / _CHARS_PER_TOKEN))
+    else:
+        return 0
+    return num_input + _go_round(num_input * _OUTPUT_RATIO)
+
+
+# ------------------------------------------------------------------ tokenized prompt
+TOKENIZED_PROMPT: Final = "TokenizedPrompt"
+"""Data key of the prompt's token ids (llm-d ``TokenizedPrompt``), uint32."""
+
+
+def request_token_ids(request: Request, cycle: CycleState) -> npt.NDArray[np.uint32] | None:
+    """The request's token ids: its own, the body's ``prompt_token_ids``, or what a
+    ``token-producer`` wrote to the cycle; None when nobody knows them."""
+    if request.token_ids is not None:
+        return request.token_ids
+    body = request.body
+    if body is not None:
+        ids = body.get("prompt_token_ids")
+        if isinstance(ids, list) and ids and all(type(i) is int and 0 <= i < 2**32 for i in ids):
+            return np.asarray(ids, dtype=np.uint32)
+    produced = cycle.read(TOKENIZED_PROMPT)
+    return produced if isinstance(produced, np.ndarray) else None
+
+
+# ------------------------------------------------------------------ latency prediction
+LATENCY_PREDICTION_INFO: Final = "LatencyPredictionInfo"
+"""Data key of the latency prediction (GIE ``LatencyPredictionInfoKey``)."""
+
+
+@attrs.frozen(eq=False)
+class LatencyPredictionInfo:
+    """Predicted latencies and SLO headroom per endpoint (GIE ``LatencyPredictionInfo``).
+
+    Every array is indexed by *table row* (as :class:`PrefixCacheMatchInfo`) and filled at
+    the cycle's candidate rows; other rows hold NaN (False for the validity flags).
+
+    Attributes:
+        has_prediction: the model is past its warm-up; when False the prediction arrays
+            are NaN, the validity flags False, and consumers fall back (``docs/slo.md``).
+        ttft_ms / tpot_ms: predicted TTFT and TPOT at the model's quantile, ms.
+        ttft_headroom_ms / tpot_headroom_ms: SLO minus prediction, ms (no SLO: minus
+            the prediction, so that a request without SLO ranks endpoints by speed).
+        ttft_valid / tpot_valid: the prediction meets the SLO (always True without SLO,
+            and for TPOT outside streaming mode or on prefill endpoints).
+        dispatched: requests this producer routed to the endpoint that have not ended
+            (GIE ``dispatchedRequestCount``); meaningful also during warm-up.
+        ttft_slo_ms / tpot_slo_ms: the request's SLOs (0 = none).
+    """
+
+    has_prediction: bool
+    ttft_ms: npt.NDArray[np.float64]
+    tpot_ms: npt.NDArray[np.float64]
+    ttft_headroom_ms: npt.NDArray[np.float64]
+    tpot_headroom_ms: npt.NDArray[np.float64]
+    ttft_valid: npt.NDArray[np.bool_]
+    tpot_valid: npt.NDArray[np.bool_]
+    dispatched: npt.NDArray[np.float64]
+    ttft_slo_ms: float = 0.0
+    tpot_slo_ms: float = 0.0
+
+
+def read_latency_info(cycle: CycleState) -> LatencyPredictionInfo | None:
+    """The cycle's prediction, or ``None`` when no producer wrote one."""
+    info = cycle.read(LATENCY_PREDICTION_INFO)
+    return info if isinstance(info, LatencyPredictionInfo) else None

@@ -1,0 +1,131 @@
+"""GIE's prefix-cache block hashes, at the Python boundary (gie.md §4.2 "Hash chain").
+
+:func:`seed_hash` is the chain's first parent, ``xxh64(target_model + cache_salt)``;
+:func:`block_hashes` and :func:`token_block_hashes` validate, convert once to the pinned
+dtypes, allocate ``out`` and call one kernel of :mod:`inference_sched.kernels.hashing`
+for the whole prompt. Inputs reach the kernels as read-only views (prompt ``bytes`` are
+immutable, and a copy of a 400 KB prompt would cost a tenth of its hashing), so each
+kernel compiles one signature whatever the caller passes. Hashes are :data:`BlockHash`
+values (64-bit unsigned ints) one by one, and ``uint64`` arrays in bulk.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Final, NewType, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import xxhash
+
+from inference_sched.kernels.hashing import chained_block_hashes, chained_token_block_hashes
+
+__all__ = [
+    "BYTES_PER_TOKEN",
+    "BlockHash",
+    "block_hashes",
+    "chain_seed",
+    "num_block_hashes",
+    "readonly",
+    "seed_hash",
+    "token_block_hashes",
+]
+
+_T = TypeVar("_T", bound=np.generic)
+
+BlockHash = NewType("BlockHash", int)
+"""One block's chained xxh64 hash (the block's content and its parent's hash)."""
+
+BYTES_PER_TOKEN = 4
+"""GIE's characters-per-token estimate: a block of ``n`` tokens is ``4 * n`` bytes."""
+
+_UINT8: Final = np.dtype(np.uint8)
+_UINT64: Final = np.dtype(np.uint64)
+
+
+def seed_hash(model: str, cache_salt: str = "") -> BlockHash:
+    """The chain's first parent: ``xxh64(model + cache_salt)`` of their UTF-8 bytes.
+
+    ``model`` is the target model after rewrites (caches are model and LoRA scoped);
+    ``cache_salt`` is the request body's ``cache_salt``, appended only when non-empty.
+    """
+    data = model.encode("utf-8")
+    if cache_salt:
+        data += cache_salt.encode("utf-8")
+    return BlockHash(xxhash.xxh64_intdigest(data))
+
+
+@functools.lru_cache(maxsize=1024)
+def chain_seed(model: str, cache_salt: str = "") -> np.uint64:
+    """:func:`seed_hash` as the kernels take it (``np.uint64``), cached: every decision
+    needs it, and a few models and salts recur."""
+    return np.uint64(seed_hash(model, cache_salt))
+
+
+def readonly(array: npt.NDArray[_T]) -> npt.NDArray[_T]:
+    """A read-only view of ``array``: the input layout the hashing kernels are pinned to."""
+    if not array.flags.writeable:  # e.g. np.frombuffer over bytes: no new view needed
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def num_block_hashes(num_bytes: int, block_bytes: int, max_blocks: int) -> int:
+    """How many hashes a prompt of ``num_bytes`` gets (the partial tail block counts)."""
+    if block_bytes <= 0 or num_bytes < block_bytes or max_blocks <= 0:
+        return 0
+    return min(-(-num_bytes // block_bytes), max_blocks)
+
+
+def block_hashes(
+    prompt: bytes,
+    model: str,
+    cache_salt: str = "",
+    block_size_tokens: int = 16,
+    max_blocks: int = 256,
+) -> npt.NDArray[np.uint64]:
+    """The chained hashes of ``prompt``'s blocks of ``4 * block_size_tokens`` bytes.
+
+    Prompts shorter than one block get none; the prompt is truncated to ``max_blocks``
+    blocks; a partial last block is hashed. Block ``i`` hashes to
+    ``xxh64(block_i + uint64_le(h_{i-1}))`` with ``h_{-1} = seed_hash(model, cache_salt)``.
+
+    Returns:
+        uint64 (count,), one hash per block, in prompt order.
+    """
+    # Positional dtypes: NumPy's keyword parsing costs more than the call itself here.
+    data = readonly(np.frombuffer(prompt, _UINT8))  # a no-op over bytes
+    block_bytes = BYTES_PER_TOKEN * int(block_size_tokens)
+    out = np.empty(num_block_hashes(len(data), block_bytes, int(max_blocks)), _UINT64)
+    if out.shape[0] == 0:
+        return out
+    seed = chain_seed(model, cache_salt)
+    count = chained_block_hashes(data, block_bytes, int(max_blocks), seed, out)
+    return out[:count]
+
+
+def token_block_hashes(
+    tokens: npt.ArrayLike,
+    model: str,
+    cache_salt: str = "",
+    block_size_tokens: int = 16,
+    max_blocks: int = 256,
+) -> npt.NDArray[np.uint64]:
+    """:func:`block_hashes` over token ids, each serialised as uint32 little-endian.
+
+    The kernel reads the ids through a byte view of a uint32 array, which is the
+    little-endian serialisation only on a little-endian host; this asserts one.
+    """
+    assert sys.byteorder == "little", "token hashing reads uint32 ids as little-endian bytes"
+    ids = readonly(np.ascontiguousarray(tokens, dtype=np.uint32).reshape(-1))
+    block_tokens = int(block_size_tokens)
+    block_bytes = BYTES_PER_TOKEN * block_tokens
+    num_bytes = BYTES_PER_TOKEN * ids.shape[0]
+    out = np.empty(num_block_hashes(num_bytes, block_bytes, int(max_blocks)), dtype=np.uint64)
+    if out.shape[0] == 0:
+        return out
+    seed = chain_seed(model, cache_salt)
+    count = chained_token_block_hashes(ids, block_tokens, int(max_blocks), seed, out)
+    return out[:count]
