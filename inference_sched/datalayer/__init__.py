@@ -3,5 +3,6 @@
 Endpoint discovery (:mod:`.discovery`: a static list, a watched file, Kubernetes pods),
 metrics scraping (:mod:`.scraper`) and parsing (:mod:`.metrics`, engine mappings for vLLM,
 SGLang and TensorRT-LLM as configuration), written into the
-:class:`~inference_sched.state.table.EndpointTable` in bulk (GIE ``specs/gie.md`` §7).
+:class:`~inference_sched.state.table.EndpointTable` in bulk (GIE:
+``gateway-api-inference-extension`` ``pkg/epp/datalayer/``).
 """

@@ -1,4 +1,4 @@
-"""Endpoint discovery: where the pool's endpoints come from (GIE ``specs/gie.md`` §7.1).
+"""Endpoint discovery: where the pool's endpoints come from (GIE: ``docs/discovery.md``).
 
 A :class:`Discovery` source knows the current set of endpoints (:meth:`Discovery.endpoints`)
 and can follow it over time (:meth:`Discovery.watch`, an async iterator of *full

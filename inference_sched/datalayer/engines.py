@@ -3,7 +3,7 @@
 A mapping is data (an :class:`EngineSpec`), not code: GIE's ``core-metrics-extractor``
 picks one per endpoint from the pod label ``inference.networking.k8s.io/engine-type`` and
 its ``engineConfigs`` parameter replaces a built-in engine of the same name
-(``specs/gie.md`` §7.2).
+(``gateway-api-inference-extension``: ``pkg/epp/framework/plugins/datalayer/``).
 
 Each field holds a *selector*, a PromQL instant selector without operators other than
 ``=``: ``name`` or ``name{label=value,...}``, label values quoted or not. The empty string
@@ -296,7 +296,8 @@ BUILTIN_ENGINES: Final[Mapping[str, EngineSpec]] = {
         ),
     )
 }
-"""GIE's engine table (``specs/gie.md`` §7.2), by engine name."""
+"""GIE's engine table (``gateway-api-inference-extension``:
+``pkg/epp/framework/plugins/datalayer/``), by engine name."""
 
 
 def engine_from_config(entry: Any, *, path: str = "engineConfigs[0]") -> EngineSpec:

@@ -1,4 +1,4 @@
-"""Kubernetes endpoint discovery: pods selected like an InferencePool (GIE ``specs/gie.md`` §7.1).
+"""Kubernetes endpoint discovery: pods selected like an InferencePool (``docs/discovery.md``).
 
 :class:`PodDiscovery` lists and watches the pods of one namespace that match a label
 selector and turns each *ready* pod into one endpoint per active target port:

@@ -1,7 +1,8 @@
 """Data-layer plugins: ``metrics-data-source`` and ``core-metrics-extractor``.
 
-GIE's default data layer (``specs/gie.md`` §7.2): the source says where an endpoint's
-Prometheus page is, the extractor reads the engine's metrics from it. Neither takes part
+GIE's default data layer (``gateway-api-inference-extension``:
+``pkg/epp/framework/plugins/datalayer/``): the source says where an endpoint's Prometheus
+page is, the extractor reads the engine's metrics from it. Neither takes part
 in a scheduling cycle; the :class:`~inference_sched.datalayer.scraper.Scraper` drives
 them. Page: ``docs/datalayer.md``.
 """

@@ -6,7 +6,7 @@ every extension point whose Protocol it satisfies: one instance can be a scorer 
 PreRequest hook at once (the prefix producer is a data producer, a PreRequest hook and
 a removal listener).
 
-The scheduling cycle (DESIGN §2)::
+The scheduling cycle (``docs/architecture.md``)::
 
     ProfileHandler.pick_profiles ──► per profile: DataProducer? ─► Filter* ─► Scorer* ─► Picker
     ProfileHandler.process_results ──► PreRequest*

@@ -1,4 +1,5 @@
-"""Cost-model routing after NVIDIA Dynamo's KV router (``specs/peers.md`` §C.1, §H.3).
+"""Cost-model routing after NVIDIA Dynamo's KV router (``ai-dynamo/dynamo``:
+``lib/llm/src/kv_router/``, ``docs/architecture/kv_cache_routing.md``).
 
 * ``kv-cost-scorer`` computes Dynamo's per-endpoint cost
   ``logit = overlapScoreWeight * prefill_blocks + decode_blocks`` (lower is better) and
@@ -21,7 +22,7 @@ Design note, the two terms and where they come from:
   output: Dynamo's active blocks with its output-block tracking). It is router-local,
   as Dynamo's is, and moves with every decision, which is what keeps a burst of
   identical requests scheduled against one metrics snapshot from herding (llm-d #298,
-  ``specs/peers.md`` §A.6, §E.1). The scraped ``kv_usage_frac * kv_blocks_total`` is not
+  llm-d-router issue #298). The scraped ``kv_usage_frac * kv_blocks_total`` is not
   added: it counts the same running requests again, late (Dynamo #7753 is the bug that
   mixing the two channels caused).
 

@@ -4,8 +4,9 @@ in-flight accounting that keeps load current between metric scrapes.
 GIE scorers (``queue-scorer``, ``running-requests-size-scorer``,
 ``kv-cache-utilization-scorer``, ``token-load-scorer``), the ``inflight-load-producer``
 that GIE and llm-d auto-create for ``InFlightLoad`` consumers, and llm-d's
-``active-request-scorer`` and ``load-aware-scorer``. Formulas: ``specs/gie.md`` §4.3 and
-``specs/peers.md`` §A.1, §H.6; one page per type in ``docs/plugins/``.
+``active-request-scorer`` and ``load-aware-scorer``. Formulas: ``gateway-api-inference-extension``
+``pkg/epp/framework/plugins/scheduling/scorer/`` and llm-d-router's
+``pkg/epp/framework/plugins/register.go``; one page per type in ``docs/plugins/``.
 
 Each scorer reads one ``EndpointTable`` column at call time (columns are reallocated when
 the table grows) and makes one kernel call over the whole candidate set.

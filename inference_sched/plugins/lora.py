@@ -1,4 +1,5 @@
-"""LoRA plugins: ``lora-affinity-scorer`` (GIE, ``specs/gie.md`` §4.4).
+"""LoRA plugins: ``lora-affinity-scorer`` (GIE, ``gateway-api-inference-extension``:
+``pkg/epp/framework/plugins/scheduling/scorer/``; ``docs/plugins/lora-affinity-scorer.md``).
 
 Prefers endpoints that already run the request's adapter, then endpoints with a free
 adapter slot, then endpoints where the adapter is queued to load.

@@ -1,4 +1,5 @@
-"""Prefill/decode disaggregation (llm-d, ``specs/peers.md`` A.5, H.7).
+"""Prefill/decode disaggregation (llm-d-router:
+``pkg/epp/framework/plugins/profilehandler/disagg/``, ``docs/disaggregation.md``).
 
 ``disagg-profile-handler`` runs the ``decode`` profile first, always; a *decider* then
 says whether the request also runs ``prefill`` (and, for multimodal requests, ``encode``)

@@ -1,5 +1,5 @@
 """Pickers: ``max-score-picker``, ``random-picker``, ``weighted-random-picker``
-(GIE, ``specs/gie.md`` §4.5).
+(GIE, ``gateway-api-inference-extension``: ``pkg/epp/framework/plugins/scheduling/picker/``).
 
 A picker ranks the candidates' weighted totals and returns *positions* into the
 candidate array, best first: the pick, then up to ``maxNumOfEndpoints - 1`` fallbacks.

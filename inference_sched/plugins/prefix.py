@@ -1,4 +1,5 @@
-"""Prefix-cache affinity (GIE ``specs/gie.md`` §4.2, §4.8; llm-d ``specs/peers.md`` §A.1).
+"""Prefix-cache affinity (GIE ``gateway-api-inference-extension``:
+``pkg/epp/framework/plugins/scheduling/scorer/prefix/plugin.go``; llm-d-router).
 
 * ``approx-prefix-cache-producer`` hashes the request's prompt into chained blocks,
   matches them against its :class:`~inference_sched.prefix.index.PrefixIndex` and writes
@@ -132,7 +133,7 @@ class ApproxPrefixCacheProducerParams:
     object {address, namespace, timeoutMs, endpointTtlMs} (docs/redis.md); absent: in-process."""
 
     def __attrs_post_init__(self) -> None:
-        # GIE's validation (gie.md §4.2): the migration guard first, then autoTune.
+        # GIE's validation (scorer/prefix/plugin.go): the migration guard first, then autoTune.
         if (self.block_size > 0 or self.hash_block_size > 0) and self.block_size_tokens <= 0:
             raise ParamCheck(
                 "blockSizeTokens",

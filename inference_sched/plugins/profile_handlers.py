@@ -1,4 +1,5 @@
-"""Profile handlers: ``single-profile-handler`` (GIE, ``specs/gie.md`` §4.6).
+"""Profile handlers: ``single-profile-handler`` (GIE, ``gateway-api-inference-extension``:
+``pkg/epp/framework/plugins/scheduling/profile/``).
 
 A profile handler decides which scheduling profiles run for a request and turns their
 results into the cycle's answer. The single-profile handler runs the one configured

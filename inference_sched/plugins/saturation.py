@@ -3,7 +3,8 @@
 Each is both a *saturation detector* (:class:`~inference_sched.framework.interfaces.
 SaturationDetector`: the config's ``saturationDetector.pluginRef`` names the one the
 scheduler asks at admission, where a sheddable request is rejected at saturation >= 1)
-and a *filter* usable in a profile. Formulas: ``specs/gie.md`` §4.7; one page per type in
+and a *filter* usable in a profile. Formulas: ``gateway-api-inference-extension``
+``pkg/epp/saturationdetector/``; one page per type in
 ``docs/plugins/``.
 
 * ``utilization-detector``: per endpoint ``max(waiting / queueDepthThreshold,

@@ -1,4 +1,4 @@
-"""SLO-aware plugins: GIE's latency-predictor stack (``specs/gie.md`` §4.8), in process.
+"""SLO-aware plugins: GIE's latency-predictor stack (``docs/slo.md``), in process.
 
 * ``predicted-latency-producer`` predicts each candidate's TTFT and TPOT (p90 by
   default) with the online model of :mod:`inference_sched.slo.predictor`, writes
@@ -283,7 +283,7 @@ class PredictedLatencyProducer:
         tpot_slo: float,
         table: EndpointTable,
     ) -> None:
-        """GIE's validity and headroom rules (``specs/gie.md`` §4.8).
+        """GIE's validity and headroom rules (``docs/slo.md``).
 
         ``floats`` rows: TTFT, TPOT, TTFT headroom, TPOT headroom; ``flags`` rows: TTFT
         and TPOT validity (both by table row). Computed over the candidates in one block,
@@ -507,7 +507,7 @@ def bucket_scores(
     tpot_weight: float,
     strategy: str,
 ) -> npt.NDArray[np.float64]:
-    """GIE's bucket scoring of one partition (``specs/gie.md`` §4.8, latency-scorer).
+    """GIE's bucket scoring of one partition (``docs/plugins/latency-scorer.md``).
 
     ``n = (|h| - min) / range`` per dimension (0.5 when the range is ~0); a dimension
     with no range gives its weight to the other; ``c = a nTTFT + b nTPOT``; least:

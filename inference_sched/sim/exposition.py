@@ -95,7 +95,7 @@ def _adapter_list(adapters: frozenset[str]) -> str:
 def render_vllm(metrics: ServerMetrics, *, model: str, now_s: float) -> str:
     """``metrics`` as a vLLM V1 ``/metrics`` page (Prometheus text format 0.0.4).
 
-    Families, in vLLM's names and shapes (``specs/simulators.md`` §1): the gauges
+    Families, in vLLM's names and shapes (``vllm``: ``vllm/v1/metrics/loggers.py``): the gauges
     ``vllm:num_requests_running``, ``vllm:num_requests_waiting`` and
     ``vllm:kv_cache_usage_perc`` (a 0..1 fraction); the counters
     ``vllm:prefix_cache_queries_total``, ``vllm:prefix_cache_hits_total`` (tokens) and

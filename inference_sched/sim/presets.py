@@ -4,7 +4,7 @@
 stateless equivalent), ``load-only`` routes on scraped load alone, ``gie-default`` is
 GIE's default profile (queue 2, kv-cache 2, prefix 3), ``llm-d-precise`` the same weights
 over llm-d's precise prefix index (the servers' KV events, fed in process),
-``gie-predicted-latency`` GIE's latency-predictor pipeline (gie.md §4.8, the predictor
+``gie-predicted-latency`` GIE's latency-predictor pipeline (the predictor
 learned in process: docs/slo.md), ``ours-best``
 the cost model of NVIDIA Dynamo's KV router (credit 4: uncached prefix blocks and the
 scheduler's own in-flight blocks, counted at pick time) weighted 3 with prefix 2, queue 1

@@ -1,6 +1,6 @@
 """In-process SLO prediction: an online model of TTFT and TPOT quantiles.
 
-GIE's latency-predictor stack (``specs/gie.md`` §4.8) trains XGBoost in a sidecar; this
+GIE's latency-predictor stack (``docs/slo.md``) trains XGBoost in a sidecar; this
 package learns online inside the library instead. :mod:`.predictor` holds the model; the
 per-request prediction the SLO plugins exchange through the cycle is a framework data
 contract (:class:`inference_sched.framework.contracts.LatencyPredictionInfo`).

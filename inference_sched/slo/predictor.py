@@ -30,7 +30,7 @@ tens of microseconds for 16 to 256 candidates in NumPy, mostly fixed call overhe
 under the 5 us per candidate target without a Numba kernel (``benchmarks/bench_slo.py``
 measures it; a fused kernel is the follow-up if the fixed cost matters).
 
-Feature map (``feature_matrix``), from GIE's features (``specs/gie.md`` §4.8), token
+Feature map (``feature_matrix``), from GIE's features (``docs/slo.md``), token
 counts in thousands so the ridge sees comparable scales:
 
 ====  =====================================================  =========================

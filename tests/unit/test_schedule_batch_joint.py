@@ -281,3 +281,42 @@ def test_joint_cost_rejects_bad_weights(field: str, value: float) -> None:
     kwargs: dict[str, Any] = {field: value}
     with pytest.raises(ValueError, match=field.split("_")[0]):
         JointCost(**kwargs)
+
+
+# ---------------------------------------------------------------- both prefix producers
+APPROX = PREFIX_QUEUE
+PRECISE = PREFIX_QUEUE.replace(
+    "plugins:\n- type: prefix-cache-scorer",
+    "plugins:\n- type: precise-prefix-cache-producer\n- type: prefix-cache-scorer",
+    1,
+)
+
+
+def _token_burst() -> list[Request]:
+    """Three groups of four: A identical, B sharing 8 of 10 blocks (different tails), C
+    alone; by token ids so that both producers hash the same blocks."""
+    base = np.arange(1, 161, dtype=np.uint32)  # 10 blocks of 16 tokens
+    requests = []
+    for k in range(4):
+        a = base
+        b = np.concatenate([base[:128] + 1000, np.full(32, 5000 + k, dtype=np.uint32)])
+        c = base + 9000 + 200 * k
+        for g, tokens in (("A", a), ("B", b), ("C", c)):
+            requests.append(Request.create("m", request_id=f"{g}{k}", prompt="", token_ids=tokens))
+    return requests
+
+
+def _joint_picks(config: str) -> list[str]:
+    scheduler = joint_scheduler(config, WAITING, 6.3, k=2)
+    for plugin in scheduler.plugins.values():
+        if plugin.type == "precise-prefix-cache-producer":
+            plugin.events_in_process()  # no ZMQ: no engine publishes here
+    return picks(scheduler.schedule_batch(_token_burst(), joint=True))
+
+
+def test_joint_placement_is_the_same_with_either_prefix_producer() -> None:
+    approx = _joint_picks(APPROX)
+    assert _joint_picks(PRECISE) == approx
+    # and the hashes mattered: B's members share their first 8 blocks and stay together
+    by_group = Counter((g, p) for g, p in zip("ABC" * 4, approx, strict=True))
+    assert by_group[("B", approx[1])] >= 2
