@@ -27,6 +27,7 @@ import itertools
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, NamedTuple
 
@@ -99,6 +100,10 @@ _MAX_LRU_CAPACITY: Final = 2**31 - 1
 
 
 # ====================================================================== producer
+DEFAULT_BLOCK_SIZE_TOKENS: Final = 16
+MAX_BLOCK_SIZE_TOKENS: Final = 65536
+"""Largest block size accepted, configured or scraped (vLLM's are 16 to 256 tokens)."""
+
 _LEGACY_BLOCK_SIZE: Final = (
     "deprecated: characters per block, ignored; blockSizeTokens (tokens, 4 characters "
     "each) sets the block size"
@@ -111,8 +116,14 @@ class ApproxPrefixCacheProducerParams:
 
     auto_tune: bool = param(True, alias="autoTune", check=boolean)
     """Take the block size and LRU capacity from the endpoints' cache metrics when known."""
-    block_size_tokens: int = param(16, alias="blockSizeTokens", check=integer)
-    """Tokens per hashed block (4 bytes each) when not auto-tuned."""
+    block_size_tokens: int = param(
+        DEFAULT_BLOCK_SIZE_TOKENS,
+        alias="blockSizeTokens",
+        check=integer,
+    )
+    """Tokens per hashed block (4 bytes each) when not auto-tuned, and while no endpoint
+    reports its block size; 0 (GIE: only with autoTune) means "the endpoints' block size",
+    with 16 until one reports it."""
     max_prefix_blocks_to_match: int = param(256, alias="maxPrefixBlocksToMatch", check=at_least(0))
     """Longest prefix hashed and matched, in blocks."""
     max_prefix_tokens_to_match: int = param(0, alias="maxPrefixTokensToMatch", check=at_least(0))
@@ -144,6 +155,10 @@ class ApproxPrefixCacheProducerParams:
         if not self.auto_tune and self.block_size_tokens <= 0:
             raise ParamCheck(
                 "blockSizeTokens", "int >= 1 when autoTune is false", self.block_size_tokens
+            )
+        if not 0 <= self.block_size_tokens <= MAX_BLOCK_SIZE_TOKENS:
+            raise ParamCheck(
+                "blockSizeTokens", f"int in [0, {MAX_BLOCK_SIZE_TOKENS}]", self.block_size_tokens
             )
 
 
@@ -195,6 +210,7 @@ class ApproxPrefixCacheProducer:
         self._table = handle.table
         self._state_key = f"{PRODUCER_TYPE}/{name}"
         self._counting = params.match_mode == "counting"
+        self._untuned_warned_s = -math.inf
         self._lock = threading.Lock()
         self._index = PrefixIndex()
         # PreRequest's index updates, applied by run_deferred or before the next match:
@@ -232,9 +248,23 @@ class ApproxPrefixCacheProducer:
         and known (> 0), else ``blockSizeTokens``."""
         if self.params.auto_tune and len(candidates) > 0:
             scraped = float(table.block_size_tokens[candidates[0]])
-            if scraped > 0:
+            if 0 < scraped <= MAX_BLOCK_SIZE_TOKENS:
                 return int(scraped)
-        return self.params.block_size_tokens
+        if self.params.block_size_tokens > 0:
+            return self.params.block_size_tokens
+        self._warn_untuned()
+        return DEFAULT_BLOCK_SIZE_TOKENS
+
+    def _warn_untuned(self) -> None:
+        now = time.monotonic()
+        if now - self._untuned_warned_s >= _WARN_INTERVAL_S:
+            self._untuned_warned_s = now
+            log.warning(
+                "%s: blockSizeTokens is 0 (auto-tune) but the candidates report no cache "
+                "block size; hashing with %d tokens per block until they do",
+                self.name,
+                DEFAULT_BLOCK_SIZE_TOKENS,
+            )
 
     def max_blocks(self, block_size_tokens: int) -> int:
         """``maxPrefixTokensToMatch // block size`` when set, else ``maxPrefixBlocksToMatch``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,23 @@ def test_defaults() -> None:
             id="bad-bool",
         ),
         pytest.param(
+            {"blockSizeTokens": -16},
+            r"^plugins\[0\]\.parameters\.blockSizeTokens: expected int in \[0, 65536\], "
+            r"got -16 \(int\)$",
+            id="negative-block-size",
+        ),
+        pytest.param(
+            {"blockSizeTokens": 10**22},
+            r"^plugins\[0\]\.parameters\.blockSizeTokens: expected int in \[0, 65536\], "
+            r"got 10000000000000000000000 \(int\)$",
+            id="huge-block-size",
+        ),
+        pytest.param(
+            {"blockSizeTokens": 16.5},
+            r"^plugins\[0\]\.parameters\.blockSizeTokens: expected int, got 16\.5 \(float\)$",
+            id="fractional-block-size",
+        ),
+        pytest.param(
             {"blockSizeTokens": True},
             r"^plugins\[0\]\.parameters\.blockSizeTokens: expected int, got True \(bool\)$",
             id="bool-as-int",
@@ -192,7 +210,8 @@ def test_max_blocks(raw: dict[str, Any], block_tokens: int, expected: int) -> No
         pytest.param({"maxPrefixTokensToMatch": 100}, 0, 6, id="max-tokens-16"),
         pytest.param({"maxPrefixTokensToMatch": 100}, 32, 3, id="max-tokens-autotuned"),
         pytest.param({"maxPrefixBlocksToMatch": 5}, 0, 5, id="max-blocks"),
-        pytest.param({"blockSizeTokens": 0}, 0, 0, id="no-block-size-no-hashes"),
+        pytest.param({"blockSizeTokens": 0}, 0, 32, id="zero-block-size-hashes-with-16"),
+        pytest.param({"blockSizeTokens": 0}, 1e22, 32, id="absurd-scraped-size-ignored"),
     ],
 )
 def test_total_blocks_follow_block_size_and_limits(
@@ -202,7 +221,22 @@ def test_total_blocks_follow_block_size_and_limits(
     producer = _producer(table, **raw)
     _, info = _prepare(producer, table, Request.create("m", prompt=PROMPT))
     assert info.total_blocks == total
-    assert info.block_size_tokens == (scraped or raw.get("blockSizeTokens", 16))
+    expected = scraped if 0 < scraped <= 65536 else (raw.get("blockSizeTokens", 16) or 16)
+    assert info.block_size_tokens == expected
+
+
+def test_auto_tune_with_nothing_to_tune_from_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    table = make_table(2)  # no endpoint reports a block size
+    producer = _producer(table, blockSizeTokens=0)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            _, info = _prepare(producer, table, Request.create("m", prompt=PROMPT))
+    assert info.block_size_tokens == 16
+    assert info.total_blocks == 32
+    assert [r.getMessage() for r in caplog.records] == [
+        "approx: blockSizeTokens is 0 (auto-tune) but the candidates "
+        "report no cache block size; hashing with 16 tokens per block until they do"
+    ]
 
 
 # ====================================================================== hashing inputs
