@@ -22,8 +22,9 @@ without parsing text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, Final
 
 __all__ = [
     "AdmissionDeniedError",
@@ -38,9 +39,18 @@ __all__ = [
     "RequestShedError",
     "SchedulingError",
     "UnknownPluginTypeError",
+    "redact",
 ]
 
 _MISSING = object()
+
+_CREDENTIALS: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/@\s:]*):[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL replaced by
+    ``***``: what errors, logs and the printed effective config show of a Redis address."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
 
 
 class InferenceSchedError(Exception):

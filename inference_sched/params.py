@@ -19,12 +19,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
 
-from inference_sched.errors import ParameterError
+from inference_sched.errors import ParameterError, redact
 
 __all__ = [
     "DEPRECATED_KEY",
@@ -75,9 +76,18 @@ class ParamCheck(ValueError):
         super().__init__(f"{key}: expected {expectation}, got {describe(value)}")
 
 
+_BOUNDED = reprlib.Repr()  # keyword arguments need Python 3.12
+_BOUNDED.maxlevel = 3
+for _name in ("maxtuple", "maxlist", "maxarray", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_BOUNDED, _name, 8)
+_BOUNDED.maxstring = _BOUNDED.maxlong = _BOUNDED.maxother = 200
+
+
 def describe(value: object) -> str:
-    """``'x' (str)``: a value and its type, as error messages show it."""
-    text = repr(value)
+    """``'x' (str)``: a value and its type, as error messages show it: at most 80
+    characters, built without rendering the whole value (a config's nested aliases can
+    expand to billions of elements), credentials redacted."""
+    text = redact(_BOUNDED.repr(value))
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{text} ({type(value).__name__})"
@@ -98,6 +108,7 @@ def param(
     parse: Callable[[Any], Any] | None = None,
     deprecated: str | None = None,
     factory: Callable[[], Any] | None = None,
+    redacted: bool = False,
 ) -> Any:
     """Declare a parameter field.
 
@@ -108,6 +119,8 @@ def param(
         parse: converts the raw config value first; raises :class:`ParamCheck`.
         deprecated: a message logged when the key is used.
         factory: default factory for mutable defaults.
+        redacted: the value may hold credentials (a URL's password): ``repr`` shows it
+            through :func:`~inference_sched.errors.redact`.
     """
     checks = [check] if callable(check) else list(check)
     validator = attrs.validators.and_(*checks) if checks else None
@@ -116,9 +129,18 @@ def param(
         metadata[_PARSE] = parse
     if deprecated is not None:
         metadata[_DEPRECATED] = deprecated
+    shown: Callable[[Any], str] | bool = _redacted_repr if redacted else True
     if factory is not None:
-        return attrs.field(factory=factory, validator=validator, metadata=metadata, alias=alias)
-    return attrs.field(default=default, validator=validator, metadata=metadata, alias=alias)
+        return attrs.field(
+            factory=factory, validator=validator, metadata=metadata, alias=alias, repr=shown
+        )
+    return attrs.field(
+        default=default, validator=validator, metadata=metadata, alias=alias, repr=shown
+    )
+
+
+def _redacted_repr(value: Any) -> str:
+    return repr(redact(value)) if isinstance(value, str) else repr(value)
 
 
 def _key(attribute: attrs.Attribute[Any]) -> str:

@@ -329,3 +329,29 @@ def test_importing_the_library_does_not_import_redis() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# ====================================================================== credentials
+def test_a_rejected_address_never_shows_its_password() -> None:
+    raw = {"redis": {"address": "redis://:hunter2@10.0.0.5:port/1"}}
+    with pytest.raises(ParameterError) as caught:
+        _inflight(raw)
+    assert "hunter2" not in str(caught.value)
+    assert "'redis://:***@10.0.0.5:port/1' (str)" in str(caught.value)
+
+
+def test_a_long_rejected_value_is_cut_and_redacted() -> None:
+    address = "redis://admin:hunter2@" + "h" * 500
+    with pytest.raises(ParameterError) as caught:
+        _inflight({"redis": {"address": address, "namespace": 7}})
+    text = str(caught.value)
+    assert "hunter2" not in text
+    assert len(text) < 300
+
+
+def test_params_repr_redacts_the_password() -> None:
+    redis = _inflight({"redis": {"address": "rediss://admin:hunter2@redis.example:6380/2"}}).redis
+    assert redis is not None
+    assert redis.address == "rediss://admin:hunter2@redis.example:6380/2"  # the real value
+    assert "hunter2" not in repr(redis)
+    assert "rediss://admin:***@redis.example:6380/2" in repr(redis)

@@ -65,7 +65,7 @@ def _namespace(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 class RedisParams:
     """Where the shared state lives (the keys every ``redis`` object has)."""
 
-    address: str = param(DEFAULT_ADDRESS, alias="address", check=_address)
+    address: str = param(DEFAULT_ADDRESS, alias="address", check=_address, redacted=True)
     """Redis URL; ``valkey://`` and ``valkeys://`` are accepted as aliases (llm-d does)."""
     namespace: str = param("default", alias="namespace", check=_namespace)
     """Key namespace, normally the pool name: the replicas of one pool share it."""
