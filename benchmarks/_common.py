@@ -15,6 +15,13 @@ from typing import Any
 
 import numpy as np
 
+# The benchmarks run as scripts (``python benchmarks/bench_X.py``): sys.path[0] is this
+# directory, so the repository root is added for the test helpers they share
+# (``tests.oracles``, ``tests.fixtures``), whether or not the package is installed editable.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(1, str(REPO_ROOT))
+
 
 def parse_args(description: str) -> argparse.Namespace:
     """``[--quick] [--json PATH]``, the flags every benchmark script takes."""
@@ -78,17 +85,18 @@ def reference_kernels() -> Iterator[None]:
 
     Plugins call kernels either as module attributes (``scoring.min_max_inverted``) or by
     an imported name (``from .kernels.scoring import weighted_sum``); both are swapped:
-    the public names of the kernel modules, and any kernel name bound in another
-    ``inference_sched`` module.
+    the kernel names of the kernel modules, and any kernel name bound in another
+    ``inference_sched`` module. Twins are looked up by name on
+    ``inference_sched.kernels._twins``, which re-exports every twin module's functions.
     """
-    from inference_sched.kernels import reference
+    from inference_sched.kernels import _twins
 
     patched: list[tuple[Any, str, Any]] = []
     for name, module in list(sys.modules.items()):
-        if not name.startswith("inference_sched") or module is reference:
+        if not name.startswith("inference_sched") or name.startswith(_twins.__name__):
             continue
         for attr, value in list(vars(module).items()):
-            twin = getattr(reference, attr, None)
+            twin = getattr(_twins, attr, None)
             if twin is not None and twin is not value and hasattr(value, "py_func"):
                 patched.append((module, attr, value))
                 setattr(module, attr, twin)

@@ -75,7 +75,7 @@ def _only(page: str, families: frozenset[str]) -> str:
 def _pages(num_endpoints: int) -> tuple[list[list[bytes]], list[list[bytes]]]:
     """(whole pages, pages filtered to the vLLM families) per endpoint and variant."""
     from inference_sched.datalayer.engines import BUILTIN_ENGINES
-    from inference_sched.datalayer.parse import vllm_page
+    from tests.fixtures.metrics_pages import vllm_page
 
     families = frozenset(BUILTIN_ENGINES["vllm"].metric_names)
     rng = np.random.default_rng(5)
@@ -285,7 +285,7 @@ def main() -> None:
             run = run_cycles(port, n, httpx_cycles, warmup=3)
         run["endpoints"] = n
         by_case["httpx"].append(run)
-    from inference_sched.datalayer.parse import vllm_page
+    from tests.fixtures.metrics_pages import vllm_page
 
     page_bytes = len(vllm_page().encode())
     runs = {case: _merge(r) for case, r in by_case.items()}

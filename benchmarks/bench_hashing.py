@@ -3,8 +3,9 @@
 
 Per prompt size, in the same process and on the same bytes:
 
-* ``chain/xxhash-python-loop``: the ``reference.py`` twin, a Python loop calling
-  ``xxhash.xxh64_intdigest(block + uint64_le(parent))`` per block (the baseline);
+* ``chain/xxhash-python-loop``: the NumPy twin (``kernels/_twins/hashing.py``), a Python
+  loop calling ``xxhash.xxh64_intdigest(block + uint64_le(parent))`` per block (the
+  baseline);
 * ``chain/numba-kernel``: ``kernels.hashing.chained_block_hashes`` on a read-only uint8
   view with a preallocated ``out``;
 * ``chain/numba-wrapper``: ``prefix_hashing.block_hashes(prompt_bytes, model)``, end to
@@ -33,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import parse_args, percentiles_us, time_calls, write_report
 
-from inference_sched.kernels import hashing, reference
+from inference_sched.kernels import hashing
+from inference_sched.kernels._twins import hashing as hashing_twins
 from inference_sched.prefix.hashing import block_hashes, readonly, seed_hash
 
 SIZES = {"8KB": 8 * 1024, "32KB": 32 * 1024, "400KB": 400 * 1024}
@@ -59,7 +61,7 @@ def make_runs(
 ) -> dict[str, Callable[[], Any]]:
     """The timed calls of one prompt size, keyed by case name."""
     return {
-        "chain/xxhash-python-loop": lambda: reference.chained_block_hashes(
+        "chain/xxhash-python-loop": lambda: hashing_twins.chained_block_hashes(
             data, BLOCK_BYTES, max_blocks, seed, out
         ),
         "chain/numba-kernel": lambda: hashing.chained_block_hashes(
@@ -82,7 +84,7 @@ def main() -> None:
         data = readonly(np.frombuffer(prompt, dtype=np.uint8))
         out = np.empty(-(-size // BLOCK_BYTES), dtype=np.uint64)
         expected = np.empty_like(out)
-        assert reference.chained_block_hashes(data, BLOCK_BYTES, max_blocks, seed, expected)
+        assert hashing_twins.chained_block_hashes(data, BLOCK_BYTES, max_blocks, seed, expected)
         hashing.chained_block_hashes(data, BLOCK_BYTES, max_blocks, seed, out)  # compile
         assert (out == expected).all()
         assert (block_hashes(prompt, MODEL, "", BLOCK_TOKENS, max_blocks) == expected).all()

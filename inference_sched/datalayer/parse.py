@@ -1,7 +1,9 @@
 """Prometheus text exposition → one :class:`EndpointSample` per scrape.
 
 Parsing is prometheus-client's (``prometheus_client.parser``); this module decides *which*
-lines it parses and what the values mean (``specs/gie.md`` §7.2):
+lines it parses and what the values mean, as GIE's metrics extractor does
+(kubernetes-sigs/gateway-api-inference-extension,
+``pkg/epp/datalayer/metrics/extractor.go``; ``docs/datalayer.md`` has the details):
 
 * among the series matching a selector, the newest wins (largest timestamp; a series
   without one counts as 0; ties keep the first), except LoRA info, where the largest
@@ -11,18 +13,19 @@ lines it parses and what the values mean (``specs/gie.md`` §7.2):
 * adapters come from comma lists, trimmed, empty entries dropped.
 
 Speed. prometheus-client parses about 0.4 µs per character in pure Python: 16 ms for a
-38 KB vLLM page (:func:`vllm_page`), 300 times the ~50 µs a scrape of one endpoint may
-cost (256 endpoints every 50 ms in a quarter of a core). So :func:`extract` reads only
-the families the engine needs, in two steps. The *fast path* takes the page as received
-(``str``, ``bytes`` or a :class:`Span` of the scraper's buffer), finds each family with
-one ``find`` (families are contiguous in the exposition format; the search starts near
-the family's offset on the endpoint's previous page) and looks each line up in a cache of
-parsed lines; a new line reuses a label block prometheus-client parsed before and reads a
-lone-number value with ``float``. Anything else (a new label block, a timestamp, a
-duplicate, a failed validation) hands the page to the *careful path*: every line of the
-families read through prometheus-client, errors located by line. Measured: 15-35 µs per
-page on the CI box. ``full=True`` parses the whole page instead, which also rejects
-malformed lines in families nobody reads (GIE's behaviour).
+38 KB vLLM page (``vllm_page`` in ``tests/fixtures/metrics_pages.py``), 300 times the
+~50 µs a scrape of one endpoint may cost (256 endpoints every 50 ms in a quarter of a
+core). So :func:`extract` reads only the families the engine needs, in two steps. The
+*fast path* takes the page as received (``str``, ``bytes`` or a :class:`Span` of the
+scraper's buffer), finds each family with one ``find`` (families are contiguous in the
+exposition format; the search starts near the family's offset on the endpoint's previous
+page) and looks each line up in a cache of parsed lines; a new line reuses a label block
+prometheus-client parsed before and reads a lone-number value with ``float``. Anything
+else (a new label block, a timestamp, a duplicate, a failed validation) hands the page to
+the *careful path*: every line of the families read through prometheus-client, errors
+located by line. Measured: 15-35 µs per page on the CI box. ``full=True`` parses the
+whole page instead, which also rejects malformed lines in families nobody reads (GIE's
+behaviour).
 
 Bad input raises :class:`~inference_sched.errors.DataError` naming the endpoint and,
 when it can be found, the line.
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import math
 import mmap
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from prometheus_client.metrics_core import Metric
@@ -47,7 +50,6 @@ __all__ = [
     "Page",
     "Span",
     "extract",
-    "vllm_page",
 ]
 
 MAX_LINE_CHARS: Final = 64 * 1024
@@ -775,133 +777,3 @@ def _name(selector: Selector | None) -> str:
 
 def _adapters(csv: str) -> frozenset[str]:
     return frozenset(a for a in (part.strip() for part in csv.split(",")) if a)
-
-
-# ====================================================================== test pages
-_TTFT_BUCKETS: Final = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
-_TPOT_BUCKETS: Final = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-)  # fmt: skip
-_TOKEN_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
-
-
-def vllm_page(
-    *,
-    waiting: float = 1.0,
-    running: float = 3.0,
-    kv_usage: float = 0.25,
-    block_size: int = 16,
-    num_gpu_blocks: int = 27_000,
-    max_lora: int = 4,
-    running_adapters: Iterable[str] = ("sql-lora",),
-    waiting_adapters: Iterable[str] = (),
-    lora_time: float = 1.7e9,
-    model: str = "meta-llama/Llama-3.1-8B-Instruct",
-    histograms: bool = True,
-) -> str:
-    """A ``/metrics`` page as vLLM writes it (names from ``specs/simulators.md`` §1).
-
-    With ``histograms`` (the default) it carries vLLM's latency and token histograms and
-    process metrics: about 38 KB, the size the parsing budget is measured on. For tests,
-    benchmarks and fake model servers.
-    """
-    labels = f'engine="0",model_name="{model}"'
-    lines: list[str] = []
-
-    def family(name: str, kind: str, *samples: str) -> None:
-        lines.extend(
-            (f"# HELP {name} {name.split(':')[-1].replace('_', ' ')}.", f"# TYPE {name} {kind}")
-        )
-        lines.extend(samples)
-
-    def histogram(name: str, buckets: Iterable[float]) -> None:
-        rows, count = [], 0
-        for i, bound in enumerate(buckets):
-            count += 3 + i % 5
-            rows.append(f'{name}_bucket{{{labels},le="{float(bound)}"}} {float(count)}')
-        rows.append(f'{name}_bucket{{{labels},le="+Inf"}} {float(count)}')
-        rows.append(f"{name}_count{{{labels}}} {float(count)}")
-        rows.append(f"{name}_sum{{{labels}}} {count * 0.137:.6f}")
-        family(name, "histogram", *rows)
-
-    family(
-        "vllm:num_requests_running",
-        "gauge",
-        f"vllm:num_requests_running{{{labels}}} {float(running)}",
-    )
-    family(
-        "vllm:num_requests_waiting",
-        "gauge",
-        f"vllm:num_requests_waiting{{{labels}}} {float(waiting)}",
-    )
-    family(
-        "vllm:kv_cache_usage_perc",
-        "gauge",
-        f"vllm:kv_cache_usage_perc{{{labels}}} {float(kv_usage)}",
-    )
-    family(
-        "vllm:lora_requests_info",
-        "gauge",
-        f'vllm:lora_requests_info{{max_lora="{max_lora}",'
-        f'running_lora_adapters="{",".join(running_adapters)}",'
-        f'waiting_lora_adapters="{",".join(waiting_adapters)}"}} {lora_time!r}',
-    )
-    family(
-        "vllm:cache_config_info",
-        "gauge",
-        f'vllm:cache_config_info{{block_size="{block_size}",cache_dtype="auto",'
-        f'enable_prefix_caching="True",gpu_memory_utilization="0.9",num_cpu_blocks="2048",'
-        f'num_gpu_blocks="{num_gpu_blocks}",swap_space="4"}} 1.0',
-    )
-    for counter, value in (
-        ("vllm:prefix_cache_queries_total", 123456.0),
-        ("vllm:prefix_cache_hits_total", 65432.0),
-        ("vllm:num_preemptions_total", 3.0),
-        ("vllm:prompt_tokens_total", 987654.0),
-        ("vllm:generation_tokens_total", 456789.0),
-    ):
-        family(counter, "counter", f"{counter}{{{labels}}} {value}")
-    family(
-        "vllm:request_success_total",
-        "counter",
-        *(
-            f'vllm:request_success_total{{{labels},finish_reason="{r}"}} 42.0'
-            for r in ("stop", "length", "abort")
-        ),
-    )
-    if histograms:
-        for name in (
-            "time_to_first_token_seconds", "e2e_request_latency_seconds",
-            "request_queue_time_seconds", "request_inference_time_seconds",
-            "request_prefill_time_seconds",
-        ):  # fmt: skip
-            histogram(f"vllm:{name}", _TTFT_BUCKETS)
-        for name in (
-            "time_per_output_token_seconds", "inter_token_latency_seconds",
-            "request_decode_time_seconds", "request_time_per_output_token_seconds",
-        ):  # fmt: skip
-            histogram(f"vllm:{name}", _TPOT_BUCKETS)
-        for name in (
-            "request_prompt_tokens", "request_generation_tokens", "request_params_max_tokens",
-            "max_num_generation_tokens", "request_params_n",
-        ):  # fmt: skip
-            histogram(f"vllm:{name}", _TOKEN_BUCKETS)
-        family(
-            "python_gc_objects_collected_total",
-            "counter",
-            *(f'python_gc_objects_collected_total{{generation="{g}"}} {1e3 * g}' for g in range(3)),
-        )
-        for name, value in (
-            ("process_virtual_memory_bytes", 4.2e10),
-            ("process_resident_memory_bytes", 3.1e9),
-            ("process_start_time_seconds", 1.7e9),
-            ("process_cpu_seconds_total", 1234.5),
-            ("process_open_fds", 87.0),
-            ("process_max_fds", 1048576.0),
-        ):
-            family(name, "gauge", f"{name} {value}")
-    return "\n".join(lines) + "\n"

@@ -1,10 +1,12 @@
 """Numba kernel of the joint batch assignment (``Scheduler.schedule_batch(joint=True)``).
 
-One call assigns a whole burst greedily on Dynamo's cost (``specs/peers.md`` §C.1, §H.3,
-the cost of ``kv-cost-scorer``), updating the load and the batch's own prefix cache as
+One call assigns a whole burst greedily on Dynamo's cost (ai-dynamo/dynamo,
+``lib/llm/src/kv_router/scheduler.rs``; the cost of ``kv-cost-scorer``, see
+``docs/plugins/kv-cost-scorer.md``), updating the load and the batch's own prefix cache as
 each request is placed, so later requests see the earlier ones. The contract (formulas,
 dtypes, NaN handling) is documented on the NumPy twin of the same name in
-:mod:`inference_sched.kernels.reference`; the property tests hold the two equal.
+:mod:`inference_sched.kernels._twins.assignment`; the property tests hold the two equal;
+``docs/architecture.md`` describes the joint path.
 """
 
 import math

@@ -1,9 +1,11 @@
-"""Numba kernels of the cost-model routing (NVIDIA Dynamo's KV router, ``specs/peers.md``
-§C.1, §H.3): the per-candidate cost and its score, and the softmax sampling keys.
+"""Numba kernels of the cost-model routing: the per-candidate cost and its score, and the
+softmax sampling keys, after NVIDIA Dynamo's KV router (ai-dynamo/dynamo,
+``lib/llm/src/kv_router/scheduler.rs``; see ``docs/plugins/kv-cost-scorer.md`` and
+``docs/plugins/softmax-picker.md``).
 
 The contracts (formulas, NaN handling, dtypes) are documented on the NumPy twins of the
-same names in :mod:`inference_sched.kernels.reference`; the property tests hold the two
-implementations equal.
+same names in :mod:`inference_sched.kernels._twins.cost`; the property tests hold the
+two implementations equal.
 """
 
 import math

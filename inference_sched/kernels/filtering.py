@@ -4,7 +4,7 @@ Each kernel reads ``candidates`` (int32 endpoint rows), writes the kept *rows* i
 original order to ``out[:count]`` (int32, caller-owned, ``len(out) >= len(candidates)``)
 and returns ``count``. ``out`` may be ``candidates`` itself: a row is written only at or
 before the index it was read from. The contracts are documented on the NumPy twins of
-the same names in :mod:`inference_sched.kernels.reference`.
+the same names in :mod:`inference_sched.kernels._twins.filtering`.
 """
 
 import numpy as np

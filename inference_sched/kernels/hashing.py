@@ -4,10 +4,10 @@
 then 8-, 4- and 1-byte tail steps and the avalanche), reading little-endian lanes, and
 is bit-identical to ``xxhash.xxh64_intdigest``. :func:`chained_block_hashes` and
 :func:`chained_token_block_hashes` are the prefix-cache chain of GIE's
-``approximateprefix/hashing.go`` (gie.md §4.2): block ``i`` hashes to
-``xxh64(block_i ‖ uint64_le(h_{i-1}), seed=0)`` with ``h_{-1}`` the request's seed hash,
-and the last, partial block is hashed too. Their twins in
-:mod:`inference_sched.kernels.reference` are written with the ``xxhash`` package and
+``approximateprefix/hashing.go`` (kubernetes-sigs/gateway-api-inference-extension):
+block ``i`` hashes to ``xxh64(block_i ‖ uint64_le(h_{i-1}), seed=0)`` with ``h_{-1}``
+the request's seed hash, and the last, partial block is hashed too. Their twins in
+:mod:`inference_sched.kernels._twins.hashing` are written with the ``xxhash`` package and
 real concatenation; the contracts are documented there.
 
 No block is copied: each block is hashed as a *stream*, its bytes read in place and then
@@ -385,7 +385,7 @@ def _chain(
     seed_hash: np.uint64,
     out: npt.NDArray[np.uint64],
 ) -> int:
-    """Shared body of the chained kernels (the contract is in ``reference.py``)."""
+    """Shared body of the chained kernels (the contract is on their twins)."""
     n = data.shape[0]
     if block_bytes <= 0 or n < block_bytes or max_blocks <= 0:
         return 0

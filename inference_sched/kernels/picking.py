@@ -4,7 +4,7 @@ Rankings are *positions* into the candidate array (0..n-1), not endpoint rows. T
 is total and deterministic: score descending (NaN ranks as -inf), then tie key
 descending, then lower position first. Tie keys come from the caller's seeded
 ``numpy.random.Generator``, which is what lets a kernel and its NumPy twin in
-:mod:`inference_sched.kernels.reference` agree exactly; the contracts are documented
+:mod:`inference_sched.kernels._twins.picking` agree exactly; the contracts are documented
 there.
 
 Top-k selection keeps a k-sized binary heap whose root is the worst kept position, in the

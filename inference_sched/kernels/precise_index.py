@@ -22,13 +22,12 @@ The contracts live on the wrapper class. The index is one
   keys; nodes are told apart by their LRU id, so a shared slot never mixes them up.
 
 Kernels that only compute (:func:`_chain_block_keys`, :func:`_match_tiers`,
-:func:`_hash_match_tiers`) have NumPy twins of the same name in ``reference.py``; the
-ones that change the store are checked against the pure-Python model
-(:class:`~tests.oracles.prefix_index_model.PreciseIndexModel`) by the stateful test,
-as for the prefix index (a twin would replay the same linked-list surgery). All names
-are private, the wrapper being the public surface, so the twins keep the private names
-(the kernel-policy test pairs the *public* kernels of the modules it lists).
+:func:`_hash_match_tiers`) have NumPy twins of the same private names in ``_twins/``; the
+store-changing ones are checked against ``tests/oracles/prefix_index_model.py`` by the
+stateful test instead (a twin would replay the same linked-list surgery).
 """
+
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -108,6 +107,16 @@ _NEVER = np.uint64(_MASK)
 _MATCH_LANES = 32
 _LANE_NODES = 64
 
+# A match's state (see _new_scratch): run, base, best; homes, lanes, lane_nodes.
+_Scratch: TypeAlias = tuple[
+    npt.NDArray[np.int32],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int32],
+    npt.NDArray[np.int32],
+]
+
 
 @kernel  # the policy for uniformity; never compiled: only used with NUMBA_DISABLE_JIT=1
 def _engine_map_key_python(engine_hash: np.uint64, j: int) -> int:
@@ -178,19 +187,11 @@ def _chain_block_keys(
 
 
 @kernel
-def _new_scratch(
-    num_rows: int,
-) -> tuple[
-    npt.NDArray[np.int32],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int32],
-    npt.NDArray[np.int32],
-]:
+def _new_scratch(num_rows: int) -> _Scratch:
     """A match's state: per row ``run`` (keys matched, all consecutive), ``base`` (their
-    sum but the last) and ``best`` (the last one's weight); per lane a home slot, the
-    next node to copy and the nodes copied; per lane the LRU ids copied."""
+    sum but the last) and ``best`` (the last one's weight); per lane ``homes`` (a home
+    slot), ``lanes`` (the next node to copy and the nodes copied) and ``lane_nodes`` (the
+    LRU ids copied)."""
     return (
         np.zeros(num_rows, dtype=np.int32),
         np.zeros(num_rows, dtype=np.float64),
@@ -210,16 +211,10 @@ def _match_chunk(
     request_keys: npt.NDArray[np.int64],
     first: int,
     weights: npt.NDArray[np.float64],
-    run: npt.NDArray[np.int32],
-    base: npt.NDArray[np.float64],
-    best: npt.NDArray[np.float64],
-    homes: npt.NDArray[np.int64],
-    lanes: npt.NDArray[np.int32],
-    lane_nodes: npt.NDArray[np.int32],
+    scratch: _Scratch,
 ) -> bool:
-    """Extend the match by ``request_keys``, keys ``first, first + 1, ...`` of the
-    request; return whether a later key could still match (:func:`_commit` then writes
-    the sums).
+    """Extend the match by ``request_keys`` (the request's keys ``first, first + 1, ...``);
+    return whether a later key could still match (then :func:`_commit` writes the sums).
 
     The keys go ``_MATCH_LANES`` at a time, in passes: load the keys' home slots, probe
     them, walk their lists side by side copying up to ``_LANE_NODES`` LRU ids per list,
@@ -231,6 +226,7 @@ def _match_chunk(
     >= 0: Numba then drops its negative-index wraparound, which costs the exact pass
     almost half its time.
     """
+    run, base, best, homes, lanes, lane_nodes = scratch
     num_keys = request_keys.shape[0]
     touched = 0
     for chunk in range(0, num_keys, _MATCH_LANES):
@@ -297,14 +293,10 @@ def _match_chunk(
 
 
 @kernel
-def _commit(
-    run: npt.NDArray[np.int32],
-    base: npt.NDArray[np.float64],
-    best: npt.NDArray[np.float64],
-    out: npt.NDArray[np.float64],
-) -> None:
+def _commit(scratch: _Scratch, out: npt.NDArray[np.float64]) -> None:
     """``out[row]``: the sum of the row's weights over its run (0 without one), added in
     key order (``base`` holds all but the last)."""
+    run, base, best, _homes, _lanes, _lane_nodes = scratch
     for row in range(out.shape[0]):
         out[row] = base[row] + best[row] if run[row] > 0 else 0.0
 
@@ -320,23 +312,9 @@ def _match_tiers(
     out: npt.NDArray[np.float64],
 ) -> int:
     """Tier-weighted longest consecutive prefix per row into ``out``; return the keys."""
-    run, base, best, homes, lanes, lane_nodes = _new_scratch(out.shape[0])
-    _match_chunk(
-        keys,
-        heads,
-        nodes,
-        shift,
-        request_keys,
-        0,
-        weights,
-        run,
-        base,
-        best,
-        homes,
-        lanes,
-        lane_nodes,
-    )
-    _commit(run, base, best, out)
+    scratch = _new_scratch(out.shape[0])
+    _match_chunk(keys, heads, nodes, shift, request_keys, 0, weights, scratch)
+    _commit(scratch, out)
     return int(request_keys.shape[0])
 
 
@@ -365,7 +343,7 @@ def _hash_match_tiers(
     further, the remaining keys are hashed in one go, or, without ``all_keys``, not at
     all (the keys written then end within ``_MATCH_LANES`` past the longest match).
     """
-    run, base, best, homes, lanes, lane_nodes = _new_scratch(out.shape[0])
+    scratch = _new_scratch(out.shape[0])
     count = 0
     if block_tokens > 0 and max_blocks > 0:
         count = min(tokens.shape[0] // block_tokens, max_blocks, out_keys.shape[0])
@@ -375,24 +353,12 @@ def _hash_match_tiers(
         stop = min(start + _MATCH_LANES, count)
         _chain_range(tokens, block_tokens, start, stop, seed, mixes, out_keys)
         is_matching = _match_chunk(
-            keys,
-            heads,
-            nodes,
-            shift,
-            as_int64[start:stop],
-            start,
-            weights,
-            run,
-            base,
-            best,
-            homes,
-            lanes,
-            lane_nodes,
+            keys, heads, nodes, shift, as_int64[start:stop], start, weights, scratch
         )
         start = stop
         if not is_matching:
             break
-    _commit(run, base, best, out)
+    _commit(scratch, out)
     if all_keys and start < count:
         _chain_range(tokens, block_tokens, start, count, seed, mixes, out_keys)
         start = count

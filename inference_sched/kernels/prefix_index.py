@@ -1,7 +1,8 @@
 """Numba kernels of the prefix index (:class:`inference_sched.prefix.index.PrefixIndex`).
 
-The contracts live on the wrapper class; every kernel here is private, so it has no twin in
-``reference.py`` (the pure-Python model is :mod:`tests.oracles.prefix_index_model`).
+The contracts live on the wrapper class; every kernel here is private and has no NumPy
+twin (``_twins/prefix_index.py`` says why; the pure-Python model is
+:mod:`tests.oracles.prefix_index_model`).
 
 Layout (all links are int32 node ids or slot ids, -1 = none):
 

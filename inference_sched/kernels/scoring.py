@@ -7,8 +7,8 @@ alone). Scores are not clamped here: a NaN score marks bad input so the profile 
 it, and :func:`weighted_sum` clamps and counts when it combines scorers.
 
 The contracts (formulas, NaN and inf handling, dtypes) are documented on the NumPy twins
-of the same names in :mod:`inference_sched.kernels.reference`; the property tests hold
-the two implementations equal.
+of the same names in :mod:`inference_sched.kernels._twins.scoring`; the property tests
+hold the two implementations equal.
 """
 
 import math

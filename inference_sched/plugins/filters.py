@@ -1,11 +1,13 @@
 """Filters on endpoint metadata: llm-d's role filters and label-selector filter.
 
 ``decode-filter`` and ``prefill-filter`` keep endpoints by their ``llm-d.ai/role`` label
-(``specs/peers.md`` §A.1), read from the table's int8 ``role`` column with one kernel
-call. ``label-selector-filter`` (deprecated alias ``by-label-selector``) keeps endpoints
-whose labels match a Kubernetes label selector; it evaluates the selector once per
-endpoint whenever the table's structure changes (``table.version``), caches the per-row
-result as a bool mask, and filters with one kernel call per request.
+(llm-d/llm-d-inference-scheduler, ``pkg/plugins/filter/pd_role.go``; see
+``docs/plugins/decode-filter.md`` and ``docs/plugins/prefill-filter.md``), read from the
+table's int8 ``role`` column with one kernel call; both are a :class:`_RoleFilter`.
+``label-selector-filter`` (deprecated alias ``by-label-selector``) keeps endpoints whose
+labels match a Kubernetes label selector; it evaluates the selector once per endpoint
+whenever the table's structure changes (``table.version``), caches the per-row result as
+a bool mask, and filters with one kernel call per request.
 """
 
 from __future__ import annotations
@@ -47,14 +49,6 @@ def _allowed(roles: Collection[Role]) -> npt.NDArray[np.bool_]:
     return allowed
 
 
-def _keep_codes(
-    table: EndpointTable, allowed: npt.NDArray[np.bool_], candidates: Candidates
-) -> Candidates:
-    out = np.empty(len(candidates), dtype=np.int32)
-    count = filtering.filter_by_code(table.role, allowed, candidates, out)
-    return out[:count]
-
-
 _DECODE_ROLES: Final = _allowed(
     (Role.DECODE, Role.PREFILL_DECODE, Role.BOTH, Role.ENCODE_PREFILL_DECODE, Role.UNSET)
 )
@@ -63,17 +57,18 @@ _PREFILL_ROLES: Final = _allowed(
 )
 
 
-@register("decode-filter")
-class DecodeFilter:
-    """Keeps endpoints that can decode, and endpoints without a role label.
+class _RoleFilter:
+    """Keeps the candidates whose role code is set in :attr:`_allowed_roles`, in order.
 
-    Kept roles: ``decode``, ``prefill-decode``, ``both``, ``encode-prefill-decode``.
+    The base of the role filters: a subclass sets ``_allowed_roles`` (a bool mask over
+    :class:`Role` codes, from :func:`_allowed`) and its docstring, and registers itself.
     """
 
     type: ClassVar[str]
     Params = NoParams
     is_batch_invariant: ClassVar[bool] = True
     """Reads endpoint metadata only: a batch can filter once for all its requests."""
+    _allowed_roles: ClassVar[npt.NDArray[np.bool_]]
 
     def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
         self.name = name
@@ -85,38 +80,34 @@ class DecodeFilter:
         table: EndpointTable,
         candidates: Candidates,
     ) -> Candidates:
-        """Decode-capable and unlabeled candidates, in order."""
-        return _keep_codes(table, _DECODE_ROLES, candidates)
+        """The candidates whose role this filter keeps, in order."""
+        out = np.empty(len(candidates), dtype=np.int32)
+        count = filtering.filter_by_code(table.role, self._allowed_roles, candidates, out)
+        return out[:count]
+
+
+@register("decode-filter")
+class DecodeFilter(_RoleFilter):
+    """Keeps endpoints that can decode, and endpoints without a role label.
+
+    Kept roles: ``decode``, ``prefill-decode``, ``both``, ``encode-prefill-decode``.
+    """
+
+    _allowed_roles = _DECODE_ROLES
 
 
 _decode_filter: type[Filter] = DecodeFilter
 
 
 @register("prefill-filter")
-class PrefillFilter:
+class PrefillFilter(_RoleFilter):
     """Keeps endpoints that can prefill; endpoints without a role label are dropped.
 
     Kept roles: ``prefill``, ``encode-prefill``, ``prefill-decode``, ``both``,
     ``encode-prefill-decode``.
     """
 
-    type: ClassVar[str]
-    Params = NoParams
-    is_batch_invariant: ClassVar[bool] = True
-    """Reads endpoint metadata only: a batch can filter once for all its requests."""
-
-    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
-        self.name = name
-
-    def filter(
-        self,
-        cycle: CycleState,
-        request: Request,
-        table: EndpointTable,
-        candidates: Candidates,
-    ) -> Candidates:
-        """Prefill-capable candidates, in order."""
-        return _keep_codes(table, _PREFILL_ROLES, candidates)
+    _allowed_roles = _PREFILL_ROLES
 
 
 _prefill_filter: type[Filter] = PrefillFilter

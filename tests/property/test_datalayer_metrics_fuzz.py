@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from inference_sched.datalayer import parse
 from inference_sched.datalayer.engines import BUILTIN_ENGINES
-from inference_sched.datalayer.parse import EndpointSample, extract, vllm_page
+from inference_sched.datalayer.parse import EndpointSample, extract
 from inference_sched.errors import DataError
+from tests.fixtures.metrics_pages import vllm_page
 
 ENGINES = sorted(BUILTIN_ENGINES)
 BASE_PAGE = vllm_page(histograms=False)

@@ -1,4 +1,5 @@
-"""Every Numba kernel equals its NumPy twin in ``inference_sched.kernels.reference``.
+"""Every scoring, picking and filtering kernel equals its NumPy twin in
+``inference_sched.kernels._twins`` (``_twins/scoring.py`` for ``scoring.py``, ...).
 
 Property tests draw inputs with NaN, +-inf, ties, empty candidate sets, k >= n and
 out-of-range adapter ids, run both implementations on identical copies and compare:
@@ -20,8 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba.core.dispatcher import Dispatcher
 
-from inference_sched.kernels import filtering, picking, reference, scoring
-from inference_sched.kernels._jit import is_jit_enabled
+from inference_sched.kernels import filtering, is_jit_enabled, picking, scoring
+from inference_sched.kernels._twins import filtering as filtering_twins
+from inference_sched.kernels._twins import picking as picking_twins
+from inference_sched.kernels._twins import scoring as scoring_twins
 from tests.strategies import (
     MAX_ROWS,
     bitset_matrices,
@@ -39,12 +42,10 @@ pytestmark = pytest.mark.property
 
 Impl = Mapping[str, Callable[..., Any]]
 
-KERNELS: Impl = {
-    name: getattr(module, name)
-    for module in (scoring, picking, filtering)
-    for name in module.__all__
-}
-REFERENCES: Impl = {name: getattr(reference, name) for name in KERNELS}
+# Each kernel module with its twin module, the pairing the kernel-policy test enforces.
+MODULES = ((scoring, scoring_twins), (picking, picking_twins), (filtering, filtering_twins))
+KERNELS: Impl = {name: getattr(module, name) for module, _ in MODULES for name in module.__all__}
+TWINS: Impl = {name: getattr(twins, name) for module, twins in MODULES for name in module.__all__}
 
 NAN = math.nan
 INF = math.inf
@@ -87,7 +88,7 @@ def _run_scorer(name: str, *args: Any) -> None:
     """Run scorer ``name`` both ways on ``args + (out,)`` and compare the outs."""
     n = args[_candidates_index(args)].shape[0]
     outs = []
-    for impl in (KERNELS, REFERENCES):
+    for impl in (KERNELS, TWINS):
         out = _score_out(n)
         assert impl[name](*_fresh(args), out) is None
         outs.append(out)
@@ -192,7 +193,7 @@ def _run_weighted_sum(name: str, inputs: tuple[Any, ...]) -> None:
     scores, weights, nonfinite_counts, clamped_counts = inputs
     out_shape = tuple(d + 1 for d in scores.shape[1:])
     results = []
-    for impl in (KERNELS, REFERENCES):
+    for impl in (KERNELS, TWINS):
         out = np.full(out_shape, SENTINEL_SCORE, dtype=np.float32)
         counters = _copies(nonfinite_counts, clamped_counts)
         impl[name](*_copies(scores, weights), out, *counters)
@@ -240,7 +241,7 @@ def test_top_k_ranked_matches_reference(
     scores, tie_keys, k = inputs
     n = scores.shape[0]
     outs, counts = [], []
-    for impl in (KERNELS, REFERENCES):
+    for impl in (KERNELS, TWINS):
         out = _index_out(n)
         counts.append(impl["top_k_ranked"](*_copies(scores, tie_keys), k, out))
         outs.append(out)
@@ -271,7 +272,7 @@ def test_batch_rankings_match_reference_and_single(name: str, data: st.DataObjec
     num_requests, n = tie_keys.shape
     expected_count = max(0, min(k, n))
     results = []
-    for impl in (KERNELS, REFERENCES):
+    for impl in (KERNELS, TWINS):
         out = np.full((num_requests + 1, expected_count + 2), SENTINEL_INDEX, dtype=np.int32)
         counts = np.full(num_requests + 1, SENTINEL_INDEX, dtype=np.int32)
         impl[name](*_copies(scores, tie_keys), k, out, counts)
@@ -298,7 +299,7 @@ def test_ares_keys_match_reference(
     scores, uniforms = inputs
     n = scores.shape[0]
     results = []
-    for impl in (KERNELS, REFERENCES):
+    for impl in (KERNELS, TWINS):
         out = np.full(n + 2, SENTINEL_SCORE, dtype=np.float64)
         results.append((impl["ares_keys"](*_copies(scores, uniforms), out), out))
     (count_k, keys_k), (count_r, keys_r) = results
@@ -317,7 +318,7 @@ def _run_filter(name: str, *args: Any) -> None:
     candidates = args[index]
     n = candidates.shape[0]
     results = []
-    for impl in (KERNELS, REFERENCES):
+    for impl in (KERNELS, TWINS):
         out = _index_out(n)
         count = impl[name](*_fresh(args), out)
         results.append((count, out[:count].copy()))
@@ -383,7 +384,7 @@ def test_filter_below_matches_reference(
 @pytest.fixture(params=["numba", "numpy"])
 def impl(request: pytest.FixtureRequest) -> Impl:
     """Both implementations, so every exact example checks the kernel and its twin."""
-    return KERNELS if request.param == "numba" else REFERENCES
+    return KERNELS if request.param == "numba" else TWINS
 
 
 def _f8(*values: float) -> npt.NDArray[np.float64]:
@@ -657,7 +658,7 @@ def test_filter_below_values(impl: Impl, limit: float, expected: list[int]) -> N
 )
 def test_is_subsequence_matches_reference(candidates: list[int], kept: list[int]) -> None:
     c, k = np.array(candidates, dtype=np.int32), np.array(kept, dtype=np.int32)
-    assert KERNELS["is_subsequence"](c, k) == REFERENCES["is_subsequence"](c, k)
+    assert KERNELS["is_subsequence"](c, k) == TWINS["is_subsequence"](c, k)
 
 
 @settings(deadline=None)
@@ -713,11 +714,11 @@ def test_salted_rankings_match_reference(salt: int, n: int, k: int, levels: int,
     scores = rng.integers(0, levels, n).astype(np.float32)  # few levels: many ties
     keys_numba, keys_numpy = np.empty(n), np.empty(n)
     KERNELS["tie_keys_from_salt"](salt, keys_numba)
-    REFERENCES["tie_keys_from_salt"](salt, keys_numpy)
+    TWINS["tie_keys_from_salt"](salt, keys_numpy)
     np.testing.assert_array_equal(keys_numba, keys_numpy)
     assert ((keys_numba >= 0) & (keys_numba < 1)).all()
     outs = []
-    for impl in (KERNELS, REFERENCES):
+    for impl in (KERNELS, TWINS):
         out = np.full(max(k, 1), -1, dtype=np.int32)
         count = impl["top_k_ranked_salted"](scores, salt, k, out)
         outs.append(out[:count].tolist())
@@ -735,7 +736,7 @@ def test_salted_shared_ranking_matches_reference_and_single(n: int, k: int, seed
     scores = rng.integers(0, 3, n).astype(np.float32)
     salts = rng.integers(0, 2**64 - 1, 5, dtype=np.uint64, endpoint=True)
     results = []
-    for impl in (KERNELS, REFERENCES):
+    for impl in (KERNELS, TWINS):
         out = np.full((5, k), -1, dtype=np.int32)
         counts = np.zeros(5, dtype=np.int32)
         impl["top_k_ranked_shared_salted"](scores, salts, k, out, counts)

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference_sched.kernels import assignment, reference
+from inference_sched.kernels import assignment
+from inference_sched.kernels._twins import assignment as assignment_twins
 
 pytestmark = pytest.mark.property
 
-IMPLS = (assignment, reference)
+IMPLS = (assignment, assignment_twins)
 _MIX = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba.core.dispatcher import Dispatcher
 
-from inference_sched.kernels import cost, reference
-from inference_sched.kernels._jit import is_jit_enabled
+from inference_sched.kernels import cost, is_jit_enabled
+from inference_sched.kernels._twins import cost as cost_twins
 from tests.strategies import (
     MAX_ROWS,
     candidate_sets,
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.property
 NAN = math.nan
 INF = math.inf
 SENTINEL = -7.0
-IMPLS = (cost, reference)
+IMPLS = (cost, cost_twins)
+IMPL_IDS = ("kernel", "twin")
 
 
 @st.composite
@@ -96,7 +97,7 @@ def test_softmax_sample_keys_matches_reference(inputs: tuple[Any, ...]) -> None:
     assert np.isfinite(keys_k[:n]).sum() == count_k  # -inf exactly for non-finite scores
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
 def test_kv_cost_scores_values(impl: Any) -> None:
     # Dynamo's documented example plus a cold endpoint, a duplicate and an oversized match.
     match = np.array([2.0, 5.0, 8.0, 0.0, 99.0])
@@ -107,7 +108,7 @@ def test_kv_cost_scores_values(impl: Any) -> None:
     np.testing.assert_allclose(out[:6], np.array([0, 8, 7, 8, 17, 8], np.float32) / 17)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
 def test_softmax_sample_keys_values(impl: Any) -> None:
     scores = np.array([0.0, 1.0, NAN, 0.5, 0.5], dtype=np.float32)
     uniforms = np.array([math.exp(-1.0), math.exp(-1.0), 0.3, math.exp(-1.0), 0.0])
@@ -122,7 +123,7 @@ def test_softmax_sample_keys_values(impl: Any) -> None:
     np.testing.assert_allclose(keys, [0.0, 0.0, 0.0], atol=1e-15)  # all equal: uniform
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
 def test_empty_candidates(impl: Any) -> None:
     empty = np.empty(0, dtype=np.int32)
     logits, out = _run_cost(impl, (np.zeros(2), np.zeros(2), empty, 3.0, 16.0, 1.0))

@@ -15,8 +15,9 @@ from inference_sched.datalayer.engines import (
     parse_selector,
     resolve_engines,
 )
-from inference_sched.datalayer.parse import MAX_LINE_CHARS, EndpointSample, extract, vllm_page
+from inference_sched.datalayer.parse import MAX_LINE_CHARS, EndpointSample, extract
 from inference_sched.errors import ConfigError, DataError
+from tests.fixtures.metrics_pages import vllm_page
 
 BOTH = pytest.mark.parametrize("full", [False, True], ids=["fast", "full"])
 

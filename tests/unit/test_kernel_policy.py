@@ -1,14 +1,18 @@
-"""The kernel package keeps its rules (STYLE §5): one njit policy, no fastmath, twins.
+"""The kernel package keeps its rules (``docs/architecture.md``, "Kernels"): one njit
+policy, no fastmath, twins.
 
-The source checks parse every ``inference_sched/kernels/*.py`` file with :mod:`ast`, so
+The source checks parse every ``inference_sched/kernels/**/*.py`` file with :mod:`ast`, so
 they hold with or without ``NUMBA_DISABLE_JIT=1`` and cover modules added later. In the
 style of stumpy's ``check_fastmath``: only ``_jit.py`` may call ``numba.njit``, nobody may
 set ``fastmath``, every function of a kernel module goes through the ``kernel``
-decorator, and every public kernel has a NumPy twin of the same name and parameters in
-``reference.py``.
+decorator, and every kernel module ``kernels/X.py`` has a twin module ``kernels/_twins/X.py``
+holding a NumPy twin of the same name and parameters for each of its public kernels.
 """
 
 import ast
+import importlib
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -17,30 +21,25 @@ import pytest
 from numba.core.dispatcher import Dispatcher
 
 import inference_sched.kernels
-from inference_sched.kernels import (
-    _jit,
-    assignment,
-    cost,
-    filtering,
-    hashing,
-    picking,
-    reference,
-    scoring,
-)
-from inference_sched.kernels._jit import is_jit_enabled, kernel
+from inference_sched.kernels import _jit, is_jit_enabled, kernel, scoring
 
 pytestmark = pytest.mark.unit
 
 KERNELS_DIR = Path(inference_sched.kernels.__file__).parent
+TWINS_DIR = KERNELS_DIR / "_twins"
 POLICY_FILE = "_jit.py"
-TWIN_FILE = "reference.py"
-KERNEL_MODULES: tuple[types.ModuleType, ...] = (
-    scoring,
-    picking,
-    filtering,
-    hashing,
-    cost,
-    assignment,
+TWINS_PACKAGE = "inference_sched.kernels._twins"
+
+
+def _kernel_module_names() -> list[str]:
+    """Every module of ``kernels/`` but the package itself and the policy: the kernels."""
+    return sorted(
+        p.stem for p in KERNELS_DIR.glob("*.py") if p.name not in {"__init__.py", POLICY_FILE}
+    )
+
+
+KERNEL_MODULES: tuple[types.ModuleType, ...] = tuple(
+    importlib.import_module(f"inference_sched.kernels.{name}") for name in _kernel_module_names()
 )
 
 # Numba entry points that compile a Python function; all of them bypass the policy.
@@ -70,7 +69,8 @@ def policy_violations(source: str, filename: str = "<string>") -> list[str]:
 
 
 def _kernel_sources() -> list[Path]:
-    return sorted(KERNELS_DIR.glob("*.py"))
+    """Every source of the package, the twins included."""
+    return sorted(KERNELS_DIR.rglob("*.py"))
 
 
 def _functions(path: Path) -> dict[str, ast.FunctionDef]:
@@ -94,6 +94,26 @@ def _parameter_names(node: ast.FunctionDef) -> list[str]:
 def _public_kernels(module: types.ModuleType) -> dict[str, ast.FunctionDef]:
     path = Path(str(module.__file__))
     return {name: node for name, node in _functions(path).items() if not name.startswith("_")}
+
+
+def _short(module: types.ModuleType) -> str:
+    return module.__name__.rsplit(".", 1)[1]
+
+
+def _twin_path(module: types.ModuleType) -> Path:
+    """``kernels/_twins/X.py`` for the kernel module ``kernels/X.py``."""
+    return TWINS_DIR / f"{_short(module)}.py"
+
+
+def _declared_all(path: Path) -> list[str]:
+    """The literal ``__all__`` of a source file (``[]`` when it has none)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+                return list(ast.literal_eval(node.value))
+    return []
 
 
 # --------------------------------------------------------------------------- the checker
@@ -132,17 +152,20 @@ def test_checker_accepts_policy_code(source: str) -> None:
 
 
 def test_kernel_sources_are_found() -> None:
-    names = {path.name for path in _kernel_sources()}
-    assert {POLICY_FILE, TWIN_FILE, "scoring.py", "picking.py", "filtering.py"} <= names
+    names = {str(path.relative_to(KERNELS_DIR)) for path in _kernel_sources()}
+    assert {POLICY_FILE, "scoring.py", "picking.py", "filtering.py"} <= names
+    assert {"_twins/__init__.py", "_twins/scoring.py", "_twins/picking.py"} <= names
+    assert {"scoring", "picking", "filtering", "hashing"} <= set(_kernel_module_names())
 
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in _kernel_sources() if p.name != POLICY_FILE],
-    ids=lambda p: p.name,
+    [p for p in _kernel_sources() if p != KERNELS_DIR / POLICY_FILE],
+    ids=lambda p: str(p.relative_to(KERNELS_DIR)),
 )
 def test_only_the_policy_module_compiles(path: Path) -> None:
-    assert policy_violations(path.read_text(encoding="utf-8"), path.name) == []
+    name = str(path.relative_to(KERNELS_DIR))
+    assert policy_violations(path.read_text(encoding="utf-8"), name) == []
 
 
 def test_policy_module_keeps_fastmath_off() -> None:
@@ -151,7 +174,7 @@ def test_policy_module_keeps_fastmath_off() -> None:
     assert [v for v in flagged if "fastmath" in v] == []
 
 
-@pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", KERNEL_MODULES, ids=_short)
 def test_every_kernel_module_function_uses_the_policy(module: types.ModuleType) -> None:
     undecorated = [
         name
@@ -161,25 +184,62 @@ def test_every_kernel_module_function_uses_the_policy(module: types.ModuleType) 
     assert undecorated == []
 
 
-@pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", KERNEL_MODULES, ids=_short)
 def test_public_kernels_are_exported(module: types.ModuleType) -> None:
     assert sorted(module.__all__) == sorted(_public_kernels(module))
 
 
-@pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__)
-def test_every_public_kernel_has_a_reference_twin(module: types.ModuleType) -> None:
-    twins = _functions(KERNELS_DIR / TWIN_FILE)
+# --------------------------------------------------------------------------- the twins
+
+
+def test_every_twin_module_mirrors_a_kernel_module() -> None:
+    twins = {p.stem for p in TWINS_DIR.glob("*.py") if p.name != "__init__.py"}
+    assert twins <= set(_kernel_module_names()), "a _twins module mirrors no kernel module"
+
+
+@pytest.mark.parametrize("module", KERNEL_MODULES, ids=_short)
+def test_every_kernel_module_has_a_twin_module(module: types.ModuleType) -> None:
+    path = _twin_path(module)
+    assert path.is_file(), f"{module.__name__} has no twin module _twins/{path.name}"
+
+
+@pytest.mark.parametrize("module", KERNEL_MODULES, ids=_short)
+def test_every_public_kernel_has_a_twin(module: types.ModuleType) -> None:
+    path = _twin_path(module)
+    assert path.is_file(), f"{module.__name__} has no twin module _twins/{path.name}"
+    twins = _functions(path)
+    exported = _declared_all(path)
     for name, node in _public_kernels(module).items():
-        assert name in twins, f"reference.py lacks a twin of {module.__name__}.{name}"
+        assert name in twins, f"_twins/{path.name} lacks a twin of {module.__name__}.{name}"
         assert _parameter_names(twins[name]) == _parameter_names(node), name
-        assert name in reference.__all__, name
+        assert name in exported, f"_twins/{path.name} does not export {name}"
 
 
-def test_every_reference_function_twins_a_kernel() -> None:
-    kernels = {name for module in KERNEL_MODULES for name in module.__all__}
-    public_twins = {name for name in _functions(KERNELS_DIR / TWIN_FILE) if name[0] != "_"}
-    assert public_twins == kernels
-    assert sorted(reference.__all__) == sorted(kernels)
+@pytest.mark.parametrize("module", KERNEL_MODULES, ids=_short)
+def test_every_twin_mirrors_a_kernel_of_its_module(module: types.ModuleType) -> None:
+    path = _twin_path(module)
+    assert path.is_file(), f"{module.__name__} has no twin module _twins/{path.name}"
+    twins = _functions(path)
+    kernels = _functions(Path(str(module.__file__)))
+    assert {name for name in twins if name[0] != "_"} == set(_public_kernels(module))
+    assert sorted(_declared_all(path)) == sorted(module.__all__)
+    # A private helper named like a private kernel is that kernel's twin: same parameters.
+    for name in twins.keys() & kernels.keys():
+        assert _parameter_names(twins[name]) == _parameter_names(kernels[name]), name
+
+
+def test_the_twins_package_reexports_every_twin() -> None:
+    # benchmarks/_common.py swaps each kernel for the twin of the same name on the package.
+    # Every twin is found there, and no kernel finds a function there that is not its twin.
+    twins = importlib.import_module(TWINS_PACKAGE)
+    for module in KERNEL_MODULES:
+        twin_module = importlib.import_module(f"{TWINS_PACKAGE}.{_short(module)}")
+        twin_functions = _functions(_twin_path(module))
+        for name in _functions(Path(str(module.__file__))):
+            twin = getattr(twin_module, name) if name in twin_functions else None
+            assert getattr(twins, name, None) is twin, f"{module.__name__}.{name}"
+    public = sorted(name for module in KERNEL_MODULES for name in module.__all__)
+    assert sorted(twins.__all__) == public
 
 
 # --------------------------------------------------------------------------- at runtime
@@ -187,6 +247,29 @@ def test_every_reference_function_twins_a_kernel() -> None:
 
 def _identity(x: int) -> int:
     return x
+
+
+def test_the_package_exports_the_policy_for_plugin_authors() -> None:
+    assert inference_sched.kernels.kernel is _jit.kernel
+    assert inference_sched.kernels.is_jit_enabled is _jit.is_jit_enabled
+    assert sorted(inference_sched.kernels.__all__) == ["is_jit_enabled", "kernel"]
+    assert "numba.njit(cache=True, nogil=True)" in (kernel.__doc__ or "")
+
+
+def test_importing_the_package_loads_no_kernel() -> None:
+    # A fresh interpreter: the package brings in the policy module and nothing to compile.
+    code = (
+        "import sys\nimport inference_sched.kernels\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('inference_sched.'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    loaded = set(out.stdout.split())
+    assert {m for m in loaded if m.startswith("inference_sched.kernels")} == {
+        "inference_sched.kernels",
+        "inference_sched.kernels._jit",
+    }
 
 
 def test_is_jit_enabled_follows_numba_config() -> None:

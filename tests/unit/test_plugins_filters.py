@@ -1,4 +1,5 @@
-"""Role filters and the label-selector filter (llm-d, peers.md §A.1)."""
+"""Role filters and the label-selector filter (llm-d/llm-d-inference-scheduler,
+``pkg/plugins/filter/``; ``docs/plugins/decode-filter.md`` and siblings)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,33 @@ def test_prefill_filter(candidates: list[int], expected: list[int]) -> None:
     table = _role_table()
     plugin = PrefillFilter("prefill", NoParams(), PluginHandle(table))
     assert _filter(plugin, table, candidates) == expected
+
+
+@pytest.mark.parametrize(
+    ("plugin_type", "cls", "summary"),
+    [
+        pytest.param(
+            "decode-filter",
+            DecodeFilter,
+            "Keeps endpoints that can decode, and endpoints without a role label.",
+            id="decode",
+        ),
+        pytest.param(
+            "prefill-filter",
+            PrefillFilter,
+            "Keeps endpoints that can prefill; endpoints without a role label are dropped.",
+            id="prefill",
+        ),
+    ],
+)
+def test_role_filter_surface(plugin_type: str, cls: Any, summary: str) -> None:
+    # Both share one base class; what the registry and the docs see stays per filter.
+    assert registry.get(plugin_type) is cls
+    assert cls.type == plugin_type
+    assert cls.Params is NoParams
+    assert cls.is_batch_invariant is True
+    assert cls.__doc__.splitlines()[0] == summary
+    assert "Kept roles:" in cls.__doc__
 
 
 def test_role_filters_follow_relabeling() -> None:
