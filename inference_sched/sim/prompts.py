@@ -27,7 +27,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.kernels._jit import is_jit_enabled, kernel
+from inference_sched.kernels import is_jit_enabled, kernel
 from inference_sched.sim.types import SIM_BLOCK_TOKENS
 
 __all__ = [
