@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import parse_args, percentiles_us, round_p50s_us, time_calls, write_report
 
-from inference_sched.prefix.precise.index import EventBatchBuilder, PreciseIndex
+from inference_sched.prefix.precise import EventBatchBuilder, PreciseIndex
 from tests.oracles.prefix_index_model import PreciseIndexModel
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

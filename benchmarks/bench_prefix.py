@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import parse_args, percentiles_us, round_p50s_us, time_calls, write_report
 
 from inference_sched import Endpoint, EndpointTable, Request, Scheduler, registry
-from inference_sched.kernels import reference
+from inference_sched.kernels._twins import hashing as reference
 from inference_sched.prefix.hashing import block_hashes, readonly, seed_hash
 from inference_sched.prefix.index import PrefixIndex
 from tests.oracles.prefix_index_model import PrefixIndexModel

@@ -25,7 +25,7 @@ MOVED: Final[dict[str, str]] = {
     "inference_sched.interfaces": "inference_sched.framework.interfaces",
     "inference_sched.joint": "inference_sched.framework.joint",
     "inference_sched.metrics": "inference_sched.observability.prometheus",
-    "inference_sched.precise_index": "inference_sched.prefix.precise.index",
+    "inference_sched.precise_index": "inference_sched.prefix.precise",
     "inference_sched.prefix_hashing": "inference_sched.prefix.hashing",
     "inference_sched.prefix_index": "inference_sched.prefix.index",
     "inference_sched.profile": "inference_sched.framework.profile",

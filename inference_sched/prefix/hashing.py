@@ -1,4 +1,7 @@
-"""GIE's prefix-cache block hashes, at the Python boundary (gie.md §4.2 "Hash chain").
+"""GIE's prefix-cache block hashes, at the Python boundary.
+
+GIE hashes prompts in ``hashPrompt`` (gateway-api-inference-extension:
+``pkg/epp/framework/plugins/requestcontrol/dataproducer/approximateprefix/hashing.go``).
 
 :func:`seed_hash` is the chain's first parent, ``xxh64(target_model + cache_salt)``;
 :func:`block_hashes` and :func:`token_block_hashes` validate, convert once to the pinned
@@ -24,6 +27,7 @@ from inference_sched.kernels.hashing import chained_block_hashes, chained_token_
 __all__ = [
     "BYTES_PER_TOKEN",
     "BlockHash",
+    "as_token_ids",
     "block_hashes",
     "chain_seed",
     "num_block_hashes",
@@ -72,6 +76,16 @@ def readonly(array: npt.NDArray[_T]) -> npt.NDArray[_T]:
     return view
 
 
+def as_token_ids(tokens: npt.ArrayLike) -> npt.NDArray[np.uint32]:
+    """Token ids as the read-only contiguous 1-D uint32 array the token kernels take.
+
+    The kernels read the ids as uint32 little-endian bytes, which they are in memory
+    only on a little-endian host; this asserts one.
+    """
+    assert sys.byteorder == "little", "token hashing reads uint32 ids as little-endian bytes"
+    return readonly(np.ascontiguousarray(tokens, dtype=np.uint32).reshape(-1))
+
+
 def num_block_hashes(num_bytes: int, block_bytes: int, max_blocks: int) -> int:
     """How many hashes a prompt of ``num_bytes`` gets (the partial tail block counts)."""
     if block_bytes <= 0 or num_bytes < block_bytes or max_blocks <= 0:
@@ -113,13 +127,9 @@ def token_block_hashes(
     block_size_tokens: int = 16,
     max_blocks: int = 256,
 ) -> npt.NDArray[np.uint64]:
-    """:func:`block_hashes` over token ids, each serialised as uint32 little-endian.
-
-    The kernel reads the ids through a byte view of a uint32 array, which is the
-    little-endian serialisation only on a little-endian host; this asserts one.
-    """
-    assert sys.byteorder == "little", "token hashing reads uint32 ids as little-endian bytes"
-    ids = readonly(np.ascontiguousarray(tokens, dtype=np.uint32).reshape(-1))
+    """:func:`block_hashes` over token ids, each serialised as uint32 little-endian
+    (see :func:`as_token_ids`)."""
+    ids = as_token_ids(tokens)
     block_tokens = int(block_size_tokens)
     block_bytes = BYTES_PER_TOKEN * block_tokens
     num_bytes = BYTES_PER_TOKEN * ids.shape[0]

@@ -1,10 +1,11 @@
 """The approximate prefix index: block hash -> endpoints holding it, with an LRU per endpoint.
 
-This is GIE's ``indexer.go`` (``specs/gie.md`` §4.2 "Index") in numpy arrays driven by the
-Numba kernels of :mod:`inference_sched.kernels.prefix_index`. Endpoints are
-:class:`~inference_sched.state.table.EndpointTable` rows; the caller removes a row's entries
-(:meth:`PrefixIndex.remove_endpoint`) when the table frees or reuses the row, so a new
-generation never inherits the old one's cache.
+This is GIE's approximate prefix indexer (gateway-api-inference-extension:
+``pkg/epp/framework/plugins/requestcontrol/dataproducer/approximateprefix/indexer.go``) in
+numpy arrays driven by the Numba kernels of :mod:`inference_sched.kernels.prefix_index`.
+Endpoints are :class:`~inference_sched.state.table.EndpointTable` rows; the caller removes
+a row's entries (:meth:`PrefixIndex.remove_endpoint`) when the table frees or reuses the
+row, so a new generation never inherits the old one's cache.
 
 Design note: every (hash, endpoint) entry is one 20-byte node in two intrusive doubly
 linked lists, the endpoint's LRU list and the hash's endpoint list. An LRU eviction or an
@@ -21,14 +22,21 @@ the sum of the endpoints' LRU capacities (see :attr:`PrefixIndex.nbytes`).
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from inference_sched.kernels import prefix_index as _k
-from inference_sched.prefix.hashing import BYTES_PER_TOKEN, chain_seed, num_block_hashes, readonly
+from inference_sched.prefix._checks import as_uint64s, check_int, check_out, check_row
+from inference_sched.prefix.hashing import (
+    BYTES_PER_TOKEN,
+    as_token_ids,
+    chain_seed,
+    num_block_hashes,
+    readonly,
+)
 
 __all__ = ["PrefixIndex"]
 
@@ -38,20 +46,21 @@ _UINT8: Final = np.dtype(np.uint8)
 _UINT64: Final = np.dtype(np.uint64)
 _INT64: Final = np.dtype(np.int64)
 
+_Lists: TypeAlias = tuple[
+    npt.NDArray[np.int64],  # keys
+    npt.NDArray[np.int32],  # heads
+    npt.NDArray[np.int32],  # nodes
+    npt.NDArray[np.int32],  # endpoints
+    npt.NDArray[np.int64],  # meta
+]
+"""What the writing kernels take first."""
+_Table: TypeAlias = tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int32], Any]
+"""What the matching kernels take first: keys, heads, nodes and the table's shift."""
+
 
 def _as_keys(hashes: npt.ArrayLike) -> npt.NDArray[np.int64]:
     """The hashes as a contiguous 1-D uint64 array, viewed as int64 (the kernels' keys)."""
-    if (
-        isinstance(hashes, np.ndarray)
-        and hashes.dtype == _UINT64
-        and hashes.ndim == 1
-        and hashes.flags.c_contiguous
-    ):
-        return hashes.view(_INT64)  # what the hashing functions return: no conversion
-    arr = np.ascontiguousarray(hashes, dtype=np.uint64)
-    if arr.ndim != 1:
-        raise ValueError(f"hashes: expected a 1-D array, got shape {arr.shape}")
-    return arr.view(np.int64)
+    return as_uint64s("hashes", hashes).view(_INT64)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -116,9 +125,7 @@ class PrefixIndex:
         distinct hashes at load <= 7/10; never shrinks. The sum of the endpoints' LRU
         capacities bounds :meth:`size`, so it is the natural argument.
         """
-        if isinstance(num_entries, bool) or int(num_entries) < 0:
-            raise ValueError(f"num_entries: expected an int >= 0, got {num_entries!r}")
-        num_entries = int(num_entries)
+        num_entries = check_int("num_entries", num_entries, 0)
         if num_entries > self._nodes.shape[0]:
             self._resize_nodes(num_entries)
         if _slots_for(num_entries) > self._keys.shape[0]:
@@ -139,26 +146,25 @@ class PrefixIndex:
             ValueError: a negative or too large ``row``, or ``capacity < 1``.
         """
         keys = _as_keys(hashes)
-        row = self._check_row(row)
-        if isinstance(capacity, bool) or not 1 <= int(capacity) <= _MAX_CAPACITY:
-            raise ValueError(f"capacity: expected an int in [1, 2**31 - 1], got {capacity!r}")
+        row = check_row(row, _MAX_ROW)
+        capacity = check_int("capacity", capacity, 1, _MAX_CAPACITY)
         n = keys.shape[0]
         if row >= self._eps.shape[0]:
             self._grow_endpoints(row + 1)
         self._num_rows = max(self._num_rows, row + 1)
         if n == 0:
             if self._eps[row, _k._EP_CAPACITY] == 0:
-                self._eps[row, _k._EP_CAPACITY] = int(capacity)
+                self._eps[row, _k._EP_CAPACITY] = capacity
             return
         meta = self._meta
         # The kernel evicts before it allocates, so the row's LRU bounds the growth: a full
         # index at steady state (every insert evicts) needs no room at all. Every live
         # hash has a node, so the entries bound the distinct hashes too.
         entries, live = int(meta[_k._M_ENTRIES]), int(meta[_k._M_LIVE])
-        lru_capacity = int(self._eps[row, _k._EP_CAPACITY]) or int(capacity)
+        lru_capacity = int(self._eps[row, _k._EP_CAPACITY]) or capacity
         room = max(0, min(n, lru_capacity - int(self._eps[row, _k._EP_SIZE])))
         self._ensure_capacity(entries + room, min(live + n, entries + room))
-        _k._add(self._keys, self._heads, self._nodes, self._eps, meta, keys, row, int(capacity))
+        _k._add(*self._lists(), keys, row, capacity)
 
     def remove(self, hashes: npt.ArrayLike, row: int) -> int:
         """Drop endpoint ``row``'s entries for ``hashes``; return how many were held.
@@ -173,12 +179,10 @@ class PrefixIndex:
             ValueError: a negative or too large ``row``, or ``hashes`` not 1-D.
         """
         keys = _as_keys(hashes)
-        row = self._check_row(row)
+        row = check_row(row, _MAX_ROW)
         if row >= self._eps.shape[0] or keys.shape[0] == 0:
             return 0
-        return int(
-            _k._remove(self._keys, self._heads, self._nodes, self._eps, self._meta, keys, row)
-        )
+        return int(_k._remove(*self._lists(), keys, row))
 
     def remove_endpoint(self, row: int) -> int:
         """Drop every hash of endpoint ``row`` and its LRU; return how many entries went.
@@ -186,12 +190,10 @@ class PrefixIndex:
         A later :meth:`add` for the row starts a new LRU with the capacity it passes.
         Unknown rows are a no-op (0).
         """
-        row = self._check_row(row)
+        row = check_row(row, _MAX_ROW)
         if row >= self._eps.shape[0]:
             return 0
-        return int(
-            _k._remove_endpoint(self._keys, self._heads, self._nodes, self._eps, self._meta, row)
-        )
+        return int(_k._remove_endpoint(*self._lists(), row))
 
     # ------------------------------------------------------------------ matches
 
@@ -211,13 +213,7 @@ class PrefixIndex:
         Returns:
             The number of leading hashes held by at least one endpoint.
         """
-        keys = _as_keys(hashes)
-        self._check_out(out_counts)
-        return int(
-            _k._match_counting(
-                self._keys, self._heads, self._nodes, self._meta[_k._M_SHIFT], keys, out_counts
-            )
-        )
+        return self._match(_k._match_counting, hashes, out_counts)
 
     def match_prefix(self, hashes: npt.ArrayLike, out_counts: npt.NDArray[np.float64]) -> int:
         """Strict match: each endpoint's longest run of consecutive leading ``hashes``.
@@ -228,13 +224,17 @@ class PrefixIndex:
         Returns:
             The longest prefix any endpoint holds (the maximum of ``out_counts``).
         """
+        return self._match(_k._match_prefix, hashes, out_counts)
+
+    def _match(
+        self,
+        kernel: Callable[..., int],
+        hashes: npt.ArrayLike,
+        out_counts: npt.NDArray[np.float64],
+    ) -> int:
         keys = _as_keys(hashes)
-        self._check_out(out_counts)
-        return int(
-            _k._match_prefix(
-                self._keys, self._heads, self._nodes, self._meta[_k._M_SHIFT], keys, out_counts
-            )
-        )
+        check_out("out_counts", out_counts, self._num_rows)
+        return int(kernel(*self._table(), keys, out_counts))
 
     def match_prompt(
         self,
@@ -258,9 +258,8 @@ class PrefixIndex:
         """
         # Read-only: the layout the kernel is pinned to (a no-op over ``bytes``).
         data = readonly(np.frombuffer(prompt, _UINT8))
-        block_bytes = BYTES_PER_TOKEN * int(block_size_tokens)
         return self._hash_match(
-            data, block_bytes, model, cache_salt, max_blocks, out_counts, strict
+            data, block_size_tokens, model, cache_salt, max_blocks, out_counts, strict
         )
 
     def match_tokens(
@@ -276,34 +275,29 @@ class PrefixIndex:
     ) -> npt.NDArray[np.uint64]:
         """:meth:`match_prompt` over token ids (as
         :func:`~inference_sched.prefix.hashing.token_block_hashes` hashes them)."""
-        assert sys.byteorder == "little", "token hashing reads uint32 ids as little-endian bytes"
-        ids = np.ascontiguousarray(tokens, dtype=np.uint32).reshape(-1)
-        data = readonly(ids.view(_UINT8))  # each id as 4 little-endian bytes
-        block_bytes = BYTES_PER_TOKEN * int(block_size_tokens)
+        data = as_token_ids(tokens).view(_UINT8)  # each id as 4 little-endian bytes
         return self._hash_match(
-            data, block_bytes, model, cache_salt, max_blocks, out_counts, strict
+            data, block_size_tokens, model, cache_salt, max_blocks, out_counts, strict
         )
 
     def _hash_match(
         self,
         data: npt.NDArray[np.uint8],
-        block_bytes: int,
+        block_size_tokens: int,
         model: str,
         cache_salt: str,
         max_blocks: int,
         out_counts: npt.NDArray[np.float64],
         strict: bool,
     ) -> npt.NDArray[np.uint64]:
-        self._check_out(out_counts)
+        check_out("out_counts", out_counts, self._num_rows)
+        block_bytes = BYTES_PER_TOKEN * int(block_size_tokens)
         out = np.empty(num_block_hashes(len(data), block_bytes, int(max_blocks)), _UINT64)
         if out.shape[0] == 0:
             out_counts[:] = 0.0
             return out
         count = _k._hash_match(
-            self._keys,
-            self._heads,
-            self._nodes,
-            self._meta[_k._M_SHIFT],
+            *self._table(),
             data,
             block_bytes,
             int(max_blocks),
@@ -326,12 +320,12 @@ class PrefixIndex:
 
     def endpoint_size(self, row: int) -> int:
         """Number of hashes in endpoint ``row``'s LRU (0 if it has none)."""
-        row = self._check_row(row)
+        row = check_row(row, _MAX_ROW)
         return int(self._eps[row, _k._EP_SIZE]) if row < self._eps.shape[0] else 0
 
     def endpoint_capacity(self, row: int) -> int:
         """Capacity of endpoint ``row``'s LRU (0 if it has none)."""
-        row = self._check_row(row)
+        row = check_row(row, _MAX_ROW)
         return int(self._eps[row, _k._EP_CAPACITY]) if row < self._eps.shape[0] else 0
 
     def lru_order(self, row: int) -> list[int]:
@@ -363,28 +357,13 @@ class PrefixIndex:
 
     # ------------------------------------------------------------------ internals
 
-    @staticmethod
-    def _check_row(row: Any) -> int:
-        if isinstance(row, bool) or not 0 <= int(row) <= _MAX_ROW:
-            raise ValueError(f"row: expected an int in [0, 2**31 - 2], got {row!r}")
-        return int(row)
+    def _lists(self) -> _Lists:
+        """The table, nodes, endpoints and meta: the arrays the writing kernels take first."""
+        return self._keys, self._heads, self._nodes, self._eps, self._meta
 
-    def _check_out(self, out_counts: npt.NDArray[np.float64]) -> None:
-        if (
-            not isinstance(out_counts, np.ndarray)
-            or out_counts.dtype != np.float64
-            or out_counts.ndim != 1
-            or out_counts.shape[0] < self._num_rows
-        ):
-            got = (
-                f"{out_counts.dtype}{list(out_counts.shape)}"
-                if isinstance(out_counts, np.ndarray)
-                else type(out_counts).__name__
-            )
-            raise ValueError(
-                f"out_counts: expected a 1-D float64 array of length >= {self._num_rows} "
-                f"(largest row added + 1), got {got}"
-            )
+    def _table(self) -> _Table:
+        """The table, nodes and table shift: what the matching kernels take first."""
+        return self._keys, self._heads, self._nodes, self._meta[_k._M_SHIFT]
 
     @staticmethod
     def _new_endpoints(num_rows: int) -> npt.NDArray[np.int32]:

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import xxhash
 
 from inference_sched.prefix.hashing import seed_hash
-from inference_sched.prefix.precise.index import extra_key_mix
+from inference_sched.prefix.precise import extra_key_mix
 
 __all__ = ["PreciseIndexModel", "PrefixIndexModel"]
 

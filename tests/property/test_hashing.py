@@ -2,7 +2,7 @@
 
 ``xxh64`` is compared with ``xxhash.xxh64_intdigest`` on every length 0..100 (all the
 32/8/4/1-byte stripe and tail boundaries) and on random lengths up to 1 MiB. The chained
-kernels are compared with their twins in ``reference.py``, which call ``xxhash`` on real
+kernels are compared with their twins in ``kernels/_twins/hashing.py``, which call ``xxhash`` on real
 concatenated ``block + uint64_le(parent)`` bytes, for every block size of 1..64 tokens and
 random truncations. Literal vectors, computed once from gie.md §4.2's formula with
 ``xxhash``, pin the chain itself: a change to the formula breaks them.
@@ -24,8 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba.core.dispatcher import Dispatcher
 
-from inference_sched.kernels import hashing, reference
+from inference_sched.kernels import hashing
 from inference_sched.kernels._jit import is_jit_enabled
+from inference_sched.kernels._twins import hashing as reference
 from inference_sched.prefix.hashing import (
     block_hashes,
     num_block_hashes,

@@ -26,11 +26,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from numba.core.dispatcher import Dispatcher
 
 from inference_sched.kernels import precise_index as kernels
-from inference_sched.kernels import reference
 from inference_sched.kernels._jit import is_jit_enabled
+from inference_sched.kernels._twins import precise_index as reference
 from inference_sched.kernels.prefix_index import _M_SHIFT
 from inference_sched.prefix.hashing import chain_seed, readonly, token_block_hashes
-from inference_sched.prefix.precise.index import EventBatchBuilder, PreciseIndex
+from inference_sched.prefix.precise import EventBatchBuilder, PreciseIndex
 from tests.oracles.prefix_index_model import PreciseIndexModel
 
 pytestmark = pytest.mark.property

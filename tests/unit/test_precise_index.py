@@ -16,9 +16,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from inference_sched.kernels import reference
+from inference_sched.kernels._twins import precise_index as reference
 from inference_sched.prefix.hashing import chain_seed, seed_hash, token_block_hashes
-from inference_sched.prefix.precise.index import (
+from inference_sched.prefix.precise import (
     STATUS_INVALID,
     STATUS_MISALIGNED_PARENT,
     STATUS_UNKNOWN_PARENT,
