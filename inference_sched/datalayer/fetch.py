@@ -23,6 +23,7 @@ Every failure raises a :class:`FetchError` subclass whose message says what happ
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
@@ -121,6 +122,18 @@ _scratch = _Scratch()
 
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _UNTIL_CLOSE = range(6)
 """Parser states."""
+
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED: Final = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_CHUNK_SIZE_LINE: Final = re.compile(
+    rb"0*([1-9A-Fa-f][0-9A-Fa-f]{0,15}|0)(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*"
+    % (_TOKEN, _TOKEN, _QUOTED)
+)
+"""A chunk-size line without its CRLF, RFC 9112 §7.1.1: ``chunk-size = 1*HEXDIG``, then
+``chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )`` with a
+token name and a token or quoted-string value (RFC 9110 §5.6.2, §5.6.4). No ``0x``, no
+sign, no other whitespace; leading zeros are free, at most 16 significant hex digits
+(a size over 2**64 is malformed; a smaller one over the body cap is too large)."""
 
 
 class _Head(NamedTuple):
@@ -334,16 +347,12 @@ class _Protocol(asyncio.BufferedProtocol):
                     if len(buf) > MAX_HEAD_BYTES:
                         raise MalformedResponse(f"GET {self.url}: chunk size line too long")
                     return
-                line = bytes(buf[:end]).split(b";", 1)[0].strip()
+                line = bytes(buf[:end])
                 del buf[: end + 2]
-                try:
-                    size = int(line, 16)
-                except ValueError:
-                    raise MalformedResponse(
-                        f"GET {self.url}: bad chunk size {line[:40]!r}"
-                    ) from None
-                if size < 0 or not line.isalnum():
+                match = _CHUNK_SIZE_LINE.fullmatch(line)
+                if match is None:
                     raise MalformedResponse(f"GET {self.url}: bad chunk size {line[:40]!r}")
+                size = int(match[1], 16)
                 if size == 0:
                     self._state = _TRAILER
                 else:

@@ -8,10 +8,11 @@ scheduling cycle, shared by the plugins of that cycle and by its PreRequest hook
 from __future__ import annotations
 
 import math
+import re
 import types
 import uuid
 from collections.abc import Collection, Iterator, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import attrs
 import numpy as np
@@ -58,22 +59,68 @@ ScorerCategory = Literal["Affinity", "Distribution", "Balance"]
 """GIE's scorer categories; informational, no framework logic consumes them."""
 
 
-def _positive_ms(headers: Mapping[str, str], key: str) -> float | None:
-    raw = headers.get(key)
-    if raw is None or raw.strip() == "":
+_DEC: Final = r"[0-9](?:_?[0-9])*"
+_HEX: Final = r"[0-9a-fA-F](?:_?[0-9a-fA-F])*"
+_GO_FLOAT: Final = re.compile(
+    rf"""[+-]?(?:
+        (?P<hex>0[xX](?:_?{_HEX}(?:\.(?:{_HEX})?)?|\.{_HEX})[pP][+-]?{_DEC})
+      | (?:{_DEC}(?:\.(?:{_DEC})?)?|\.{_DEC})(?:[eE][+-]?{_DEC})?
+      | [iI][nN][fF](?:[iI][nN][iI][tT][yY])?
+    )|[nN][aA][nN]""",
+    re.ASCII | re.VERBOSE,
+)
+"""The strings Go's ``strconv.ParseFloat`` accepts (``src/strconv/atof.go``, ``readFloat``
+and ``special``; underscores as ``underscoreOK`` in ``src/strconv/atoi.go`` allows them).
+
+ASCII only: an optional sign; decimal digits with an optional point and ``e`` exponent,
+or ``0x`` hex digits with an optional point and a mandatory ``p`` exponent (decimal);
+``_`` only between two digits, or between the ``0x`` prefix and a digit; ``inf`` and
+``infinity`` (signed or not) and ``nan`` (unsigned), case-insensitive. No whitespace.
+"""
+_HTTP_OWS: Final = " \t"
+_MAX_SHOWN_CHARS: Final = 40
+
+
+def _go_parse_float(text: str) -> float | None:
+    """``text`` parsed as Go's ``strconv.ParseFloat(text, 64)`` parses it, or ``None``
+    when Go rejects its syntax (see :data:`_GO_FLOAT`).
+
+    A value too large for a float64 is ±inf (Go: ±Inf with ``ErrRange``).
+    """
+    match = _GO_FLOAT.fullmatch(text)
+    if match is None:
         return None
+    if match["hex"] is None:  # float() reads the same decimal and special forms
+        return float(text)
     try:
-        value = float(raw)
-    except ValueError:
-        raise DataError(
-            f"expected a number of milliseconds, got {raw!r}", source=f"header {key}"
-        ) from None
+        return float.fromhex(text.replace("_", ""))
+    except OverflowError:
+        return -math.inf if text.startswith("-") else math.inf
+
+
+def _positive_ms(headers: Mapping[str, str], key: str) -> float | None:
+    """A millisecond SLO header read as GIE reads it (``strconv.ParseFloat``), or
+    ``None`` when absent or blank; HTTP's optional whitespace around it is ignored.
+
+    Raises:
+        DataError: not Go float syntax, or not a finite number >= 0.
+    """
+    raw = headers.get(key)
+    if raw is None:
+        return None
+    text = raw.strip(_HTTP_OWS)
+    if not text:
+        return None
+    shown = repr(raw if len(raw) <= _MAX_SHOWN_CHARS else raw[:_MAX_SHOWN_CHARS] + "...")
+    value = _go_parse_float(text)
+    if value is None:
+        raise DataError(f"expected a number of milliseconds, got {shown}", source=f"header {key}")
     if not math.isfinite(value) or value < 0:
         raise DataError(
-            f"expected a finite number of milliseconds >= 0, got {raw!r}",
+            f"expected a finite number of milliseconds >= 0, got {shown}",
             source=f"header {key}",
         )
-    return value
+    return value + 0.0  # -0 -> 0
 
 
 def _token_array(value: npt.ArrayLike | None) -> npt.NDArray[np.uint32] | None:

@@ -1,5 +1,6 @@
 """Session affinity: llm-d's ``session-affinity-scorer`` and the router's
-``session-affinity-filter`` (``specs/peers.md`` §A.1, §G).
+``session-affinity-filter`` (docs/plugins/session-affinity-scorer.md,
+docs/plugins/session-affinity-filter.md).
 
 * ``session-affinity-scorer`` (stateless, client-held): the request header
   ``x-session-token`` carries base64 of an endpoint's identity; that candidate scores 1,
@@ -21,8 +22,10 @@ bare pod name (llm-d before multi-port pools) as ``<pod>-rank-0``. We keep no na
 so the tokens we issue omit it.
 
 Bindings of ``session_id`` are replica-local (each scheduler replica learns only the
-sessions it routed), bounded by ``maxSessions`` (least recently used first out) and by an
-idle TTL; they are dropped when their endpoint leaves the table.
+sessions it routed), bounded by ``maxSessions`` and ``maxSessionBytes`` (least recently
+used first out) and by an idle TTL; they are dropped when their endpoint leaves the
+table. The client picks the ids, so their length is bounded too: an id longer than
+``maxSessionIdBytes`` bytes of UTF-8 is held as its 16-byte XXH3-128 digest.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ import base64
 import binascii
 import collections
 import logging
+import sys
 import threading
 from typing import Any, ClassVar, Final, Literal, NamedTuple
 
 import attrs
 import numpy as np
 import numpy.typing as npt
+import xxhash
 
 from inference_sched.framework.headers import HEADER_SESSION_ID, HEADER_SESSION_TOKEN
 from inference_sched.framework.interfaces import (
@@ -252,6 +257,12 @@ class SessionAffinityFilterParams:
     """How often expired bindings are swept out of memory (lookups honour the TTL exactly)."""
     max_sessions: int = param(100_000, alias="maxSessions", check=at_least(1))
     """Ours: bindings kept at most; beyond it the least recently used is forgotten."""
+    max_session_id_bytes: int = param(128, alias="maxSessionIdBytes", check=at_least(16))
+    """Ours: a session id longer than this (UTF-8 bytes) is held as its 16-byte XXH3-128
+    digest, so a client cannot make the bindings hold its long ids."""
+    max_session_bytes: int = param(64 * 1024 * 1024, alias="maxSessionBytes", check=at_least(1))
+    """Ours: bytes the bindings may hold (each charged its id's size plus 256 for the
+    entry); beyond it the least recently used is forgotten."""
     profile_name: str = param("", alias="profileName", check=string)
     """Profile whose pick is bound (e.g. prefill for an instance in the prefill profile);
     empty: the primary profile."""
@@ -261,6 +272,18 @@ class _Binding(NamedTuple):
     name: str
     handle: EndpointHandle
     last_used_s: float
+
+
+_SessionKey = str | bytes
+"""A session id as held: the id itself, or the 16-byte digest of a long one (``bytes``
+never equals a ``str``, so a digest cannot collide with a short id)."""
+_ENTRY_BYTES: Final = 256
+"""Charged per binding besides its key: the dict entry, the binding tuple, its handle
+and timestamp (measured at ~245 bytes on CPython 3.11)."""
+
+
+def _held_bytes(key: _SessionKey) -> int:
+    return sys.getsizeof(key) + _ENTRY_BYTES
 
 
 @register("session-affinity-filter")
@@ -291,10 +314,13 @@ class SessionAffinityFilter:
         self._ttl_s = float(params.eviction_ttl_seconds)
         self._sweep_s = float(params.eviction_sweep_seconds)
         self._max_sessions = params.max_sessions
+        self._max_id_bytes = params.max_session_id_bytes
+        self._max_bytes = params.max_session_bytes
         self._profile_name = params.profile_name
         self._tokens = _TokenCounters()
         self._lock = threading.Lock()
-        self._bindings: collections.OrderedDict[str, _Binding] = collections.OrderedDict()
+        self._bindings: collections.OrderedDict[_SessionKey, _Binding] = collections.OrderedDict()
+        self._bytes = 0
         self._last_sweep_s = self._clock()
         self.num_hits = 0
         """Requests narrowed to their bound (or token-named) endpoint."""
@@ -308,6 +334,10 @@ class SessionAffinityFilter:
         """Bindings forgotten after ``evictionTtlSeconds`` unused."""
         self.num_evicted_lru = 0
         """Bindings forgotten to stay within ``maxSessions``."""
+        self.num_evicted_bytes = 0
+        """Bindings forgotten to stay within ``maxSessionBytes``."""
+        self.num_hashed_ids = 0
+        """Session ids over ``maxSessionIdBytes``, held as their digest (PreRequest writes)."""
         self.num_dropped_on_removal = 0
         """Bindings dropped because their endpoint left the table."""
         self._table.on_remove(self._on_remove)
@@ -317,6 +347,11 @@ class SessionAffinityFilter:
     def num_sessions(self) -> int:
         """Bindings held (expired ones count until a sweep or lookup drops them)."""
         return len(self._bindings)
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes charged to the bindings held (at most ``maxSessionBytes``)."""
+        return self._bytes
 
     @property
     def num_malformed_tokens(self) -> int:
@@ -330,16 +365,28 @@ class SessionAffinityFilter:
 
     def binding(self, session_id: str) -> str | None:
         """The endpoint name ``session_id`` is bound to, if live (does not refresh it)."""
+        key = self._key(session_id)
         with self._lock:
-            bound = self._bindings.get(session_id)
+            bound = self._bindings.get(key)
             if bound is None or self._clock() - bound.last_used_s >= self._ttl_s:
                 return None
             return bound.name
 
     def sessions(self) -> list[str]:
-        """Session ids held, least recently used first (for tests and debugging)."""
+        """Session ids held, least recently used first (for tests and debugging); a long
+        id shows as ``<xxh3-128 HEX>``, its digest."""
         with self._lock:
-            return list(self._bindings)
+            keys = list(self._bindings)
+        return [k if isinstance(k, str) else f"<xxh3-128 {k.hex()}>" for k in keys]
+
+    def _key(self, session_id: str) -> _SessionKey:
+        """The id as held: itself, or its 16-byte digest past ``maxSessionIdBytes``."""
+        if len(session_id) * 4 <= self._max_id_bytes:  # UTF-8: at most 4 bytes a char
+            return session_id
+        raw = session_id.encode("utf-8", "surrogatepass")
+        if len(raw) <= self._max_id_bytes:
+            return session_id
+        return bytes(xxhash.xxh3_128_digest(raw))
 
     # ------------------------------------------------------------- filtering
     def filter(
@@ -368,19 +415,20 @@ class SessionAffinityFilter:
         session_id = request.headers.get(self._header)
         if not session_id:
             return None
+        key = self._key(session_id)
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            bound = self._bindings.get(session_id)
+            bound = self._bindings.get(key)
             if bound is not None and now - bound.last_used_s >= self._ttl_s:
-                del self._bindings[session_id]
+                self._forget(key)
                 self.num_evicted_ttl += 1
                 bound = None
             if bound is None:
                 self.num_misses += 1
                 return None
-            self._bindings[session_id] = bound._replace(last_used_s=now)  # refresh on use
-            self._bindings.move_to_end(session_id)
+            self._bindings[key] = bound._replace(last_used_s=now)  # refresh on use
+            self._bindings.move_to_end(key)
         if not table.is_current(bound.handle):
             return -1  # no candidate has row -1: fail open
         return bound.handle.row
@@ -401,17 +449,25 @@ class SessionAffinityFilter:
         if table.endpoint_or_none(row) is not endpoint:
             return  # removed (or its row reused) between the pick and now
         handle = EndpointHandle(row, int(table.generation[row]))
+        key = self._key(session_id)
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            previous = self._bindings.get(session_id)
-            if previous is not None and previous.name != endpoint.name:
+            previous = self._bindings.get(key)
+            if previous is None:
+                self._bytes += _held_bytes(key)
+                if isinstance(key, bytes):
+                    self.num_hashed_ids += 1
+            elif previous.name != endpoint.name:
                 self.num_rebound += 1
-            self._bindings[session_id] = _Binding(endpoint.name, handle, now)
-            self._bindings.move_to_end(session_id)
+            self._bindings[key] = _Binding(endpoint.name, handle, now)
+            self._bindings.move_to_end(key)
             while len(self._bindings) > self._max_sessions:
-                self._bindings.popitem(last=False)
+                self._forget_oldest()
                 self.num_evicted_lru += 1
+            while self._bytes > self._max_bytes and self._bindings:
+                self._forget_oldest()
+                self.num_evicted_bytes += 1
 
     def response_received(
         self, request: Request, response: Response, result: SchedulingResult
@@ -438,15 +494,25 @@ class SessionAffinityFilter:
             oldest = next(iter(bindings.values()))
             if now - oldest.last_used_s < self._ttl_s:
                 break
-            bindings.popitem(last=False)
+            self._forget_oldest()
             self.num_evicted_ttl += 1
+
+    def _forget(self, key: _SessionKey) -> None:
+        """Drop one binding and its bytes; the lock is held."""
+        del self._bindings[key]
+        self._bytes -= _held_bytes(key)
+
+    def _forget_oldest(self) -> None:
+        """Drop the least recently used binding and its bytes; the lock is held."""
+        key, _ = self._bindings.popitem(last=False)
+        self._bytes -= _held_bytes(key)
 
     def _on_remove(self, row: int, endpoint: Endpoint) -> None:
         # Removals are rare: a scan of the bindings is fine.
         with self._lock:
             gone = [s for s, b in self._bindings.items() if b.handle.row == row]
-            for session_id in gone:
-                del self._bindings[session_id]
+            for key in gone:
+                self._forget(key)
             self.num_dropped_on_removal += len(gone)
 
 

@@ -1,7 +1,8 @@
 """The bytes GIE's approximate prefix cache hashes, taken from an OpenAI request body.
 
-GIE's ``approx-prefix-cache-producer`` (``approximateprefix/hashing.go``,
-``getUserInputBytes``) hashes different bytes for each API (gie.md §4.2):
+GIE's ``approx-prefix-cache-producer`` (gateway-api-inference-extension:
+``pkg/epp/framework/plugins/requestcontrol/dataproducer/approximateprefix/hashing.go``,
+``getUserInputBytes``) hashes different bytes for each API:
 
 =================  ==========================================================================
 API                bytes
@@ -16,8 +17,9 @@ embeddings         ``json.Marshal`` of the Go struct ``{"Raw", "Strings", "Token
 
 Byte parity with Go needs two things this module reproduces:
 
-* **Go's decoding into GIE's structs** (openai-parser, gie.md §4.9). Only declared fields
-  survive; a key matches a field case-insensitively (Go's ``foldName``), the last matching
+* **Go's decoding into GIE's structs** (the openai-parser:
+  ``pkg/epp/framework/plugins/requesthandling/parsers/openai/openai.go``). Only declared
+  fields survive; a key matches a field case-insensitively (Go's ``foldName``), the last matching
   key wins; JSON ``null`` leaves a field at its zero value; numbers inside ``any`` fields
   become ``float64``; a value of the wrong type fails the whole body (HTTP 400 in GIE,
   :class:`~inference_sched.errors.DataError` here).
@@ -65,6 +67,10 @@ _MAX_UINT32: Final = 2**32 - 1
 _MIN_INT64: Final = -(2**63)
 _MAX_UINT64: Final = 2**64 - 1
 _MAX_REPR_CHARS: Final = 40
+_MAX_REPR_INT_BITS: Final = 4096
+"""Larger integers are described by their size (``repr`` refuses past 4300 digits)."""
+_MAX_PATH_CHARS: Final = 200
+"""A field path in an error message is cut to this many characters."""
 
 
 def _to_fields(fields: Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
@@ -145,7 +151,10 @@ def _marshal(value: Any, root: str) -> bytes:
     try:
         _encode(value, out, False)
     except _PathError as err:
-        raise DataError(f"{root}{''.join(reversed(err.path))}: {err.message}") from None
+        path = "".join(reversed(err.path))
+        if len(path) > _MAX_PATH_CHARS:
+            path = path[: _MAX_PATH_CHARS - 3] + "..."
+        raise DataError(f"{root}{path}: {err.message}") from None
     except RecursionError:
         raise DataError(f"{root}: nested too deeply to marshal") from None
     return _to_utf8("".join(out))
@@ -215,7 +224,7 @@ def _encode_map(value: Mapping[Any, Any], out: list[str], as_float64: bool) -> N
         try:
             _encode(items[key], out, as_float64)
         except _PathError as err:
-            err.path.append(f".{key}")
+            err.path.append(f".{_cut(key)}")
             raise
     out.append("}")
 
@@ -309,7 +318,7 @@ def _format_float(value: float) -> str:
 
 
 def api_from_path(path: str) -> Api:
-    """The API of a request path, as GIE's openai-parser picks it (gie.md §4.9).
+    """The API of a request path, as GIE's openai-parser picks it.
 
     One trailing ``/`` is ignored, then the first matching suffix wins, in this order:
     ``/conversations``, ``/responses``, ``/chat/completions``, ``/completions``,
@@ -353,9 +362,9 @@ def cache_salt(body: Mapping[str, Any]) -> str:
 
 
 def prompt_bytes(api: str, body: Mapping[str, Any]) -> bytes:
-    """The bytes GIE's approximate prefix cache hashes for a request body (gie.md §4.2).
+    """The bytes GIE's approximate prefix cache hashes for a request body.
 
-    The body is checked as GIE's openai-parser checks it (gie.md §4.9): chat needs at least
+    The body is checked as GIE's openai-parser checks it: chat needs at least
     one message; completions a non-empty ``prompt`` (a string, a list of strings, or a list
     of token ids in uint32 range); responses an ``input``; conversations at least one item;
     embeddings a non-empty ``input``. Declared fields of the wrong JSON type fail too, as
@@ -373,7 +382,7 @@ def prompt_bytes(api: str, body: Mapping[str, Any]) -> bytes:
             ``messages[2].content: expected a string or a list of content blocks, got 3
             (int)``. No other exception escapes.
     """
-    build = _BUILDERS.get(api)
+    build = _BUILDERS.get(api) if isinstance(api, str) else None  # a list is unhashable
     if build is None:
         raise DataError(f"api: expected one of {', '.join(APIS)}, got {_describe(api)}")
     try:
@@ -382,8 +391,36 @@ def prompt_bytes(api: str, body: Mapping[str, Any]) -> bytes:
         raise DataError("body: nested too deeply") from None
 
 
+def _body_fields(body: Mapping[Any, Any], declared: frozenset[str]) -> dict[str, Any]:
+    """The body's declared fields (see :func:`_struct_fields`), its ``cache_salt`` checked."""
+    fields = _struct_fields(body, declared, "body")
+    _string_field(fields, "cache_salt", "cache_salt")
+    return fields
+
+
+def _marshal_items(
+    fields: Mapping[str, Any], name: str, what: str, convert: Callable[[Any, str], GoStruct]
+) -> bytes:
+    """``json.Marshal`` of the list field ``name`` (at least one element, each decoded by
+    ``convert(element, path)``)."""
+    items = _list_field(fields, name, name)
+    if not items:
+        raise DataError(f"{name}: expected at least one {what}, got none")
+    return _marshal([convert(item, f"{name}[{i}]") for i, item in enumerate(items)], name)
+
+
+def _text_or_tokens_field(
+    fields: Mapping[str, Any], name: str
+) -> tuple[str, list[str] | None, list[int] | None]:
+    """:func:`_text_or_tokens` of the field ``name``, which must not be empty."""
+    raw, strings, token_ids = _text_or_tokens(fields.get(name), name)
+    if not raw and not strings and not token_ids:
+        raise DataError(f"{name}: expected a non-empty string, list of strings or token ids")
+    return raw, strings, token_ids
+
+
 def _chat_bytes(body: Mapping[Any, Any]) -> bytes:
-    fields = _struct_fields(body, _CHAT_FIELDS, "body")
+    fields = _body_fields(body, _CHAT_FIELDS)
     for name in ("tools", "documents"):
         _check_any(_list_field(fields, name, name), name)
     _string_field(fields, "chat_template", "chat_template")
@@ -393,13 +430,7 @@ def _chat_bytes(body: Mapping[Any, Any]) -> bytes:
         _object_field(fields, "chat_template_kwargs", "chat_template_kwargs"),
         "chat_template_kwargs",
     )
-    _string_field(fields, "cache_salt", "cache_salt")
-    messages = _list_field(fields, "messages", "messages")
-    if not messages:
-        raise DataError("messages: expected at least one message, got none")
-    return _marshal(
-        [_chat_message(m, f"messages[{i}]") for i, m in enumerate(messages)], "messages"
-    )
+    return _marshal_items(fields, "messages", "message", _chat_message)
 
 
 def _chat_message(message: Any, path: str) -> GoStruct:
@@ -445,22 +476,14 @@ def _nested_block(
 
 
 def _completions_bytes(body: Mapping[Any, Any]) -> bytes:
-    fields = _struct_fields(body, _COMPLETIONS_FIELDS, "body")
-    _string_field(fields, "cache_salt", "cache_salt")
-    raw, strings, token_ids = _text_or_tokens(fields.get("prompt"), "prompt")
-    if not raw and not strings and not token_ids:
-        raise DataError("prompt: expected a non-empty string, list of strings or token ids")
+    raw, strings, _ = _text_or_tokens_field(_body_fields(body, _COMPLETIONS_FIELDS), "prompt")
     # Prompt.PlainText(): the string, else the strings joined by one space; ids give "".
     text = raw or " ".join(strings or ())
     return _to_utf8(text)
 
 
 def _embeddings_bytes(body: Mapping[Any, Any]) -> bytes:
-    fields = _struct_fields(body, _EMBEDDINGS_FIELDS, "body")
-    _string_field(fields, "cache_salt", "cache_salt")
-    raw, strings, token_ids = _text_or_tokens(fields.get("input"), "input")
-    if not raw and not strings and not token_ids:
-        raise DataError("input: expected a non-empty string, list of strings or token ids")
+    raw, strings, token_ids = _text_or_tokens_field(_body_fields(body, _EMBEDDINGS_FIELDS), "input")
     # EmbeddingsInput has no MarshalJSON and no json tags: Go's field names, nil → null.
     return _marshal(
         GoStruct((("Raw", raw), ("Strings", strings), ("TokenIDs", token_ids))), "input"
@@ -468,8 +491,7 @@ def _embeddings_bytes(body: Mapping[Any, Any]) -> bytes:
 
 
 def _responses_bytes(body: Mapping[Any, Any]) -> bytes:
-    fields = _struct_fields(body, _RESPONSES_FIELDS, "body")
-    _string_field(fields, "cache_salt", "cache_salt")
+    fields = _body_fields(body, _RESPONSES_FIELDS)
     if fields.get("input") is None:
         raise DataError("input: required for the responses API, got none")
     # Each element is a one-key map[string]any; marshal them one by one so that an error
@@ -483,15 +505,9 @@ def _responses_bytes(body: Mapping[Any, Any]) -> bytes:
 
 
 def _conversations_bytes(body: Mapping[Any, Any]) -> bytes:
-    fields = _struct_fields(body, _CONVERSATIONS_FIELDS, "body")
-    _string_field(fields, "cache_salt", "cache_salt")
+    fields = _body_fields(body, _CONVERSATIONS_FIELDS)
     _check_any(_object_field(fields, "metadata", "metadata"), "metadata")
-    items = _list_field(fields, "items", "items")
-    if not items:
-        raise DataError("items: expected at least one conversation item, got none")
-    return _marshal(
-        [_conversation_item(item, f"items[{i}]") for i, item in enumerate(items)], "items"
-    )
+    return _marshal_items(fields, "items", "conversation item", _conversation_item)
 
 
 def _conversation_item(item: Any, path: str) -> GoStruct:
@@ -665,8 +681,55 @@ def _token_id(value: Any, path: str) -> int:
 
 
 def _short_repr(value: object) -> str:
-    text = repr(value)
+    return _cut(_repr_head(value, _MAX_REPR_CHARS))
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= _MAX_REPR_CHARS else text[: _MAX_REPR_CHARS - 3] + "..."
+
+
+def _repr_head(value: object, budget: int) -> str:
+    """``repr(value)``, or a head of it longer than ``budget`` characters.
+
+    Bounded whatever the value: a container is walked only until the text outgrows the
+    budget (so depth and size cost nothing), a string is cut before quoting, and an
+    integer too long for ``repr`` (Python refuses more than 4300 digits) is shown by its
+    size.
+    """
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        bits = value.bit_length()
+        return f"<int of {bits} bits>" if bits > _MAX_REPR_INT_BITS else int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value)
+    if isinstance(value, str):
+        return repr(str(value[: max(budget, 0) + 1]))
+    if isinstance(value, bytes | bytearray):
+        return repr(bytes(value[: max(budget, 0) + 1]))
+    if isinstance(value, Mapping):
+        out = "{"
+        for index, (key, item) in enumerate(value.items()):
+            if len(out) > budget:
+                return out
+            out += ", " if index else ""
+            out += _repr_head(key, budget - len(out)) + ": "
+            out += _repr_head(item, budget - len(out))
+        return out + "}"
+    if isinstance(value, list | tuple):
+        out = "[" if isinstance(value, list) else "("
+        for index, item in enumerate(value):
+            if len(out) > budget:
+                return out
+            out += ", " if index else ""
+            out += _repr_head(item, budget - len(out))
+        if isinstance(value, list):
+            return out + "]"
+        return out + (",)" if len(value) == 1 else ")")
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not escape
+        return f"<{type(value).__name__} object>"
 
 
 def _describe(value: object) -> str:

@@ -13,7 +13,10 @@ Design notes:
 * Every metric column is float64: Prometheus values are floats, and one dtype per column
   family means one compiled signature per kernel.
 * LoRA adapter sets are bitsets (uint8 matrix, adapter ``k`` = bit ``k % 8`` of byte
-  ``k // 8``) over an interned adapter table that only grows.
+  ``k // 8``) over an interned adapter table. Scraped pages name the adapters, so the
+  table is bounded (``max_adapters`` names; more are dropped and counted in
+  ``adapters_dropped``) and reference-counted: a name no row advertises any more gives
+  its id back, lowest ids reused first (docs/reliability.md).
 
 Concurrency contract: structural changes (add, upsert, remove, health) and scheduling
 cycles must not overlap. Run them on one thread or event loop, or hold ``table.lock``
@@ -31,7 +34,7 @@ import heapq
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import attrs
 import numpy as np
@@ -39,7 +42,7 @@ import numpy.typing as npt
 
 from inference_sched.state.endpoint import Candidates, Endpoint, Role, strip_port
 
-__all__ = ["EndpointHandle", "EndpointTable", "METRIC_COLUMNS"]
+__all__ = ["DEFAULT_MAX_ADAPTERS", "EndpointHandle", "EndpointTable", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS: Final = (
     "waiting",
@@ -68,6 +71,10 @@ _SCRAPED: Final = frozenset(
 )
 _INITIAL_CAPACITY: Final = 16
 _MAX_CACHED_ADAPTER_SETS: Final = 4096
+_MAX_CACHED_ADAPTER_NAMES: Final = 65536
+"""Names in all cached adapter sets together; a larger set is never cached."""
+DEFAULT_MAX_ADAPTERS: Final = 4096
+"""Distinct LoRA adapter names a table holds by default (bitsets of 512 bytes a row)."""
 _OTHER_COLUMNS: Final = (
     "generation",
     "is_alive",
@@ -76,6 +83,14 @@ _OTHER_COLUMNS: Final = (
     "active_adapters",
     "waiting_adapters",
 )
+
+
+class _AdapterSet(NamedTuple):
+    """An adapter set as interned: its ids, the names dropped (table full), its bitset."""
+
+    ids: tuple[int, ...]
+    dropped: int
+    bits: npt.NDArray[np.uint8] | None
 
 
 @attrs.frozen
@@ -96,6 +111,11 @@ class EndpointTable:
         clock: time source for ``last_update_s`` (seconds; monotonic by default; the
             simulator passes its own clock).
         capacity: initial number of rows.
+        max_adapters: distinct LoRA adapter names held at most; a row's names past it
+            are dropped from its sets (counted in :attr:`adapters_dropped`).
+
+    Raises:
+        ValueError: ``max_adapters`` < 1.
     """
 
     waiting: npt.NDArray[np.float64]
@@ -119,8 +139,16 @@ class EndpointTable:
         self,
         clock: Callable[[], float] = time.monotonic,
         capacity: int = _INITIAL_CAPACITY,
+        max_adapters: int = DEFAULT_MAX_ADAPTERS,
     ) -> None:
+        if max_adapters < 1:
+            raise ValueError(f"max_adapters must be >= 1, got {max_adapters}")
         self.clock = clock
+        self.max_adapters = max_adapters
+        """Distinct adapter names held at most."""
+        self.adapters_dropped = 0
+        """Adapter names left out of a row's sets because the table was full (counted
+        per :meth:`set_adapters` call, and per refused :meth:`intern_adapter`)."""
         self.lock = threading.RLock()
         self._capacity = 0
         self._endpoints: list[Endpoint | None] = []
@@ -128,8 +156,12 @@ class EndpointTable:
         self._free_rows: list[int] = []  # min-heap: reuse low rows first, keeps it compact
         self._high_water = 0  # rows [0, high_water) have been used at least once
         self._adapter_ids: dict[str, int] = {}
-        self._adapter_names: list[str] = []
-        self._bits_by_set: dict[frozenset[str], tuple[npt.NDArray[np.uint8], int]] = {}
+        self._adapter_names: list[str | None] = []  # by id; None: a free id
+        self._adapter_refs: list[int] = []  # by id: row sets (running, waiting) holding it
+        self._free_adapter_ids: list[int] = []  # min-heap: reuse low ids, keeps bitsets narrow
+        self._sets: dict[frozenset[str], _AdapterSet] = {}  # adapter sets seen (they repeat)
+        self._cached_names = 0  # names in the keys of _sets
+        self._row_sets: dict[int, tuple[_AdapterSet, _AdapterSet]] = {}  # (running, waiting)
         self._candidates: Candidates | None = None
         self._removal_listeners: list[RemovalListener] = []
         self.version = 0
@@ -192,6 +224,7 @@ class EndpointTable:
             assert endpoint is not None
             for listener in self._removal_listeners:
                 listener(row, endpoint)
+            self._release_adapters(row)
             del self._row_by_name[name]
             self._endpoints[row] = None
             self._reset_row(row)
@@ -350,20 +383,34 @@ class EndpointTable:
         self.update_metrics(self._require(name), now_s=now_s, **columns)
 
     # ------------------------------------------------------------------ adapters
+    @property
+    def num_adapter_names(self) -> int:
+        """Distinct adapter names held (at most :attr:`max_adapters`)."""
+        return len(self._adapter_ids)
+
     def intern_adapter(self, adapter: str) -> int:
-        """The adapter's id, assigning the next free one on first sight."""
-        adapter_id = self._adapter_ids.get(adapter)
-        if adapter_id is None:
-            adapter_id = len(self._adapter_names)
-            self._adapter_ids[adapter] = adapter_id
-            self._adapter_names.append(adapter)
-            needed = adapter_id // 8 + 1
-            if needed > self.active_adapters.shape[1]:
-                self._widen_adapters(max(needed, 2 * self.active_adapters.shape[1]))
-        return adapter_id
+        """The adapter's id, assigning the lowest free one on first sight.
+
+        An id no row holds is given back when a row stops advertising the name, or when
+        the table is full and needs room.
+
+        Returns:
+            The id, or -1 when the table holds :attr:`max_adapters` names every one of
+            which some row advertises (counted in :attr:`adapters_dropped`).
+        """
+        with self.lock:
+            adapter_id = self._adapter_ids.get(adapter)
+            if adapter_id is not None:
+                return adapter_id
+            if self._num_free_ids() == 0:
+                self._reclaim(frozenset())
+            adapter_id = self._new_id(adapter)
+            if adapter_id < 0:
+                self.adapters_dropped += 1
+            return adapter_id
 
     def adapter_id(self, adapter: str | None) -> int:
-        """The adapter's id, or -1 when no endpoint ever reported it."""
+        """The adapter's id, or -1 when no endpoint reports it (or it was dropped)."""
         if adapter is None:
             return -1
         return self._adapter_ids.get(adapter, -1)
@@ -376,27 +423,140 @@ class EndpointTable:
         *,
         max_loras: float | None = None,
     ) -> None:
-        """Replace one row's running and waiting LoRA adapter sets."""
-        active_bits, num_active = self._adapter_bits(active)
-        waiting_bits, num_waiting = self._adapter_bits(waiting)
-        self.active_adapters[row] = active_bits
-        self.waiting_adapters[row] = waiting_bits
-        self.num_adapters[row] = num_active + num_waiting
-        if max_loras is not None:
-            self.max_loras[row] = max_loras
+        """Replace one row's running and waiting LoRA adapter sets.
 
-    def _adapter_bits(self, adapters: Iterable[str]) -> tuple[npt.NDArray[np.uint8], int]:
-        """The bitset of a set of adapter names and its size (sets repeat: cached)."""
-        key = adapters if isinstance(adapters, frozenset) else frozenset(adapters)
-        hit = self._bits_by_set.get(key)
-        if hit is None or hit[0].shape[0] != self.active_adapters.shape[1]:
-            ids = {self.intern_adapter(a) for a in key}  # may widen the bitsets
-            bits = _bits(ids, self.active_adapters.shape[1])
+        ``num_adapters`` counts every name given (the server's slots are taken whether
+        or not the table holds the name). Names no row advertises any more are given
+        back; when the table is full, the names that find no id are left out of the sets
+        (in sorted order: the first ones are kept) and counted in
+        :attr:`adapters_dropped`. A name left out stays out of this row until its sets
+        are written again, even if room appears meanwhile.
+        """
+        active_key = active if isinstance(active, frozenset) else frozenset(active)
+        waiting_key = waiting if isinstance(waiting, frozenset) else frozenset(waiting)
+        with self.lock:
+            self.num_adapters[row] = len(active_key) + len(waiting_key)
+            if max_loras is not None:
+                self.max_loras[row] = max_loras
+            running = self._sets.get(active_key)
+            queued = self._sets.get(waiting_key)
+            current = self._row_sets.get(row)
+            if current is not None and current[0] is running and current[1] is queued:
+                # The row holds these very sets (no id freed since: that clears _sets).
+                self.adapters_dropped += current[0].dropped + current[1].dropped
+                return
+            old_ids = (*current[0].ids, *current[1].ids) if current is not None else ()
+            refs = self._adapter_refs
+            for adapter_id in old_ids:
+                refs[adapter_id] -= 1
+            if running is None or queued is None:
+                wanted = active_key | waiting_key
+                unknown = sum(1 for a in wanted if a not in self._adapter_ids)
+                if unknown > self._num_free_ids():
+                    self._reclaim(wanted)  # ids no row holds, except the ones wanted here
+                if running is None:
+                    running = self._resolve(active_key)
+                if queued is None:
+                    queued = self._resolve(waiting_key)
+            width = self.active_adapters.shape[1]  # final: resolving may have widened it
+            running = self._with_bits(active_key, running, width)
+            queued = self._with_bits(waiting_key, queued, width)
+            assert running.bits is not None
+            assert queued.bits is not None
+            self.active_adapters[row] = running.bits
+            self.waiting_adapters[row] = queued.bits
+            self._row_sets[row] = (running, queued)
+            for adapter_id in (*running.ids, *queued.ids):
+                refs[adapter_id] += 1
+            for adapter_id in old_ids:
+                if refs[adapter_id] == 0 and self._adapter_names[adapter_id] is not None:
+                    self._free_id(adapter_id)
+            self.adapters_dropped += running.dropped + queued.dropped
+
+    def _resolve(self, key: frozenset[str]) -> _AdapterSet:
+        """Intern a set's names (sorted, so the names kept when full are stable)."""
+        ids: list[int] = []
+        for adapter in sorted(key):
+            adapter_id = self._adapter_ids.get(adapter)
+            if adapter_id is None:
+                adapter_id = self._new_id(adapter)  # may widen the bitsets
+            if adapter_id >= 0:
+                ids.append(adapter_id)
+        resolved = _AdapterSet(tuple(ids), len(key) - len(ids), None)
+        if len(key) <= _MAX_CACHED_ADAPTER_NAMES:  # the cache holds the page's names
+            if (
+                len(self._sets) >= _MAX_CACHED_ADAPTER_SETS
+                or self._cached_names + len(key) > _MAX_CACHED_ADAPTER_NAMES
+            ):
+                self._clear_sets()
+            self._sets[key] = resolved
+            self._cached_names += len(key)
+        return resolved
+
+    def _clear_sets(self) -> None:
+        self._sets.clear()
+        self._cached_names = 0
+
+    def _with_bits(self, key: frozenset[str], resolved: _AdapterSet, width: int) -> _AdapterSet:
+        """The set with its bitset at ``width`` bytes, cached in its place."""
+        bits = resolved.bits
+        if bits is None or bits.shape[0] != width:
+            bits = _bits(resolved.ids, width)
             bits.flags.writeable = False
-            if len(self._bits_by_set) >= _MAX_CACHED_ADAPTER_SETS:
-                self._bits_by_set.clear()
-            hit = self._bits_by_set[key] = (bits, len(ids))
-        return hit
+            cached = self._sets.get(key) is resolved
+            resolved = resolved._replace(bits=bits)
+            if cached:
+                self._sets[key] = resolved
+        return resolved
+
+    def _num_free_ids(self) -> int:
+        return len(self._free_adapter_ids) + self.max_adapters - len(self._adapter_names)
+
+    def _new_id(self, adapter: str) -> int:
+        """Give ``adapter`` the lowest free id (-1 when full), widening the bitsets."""
+        if self._free_adapter_ids:
+            adapter_id = heapq.heappop(self._free_adapter_ids)
+            self._adapter_names[adapter_id] = adapter
+        elif len(self._adapter_names) < self.max_adapters:
+            adapter_id = len(self._adapter_names)
+            self._adapter_names.append(adapter)
+            self._adapter_refs.append(0)
+        else:
+            return -1
+        self._adapter_ids[adapter] = adapter_id
+        needed = adapter_id // 8 + 1
+        width = self.active_adapters.shape[1]
+        if needed > width:
+            self._widen_adapters(min(max(needed, 2 * width), -(-self.max_adapters // 8)))
+        return adapter_id
+
+    def _free_id(self, adapter_id: int) -> None:
+        """Forget the name of an id no row holds; cached sets may name it: dropped."""
+        name = self._adapter_names[adapter_id]
+        assert name is not None
+        assert self._adapter_refs[adapter_id] == 0
+        del self._adapter_ids[name]
+        self._adapter_names[adapter_id] = None
+        heapq.heappush(self._free_adapter_ids, adapter_id)
+        self._clear_sets()
+
+    def _reclaim(self, keep: frozenset[str]) -> None:
+        """Free every id no row holds, except those of the names in ``keep``."""
+        for adapter_id, name in enumerate(self._adapter_names):
+            if name is not None and self._adapter_refs[adapter_id] == 0 and name not in keep:
+                self._free_id(adapter_id)
+
+    def _release_adapters(self, row: int) -> None:
+        """Drop the row's adapter references (it leaves); free the ids nobody holds."""
+        current = self._row_sets.pop(row, None)
+        old_ids = (*current[0].ids, *current[1].ids) if current is not None else ()
+        for adapter_id in old_ids:
+            self._adapter_refs[adapter_id] -= 1
+        for adapter_id in old_ids:
+            if self._adapter_refs[adapter_id] == 0 and self._adapter_names[adapter_id] is not None:
+                self._free_id(adapter_id)
+        self.active_adapters[row] = 0
+        self.waiting_adapters[row] = 0
 
     def adapters_of(self, row: int) -> tuple[frozenset[str], frozenset[str]]:
         """(running, waiting) adapter names of ``row``."""
@@ -479,10 +639,13 @@ class EndpointTable:
 
     def _names_in(self, bits: npt.NDArray[np.uint8]) -> Iterator[str]:
         for adapter_id in np.flatnonzero(np.unpackbits(bits, bitorder="little")).tolist():
-            yield self._adapter_names[adapter_id]
+            name = self._adapter_names[adapter_id]
+            if name is not None:  # a row holds only live ids; a racing reader may not
+                yield name
 
 
 def _bits(ids: Collection[int], num_bytes: int) -> npt.NDArray[np.uint8]:
-    flags = np.zeros(num_bytes * 8, dtype=np.uint8)
-    flags[list(ids)] = 1
-    return np.packbits(flags, bitorder="little")
+    raw = bytearray(num_bytes)  # adapter k: bit k % 8 of byte k // 8
+    for adapter_id in ids:
+        raw[adapter_id >> 3] |= 1 << (adapter_id & 7)
+    return np.frombuffer(raw, dtype=np.uint8)

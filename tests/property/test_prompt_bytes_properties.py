@@ -179,3 +179,81 @@ def test_targeted_bodies_raise_only_data_error(case: tuple[str, dict[str, Any]])
         return
     if api != "completions":
         json.loads(got)
+
+
+# Hostile JSON-like values: what a parser, a client or a bug can hand over. Integers past
+# Python's 4300-digit str() limit and past every Go range, NaN and infinities, lone
+# surrogates, non-string keys, tuples, and nesting far past the interpreter's recursion
+# limit. prompt_bytes must answer bytes or DataError, nothing else.
+# Built by map: Hypothesis must never repr() an int past 4300 digits (it raises).
+_HOSTILE_INTS = st.sampled_from(
+    [(1, 10, 5000), (-1, 10, 5000), (1, 10, 4300), (1, 2, 64), (-1, 2, 63), (1, 2, 1024)]
+).map(lambda s: s[0] * s[1] ** s[2] - (s[0] < 0 and s[1] == 2))
+_HOSTILE_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=6) | (
+    st.sampled_from(["\ud800", "a\udfff", "\ud83d\ude00", "\udc00\ud800", "\u212a", "MESSAGES"])
+)
+_HOSTILE_KEYS: st.SearchStrategy[Any] = (
+    _KEYS
+    | _HOSTILE_TEXT
+    | st.integers()
+    | _HOSTILE_INTS
+    | st.none()
+    | st.booleans()
+    | st.floats()
+    | st.tuples(st.integers(), _HOSTILE_INTS)
+)
+_HOSTILE_SCALARS: st.SearchStrategy[Any] = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | _HOSTILE_INTS
+    | st.floats()
+    | st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324])
+    | _HOSTILE_TEXT
+)
+
+
+def _nest(value: Any, depth: int, as_map: bool) -> Any:
+    for _ in range(depth):
+        value = {"content": value} if as_map else [value]
+    return value
+
+
+_DEEP: st.SearchStrategy[Any] = st.builds(
+    _nest, _HOSTILE_SCALARS, st.integers(0, 3000), st.booleans()
+)
+_HOSTILE_JSON: st.SearchStrategy[Any] = st.recursive(
+    _HOSTILE_SCALARS | _DEEP,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(_HOSTILE_KEYS, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_HOSTILE_BODY: st.SearchStrategy[Any] = (
+    st.dictionaries(_KEYS | _HOSTILE_KEYS, _HOSTILE_JSON, max_size=6)
+    | st.fixed_dictionaries(
+        {"messages": st.lists(st.dictionaries(_KEYS, _HOSTILE_JSON, max_size=3), max_size=3)},
+        optional={"tools": _HOSTILE_JSON, "chat_template_kwargs": _HOSTILE_JSON},
+    )
+    | st.fixed_dictionaries({"prompt": _HOSTILE_JSON}, optional={"cache_salt": _HOSTILE_JSON})
+    | st.fixed_dictionaries({"input": _HOSTILE_JSON}, optional={"tools": _HOSTILE_JSON})
+    | st.fixed_dictionaries(
+        {"items": st.lists(st.dictionaries(_KEYS, _HOSTILE_JSON, max_size=3), max_size=3)},
+        optional={"metadata": _HOSTILE_JSON},
+    )
+    | _HOSTILE_JSON
+)
+
+
+@given(st.sampled_from(APIS) | _HOSTILE_SCALARS | st.just([]), _HOSTILE_BODY)
+def test_hostile_bodies_give_bytes_or_data_error(api: Any, body: Any) -> None:
+    try:
+        got = prompt_bytes(api, body)
+    except DataError as err:
+        message = str(err)
+    else:
+        assert isinstance(got, bytes)
+        return
+    assert len(message) < 500  # values and paths are cut short

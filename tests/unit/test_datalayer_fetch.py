@@ -289,6 +289,78 @@ def test_malformed_answers(
     assert message in str(error)
 
 
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(b"0x5", id="0x-prefix"),
+        pytest.param(b"0X5", id="0X-prefix"),
+        pytest.param(b"+5", id="plus-sign"),
+        pytest.param(b"-5", id="minus-sign"),
+        pytest.param(b" 5", id="leading-space"),
+        pytest.param(b"\t5", id="leading-tab"),
+        pytest.param(b"5 ", id="trailing-space-without-extension"),
+        pytest.param(b"5\t", id="trailing-tab-without-extension"),
+        pytest.param(b"5_0", id="underscore"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b";ext", id="extension-without-size"),
+        pytest.param(b"5;", id="empty-extension-name"),
+        pytest.param(b"5;ext=", id="empty-extension-value"),
+        pytest.param(b"5;e xt", id="space-in-extension-name"),
+        pytest.param(b'5;ext="open', id="unterminated-quoted-value"),
+        pytest.param(b"5;ext=a b", id="space-in-extension-value"),
+        pytest.param(b"5 5", id="space-inside-size"),
+        pytest.param(b"5\x00", id="nul"),
+        pytest.param(b"5\n", id="bare-lf-inside-the-line"),
+        pytest.param("\u0665".encode(), id="arabic-indic-digit"),
+        pytest.param("\uff15".encode(), id="fullwidth-digit"),
+        pytest.param(b"g", id="not-hex"),
+        pytest.param(b"1" + b"0" * 16, id="17-significant-digits"),
+        pytest.param(b"f" * 64, id="huge"),
+        pytest.param(b"0x0", id="0x-last-chunk"),
+    ],
+)
+def test_chunk_size_line_is_strict(serve: Callable[[Reply], ScriptedServer], line: bytes) -> None:
+    # RFC 9112 §7.1: chunk-size = 1*HEXDIG, then only chunk-ext = *(BWS ";" BWS name
+    # [BWS "=" BWS (token / quoted-string)]); the prefix and sign Python's int() accepts,
+    # whitespace elsewhere and sizes past 16 hex digits are malformed.
+    server = serve(lambda n: [CHUNKED_HEAD + line + b"\r\nhello\r\n0\r\n\r\n"])
+    error = fetch_error(server.url)
+    assert isinstance(error, MalformedResponse), repr(error)
+    assert "bad chunk size" in str(error)
+    assert len(str(error)) < 200
+
+
+@pytest.mark.parametrize(
+    ("line", "last"),
+    [
+        pytest.param(b"5", b"0", id="plain"),
+        pytest.param(b"05", b"000", id="leading-zeros"),
+        pytest.param(b"0" * 40 + b"5", b"0" * 40, id="many-leading-zeros"),
+        pytest.param(b"5;ext=1", b"0;last", id="extension"),
+        pytest.param(b"5 ;ext", b"0\t;x", id="bws-before-semicolon"),
+        pytest.param(b"5; ext = 1", b"0", id="bws-around-name-and-value"),
+        pytest.param(b'5;a="q \\" ;x";b=c;d', b"0", id="quoted-string-and-several"),
+        pytest.param(b"5;!#$%&'*+-.^_`|~09AZaz=x", b"0", id="every-tchar"),
+    ],
+)
+def test_chunk_size_line_accepts_rfc_forms(
+    serve: Callable[[Reply], ScriptedServer], line: bytes, last: bytes
+) -> None:
+    server = serve(lambda n: [CHUNKED_HEAD + line + b"\r\nhello\r\n" + last + b"\r\n\r\n"])
+    assert fetch_many(server.url, 2)[0] == [b"hello", b"hello"]
+
+
+def test_chunk_size_upper_and_lower_hex(serve: Callable[[Reply], ScriptedServer]) -> None:
+    body = b"x" * 0x1A
+    server = serve(
+        lambda n: [CHUNKED_HEAD + b"1A\r\n" + body + b"\r\n1a\r\n" + body + b"\r\n0\r\n\r\n"]
+    )
+    assert fetch_many(server.url, 1)[0] == [body * 2]
+
+
 def test_oversized_body_declared_and_chunked(serve: Callable[[Reply], ScriptedServer]) -> None:
     declared = serve(lambda n: ok(b"x" * 5000))
     error = fetch_error(declared.url, max_bytes=4096)

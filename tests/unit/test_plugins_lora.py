@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inference_sched.framework.handle import PluginHandle
-from inference_sched.framework.types import CycleState, Request
+from inference_sched.framework.types import CycleState, Endpoint, Request
 from inference_sched.params import NoParams
 from inference_sched.plugins.lora import LoraAffinityScorer
 from inference_sched.state.table import EndpointTable
@@ -84,3 +84,38 @@ def test_adapter_ids_past_the_first_byte() -> None:
 def test_metadata() -> None:
     assert LoraAffinityScorer.type == "lora-affinity-scorer"
     assert LoraAffinityScorer.category == "Affinity"
+
+
+def test_reclaimed_adapter_id_is_reused_without_stale_matches() -> None:
+    table = make_table(2)
+    table.set_adapters(0, {"old"}, set(), max_loras=1.0)
+    table.set_adapters(1, {"x"}, set(), max_loras=1.0)
+    old_id = table.adapter_id("old")
+    np.testing.assert_array_equal(_score(table, "old", [0, 1]), np.float32([1.0, 0.0]))
+    table.set_adapters(0, {"new"}, set(), max_loras=1.0)
+    assert table.adapter_id("old") == -1
+    table.set_adapters(1, {"x", "later"}, set(), max_loras=2.0)
+    assert table.adapter_id("later") == old_id  # the freed id went to the next new name
+    np.testing.assert_array_equal(_score(table, "old", [0, 1]), np.float32([0.0, 0.0]))
+    np.testing.assert_array_equal(_score(table, "new", [0, 1]), np.float32([1.0, 0.0]))
+    np.testing.assert_array_equal(_score(table, "later", [0, 1]), np.float32([0.0, 1.0]))
+    # An endpoint's removal frees its names; a later endpoint reusing the id and row
+    # matches only its own adapter.
+    table.remove("e0")
+    table.add(Endpoint("e9", "10.0.0.9", 8000))
+    table.set_adapters(0, set(), {"third"}, max_loras=1.0)
+    assert table.adapter_id("new") == -1
+    np.testing.assert_array_equal(_score(table, "new", [0, 1]), np.float32([0.0, 0.0]))
+    np.testing.assert_array_equal(_score(table, "third", [0, 1]), np.float32([0.6, 0.0]))
+
+
+def test_adapter_dropped_past_the_bound_scores_as_unknown() -> None:
+    table = EndpointTable(max_adapters=2)
+    table.add(Endpoint("e0", "10.0.0.0", 8000))
+    table.add(Endpoint("e1", "10.0.0.1", 8000))
+    table.set_adapters(0, {"a", "b", "c"}, set(), max_loras=3.0)  # "c" dropped
+    table.set_adapters(1, set(), set(), max_loras=3.0)
+    assert table.adapters_dropped == 1
+    # e0's slots are all taken (3 reported), so "c" is no free slot there.
+    np.testing.assert_array_equal(_score(table, "c", [0, 1]), np.float32([0.0, 0.8]))
+    np.testing.assert_array_equal(_score(table, "a", [0, 1]), np.float32([1.0, 0.8]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import tracemalloc
 from typing import Any
 
 import attrs
@@ -231,6 +232,8 @@ def test_params_defaults() -> None:
         "eviction_ttl_seconds": 300.0,
         "eviction_sweep_seconds": 10.0,
         "max_sessions": 100_000,
+        "max_session_id_bytes": 128,
+        "max_session_bytes": 64 * 1024 * 1024,
         "profile_name": "",
     }
 
@@ -258,6 +261,16 @@ def test_params_defaults() -> None:
         ),
         pytest.param(
             {"maxSessions": True}, r"parameters\.maxSessions: expected int", id="max-bool"
+        ),
+        pytest.param(
+            {"maxSessionIdBytes": 15},
+            r"parameters\.maxSessionIdBytes: expected int >= 16",
+            id="id-bytes-below-digest",
+        ),
+        pytest.param(
+            {"maxSessionBytes": 0},
+            r"parameters\.maxSessionBytes: expected int >= 1",
+            id="bytes-zero",
         ),
         pytest.param(
             {"sessionHeader": " "},
@@ -390,6 +403,75 @@ def test_max_sessions_evicts_least_recently_used(table: EndpointTable, clock: Cl
     _bind(flt, table, "d", "e3")
     assert flt.sessions() == ["c", "d"]
     assert flt.num_evicted_lru == 2
+
+
+def test_long_session_ids_do_not_grow_memory(table: EndpointTable, clock: Clock) -> None:
+    # The probe: 110k ids of 16 KiB held 1.75 GB. 2000 of them held ~33 MB before the
+    # fix; a long id is now held as a 16-byte digest.
+    flt = _filter(table, clock)
+    n, id_bytes = 2000, 16 * 1024
+    result = _result(table, ("default", "e1"))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            session = f"{i:08d}" + "s" * (id_bytes - 8)  # dropped after each request
+            flt.pre_request(_cycle(), _request(x_session_id=session), result)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert flt.num_sessions == n
+    assert held < n * 600, f"{held / n:.0f} bytes per binding"
+    assert flt.bytes_held <= n * 600
+    # Distinct long ids stay distinct; the same long id finds its binding again.
+    assert flt.binding("00000007" + "s" * (id_bytes - 8)) == "e1"
+    assert flt.binding("99999999" + "s" * (id_bytes - 8)) is None
+
+
+def test_distinct_long_ids_bind_separately(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, maxSessionIdBytes=16)
+    a, b = "x" * 40 + "a", "x" * 40 + "b"
+    short = "s" * 16  # exactly the bound: kept as is
+    _bind(flt, table, a, "e1")
+    _bind(flt, table, b, "e2")
+    _bind(flt, table, short, "e3")
+    held = flt.sessions()
+    assert held[-1] == short
+    assert all(s.startswith("<xxh3-128 ") and len(s) == 43 for s in held[:2])
+    assert held[0] != held[1]
+    assert flt.num_hashed_ids == 2
+    assert _run(flt, table, _request(x_session_id=a)) == [1]
+    assert _run(flt, table, _request(x_session_id=b)) == [2]
+    assert flt.binding(short) == "e3"
+    # UTF-8 bytes count, not characters: 6 x 3 bytes > 16.
+    _bind(flt, table, "\u20ac" * 6, "e0")
+    assert flt.sessions()[-1].startswith("<xxh3-128 ")
+    assert flt.binding("\u20ac" * 6) == "e0"
+    # Lone surrogates (a str may hold them) are hashed too, never an error.
+    _bind(flt, table, "\ud800" * 20, "e0")
+    assert flt.binding("\ud800" * 20) == "e0"
+
+
+def test_max_session_bytes_evicts_least_recently_used(table: EndpointTable, clock: Clock) -> None:
+    flt = _filter(table, clock, maxSessionBytes=10_000)
+    for i in range(200):
+        _bind(flt, table, f"session-{i:04d}", "e1")
+        clock.now += 0.001
+        assert flt.bytes_held <= 10_000
+    kept = flt.num_sessions
+    assert 0 < kept < 200
+    assert flt.num_evicted_bytes == 200 - kept
+    assert flt.num_evicted_lru == 0
+    assert flt.sessions()[-1] == "session-0199"  # the newest stay
+    assert flt.binding("session-0000") is None
+    # Every way out returns the bytes: TTL, sweep, removal.
+    clock.now += 1000
+    _run(flt, table, _request(x_session_id="other"))
+    assert (flt.num_sessions, flt.bytes_held) == (0, 0)
+    _bind(flt, table, "z", "e2")
+    assert flt.bytes_held > 0
+    table.remove("e2")
+    assert (flt.num_sessions, flt.bytes_held) == (0, 0)
 
 
 def test_endpoint_removal_drops_its_bindings(table: EndpointTable, clock: Clock) -> None:

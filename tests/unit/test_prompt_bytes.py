@@ -823,6 +823,194 @@ def test_prompt_bytes_deep_nesting_is_data_error() -> None:
         prompt_bytes("responses", {"input": value})
 
 
+_CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+_HUGE = 10**5000  # past Python's 4300-digit limit on int <-> str conversion
+_DEEP_LIST: Any = 0
+for _ in range(5000):
+    _DEEP_LIST = [_DEEP_LIST]
+
+HOSTILE: list[tuple[str, str, Any, str]] = [
+    (
+        "tools-huge-int",
+        "chat/completions",
+        {**_CHAT, "tools": [{"function": {"parameters": {"x": _HUGE}}}]},
+        r"^tools\[0\]\.function\.parameters\.x: number <int of 16610 bits> is out of float64 "
+        r"range \(Go rejects it\)$",
+    ),
+    (
+        "tools-huge-negative-int",
+        "chat/completions",
+        {**_CHAT, "tools": [{"function": {"parameters": {"x": -_HUGE}}}]},
+        r"^tools\[0\]\.function\.parameters\.x: number <int of 16610 bits> is out of",
+    ),
+    (
+        "kwargs-huge-int",
+        "chat/completions",
+        {**_CHAT, "chat_template_kwargs": {"n": [1, _HUGE]}},
+        r"^chat_template_kwargs\.n\[1\]: number <int of 16610 bits>",
+    ),
+    (
+        "content-huge-int",
+        "chat/completions",
+        {"messages": [{"content": _HUGE}]},
+        r"^messages\[0\]\.content: expected a string or a list of content blocks, "
+        r"got <int of 16610 bits> \(int\)$",
+    ),
+    (
+        "role-huge-int-in-list",
+        "chat/completions",
+        {"messages": [{"role": [_HUGE]}]},
+        r"^messages\[0\]\.role: expected a string, got \[<int of 16610 bits>\] \(list\)$",
+    ),
+    (
+        "prompt-huge-int",
+        "completions",
+        {"prompt": _HUGE},
+        r"^prompt: expected a string or a list of strings or token ids, got <int of 16610",
+    ),
+    (
+        "prompt-huge-token",
+        "completions",
+        {"prompt": [1, _HUGE]},
+        r"^prompt\[1\]: expected a token id in \[0, 4294967295\], got <int of 16610 bits>",
+    ),
+    (
+        "embeddings-huge-token",
+        "embeddings",
+        {"input": [_HUGE]},
+        r"^input\[0\]: expected a token id in \[0, 4294967295\], got <int of 16610 bits>",
+    ),
+    (
+        "responses-huge-int",
+        "responses",
+        {"input": {"a": _HUGE}},
+        r"^input\.a: number <int of 16610 bits> is out of float64 range",
+    ),
+    (
+        "conversations-huge-int",
+        "conversations",
+        {"items": [{"content": [_HUGE]}]},
+        r"^items\[0\]\.content\[0\]: number <int of 16610 bits>",
+    ),
+    (
+        "salt-huge-int",
+        "completions",
+        {"prompt": "p", "cache_salt": _HUGE},
+        r"^cache_salt: expected a string, got <int of 16610 bits> \(int\)$",
+    ),
+    (
+        "huge-int-key",
+        "responses",
+        {"input": {_HUGE: 1}},
+        r"^input: object keys must be strings, got <int of 16610 bits> \(int\)$",
+    ),
+    (
+        "body-huge-int-key",
+        "completions",
+        {_HUGE: 1},
+        r"^body: object keys must be strings, got <int of 16610 bits> \(int\)$",
+    ),
+    (
+        "body-is-huge-int",
+        "completions",
+        _HUGE,
+        r"^body: expected a JSON object, got <int of 16610 bits> \(int\)$",
+    ),
+    (
+        "api-is-huge-int",
+        _HUGE,
+        {},
+        r"^api: expected one of .*, got <int of 16610 bits> \(int\)$",
+    ),
+    (
+        "api-unhashable",
+        [],  # a list is no dict key: looking it up must not raise TypeError
+        {},
+        r"^api: expected one of .*, got \[\] \(list\)$",
+    ),
+    (
+        "tuple-key",
+        "responses",
+        {"input": {(1, _HUGE): 1}},
+        r"^input: object keys must be strings, got \(1, <int of 16610 bits>\) \(tuple\)$",
+    ),
+    (
+        "deep-value-described",  # the repr of a wrong-typed value is cut, never recursed
+        "chat/completions",
+        {"messages": [{"content": {"a": _DEEP_LIST}}]},
+        r"^messages\[0\]\.content: expected a string or a list of content blocks, got "
+        r"\{'a': \[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\[\.\.\. \(dict\)$",
+    ),
+    (
+        "deep-prompt-described",
+        "completions",
+        {"prompt": [[_DEEP_LIST]]},
+        r"^prompt\[0\]: expected a string or a token id, got \[\[\[\[\[\[",
+    ),
+    (
+        "deep-tools",
+        "chat/completions",
+        {**_CHAT, "tools": [{"function": {"parameters": _DEEP_LIST}}]},
+        r"^tools: nested too deeply",
+    ),
+    (
+        "nan-in-tools",
+        "chat/completions",
+        {**_CHAT, "tools": [{"function": {"parameters": {"x": math.nan}}}]},
+        r"^tools\[0\]\.function\.parameters\.x: cannot marshal nan: Go rejects NaN",
+    ),
+    (
+        "inf-token",
+        "completions",
+        {"prompt": [1, -math.inf]},
+        r"^prompt\[1\]: expected an integer token id, got -inf \(float\)$",
+    ),
+    (
+        "long-key-in-path-is-cut",
+        "responses",
+        {"input": {"k" * 100_000: [math.nan]}},
+        r"^input\.k{37}\.\.\.\[0\]: cannot marshal nan",
+    ),
+    (
+        "surrogate-key-in-path",
+        "responses",
+        {"input": {"a\ud800": math.inf}},
+        r"^input\.a\ufffd: cannot marshal inf",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("api", "body", "match"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE]
+)
+def test_prompt_bytes_hostile_values_are_data_errors_naming_the_field(
+    api: Any, body: Any, match: str
+) -> None:
+    with pytest.raises(DataError, match=match) as info:
+        prompt_bytes(api, body)
+    assert len(str(info.value)) < 400  # values and paths are cut short
+
+
+def test_go_json_marshal_huge_int_is_data_error() -> None:
+    with pytest.raises(DataError, match=r"^value\[0\]: integer <int of 16610 bits> does not fit"):
+        go_json_marshal([_HUGE])
+
+
+def test_cache_salt_huge_int_is_data_error() -> None:
+    with pytest.raises(DataError, match=r"^cache_salt: expected a string, got <int of 16610"):
+        cache_salt({"cache_salt": _HUGE})
+
+
+def test_lone_surrogates_are_replaced_not_raised() -> None:
+    body = {"messages": [{"role": "u\udfff", "content": [{"type": "text", "text": "\ud800"}]}]}
+    got = prompt_bytes("chat/completions", body)
+    assert got.decode() == (
+        '[{"role":"u\ufffd","content":[{"type":"text","text":"\ufffd","image_url":{},'
+        '"input_audio":{},"video_url":{}}]}]'
+    )
+    assert prompt_bytes("completions", {"prompt": ["\ud800", "x"]}) == "\ufffd x".encode()
+
+
 def test_prompt_bytes_large_chat_prompt() -> None:
     text = "lorem ipsum <dolor> " * 20_000  # 400 KB, HTML escapes throughout
     got = prompt_bytes("chat/completions", {"messages": [{"role": "user", "content": text}]})

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from typing import Any
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inference_sched.framework.types import Endpoint, Role
 from inference_sched.state.table import EndpointTable
@@ -191,3 +196,151 @@ def test_adapter_bitsets_cached_per_set_survive_widening() -> None:
     assert table.adapters_of(0) == (frozenset({"a", "b"}), frozenset({"c"}))
     assert table.adapters_of(2)[0] == frozenset(f"x{i}" for i in range(20))
     assert table.adapters_of(1) == (frozenset({"a", "b"}), frozenset({"c"}))
+
+
+def test_adapter_names_no_endpoint_advertises_are_reclaimed() -> None:
+    # The probe interned 1M names scraped over time (RSS +566 MB, 128 KiB bitsets per
+    # row). A name no row advertises any more gives its id back.
+    table = make_table(2)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            table.set_adapters(i % 2, [f"lora-{i}", "shared"], [f"queued-{i}"])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert table.num_adapter_names == 5  # shared + the last running/waiting pair of 2 rows
+    assert table.active_adapters.shape[1] == 1  # ids 0..4 fit one byte
+    assert held < 256 * 1024, held
+    assert table.adapter_id("lora-0") == -1
+    assert table.adapter_id("lora-1998") >= 0
+    assert table.adapters_of(0) == (frozenset({"lora-1998", "shared"}), frozenset({"queued-1998"}))
+    assert table.adapters_of(1) == (frozenset({"lora-1999", "shared"}), frozenset({"queued-1999"}))
+    assert table.adapters_dropped == 0
+
+
+def test_removed_endpoint_releases_its_adapters() -> None:
+    table = make_table(2)
+    table.set_adapters(0, ["a", "b"], [])
+    table.set_adapters(1, [], ["a"])
+    table.remove("e0")
+    assert table.adapter_id("b") == -1  # only e0 advertised it
+    assert table.adapter_id("a") >= 0  # e1 still has it waiting
+    assert table.adapters_of(1) == (frozenset(), frozenset({"a"}))
+    table.remove("e1")
+    assert table.num_adapter_names == 0
+    # A freed id is reused, lowest first, and a new row never inherits stale bits.
+    table.add(ep(7))
+    table.set_adapters(table.row("e7"), ["z"], [])
+    assert table.adapter_id("z") == 0
+    assert table.adapters_of(table.row("e7")) == (frozenset({"z"}), frozenset())
+
+
+def test_replacing_a_set_with_itself_keeps_ids() -> None:
+    table = make_table(1)
+    table.set_adapters(0, ["a", "b"], ["c"])
+    ids = [table.adapter_id(n) for n in "abc"]
+    for _ in range(3):
+        table.set_adapters(0, frozenset({"a", "b"}), frozenset({"c"}))
+    assert [table.adapter_id(n) for n in "abc"] == ids
+    table.set_adapters(0, ["b"], ["a"])  # moved between the sets: still advertised
+    assert [table.adapter_id(n) for n in "ab"] == ids[:2]
+    assert table.adapter_id("c") == -1
+    assert table.adapters_of(0) == (frozenset({"b"}), frozenset({"a"}))
+
+
+def test_adapter_table_is_bounded() -> None:
+    table = EndpointTable(max_adapters=64)
+    for i in range(3):
+        table.add(ep(i))
+    names = [f"lora-{i:04d}" for i in range(1000)]
+    table.set_adapters(0, names, [], max_loras=1000)
+    running, _ = table.adapters_of(0)
+    assert running == frozenset(names[:64])  # the first names in sorted order are kept
+    assert table.num_adapters[0] == 1000  # the slot count is what the server reported
+    assert table.adapters_dropped == 936
+    assert table.num_adapter_names == 64
+    assert table.active_adapters.shape[1] == 8  # 64 bits
+    # Full: a new name is dropped (counted), a held one is shared.
+    table.set_adapters(1, ["other", names[3]], ["more"])
+    assert table.adapters_of(1) == (frozenset({names[3]}), frozenset())
+    assert table.adapters_dropped == 938
+    assert table.num_adapters[1] == 3
+    assert table.intern_adapter("another") == -1
+    assert table.adapters_dropped == 939
+    # Room again once row 0 stops advertising; row 1's next scrape gets its names.
+    table.set_adapters(0, [], [])
+    assert table.num_adapter_names == 1
+    table.set_adapters(1, ["other", names[3]], ["more"])
+    assert table.adapters_of(1) == (frozenset({"other", names[3]}), frozenset({"more"}))
+    assert table.adapters_dropped == 939
+
+
+def test_one_page_with_200k_adapters_is_bounded() -> None:
+    table = make_table(4)
+    names = [f"lora-{i:06d}" for i in range(200_000)]
+    table.set_adapters(2, names, names[:10])
+    assert table.num_adapter_names == table.max_adapters == 4096
+    assert table.active_adapters.shape[1] == 4096 // 8
+    assert table.adapters_dropped == 200_000 - 4096
+    assert table.num_adapters[2] == 200_010
+    assert len(table.adapters_of(2)[0]) == 4096
+
+
+def test_max_adapters_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_adapters must be >= 1"):
+        EndpointTable(max_adapters=0)
+
+
+_NAMES = st.sampled_from([f"n{i}" for i in range(12)])
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "set", "set", "remove", "add"]),
+        st.integers(0, 3),
+        st.frozensets(_NAMES, max_size=5),
+        st.frozensets(_NAMES, max_size=3),
+    ),
+    max_size=30,
+)
+
+
+@given(_OPS, st.integers(1, 10))
+def test_adapter_bitsets_match_the_sets_given(ops: list[Any], max_adapters: int) -> None:
+    """Whatever the history, each row's bitsets name exactly the names it was last given
+    that the table could hold, every held name is advertised by some row, and an id is
+    never shared by two names."""
+    table = EndpointTable(max_adapters=max_adapters)
+    given_sets: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+    complete: dict[str, bool] = {}  # the row's last write dropped no name
+    for i in range(4):
+        table.add(ep(i))
+        given_sets[f"e{i}"] = (frozenset(), frozenset())
+    for op, i, running, waiting in ops:
+        name = f"e{i}"
+        if op == "remove":
+            table.remove(name)
+            given_sets.pop(name, None)
+        elif op == "add" and name not in table:
+            table.add(ep(i))
+            given_sets[name] = (frozenset(), frozenset())
+        elif op == "set" and name in table:
+            dropped = table.adapters_dropped
+            table.set_adapters(table.row(name), running, waiting)
+            given_sets[name] = (running, waiting)
+            complete[name] = table.adapters_dropped == dropped
+        held: set[str] = set()
+        for endpoint, (want_running, want_waiting) in given_sets.items():
+            row = table.row(endpoint)
+            got_running, got_waiting = table.adapters_of(row)
+            if complete.get(endpoint, True):
+                assert (got_running, got_waiting) == (want_running, want_waiting)
+            else:  # some names found no id: a subset, the first ones in sorted order
+                assert got_running <= want_running
+                assert got_waiting <= want_waiting
+            assert table.num_adapters[row] == len(want_running) + len(want_waiting)
+            held |= got_running | got_waiting
+        ids = {a: table.adapter_id(a) for a in held}
+        assert len(set(ids.values())) == len(ids)
+        assert table.num_adapter_names == len(held) <= max_adapters
+        assert table.active_adapters.shape[1] <= -(-max_adapters // 8)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inference_sched.errors import DataError
 from inference_sched.framework.types import (
@@ -13,6 +17,7 @@ from inference_sched.framework.types import (
     Request,
     Role,
     SchedulingResult,
+    _go_parse_float,
 )
 from inference_sched.state.endpoint import strip_port
 
@@ -87,6 +92,225 @@ def test_bad_slo_header_names_the_header(value: str, message: str) -> None:
 
 def test_empty_slo_header_is_absent() -> None:
     assert Request.create("m", headers={"x-slo-tpot-ms": " "}).slo_tpot_ms is None
+
+
+# Go's strconv.ParseFloat(s, 64), as GIE parses the SLO headers; expected values from Go's
+# src/strconv/atof_test.go where it has the case ("1_23.50_0_0e+1_2" -> 1.235e+14,
+# "0x_1_2.3_4_5p+1_2" -> 74565, and the underscore placements it rejects).
+GO_FLOATS: list[tuple[str, float]] = [
+    ("0", 0.0),
+    ("250", 250.0),
+    ("250.5", 250.5),
+    ("+1", 1.0),
+    ("-1", -1.0),
+    (".5", 0.5),
+    ("5.", 5.0),
+    ("1e3", 1000.0),
+    ("1E+3", 1000.0),
+    ("15e-1", 1.5),
+    ("007", 7.0),
+    ("1_000", 1000.0),  # Go accepts underscores between digits, prefix or not
+    ("1_23.50_0_0e+1_2", 1.235e14),
+    ("1e1_0", 1e10),
+    ("0x1p0", 1.0),
+    ("0x1.8p1", 3.0),
+    ("0X.8P-1", 0.25),
+    ("-0x1p-2", -0.25),
+    ("0xAp0", 10.0),
+    ("0x1.p4", 16.0),
+    ("0x_1_2.3_4_5p+1_2", 74565.0),
+    ("0x1p1_0", 1024.0),
+    ("1e-400", 0.0),  # underflow is 0 in Go too
+    ("1e400", math.inf),  # Go: +Inf with ErrRange; rejected as not finite either way
+    ("0x1p99999", math.inf),
+    ("-0x1p99999", -math.inf),
+    ("inf", math.inf),
+    ("+Inf", math.inf),
+    ("-INFINITY", -math.inf),
+    ("iNfInItY", math.inf),
+]
+
+GO_SYNTAX_ERRORS: list[str] = [
+    "",
+    " 1",
+    "1 ",
+    "1\n",
+    "+",
+    ".",
+    "e5",
+    "1e",
+    "1e+",
+    "1e_5",
+    "1e+_5",
+    "_1",
+    "1_",
+    "1__0",
+    "1_.5",
+    "1._5",
+    "1.5_e3",
+    "1e5_",
+    "+_1",
+    "1.2.3",
+    "0x",
+    "0x1",  # Go's hex floats need a p exponent
+    "0x1.8",
+    "0xp1",
+    "0x__1p0",
+    "0x_.8p0",
+    "0x1_p0",
+    "0x1p",
+    "0x1pA",
+    "0b1",
+    "0o7",
+    "1f",
+    "1d",
+    "++1",
+    "+-1",
+    "+nan",  # Go's special() takes a sign for infinities only
+    "-NaN",
+    "in",
+    "infin",
+    "infinityy",
+    "nana",
+    "\u0661\u0662",  # Arabic-Indic digits: float() reads 12
+    "\uff11",  # fullwidth 1
+    "\u0661e3",
+    "1\u0660",
+    "\u00a01",  # no-break space: float() strips it
+    "\u20031",
+    "1\u2003",
+    "\u0130nf",  # Python's IGNORECASE would fold these onto ASCII letters
+    "\u212a",
+    "in\u0192",
+]
+
+
+@pytest.mark.parametrize(("text", "value"), GO_FLOATS, ids=[t for t, _ in GO_FLOATS])
+def test_go_parse_float_accepts_what_go_accepts(text: str, value: float) -> None:
+    got = _go_parse_float(text)
+    assert got == value
+    assert got is not None
+    assert math.copysign(1.0, got) == math.copysign(1.0, value)
+
+
+def test_go_parse_float_nan() -> None:
+    for text in ("nan", "NaN", "NAN"):
+        got = _go_parse_float(text)
+        assert got is not None
+        assert math.isnan(got)
+
+
+@pytest.mark.parametrize("text", GO_SYNTAX_ERRORS, ids=[ascii(t) for t in GO_SYNTAX_ERRORS])
+def test_go_parse_float_rejects_what_go_rejects(text: str) -> None:
+    assert _go_parse_float(text) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1_000", 1000.0),
+        ("0x1p4", 16.0),
+        ("\t 250 \t", 250.0),  # HTTP's optional whitespace around a field value
+        ("-0", 0.0),
+    ],
+)
+def test_slo_header_go_syntax(value: str, expected: float) -> None:
+    got = Request.create("m", headers={"x-slo-ttft-ms": value}).slo_ttft_ms
+    assert got == expected
+    assert got is not None
+    assert math.copysign(1.0, got) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("\u0661\u0662", r"^header x-slo-ttft-ms: expected a number of milliseconds, got '"),
+        ("\uff15\uff10", r"expected a number of milliseconds"),
+        ("\u00a0250", r"expected a number of milliseconds"),
+        ("250\u2003", r"expected a number of milliseconds"),
+        ("1__0", r"expected a number of milliseconds, got '1__0'"),
+        ("_10", r"expected a number of milliseconds"),
+        ("0x10", r"expected a number of milliseconds, got '0x10'"),
+        ("-nan", r"expected a number of milliseconds"),
+        ("nan", r"expected a finite number of milliseconds >= 0, got 'nan'"),
+        ("-Infinity", r"expected a finite number of milliseconds >= 0"),
+        ("1e400", r"expected a finite number of milliseconds >= 0, got '1e400'"),
+        ("-0x1p0", r"expected a finite number of milliseconds >= 0, got '-0x1p0'"),
+        ("9" * 10_000, r"expected a finite number of milliseconds >= 0, got '9{40}\.\.\.'$"),
+    ],
+)
+def test_slo_header_outside_go_syntax_is_data_error(value: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        Request.create("m", headers={"x-slo-ttft-ms": value})
+
+
+_DIGITS = st.text("0123456789", min_size=1, max_size=8)
+_HEX_DIGITS = st.text("0123456789abcdefABCDEF", min_size=1, max_size=8)
+
+
+def _underscored(digits: str, cuts: list[int]) -> str:
+    """``digits`` with ``_`` inserted between digits at the positions ``cuts`` name."""
+    out = list(digits)
+    for cut in sorted({c % len(digits) for c in cuts if c % len(digits)}, reverse=True):
+        out.insert(cut, "_")
+    return "".join(out)
+
+
+_CUTS = st.lists(st.integers(1, 16), max_size=3)
+_DEC_RUN = st.builds(_underscored, _DIGITS, _CUTS)
+_HEX_RUN = st.builds(_underscored, _HEX_DIGITS, _CUTS)
+_SIGN = st.sampled_from(["", "+", "-"])
+_GO_DECIMAL = st.builds(
+    lambda sign, whole, frac, exp: sign + whole + frac + exp,
+    _SIGN,
+    _DEC_RUN,
+    st.sampled_from(["", "."]) | _DEC_RUN.map(lambda d: "." + d),
+    st.just("") | st.builds(lambda e, s, d: e + s + d, st.sampled_from("eE"), _SIGN, _DEC_RUN),
+)
+_GO_HEX = st.builds(
+    lambda sign, x, under, whole, frac, p, esign, exp: (
+        f"{sign}0{x}{under}{whole}{frac}{p}{esign}{exp}"
+    ),
+    _SIGN,
+    st.sampled_from("xX"),
+    st.sampled_from(["", "_"]),
+    _HEX_RUN,
+    st.sampled_from(["", "."]) | _HEX_RUN.map(lambda d: "." + d),
+    st.sampled_from("pP"),
+    _SIGN,
+    _DEC_RUN,
+)
+
+
+@given(
+    _GO_DECIMAL
+    | _GO_HEX
+    | st.text(max_size=12)
+    | st.text("0123456789+-._eExXpPaAfFinN", max_size=12)
+)
+def test_go_parse_float_agrees_with_python(text: str) -> None:
+    """Whatever the parser accepts, Python reads to the same value: ``float()`` for
+    decimal and special forms, ``float.fromhex`` (underscores dropped) for Go's hex
+    floats, which ``float()`` does not read. And nothing non-ASCII or spaced gets in."""
+    got = _go_parse_float(text)
+    if got is None:
+        return
+    assert text.isascii()
+    assert text == text.strip()
+    assert " " not in text
+    if "x" in text.lower():
+        try:
+            expected = float.fromhex(text.replace("_", ""))
+        except OverflowError:
+            expected = -math.inf if text.startswith("-") else math.inf
+    else:
+        expected = float(text)
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+@given(_GO_DECIMAL | _GO_HEX)
+def test_go_parse_float_accepts_go_grammar(text: str) -> None:
+    assert _go_parse_float(text) is not None
 
 
 def test_token_ids_are_uint32_and_checked() -> None:
