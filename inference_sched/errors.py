@@ -14,7 +14,8 @@ builtin a caller already catches, so ``except ValueError`` keeps working::
     ├── SchedulingError(RuntimeError)    .profile_errors (every profile failed)
     ├── RequestShedError(RuntimeError)   .priority, .saturation, .detector (HTTP 429)
     ├── AdmissionDeniedError(RuntimeError) .priority, .admitter, .reason   (HTTP 500)
-    └── DataError(ValueError)            .source, .line     (metrics text, events, traces)
+    ├── DataError(ValueError)            .source, .line     (metrics text, events, traces)
+    └── state.redis.Unavailable          (Redis did not answer: the caller uses local state)
 
 Context lives in attributes as well as in the message, so callers can branch on it
 without parsing text.

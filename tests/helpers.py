@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from inference_sched.framework.types import Endpoint
 from inference_sched.state.table import EndpointTable
+from inference_sched.testing import make_table as _make_table
 
 
 def make_table(n: int, **columns: list[float]) -> EndpointTable:
-    """A table with endpoints ``e0..e{n-1}`` (10.0.0.i:8000) and the given metric columns."""
-    table = EndpointTable(clock=lambda: 100.0)
-    for i in range(n):
-        table.add(Endpoint(f"e{i}", f"10.0.0.{i}", 8000))
-    if columns:
-        table.update_metrics(np.arange(n), **columns)
-    return table
+    """A table with endpoints ``e0..e{n-1}`` (10.0.0.i:8000) and the given metric columns,
+    on a clock fixed at t = 100 s (:func:`inference_sched.testing.make_table`)."""
+    return _make_table(n, **columns)
 
 
 def hide_builtin(monkeypatch: pytest.MonkeyPatch, plugin_type: str) -> None:

@@ -1,7 +1,8 @@
 """Poll every endpoint's ``/metrics`` and write the results into the table in bulk.
 
-GIE runs one collector goroutine per endpoint (``specs/gie.md`` §7.2); here one asyncio
-task does the polling for the whole pool:
+GIE runs one collector goroutine per endpoint (``gateway-api-inference-extension:
+pkg/epp/datalayer/collector.go``); here one asyncio task does the polling for the whole
+pool (``docs/datalayer.md``):
 
 * every ``interval_s`` a *tick* starts a fetch for each endpoint that has none in
   flight (at most ``max_concurrency`` run at once, each endpoint over its own keep-alive
@@ -31,6 +32,7 @@ import functools
 import logging
 import math
 import mmap
+import os
 import ssl
 import time
 from collections import deque
@@ -52,7 +54,9 @@ from inference_sched.datalayer.fetch import (
     is_supported,
 )
 from inference_sched.datalayer.parse import EndpointSample, Page, Span
-from inference_sched.errors import ConfigError, DataError
+from inference_sched.errors import ConfigError, DataError, InferenceSchedError
+from inference_sched.framework.config import EndpointPickerConfig, load_config
+from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.types import Endpoint
 from inference_sched.state.table import EndpointHandle, EndpointTable
 
@@ -67,6 +71,7 @@ __all__ = [
     "ScrapeReport",
     "Scraper",
     "scrapers_for",
+    "scrapers_from_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -746,39 +751,82 @@ class Scraper:
 
 
 # ------------------------------------------------------------------ from config
-def scrapers_for(scheduler: Scheduler, **options: Any) -> list[Scraper]:
-    """One :class:`Scraper` per ``dataLayer`` source of the scheduler's config.
+def scrapers_from_config(
+    config: EndpointPickerConfig | str | os.PathLike[str] | Mapping[str, Any] | None,
+    table: EndpointTable,
+    *,
+    plugins: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> list[Scraper]:
+    """One :class:`Scraper` per ``dataLayer`` source of ``config``, writing into ``table``:
+    the data layer of a config without a :class:`~inference_sched.framework.scheduler.
+    Scheduler` (an embedder with its own scheduling, a metrics sidecar, a test).
 
-    Each source names a ``metrics-data-source``-like plugin and its extractors; both are
-    the instances the scheduler built (GIE's default config adds
-    ``metrics-data-source`` + ``core-metrics-extractor``). ``options`` go to every
+    Each source names a ``metrics-data-source``-like plugin and its extractor (GIE's
+    default config adds ``metrics-data-source`` + ``core-metrics-extractor``). They are
+    taken from ``plugins`` when it holds them by name, else built from their entries in
+    ``config`` with a :class:`~inference_sched.framework.handle.PluginHandle` over
+    ``table`` (an instance used by two sources is built once). ``options`` go to every
     scraper (``interval_s``: GIE's ``--refresh-metrics-interval``, 50 ms; ``timeout_s``,
-    ``max_concurrency``, ``request_families``, ...). Run them with ``scraper.run()``
-    next to the scheduler; an empty list means the config collects no metrics (the
-    embedder writes the table itself).
+    ``max_concurrency``, ``request_families``, ...). Run them with ``scraper.run()``; an
+    empty list means the config collects no metrics (the embedder writes the table
+    itself).
+
+    Args:
+        config: a loaded config, or anything :func:`~inference_sched.framework.config.
+            load_config` takes (YAML text, a path, a parsed mapping; ``None`` is GIE's
+            default, whose data layer scrapes vLLM's ``/metrics``).
+        table: the endpoint table the scrapers read endpoints from and write metrics to.
+        plugins: instances already built, by name (a scheduler's ``plugins``).
 
     Raises:
-        ConfigError: a source has no extractor or several (one page, one extractor
-            here), or a referenced plugin lacks ``url_for`` / ``extract``.
+        ConfigError: the config is invalid; a source has no extractor or several (one
+            page, one extractor here); a referenced plugin lacks ``url_for`` /
+            ``extract``, or its constructor failed (the error names its path).
     """
-    config = scheduler.config
-    section = None if config is None else config.data_layer
+    if not isinstance(config, EndpointPickerConfig):
+        config = load_config(config)
+    section = config.data_layer
     if not section:
         return []
+    handle = PluginHandle(table, plugins)
+    spec_config = config
+
+    def instance(ref: str, path: str) -> Any:
+        known = handle.plugins()
+        if ref in known:
+            return known[ref]
+        try:
+            spec = spec_config.plugin(ref)
+        except KeyError:
+            raise ConfigError(f"no plugin named {ref!r}", path=path, value=ref) from None
+        try:
+            built = spec.cls(spec.name, spec.params, handle)
+        except InferenceSchedError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"plugin {spec.name!r} ({spec.type}) failed to start: {type(exc).__name__}: {exc}",
+                path=spec.path,
+            ) from exc
+        handle.add_plugin(ref, built)
+        return built
+
     scrapers = []
     for i, entry in enumerate(section.get("sources") or ()):
         path = f"dataLayer.sources[{i}]"
-        source = scheduler.plugins[entry["pluginRef"]]
         refs = [e["pluginRef"] for e in entry.get("extractors") or ()]
         if len(refs) != 1:
             raise ConfigError(
                 f"expected exactly one extractor per source, got {len(refs)}",
                 path=f"{path}.extractors",
             )
-        extractor = scheduler.plugins[refs[0]]
+        source = instance(entry["pluginRef"], f"{path}.pluginRef")
+        extractor = instance(refs[0], f"{path}.extractors[0].pluginRef")
         if not isinstance(source, MetricsSource):
             raise ConfigError(
-                f"plugin {entry['pluginRef']!r} is not a metrics source (no url_for)",
+                f"plugin {entry['pluginRef']!r} is not a metrics source "
+                "(it needs url_for and insecure_skip_verify)",
                 path=f"{path}.pluginRef",
             )
         if not isinstance(extractor, MetricsExtractor):
@@ -786,5 +834,21 @@ def scrapers_for(scheduler: Scheduler, **options: Any) -> list[Scraper]:
                 f"plugin {refs[0]!r} is not a metrics extractor (no extract)",
                 path=f"{path}.extractors[0].pluginRef",
             )
-        scrapers.append(Scraper(scheduler.table, source, extractor, **options))
+        scrapers.append(Scraper(table, source, extractor, **options))
     return scrapers
+
+
+def scrapers_for(scheduler: Scheduler, **options: Any) -> list[Scraper]:
+    """One :class:`Scraper` per ``dataLayer`` source of the scheduler's config.
+
+    :func:`scrapers_from_config` with the config the scheduler was built from
+    (``scheduler.config``), its table and the instances it built. An empty list means
+    the config collects no metrics, or the scheduler was built by hand (no config).
+
+    Raises:
+        ConfigError: see :func:`scrapers_from_config`.
+    """
+    config = scheduler.config
+    if config is None:
+        return []
+    return scrapers_from_config(config, scheduler.table, plugins=scheduler.plugins, **options)

@@ -822,6 +822,68 @@ dataLayer:
     )
 
 
+def test_scrapers_from_config_need_no_scheduler(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    from inference_sched.datalayer import scrapers_from_config
+    from inference_sched.framework.config import load_config
+
+    servers.append(LoopbackServer(Page(vllm(2, 3, 0.5)), keep_alive=True))
+    table = EndpointTable(clock=Clock())
+    add(table, "v", servers[0].port)
+    (scraper,) = scrapers_from_config(None, table, timeout_s=TIMEOUT_S)  # GIE's default
+    assert isinstance(scraper.source, plugins.MetricsDataSource)
+    assert isinstance(scraper.extractor, plugins.CoreMetricsExtractor)
+    assert scraper.table is table
+    assert scraper.timeout_s == TIMEOUT_S
+
+    async def go() -> Any:
+        async with scraper:
+            return await scraper.scrape_once()
+
+    assert asyncio.run(go()).written == 1
+    m = table.metrics_of("v")
+    assert (m["waiting"], m["running"], m["kv_usage_frac"]) == (2.0, 3.0, 0.5)
+
+    # Two sources sharing an extractor build it once; given instances are used as is.
+    config = load_config(
+        """
+plugins:
+- type: queue-scorer
+- {type: metrics-data-source, name: plain}
+- {type: metrics-data-source, name: tls, parameters: {scheme: https}}
+- type: core-metrics-extractor
+dataLayer:
+  sources:
+  - {pluginRef: plain, extractors: [{pluginRef: core-metrics-extractor}]}
+  - {pluginRef: tls, extractors: [{pluginRef: core-metrics-extractor}]}
+"""
+    )
+    given = plugins.MetricsDataSource("plain", plugins.MetricsDataSource.Params(), None)
+    first, second = scrapers_from_config(config, table, plugins={"plain": given})
+    assert first.source is given
+    assert second.source.url_for(Endpoint("x", "10.0.0.9", 8000)).startswith("https://")
+    assert first.extractor is second.extractor
+    off = load_config("plugins: [{type: queue-scorer}]\ndataLayer: {sources: []}\n")
+    assert scrapers_from_config(off, table) == []
+
+
+def test_scrapers_from_config_load_no_scheduler() -> None:
+    # A fresh interpreter: the data layer of a config, and no scheduling module loaded.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from inference_sched.datalayer import scrapers_from_config\n"
+        "from inference_sched.state.table import EndpointTable\n"
+        "scrapers = scrapers_from_config(None, EndpointTable())\n"
+        "assert len(scrapers) == 1, scrapers\n"
+        "assert 'inference_sched.framework.scheduler' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 # ====================================================================== CLI
 def test_scrape_command_prints_what_the_scheduler_reads(
     plugins: ModuleType, servers: list[LoopbackServer], capsys: pytest.CaptureFixture[str]

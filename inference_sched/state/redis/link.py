@@ -41,7 +41,7 @@ from types import ModuleType
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from inference_sched.errors import ConfigError
+from inference_sched.errors import ConfigError, InferenceSchedError
 from inference_sched.state.redis.params import RedisParams
 from inference_sched.state.redis.scripts import SCRIPTS
 
@@ -70,8 +70,14 @@ Call = tuple[str, Sequence[bytes | str | int | float]]
 """A script name and its arguments after the key prefix."""
 
 
-class Unavailable(Exception):
-    """Redis did not answer (or the circuit is open): use local state for this call."""
+class Unavailable(InferenceSchedError):
+    """Redis did not answer (or the circuit is open): use local state for this call.
+
+    The one argument is the Redis address (password redacted). Raised by
+    :meth:`RedisLink.call`, :meth:`RedisLink.calls` and :meth:`RedisLink.maintenance`;
+    the plugins that share state through Redis catch it and fall back to their local
+    copy, so it never reaches a scheduling decision.
+    """
 
 
 def import_redis() -> ModuleType:

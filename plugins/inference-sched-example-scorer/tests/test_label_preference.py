@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference_sched import CycleState, Endpoint, EndpointTable, Request, Scheduler, registry
+from inference_sched import CycleState, Endpoint, EndpointTable, Request, Scheduler
 from inference_sched.errors import ParameterError
+from inference_sched.framework import registry
 from inference_sched.params import parse_params
+from inference_sched.testing import check_plugin
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "example-scorer.yaml"
 
@@ -28,6 +30,13 @@ def test_entry_point_registers_the_type_with_its_distribution() -> None:
     infos = {i.type: i for i in registry.available()}
     assert infos["label-preference-scorer"].kinds == ("scorer",)
     assert infos["label-preference-scorer"].source.startswith("inference-sched-example-scorer ")
+
+
+def test_conforms_to_the_scorer_protocol() -> None:
+    # Registered, Params checked, scores in [0, 1] for every candidate, and a Scheduler
+    # built with it keeps scheduling when it raises.
+    report = check_plugin("label-preference-scorer", {"label": "gpu", "preferredValues": ["h200"]})
+    assert report.kinds == ("scorer",)
 
 
 @pytest.mark.parametrize(
