@@ -1,10 +1,11 @@
 """Joint assignment of a burst: ``Scheduler.schedule_batch(requests, joint=True)``.
 
 Design note. Requests that arrive together are scheduled against one metrics snapshot,
-so one at a time they all see the same "best" endpoint and herd onto it (llm-d #298,
-``specs/peers.md`` §A.6, §E.1), while identical prompts should share one prefix cache
-only as long as that pays. The joint mode places the burst as a whole on one cost,
-Dynamo's (``kv-cost-scorer``, §C.1, §H.3), per request ``i`` and candidate ``e``::
+so one at a time they all see the same "best" endpoint and herd onto it (llm-d-router
+issue #298), while identical prompts should share one prefix cache only as long as that
+pays. The joint mode places the burst as a whole on one cost, Dynamo's (``ai-dynamo/
+dynamo``: ``lib/llm/src/kv_router/scheduler.rs``; the cost of ``kv-cost-scorer``, see
+docs/plugins/kv-cost-scorer.md), per request ``i`` and candidate ``e``::
 
     cost(i, e) = overlapScoreWeight * uncached_blocks(i, e) + load_tokens(e) / B_i
 

@@ -5,9 +5,12 @@ O(plugins) Python work and leaves O(endpoints) work to kernels: each filter narr
 int32 candidate array, each scorer fills one row of a float32 score matrix, one kernel
 call clamps, sanitises and sums the rows with their weights, and the picker ranks the
 totals. Plugins are third-party code: one that raises must not take the decision down,
-so each call is isolated here (the single place that catches broadly): a raising filter
-is skipped, a raising scorer contributes nothing, a raising picker is replaced by the
-max-score rule; each failure is counted per plugin and logged at most once per interval.
+so each call is isolated: a raising filter is skipped, a raising scorer contributes
+nothing, a raising picker is replaced by the max-score rule. Every call goes through
+:func:`~inference_sched.framework.timing.timed_call`, which times it and counts each
+failure per plugin (:class:`PluginStats`, logged at most once per interval). GIE runs the
+same pipeline (``gateway-api-inference-extension: pkg/epp/scheduling/framework/
+scheduler_profile.go``) without the isolation.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +26,7 @@ import numpy.typing as npt
 from inference_sched.errors import NoEndpointError
 from inference_sched.framework.interfaces import Filter, Picker, Scorer
 from inference_sched.framework.stats import DurationHistogram
+from inference_sched.framework.timing import timed_call
 from inference_sched.framework.types import Candidates, CycleState, ProfileRunResult, Request
 from inference_sched.kernels.filtering import is_subsequence
 from inference_sched.kernels.picking import top_k_ranked_salted
@@ -115,6 +119,11 @@ class PluginStats:
                 what,
             )
 
+    @classmethod
+    def of(cls, extension_point: str, plugin: Any) -> PluginStats:
+        """Empty counters for ``plugin`` (its ``type``, else its class name, and ``name``)."""
+        return cls(extension_point, getattr(plugin, "type", type(plugin).__name__), plugin.name)
+
     @property
     def mean_us(self) -> float:
         """Mean time per call, microseconds."""
@@ -156,8 +165,26 @@ def _checked_positions(positions: object, n: int) -> npt.NDArray[np.int32]:
     return ranked if ranked.dtype == np.int32 else ranked.astype(np.int32)
 
 
-def _stats(point: str, plugin: object) -> PluginStats:
-    return PluginStats(point, getattr(plugin, "type", type(plugin).__name__), plugin.name)  # type: ignore[attr-defined]
+def _filter_checked(
+    plugin: Filter,
+    cycle: CycleState,
+    request: Request,
+    table: EndpointTable,
+    candidates: Candidates,
+) -> Candidates:
+    """The filter's output, checked: an invalid output is the filter's failure."""
+    return _checked_subset(plugin.filter(cycle, request, table, candidates), candidates)
+
+
+def _pick_checked(
+    picker: Picker,
+    cycle: CycleState,
+    request: Request,
+    candidates: Candidates,
+    totals: npt.NDArray[np.float32],
+) -> npt.NDArray[np.int32]:
+    """The picker's ranked positions, checked: an invalid output is the picker's failure."""
+    return _checked_positions(picker.pick(cycle, request, candidates, totals), len(candidates))
 
 
 class SchedulingProfile:
@@ -185,9 +212,12 @@ class SchedulingProfile:
         self.scorers: tuple[Scorer, ...] = tuple(s for s, _ in scorers)
         self.weights = np.array([float(w) for _, w in scorers], dtype=np.float64)
         self.picker = picker
-        self._filter_stats = [_stats("Filter", f) for f in self.filters]
-        self._scorer_stats = [_stats("Scorer", s) for s in self.scorers]
-        self._picker_stats = _stats("Picker", picker)
+        self._filter_stats = [PluginStats.of("Filter", f) for f in self.filters]
+        self._scorer_stats = [PluginStats.of("Scorer", s) for s in self.scorers]
+        self._picker_stats = PluginStats.of("Picker", picker)
+        # Each plugin with its counters, zipped once (the loops below run per decision).
+        self._filter_calls = tuple(zip(self.filters, self._filter_stats, strict=True))
+        self._scorer_calls = tuple(zip(self.scorers, self._scorer_stats, strict=True))
         # Kernel-owned accumulators; folded into PluginStats by stats().
         self._nonfinite = np.zeros(len(self.scorers), dtype=np.int64)
         self._clamped = np.zeros(len(self.scorers), dtype=np.int64)
@@ -218,18 +248,13 @@ class SchedulingProfile:
             raise NoEndpointError(self.name)
         if not self.filters:
             return candidates
-        for plugin, stats in zip(self.filters, self._filter_stats, strict=True):
-            t0 = time.perf_counter_ns()
+        for plugin, stats in self._filter_calls:
             try:
-                kept = _checked_subset(plugin.filter(cycle, request, table, candidates), candidates)
-            except Exception as exc:  # noqa: BLE001 - isolate third-party plugins (module doc)
-                stats.failed(exc)
+                kept = timed_call(
+                    stats, _filter_checked, (plugin, cycle, request, table, candidates)
+                )
+            except Exception:  # noqa: BLE001 - isolated (module doc); timed_call counted it
                 kept = candidates
-            elapsed = time.perf_counter_ns() - t0
-            stats.total_ns += elapsed
-            stats.calls += 1
-            if stats.histogram is not None:
-                stats.histogram.observe_ns(elapsed)
             if len(kept) == 0:
                 raise NoEndpointError(self.name, plugin.name)
             candidates = kept
@@ -244,18 +269,11 @@ class SchedulingProfile:
         # One allocation for the score rows and the totals row (C-contiguous slices).
         block = np.zeros((num_scorers + 1, n), dtype=np.float32)
         matrix = block[:num_scorers]
-        for i, (plugin, stats) in enumerate(zip(self.scorers, self._scorer_stats, strict=True)):
-            t0 = time.perf_counter_ns()
+        for i, (plugin, stats) in enumerate(self._scorer_calls):
             try:
-                plugin.score(cycle, request, table, candidates, matrix[i])
-            except Exception as exc:  # noqa: BLE001 - isolate third-party plugins (module doc)
-                stats.failed(exc)
+                timed_call(stats, plugin.score, (cycle, request, table, candidates, matrix[i]))
+            except Exception:  # noqa: BLE001 - isolated (module doc); timed_call counted it
                 matrix[i] = 0.0
-            elapsed = time.perf_counter_ns() - t0
-            stats.total_ns += elapsed
-            stats.calls += 1
-            if stats.histogram is not None:
-                stats.histogram.observe_ns(elapsed)
         totals: npt.NDArray[np.float32] = block[num_scorers]
         weighted_sum(matrix, self.weights, totals, self._nonfinite, self._clamped)
         self._check_scores()
@@ -269,23 +287,15 @@ class SchedulingProfile:
         totals: npt.NDArray[np.float32],
     ) -> npt.NDArray[np.int32]:
         """Ranked positions into ``candidates`` (the picker's, or max-score if it fails)."""
-        stats = self._picker_stats
-        t0 = time.perf_counter_ns()
         try:
-            positions = _checked_positions(
-                self.picker.pick(cycle, request, candidates, totals), len(candidates)
+            return timed_call(
+                self._picker_stats, _pick_checked, (self.picker, cycle, request, candidates, totals)
             )
-        except Exception as exc:  # noqa: BLE001 - isolate third-party plugins (module doc)
-            stats.failed(exc)
+        except Exception:  # noqa: BLE001 - isolated (module doc); timed_call counted it
             positions = np.empty(1, dtype=np.int32)
             salt = cycle.rng.bit_generator.random_raw() >> 1
             top_k_ranked_salted(totals, salt, 1, positions)
-        elapsed = time.perf_counter_ns() - t0
-        stats.total_ns += elapsed
-        stats.calls += 1
-        if stats.histogram is not None:
-            stats.histogram.observe_ns(elapsed)
-        return positions
+            return positions
 
     def run(
         self, cycle: CycleState, request: Request, table: EndpointTable, candidates: Candidates

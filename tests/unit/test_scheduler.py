@@ -429,7 +429,7 @@ def test_an_unexpected_error_in_a_profile_fails_the_cycle_cleanly() -> None:
 
 
 def test_a_producer_may_refine_a_key_it_produces() -> None:
-    from inference_sched.framework.scheduler import _dependency_order
+    from inference_sched.framework.scheduler.build import _dependency_order
 
     class Refining:
         name = "refining"

@@ -1,0 +1,54 @@
+"""Loading GIE's ``EndpointPickerConfig`` from YAML text, a file, or a parsed mapping.
+
+:func:`load_config` runs GIE's loading pipeline (``gateway-api-inference-extension:
+pkg/epp/config/loader``) over one document and returns the *effective* config: exactly
+what the scheduler builds, with every plugin the pipeline added listed (``is_auto``) and
+everything skipped explained in ``warnings``. It never lists a plugin that cannot be
+built. docs/configuration.md describes the pipeline, the errors and the warnings.
+
+The package is split by concern:
+
+* :mod:`~inference_sched.framework.config.model`: the constants and the result types
+  (:class:`EndpointPickerConfig`, :class:`PluginSpec`, :class:`ProfileSpec`, …);
+* :mod:`~inference_sched.framework.config.values`: quantities, parameters written back;
+* :mod:`~inference_sched.framework.config.document`: YAML/JSON text → the document (with
+  line numbers in the errors), and the one error a load raises;
+* :mod:`~inference_sched.framework.config.checks` and
+  :mod:`~inference_sched.framework.config.sections`: the checks of each section;
+* :mod:`~inference_sched.framework.config.phases`: the defaulting pipeline and the
+  public entry points;
+* :mod:`~inference_sched.framework.config.graph`: the data-dependency graph of producers
+  (also what orders them in the scheduler).
+"""
+
+from __future__ import annotations
+
+from inference_sched.framework.config.model import (
+    API_VERSION,
+    API_VERSIONS,
+    FEATURE_GATES,
+    KIND,
+    EndpointPickerConfig,
+    PluginSpec,
+    ProfileRef,
+    ProfileSpec,
+)
+from inference_sched.framework.config.model import AUTO_PATH as AUTO_PATH
+from inference_sched.framework.config.phases import default_config, load_config, load_config_file
+from inference_sched.framework.config.values import effective_parameters, parse_quantity
+
+__all__ = [
+    "API_VERSION",
+    "API_VERSIONS",
+    "FEATURE_GATES",
+    "KIND",
+    "EndpointPickerConfig",
+    "PluginSpec",
+    "ProfileRef",
+    "ProfileSpec",
+    "default_config",
+    "effective_parameters",
+    "load_config",
+    "load_config_file",
+    "parse_quantity",
+]

@@ -1,0 +1,577 @@
+"""The loading phases: one parsed document through GIE's defaulting pipeline.
+
+GIE loads in two steps (``gateway-api-inference-extension:
+pkg/epp/config/loader/configloader.go``, ``LoadRawConfig`` then
+``InstantiateAndConfigure``), with its defaults in ``defaults.go``. Here the phases are:
+
+1. **shape**: top-level keys, ``apiVersion``/``kind``, ``featureGates`` and the sections
+   owned by later subsystems (``saturationDetector``, ``dataLayer``, ``flowControl``,
+   ``parser``), which are shape-checked now and kept as given
+   (:mod:`~inference_sched.framework.config.checks`,
+   :mod:`~inference_sched.framework.config.sections`);
+2. **plugins**: ``name := type``, unique names, registered types, typed parameters;
+3. **profiles**: names, references and weights as written;
+4. **system defaults** (needs every plugin's class): the implicit ``default`` profile,
+   ``single-profile-handler``, ``max-score-picker``, scorer weight 1.0, then the plugins
+   of later sections *when their types are registered*; references are resolved against
+   the result, as GIE validates after defaulting;
+5. **data dependencies**: a default producer for every consumed key nobody produces
+   (built with the producer parameters a consumer's ``Params.producer_parameters()``
+   carries, as GIE's docs put the prefix producer's keys on ``prefix-cache-scorer``), and
+   no producer cycles (:mod:`~inference_sched.framework.config.graph`).
+
+Each phase collects every problem it finds, and the loader raises one
+:class:`~inference_sched.errors.ConfigError` listing them all; it stops early only when
+nothing after could run (the YAML does not parse, or the document is not a mapping).
+While a plugin type does not resolve, the system defaults are skipped and references are
+only checked to exist. docs/configuration.md ("The defaulting pipeline") numbers the
+same steps as GIE orders them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import os
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from inference_sched.errors import ConfigError, PluginLoadError, UnknownPluginTypeError
+from inference_sched.framework import registry
+from inference_sched.framework.config.checks import Entry, RawProfile, RawRef
+from inference_sched.framework.config.document import combined, parse_yaml
+from inference_sched.framework.config.graph import DataNode, data_keys, dependency_order
+from inference_sched.framework.config.model import (
+    API_VERSION,
+    AUTO_PATH,
+    DATA_SOURCE,
+    DEFAULT_PROFILE,
+    DEFAULT_SCORER_WEIGHT,
+    DETECTOR,
+    EXTRACTOR,
+    FLOW_POLICIES,
+    KIND,
+    MAX_SCORE_PICKER,
+    MISSING,
+    PARSER,
+    PROFILE_KINDS,
+    SINGLE_PROFILE_HANDLER,
+    SYSTEM_TYPES,
+    EndpointPickerConfig,
+    PluginSpec,
+    ProfileRef,
+    ProfileSpec,
+    did_you_mean,
+)
+from inference_sched.framework.config.sections import (
+    Section,
+    SectionChecker,
+    Sections,
+    freeze_section,
+)
+from inference_sched.framework.config.values import effective_parameters
+from inference_sched.params import describe
+
+__all__ = ["default_config", "load_config", "load_config_file", "load_document"]
+
+DEFAULT_DOCUMENT: Final[Mapping[str, Any]] = types.MappingProxyType(
+    {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "plugins": (
+            {"type": "queue-scorer"},
+            {"type": "kv-cache-utilization-scorer"},
+            {"type": "prefix-cache-scorer"},
+        ),
+        "schedulingProfiles": (
+            {
+                "name": DEFAULT_PROFILE,
+                "plugins": (
+                    {"pluginRef": "queue-scorer", "weight": 2},
+                    {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
+                    {"pluginRef": "prefix-cache-scorer", "weight": 3},
+                ),
+            },
+        ),
+    }
+)
+"""GIE's built-in default (``gateway-api-inference-extension:
+pkg/epp/config/loader/defaults.go``, ``loadDefaultConfig``), before system defaults."""
+
+
+# ====================================================================== public API
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | None,
+) -> EndpointPickerConfig:
+    """Load and validate an ``EndpointPickerConfig``; apply GIE's defaulting pipeline.
+
+    Args:
+        source: YAML (or JSON) text; a path to a file (any ``os.PathLike``; a plain
+            ``str`` is always text); an already-parsed document; or ``None``. ``None``,
+            and text that holds no document (empty, whitespace or comments only, or a
+            YAML null), mean GIE's built-in default config.
+
+    Returns:
+        The effective config (see :mod:`inference_sched.framework.config`).
+
+    Raises:
+        ConfigError: the config is invalid. ``errors`` lists every problem found, each a
+            ``ConfigError`` whose ``path`` names the field (an
+            :class:`~inference_sched.errors.UnknownPluginTypeError` for an unregistered
+            type); the message lists them one per line. When only one problem was
+            found, that error is raised itself.
+        OSError: ``source`` is a path that cannot be read.
+        TypeError: ``source`` is none of the accepted types.
+    """
+    if source is None:
+        return default_config()
+    if isinstance(source, os.PathLike):
+        return load_config_file(source)
+    if isinstance(source, str):
+        document = parse_yaml(source)
+        return default_config() if document is None else load_document(document)
+    if isinstance(source, Mapping):
+        return load_document(source)
+    raise TypeError(
+        "load_config() takes YAML text (str), a path (os.PathLike), a mapping or None, "
+        f"got {type(source).__name__}"
+    )
+
+
+def load_config_file(path: str | os.PathLike[str]) -> EndpointPickerConfig:
+    """Load an ``EndpointPickerConfig`` from a UTF-8 YAML (or JSON) file.
+
+    Raises:
+        ConfigError: the file is not UTF-8 text, or the config is invalid (see
+            :func:`load_config`).
+        OSError: the file cannot be read.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{os.fspath(path)!s}: not UTF-8 text ({exc.reason})") from None
+    document = parse_yaml(text)
+    return default_config() if document is None else load_document(document)
+
+
+def default_config() -> EndpointPickerConfig:
+    """GIE's built-in default: queue-scorer 2, kv-cache-utilization-scorer 2,
+    prefix-cache-scorer 3 in a ``default`` profile, plus the system defaults."""
+    return load_document(DEFAULT_DOCUMENT)
+
+
+def load_document(document: Any) -> EndpointPickerConfig:
+    try:
+        return Loader(document).load()
+    except RecursionError:
+        raise ConfigError("the document is nested too deeply") from None
+
+
+class Loader(SectionChecker):
+    """One load: the phases of the module docstring over one parsed document."""
+
+    def __init__(self, document: Any) -> None:
+        super().__init__(document)
+        self.auto: list[PluginSpec] = []
+        self.unavailable: set[str] = set()
+        """Default types the pipeline tried to add and could not (already reported)."""
+        self.forwarded: dict[str, str] = {}
+        """Auto-created producer name -> the consumer whose parameters it was built with."""
+
+    def load(self) -> EndpointPickerConfig:
+        top = self.document
+        if not isinstance(top, Mapping):
+            raise ConfigError(
+                f"expected a mapping (an EndpointPickerConfig document), got {describe(top)}",
+                value=top,
+            )
+        self.check_top_keys(top)
+        api_version = self.api_version(top)
+        kind = self.kind(top)
+        self.gates = self.feature_gates(top.get("featureGates"))
+        self.plugins_phase(top.get("plugins"))
+        profiles = self.profiles_phase(top.get("schedulingProfiles"))
+        sections = Sections(
+            saturation_detector=self.saturation_detector_shape(
+                top.get("saturationDetector", MISSING)
+            ),
+            data_layer=self.data_layer_shape(top.get("dataLayer", MISSING)),
+            flow_control=self.flow_control_shape(top.get("flowControl", MISSING)),
+            parser=self.parser_shape(top.get("parser", MISSING)),
+        )
+        resolved = all(e.cls is not None for e in self.entries.values())
+        effective: list[ProfileSpec] = []
+        if resolved and profiles is not None:
+            effective = self.system_defaults(profiles, sections)
+        elif profiles is not None:
+            self.undefined_refs_only(profiles, sections)
+        if self.errors:
+            raise combined(self.errors)
+        specs = [e.spec for e in self.entries.values() if e.spec is not None and not e.spec.is_auto]
+        return EndpointPickerConfig(
+            api_version=api_version,
+            kind=kind,
+            feature_gates=self.gates,
+            plugins=(*specs, *self.auto),
+            scheduling_profiles=tuple(effective),
+            saturation_detector=freeze_section(sections.saturation_detector),
+            data_layer=freeze_section(sections.data_layer),
+            flow_control=freeze_section(sections.flow_control),
+            parser=freeze_section(sections.parser),
+            warnings=tuple(self.warnings),
+        )
+
+    # .................................................................. defaults
+    def system_defaults(self, profiles: list[RawProfile], sections: Sections) -> list[ProfileSpec]:
+        """Steps 5-8 of docs/configuration.md ("The defaulting pipeline"): GIE's
+        ``applySystemDefaults`` and ``validateConfig`` (every declared plugin's class is
+        known here)."""
+        declared = list(self.entries.values())
+        if not profiles:
+            profiles = [self.implicit_profile(declared)]
+            if not declared:
+                self.warn(
+                    "plugins: none declared, so the 'default' profile has only a picker and "
+                    "picks at random; give no document at all (or None) for GIE's default "
+                    "scorers (queue 2, kv-cache 2, prefix 3)"
+                )
+        else:
+            self.warn_unused(declared, profiles)
+        handlers = [e for e in declared if "profile-handler" in e.kinds]
+        if len(profiles) == 1 and not handlers:
+            self.add_auto(SINGLE_PROFILE_HANDLER, "no profile handler is configured", required=True)
+        pickers = [e for e in declared if "picker" in e.kinds]
+        default_picker = pickers[0].name if pickers else MAX_SCORE_PICKER
+        if not pickers:
+            self.add_auto(MAX_SCORE_PICKER, "no picker is configured", required=True)
+        self.section_defaults(sections)
+        self.resolve_section_refs(sections)
+        effective = [self.resolve_profile(p, default_picker) for p in profiles]
+        self.check_handlers(len(profiles))
+        self.data_dependencies()
+        return effective
+
+    def implicit_profile(self, declared: list[Entry]) -> RawProfile:
+        refs = [RawRef(e.name, None, e.path) for e in declared if PROFILE_KINDS & set(e.kinds)]
+        return RawProfile(DEFAULT_PROFILE, "the implicit 'default' profile", refs, is_auto=True)
+
+    def warn_unused(self, declared: list[Entry], profiles: list[RawProfile]) -> None:
+        used = {ref.plugin_ref for p in profiles for ref in p.refs}
+        for entry in declared:
+            kinds = set(entry.kinds)
+            if kinds and kinds <= PROFILE_KINDS and entry.name not in used:
+                self.warn(f"{entry.path}: {entry.name!r} ({entry.type}) is not used by any profile")
+
+    def add_auto(
+        self,
+        plugin_type: str,
+        reason: str,
+        *,
+        required: bool,
+        parameters: Mapping[str, Any] | None = None,
+        params_path: str | None = None,
+    ) -> bool:
+        """Add ``plugin_type`` (name = type, default parameters unless ``parameters`` are
+        forwarded from ``params_path``); whether it is there now."""
+        existing = self.entries.get(plugin_type)
+        if existing is not None:
+            if existing.type == plugin_type:
+                return True
+            self.error(
+                existing.path,
+                f"{reason}, so {plugin_type!r} would be added by default, but "
+                f"{existing.describe()} already has that name; rename it",
+                plugin_type,
+            )
+            return False
+        cls = self.lookup_optional(plugin_type)
+        if cls is None:
+            self.unavailable.add(plugin_type)
+            if required:
+                self.error(
+                    AUTO_PATH,
+                    f"{reason} and the default {plugin_type!r} is not available; "
+                    "declare one in plugins",
+                )
+            return False
+        record = Entry(plugin_type, plugin_type, AUTO_PATH, cls)
+        record.spec = self.build_spec(
+            record, parameters, params_path or f"(default {plugin_type}).parameters"
+        )
+        if record.spec is None:
+            return False
+        self.entries[plugin_type] = record
+        self.auto.append(record.spec)
+        return True
+
+    def lookup_optional(self, plugin_type: str) -> builtins.type[Any] | None:
+        if not self.may_be_registered(plugin_type):
+            return None
+        try:
+            return registry.get(plugin_type)
+        except UnknownPluginTypeError:
+            return None
+        except PluginLoadError as exc:
+            self.warn(f"{plugin_type}: not added by default: {exc}")
+            return None
+
+    def may_be_registered(self, plugin_type: str) -> bool:
+        """Whether ``registry.get`` could find ``plugin_type`` (no third-party import)."""
+        return registry.is_registered(plugin_type)
+
+    def section_defaults(self, sections: Sections) -> None:
+        """System-default plugins of the sections later issues implement (step 5; GIE's
+        ``ensureFlowControlLayer`` and ``ensureParser`` in ``defaults.go``).
+
+        Each is added only when its type is registered; otherwise ``warnings`` says what
+        is skipped. A section that was given keeps its references, resolved afterwards.
+        """
+        flow_in_use = "flowControl" in self.gates
+        missing = [t for t in FLOW_POLICIES if not self.add_auto(t, "flowControl", required=False)]
+        if missing and flow_in_use:
+            self.warn(
+                f"flowControl: the flow-control policy plugins ({', '.join(missing)}) are not "
+                "available in this version; requests are not queued"
+            )
+        for section, plugin_type, key, effect in (
+            (sections.parser, PARSER, "parser", "request bodies are parsed by the embedder"),
+            (
+                sections.saturation_detector,
+                DETECTOR,
+                "saturationDetector",
+                "saturation detection is off",
+            ),
+        ):
+            if section.raw is not None or not section.ok:
+                continue
+            if self.add_auto(plugin_type, key, required=False):
+                section.raw = {"pluginRef": plugin_type}
+            else:
+                self.warn(
+                    f"{key}: the default {plugin_type!r} is not available in this version; {effect}"
+                )
+        self.data_layer_default(sections.data_layer)
+
+    def data_layer_default(self, section: Section) -> None:
+        if section.raw is not None or not section.ok:
+            return
+        if "enableLegacyMetrics" in self.gates:
+            self.warn(
+                "featureGates: enableLegacyMetrics: the legacy metrics poller is not available "
+                "in this version; endpoint metrics must be written to the EndpointTable by "
+                "the embedder"
+            )
+            return
+        types_ = (DATA_SOURCE, EXTRACTOR)
+        if not all(t in self.entries or self.lookup_optional(t) for t in types_):
+            self.warn(
+                "dataLayer: metrics collection plugins are not available in this version; "
+                "endpoint metrics must be written to the EndpointTable by the embedder"
+            )
+            return
+        if all(self.add_auto(t, "dataLayer", required=False) for t in types_):
+            section.raw = {
+                "sources": [{"pluginRef": DATA_SOURCE, "extractors": [{"pluginRef": EXTRACTOR}]}]
+            }
+
+    # .................................................................. resolving
+    def resolve_profile(self, profile: RawProfile, default_picker: str) -> ProfileSpec:
+        refs: list[ProfileRef] = []
+        picker: RawRef | None = None
+        seen: set[str] = set()
+        for raw in profile.refs:
+            entry = self.entries.get(raw.plugin_ref)
+            if entry is None:
+                self.undefined_ref(raw.path, raw.plugin_ref)
+                continue
+            kinds = set(entry.kinds)
+            if not kinds & PROFILE_KINDS:
+                self.error(
+                    raw.path,
+                    f"plugin {entry.describe()} is a {'/'.join(entry.kinds) or 'plugin'}; a "
+                    "profile takes only filters, scorers and pickers",
+                    raw.plugin_ref,
+                )
+                continue
+            if raw.plugin_ref in seen:
+                self.warn(
+                    f"{raw.path}: {raw.plugin_ref!r} appears twice in {profile.label}; "
+                    "it runs twice"
+                )
+            seen.add(raw.plugin_ref)
+            if "picker" in kinds:
+                if picker is not None:
+                    self.error(
+                        raw.path,
+                        f"second picker {raw.plugin_ref!r} in {profile.label} (first: "
+                        f"{picker.plugin_ref!r}); a profile has exactly one picker"
+                        + ("; declare schedulingProfiles to choose" if profile.is_auto else ""),
+                        raw.plugin_ref,
+                    )
+                    continue
+                picker = raw
+            weight = raw.weight
+            if "scorer" in kinds:
+                weight = DEFAULT_SCORER_WEIGHT if weight is None else weight
+            elif weight is not None:
+                self.warn(f"{raw.path}.weight: ignored, {raw.plugin_ref!r} is not a scorer")
+                weight = None
+            refs.append(ProfileRef(raw.plugin_ref, weight))
+        if picker is None:
+            refs.append(ProfileRef(default_picker))
+        return ProfileSpec(profile.name, tuple(refs))
+
+    def undefined_ref(self, path: str, name: str, *, sentence: bool = True) -> None:
+        hint = did_you_mean(name, list(self.entries))
+        if sentence:
+            self.error(path, f"references undefined plugin {name!r}{hint}", name, sentence=True)
+        else:
+            self.error(path, f"undefined plugin {name!r}{hint}; declare it in plugins", name)
+
+    def check_handlers(self, num_profiles: int) -> None:
+        handlers = [e for e in self.entries.values() if "profile-handler" in e.kinds]
+        if not handlers:
+            if SINGLE_PROFILE_HANDLER in self.unavailable:
+                return  # adding the default one failed, and said so
+            self.error(
+                "plugins",
+                f"no profile handler configured: {num_profiles} profiles need a "
+                f"profile-handler plugin ({SINGLE_PROFILE_HANDLER!r} runs exactly one profile)",
+            )
+        elif len(handlers) > 1:
+            self.error(
+                "plugins",
+                "more than one profile handler: "
+                + ", ".join(h.describe() for h in handlers)
+                + "; keep exactly one",
+            )
+        elif handlers[0].type == SINGLE_PROFILE_HANDLER and num_profiles > 1:
+            self.error(
+                handlers[0].path,
+                f"{SINGLE_PROFILE_HANDLER!r} runs exactly one profile, but "
+                f"{num_profiles} are configured; use a multi-profile handler",
+            )
+
+    def resolve_section_refs(self, sections: Sections) -> None:
+        """Section references name a declared plugin, or a GIE default type (added here
+        with default parameters when registered, as GIE instantiates it if absent)."""
+        for section in sections.all():
+            for ref in section.refs:
+                entry = self.entries.get(ref.name)
+                if entry is None and ref.name in SYSTEM_TYPES:
+                    tried = ref.name in self.unavailable
+                    if not self.add_auto(ref.name, ref.path, required=False):
+                        if tried:  # the section default already said why
+                            continue
+                        self.warn(
+                            f"{ref.path}: {ref.name!r} is a GIE default plugin, but its type is "
+                            "not available in this version; the reference has no effect"
+                        )
+                        continue
+                    entry = self.entries[ref.name]
+                if entry is None:
+                    self.undefined_ref(ref.path, ref.name, sentence=False)
+                elif ref.kind in registry.KINDS and ref.kind not in entry.kinds:
+                    self.error(ref.path, f"plugin {entry.describe()} is not a {ref.kind}", ref.name)
+                elif ref.defaulted and section.raw is not None:
+                    section.raw[ref.path.rsplit(".", 1)[-1]] = ref.name
+
+    def undefined_refs_only(self, profiles: list[RawProfile], sections: Sections) -> None:
+        """Reference checks possible while some plugin type failed to resolve."""
+        for profile in profiles:
+            for raw in profile.refs:
+                if raw.plugin_ref not in self.entries and raw.plugin_ref not in SYSTEM_TYPES:
+                    self.undefined_ref(raw.path, raw.plugin_ref)
+        for section in sections.all():
+            for ref in section.refs:
+                if ref.name not in self.entries and ref.name not in SYSTEM_TYPES:
+                    self.undefined_ref(ref.path, ref.name, sentence=False)
+
+    # .................................................................. data
+    def data_dependencies(self) -> None:
+        """Add default producers for consumed-but-unproduced keys, and reject producer
+        cycles (step 8 of docs/configuration.md, "The defaulting pipeline")."""
+        produced = {key for e in self.entries.values() for key in data_keys(e.cls, "produces")}
+        i = 0
+        entries = list(self.entries.values())
+        while i < len(entries):  # auto-added producers may consume keys themselves
+            consumer = entries[i]
+            i += 1
+            for key in sorted(data_keys(consumer.cls, "consumes") - produced):
+                producer_type = registry.default_producer_for(key)
+                source = self.producer_parameter_source(key)
+                if producer_type is None or not self.add_auto(
+                    producer_type,
+                    f"{consumer.describe()} consumes {key!r}",
+                    required=False,
+                    parameters=_producer_parameters(source),
+                    params_path=None if source is None else f"{source.path}.parameters",
+                ):
+                    effect = (
+                        "scores 0 for every endpoint"
+                        if "scorer" in consumer.kinds
+                        else "runs without it"
+                    )
+                    self.warn(
+                        f"{consumer.path}: {consumer.name!r} ({consumer.type}) consumes {key!r}, "
+                        "which no plugin produces and no default producer is available, so it "
+                        f"{effect}"
+                    )
+                    produced.add(key)  # warn once per key
+                    continue
+                added = self.entries[producer_type]
+                if source is not None and added.path == AUTO_PATH:
+                    self.forwarded[added.name] = source.name
+                produced |= data_keys(added.cls, "produces") | {key}
+                entries.append(added)
+        self.warn_ignored_producer_parameters()
+        nodes = [DataNode.of(e.name, e.cls) for e in self.entries.values()]
+        cycle = dependency_order(nodes).cycle
+        if cycle:
+            steps = ", ".join(
+                f"{a!r} consumes what {b!r} produces" for a, b in itertools.pairwise(cycle)
+            )
+            self.error("plugins", f"data dependency cycle: {steps}; no order can run them")
+
+    def producer_parameter_source(self, key: str) -> Entry | None:
+        """The first consumer of ``key`` whose parameters carry producer parameters (GIE's
+        docs put the prefix producer's keys on ``prefix-cache-scorer``)."""
+        for entry in self.entries.values():
+            if key in data_keys(entry.cls, "consumes") and _producer_parameters(entry):
+                return entry
+        return None
+
+    def warn_ignored_producer_parameters(self) -> None:
+        """Producer parameters on a consumer that no auto-created producer was built with."""
+        for entry in self.entries.values():
+            given = _producer_parameters(entry)
+            if not given:
+                continue
+            keys = data_keys(entry.cls, "consumes")
+            producers = [e for e in self.entries.values() if keys & data_keys(e.cls, "produces")]
+            if not producers or any(self.forwarded.get(p.name) == entry.name for p in producers):
+                continue
+            # Only values that differ are lost (an effective config written back repeats them).
+            effective = [
+                effective_parameters(p.spec.params, p.spec.parameters)
+                for p in producers
+                if p.spec is not None
+            ]
+            differing = [k for k, v in given.items() if any(e.get(k, v) != v for e in effective)]
+            if not differing:
+                continue
+            self.warn(
+                f"{entry.path}.parameters: {', '.join(differing)} ignored: "
+                f"{', '.join(p.describe() for p in producers)} produces the data of "
+                f"{entry.name!r} with its own parameters; set them there"
+            )
+
+
+def _producer_parameters(entry: Entry | None) -> dict[str, Any] | None:
+    """The producer parameters ``entry``'s Params forwards (``producer_parameters()``)."""
+    params = entry.spec.params if entry is not None and entry.spec is not None else None
+    method = getattr(params, "producer_parameters", None)
+    return (dict(method()) or None) if callable(method) else None
