@@ -21,6 +21,7 @@ from inference_sched.errors import (
     ParameterError,
     PluginLoadError,
     UnknownPluginTypeError,
+    redact,
 )
 from inference_sched.framework import registry
 from inference_sched.framework.config.model import (
@@ -96,6 +97,18 @@ class RawProfile:
     is_auto: bool = False
 
 
+MAX_MESSAGE_CHARS: Final = 2000
+
+
+def shown(message: str) -> str:
+    """``message`` as a config error or warning shows it: credentials redacted, at most
+    :data:`MAX_MESSAGE_CHARS` characters (a value rendered into it may be huge)."""
+    message = redact(message)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return message
+
+
 class Checker:
     """The problems and warnings of one load, and the checks that find them.
 
@@ -115,7 +128,9 @@ class Checker:
     def error(
         self, path: str, message: str, value: Any = MISSING, *, sentence: bool = False
     ) -> ConfigError:
-        """Record ``path: message`` (``path message`` when ``sentence``)."""
+        """Record ``path: message`` (``path message`` when ``sentence``); the message is
+        capped and its credentials redacted (:func:`shown`)."""
+        message = shown(message)
         error = (
             ConfigError(message, path=path)
             if value is MISSING
@@ -127,6 +142,7 @@ class Checker:
         return error
 
     def warn(self, message: str) -> None:
+        message = shown(message)
         if message not in self.warnings:
             self.warnings.append(message)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -31,9 +31,11 @@ class _StrictLoader(yaml.SafeLoader):
     """
 
     def checked_node(self) -> yaml.Node | None:
-        """The document's node graph; ``ConfigError`` when a mapping repeats a key."""
+        """The document's node graph; ``ConfigError`` when a mapping repeats a key, or the
+        document is too big once its aliases are expanded, or too deep."""
         node = self.get_single_node()
         if node is not None:
+            _check_expansion(node)
             errors = list(self._duplicates(node, "", set()))
             if errors:
                 raise combined(errors)
@@ -75,6 +77,62 @@ class _StrictLoader(yaml.SafeLoader):
         except TypeError:
             return MISSING
         return key
+
+
+MAX_EXPANDED_NODES: Final = 100_000
+"""Nodes a config may have once every alias is expanded (a real one has a few hundred):
+a 389-byte document of nested aliases expands to billions."""
+MAX_DEPTH: Final = 64
+MAX_INT_DIGITS: Final = 1000
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse alias bombs, recursive aliases, absurd nesting and huge integers before
+    anything constructs, copies or renders the document (iterative: no RecursionError)."""
+    size: dict[int, int] = {}  # id(node) -> nodes once expanded
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        line = node.start_mark.line + 1
+        if done:
+            on_path.discard(key)
+            total = 1 + sum(size[id(child)] for child in _children(node))
+            if total > MAX_EXPANDED_NODES:
+                raise ConfigError(
+                    f"invalid YAML at line {line}: the document expands to more than "
+                    f"{MAX_EXPANDED_NODES} nodes (aliases nested in aliases)"
+                )
+            size[key] = total
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise ConfigError(f"invalid YAML at line {line}: an alias refers to itself")
+        if len(on_path) >= MAX_DEPTH:
+            raise ConfigError(
+                f"invalid YAML at line {line}: nested more than {MAX_DEPTH} levels deep"
+            )
+        if (
+            isinstance(node, yaml.ScalarNode)
+            and node.tag == "tag:yaml.org,2002:int"
+            and len(node.value) > MAX_INT_DIGITS
+        ):
+            raise ConfigError(
+                f"invalid YAML at line {line}: an integer of {len(node.value)} digits"
+            )
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 # PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent ("1.0e+5"), so

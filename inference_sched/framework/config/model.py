@@ -16,6 +16,7 @@ from typing import Any, Final
 import attrs
 import yaml
 
+from inference_sched.errors import redact
 from inference_sched.framework.config.values import effective_parameters, thaw
 from inference_sched.params import closest
 
@@ -99,7 +100,7 @@ class PluginSpec:
     """The registered class; build with ``cls(name, params, handle)``."""
     path: str
     """Where it came from: ``plugins[3]``, or ``(default)`` when the pipeline added it."""
-    parameters: Mapping[str, Any] | None = None
+    parameters: Mapping[str, Any] | None = attrs.field(default=None, repr=lambda v: redact(repr(v)))
     """The raw ``parameters`` as given (``None`` when absent)."""
     is_auto: bool = False
     """Added by the defaulting pipeline rather than listed in the config."""
@@ -194,8 +195,19 @@ class EndpointPickerConfig:
         return document
 
     def to_yaml(self) -> str:
-        """:meth:`to_dict` as YAML text."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        """:meth:`to_dict` as YAML text, for people: URL passwords (a Redis address) are
+        shown as ``***`` (:meth:`to_dict` keeps the real values)."""
+        return yaml.safe_dump(_redacted(self.to_dict()), sort_keys=False, allow_unicode=True)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _plugin_document(spec: PluginSpec) -> dict[str, Any]:
