@@ -21,9 +21,21 @@ Where events come from:
 * **in process**: an embedder (the simulator) calls :meth:`events_in_process` once and
   then :meth:`kv_event` with each event.
 
-Single writer: events, invalidations and speculative entries are queued and applied on
-the scheduling thread, before each match and in :meth:`run_deferred`, so the index is
-never written while a decision reads it.
+Queue and writers: events and invalidations are queued per endpoint and applied in
+order per endpoint, under one lock, so the index is never written while a decision reads
+it. They are applied off the decision path, in chunks of at most ``maxEventsPerApply``:
+by the thread that delivers them (the subscriber's, or the embedder's for
+:meth:`kv_event`) once a few hundred are waiting and the index is free, and by
+:meth:`run_deferred`; a decision applies at most one chunk before its match, so it never
+waits for more than about two chunks whatever piled up. The queue is bounded
+(``maxQueuedEventsPerEndpoint``, ``maxQueuedEvents``): on overflow the endpoint's waiting
+events are dropped and the endpoint is invalidated (its entries cleared before its next
+events apply), since the dropped ones may have held a BlockRemoved.
+
+One bad event is rejected alone (``events_rejected``): a BlockStored the index cannot
+take only leaves its blocks out; a BlockRemoved it cannot take clears the endpoint's
+entries (they may now be phantoms). The other events of the chunk, of every endpoint,
+apply as if it had not been there.
 
 Token ids: the match needs the prompt's token ids: ``Request.token_ids`` (the gateway's),
 the body's ``prompt_token_ids``, or ``TokenizedPrompt`` from a ``token-producer``. A
@@ -35,8 +47,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final, NamedTuple
 
 import attrs
@@ -84,8 +98,11 @@ log = logging.getLogger(__name__)
 
 PRECISE_PRODUCER_TYPE: Final = "precise-prefix-cache-producer"
 _NO_KEYS: Final = np.empty(0, dtype=np.uint64)
-_MAX_QUEUE: Final = 4096
-"""Queued events applied at once when no decision or deferred run drains the queue."""
+_APPLY_AT: Final = 256
+"""Queued events at which the delivering thread applies a chunk (if the index is free):
+batching amortises the per-chunk cost, decisions apply what is left below it."""
+_MAX_BLOCK_SIZE: Final = 2**31 - 1
+_KINDS: Final = ("BlockStored", "BlockRemoved", "AllBlocksCleared")
 
 
 # ====================================================================== parameters
@@ -120,7 +137,7 @@ class KVEventsConfig:
     """ZMQ subscription prefix."""
     concurrency: int = param(4, alias="concurrency", check=at_least(1))
     """llm-d's event workers. Accepted for llm-d configs; here events are applied in
-    order on the scheduling thread (the index has one writer), so it changes nothing."""
+    order per endpoint by one writer at a time (the index's lock), so it changes nothing."""
     discover_pods: bool = param(True, alias="discoverPods", check=boolean)
     """Connect to every endpoint's publisher (engines bind), following the table."""
     pod_discovery_config: PodDiscoveryConfig = param(  # noqa: RUF009 - an attrs field
@@ -191,6 +208,17 @@ class PrecisePrefixParams:
     """How long a speculative entry lives (``"2s"``)."""
     max_prefix_blocks_to_match: int = param(0, alias="maxPrefixBlocksToMatch", check=integer)
     """Ours: match at most this many leading blocks (0: all of them, as llm-d)."""
+    max_queued_events: int = param(100_000, alias="maxQueuedEvents", check=at_least(1))
+    """Ours: KV events waiting to be applied, all endpoints together; past it the endpoint
+    with the most waiting loses them and is invalidated (its entries dropped)."""
+    max_queued_events_per_endpoint: int = param(
+        20_000, alias="maxQueuedEventsPerEndpoint", check=at_least(1)
+    )
+    """Ours: KV events of one endpoint waiting to be applied; past it they are dropped and
+    the endpoint is invalidated."""
+    max_events_per_apply: int = param(4096, alias="maxEventsPerApply", check=at_least(1))
+    """Ours: most queued events applied at once (by a decision before its match, a
+    deferred run or the receiving thread): what a decision can wait for."""
 
     @property
     def block_size_tokens(self) -> int:
@@ -211,6 +239,20 @@ class _Queued(NamedTuple):
     model: str
     event: object  # an event object, or None: drop the endpoint's entries (reason below)
     reason: str
+
+
+class _PodQueue:
+    """One endpoint's waiting events; ``reset``: clear its entries before them (why)."""
+
+    __slots__ = ("events", "reset")
+
+    def __init__(self) -> None:
+        self.events: collections.deque[_Queued] = collections.deque()
+        self.reset: str | None = None
+
+
+class _Rejected(Exception):
+    """An event the index cannot take (the message says why)."""
 
 
 @register(PRECISE_PRODUCER_TYPE)
@@ -237,19 +279,29 @@ class PrecisePrefixCacheProducer:
             speculative_ttl_s=params.speculative_ttl_s,
         )
         self._seed = params.token_processor_config.hash_seed
-        self._queue: collections.deque[_Queued] = collections.deque()
+        # Waiting events by endpoint (pod), oldest endpoint first; guarded by _qlock,
+        # taken briefly by every producer and applier. _queued counts the events.
+        self._pending: dict[str, _PodQueue] = {}
+        self._queued = 0
+        self._resets: dict[str, None] = {}  # pods whose queue has a reset (ordered set)
+        self._qlock = threading.Lock()
         self._speculative: list[tuple[int, Endpoint, npt.NDArray[np.uint64], float]] = []
-        self._lock = threading.Lock()  # serialises the appliers (scheduler, removals)
+        # Serialises the appliers (scheduler, run_deferred, receiving thread, removals)
+        # and the index's readers. Lock order: table.lock, then _lock, then _qlock.
+        self._lock = threading.Lock()
         self._pods: dict[str, int] = {}
         self._pods_version = -1
+        self._followed_version = -1
         self._capacity: dict[int, int] = {}
+        self._warned: dict[str, float] = {}
         self._in_process = False
         self._subscriber: Any = None
         self._subscribed: dict[str, str] = {}
         self._start_failed = False
         self.stats: collections.Counter[str] = collections.Counter()
-        """Events applied by kind, events for unknown endpoints, invalidations, requests
-        without token ids, index statuses (unknown parents, ...)."""
+        """Events applied by kind, events rejected, for unknown endpoints, dropped by a
+        queue overflow (and the overflows), invalidations, requests without token ids,
+        index statuses (unknown parents, ...). Written under ``_qlock``."""
         self._table.on_remove(self._on_remove)
 
     # ------------------------------------------------------------------ events in
@@ -262,105 +314,333 @@ class PrecisePrefixCacheProducer:
 
         ``event`` is a ``BlockStored`` / ``BlockRemoved`` / ``AllBlocksCleared`` in
         vLLM's shape (the wire decoder's or the simulator's); ``model`` is the served
-        model (the chain root of blocks without a LoRA name). Thread-safe; applied on
-        the scheduling thread.
+        model (the chain root of blocks without a LoRA name). Thread-safe; once a few
+        hundred events wait, the calling thread applies a chunk (if the index is free).
         """
-        self._queue.append(_Queued(pod, model, event, ""))
-        if len(self._queue) > _MAX_QUEUE:
-            self.run_deferred()
+        self._enqueue(pod, model, (event,))
 
     def invalidate(self, pod: str, reason: str) -> None:
-        """Drop everything known of ``pod`` (lost events); thread-safe, applied later."""
-        self._queue.append(_Queued(pod, "", None, reason))
+        """Drop everything known of ``pod`` (lost events); thread-safe, applied later,
+        before the endpoint's next events (the ones waiting are dropped: superseded)."""
+        if self._unknown_pod(pod, count=False):
+            return
+        with self._qlock:
+            queue = self._pod_queue(pod)
+            self._drop(queue, "events_superseded")
+            self._set_reset(pod, queue, reason)
+            self.stats["invalidated"] += 1
+        self._apply_if_free()
+
+    def pending_events(self) -> int:
+        """Events waiting to be applied (all endpoints)."""
+        return self._queued
 
     def _on_batch(self, endpoint: str, model: str, seq: int, batch: Any) -> None:
-        for event in batch.events:
-            self._queue.append(_Queued(endpoint, model, event, ""))
+        self._enqueue(endpoint, model, batch.events)
+
+    def _unknown_pod(self, pod: str, *, count: bool = True) -> bool:
+        """``pod`` is known to name no endpoint of the table (the pod map is current);
+        counted as an event for an unknown endpoint. A stale map says False: the applier
+        decides. Keeps a flood of unknown topics out of the queue."""
+        version, pods = self._pods_version, self._pods  # version first: written last
+        if pod in pods or version != self._table.version:
+            return False
+        if count:
+            with self._qlock:
+                self.stats["events_unknown_endpoint"] += 1
+        return True
+
+    def _pod_queue(self, pod: str) -> _PodQueue:
+        queue = self._pending.get(pod)
+        if queue is None:
+            queue = self._pending[pod] = _PodQueue()
+        return queue
+
+    def _set_reset(self, pod: str, queue: _PodQueue, reason: str) -> None:
+        queue.reset = reason
+        self._resets[pod] = None
+
+    def _drop(self, queue: _PodQueue, counter: str) -> int:
+        """Drop the endpoint's waiting events (the caller sets its reset); holds _qlock."""
+        dropped = len(queue.events)
+        if dropped:
+            queue.events.clear()
+            self._queued -= dropped
+            self.stats[counter] += dropped
+        return dropped
+
+    def _overflow(self, pod: str, queue: _PodQueue, bound: str) -> None:
+        dropped = self._drop(queue, "events_dropped")
+        reason = f"event queue overflow ({bound}): dropped {dropped} events"
+        self._set_reset(pod, queue, reason)
+        self.stats["queue_overflows"] += 1
+        self.stats["invalidated"] += 1
+        self._warn("overflow", "precise prefix index: invalidating %s: %s", pod, reason)
+
+    def _warn(self, key: str, message: str, *args: object) -> None:
+        """Log at most once a minute per kind of problem (the stats count them all)."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -math.inf) >= 60.0:
+            self._warned[key] = now
+            log.warning(message + " (logged at most once a minute; see stats)", *args)
+
+    def _enqueue(self, pod: str, model: str, events: Iterable[object]) -> None:
+        if self._unknown_pod(pod):
+            return
+        params = self.params
+        per_pod, total = params.max_queued_events_per_endpoint, params.max_queued_events
+        with self._qlock:
+            queue = self._pod_queue(pod)
+            waiting = queue.events
+            for event in events:
+                if len(waiting) >= per_pod:
+                    self._overflow(pod, queue, f"maxQueuedEventsPerEndpoint={per_pod}")
+                if self._queued >= total:
+                    largest = max(self._pending, key=lambda p: len(self._pending[p].events))
+                    bound = f"maxQueuedEvents={total}"
+                    self._overflow(largest, self._pending[largest], bound)
+                waiting.append(_Queued(pod, model, event, ""))
+                self._queued += 1
+        if self._resets or self._queued >= min(_APPLY_AT, params.max_events_per_apply):
+            self._apply_if_free()
 
     # ------------------------------------------------------------------ applying
+    def _apply_if_free(self) -> None:
+        """Apply one chunk on this (receiving) thread, unless the table or the index is
+        busy: then a decision or a deferred run will (nothing here ever waits)."""
+        table_lock = self._table.lock
+        if not table_lock.acquire(blocking=False):
+            return
+        try:
+            if not self._lock.acquire(blocking=False):
+                return
+            try:
+                self._apply_events(self.params.max_events_per_apply)
+            finally:
+                self._lock.release()
+        finally:
+            table_lock.release()
+
     def _row_of(self, pod: str) -> int | None:
         table = self._table
         if self._pods_version != table.version:
+            version = table.version
             pods: dict[str, int] = {}
             for endpoint in table:
                 row = table.row(endpoint.name)
                 pods[endpoint.hostport] = row
                 pods[endpoint.name] = row
-            self._pods, self._pods_version = pods, table.version
+            self._pods, self._pods_version = pods, version
         return self._pods.get(pod)
 
-    def _apply_queue(self) -> None:
-        """Apply every queued event in order, then queued speculative inserts (the
-        caller holds the lock)."""
+    def _apply_queue(self, limit: int) -> int:
+        """Apply at most ``limit`` queued events (per endpoint in order), then queued
+        speculative inserts (the caller holds the lock). Returns the events taken."""
+        taken = self._apply_events(limit)
         if self._speculative:
-            self._apply_events()
             pending, self._speculative = self._speculative, []
             table = self._table
             for row, endpoint, keys, now in pending:
                 if table.endpoint_or_none(row) is endpoint:  # not removed since the pick
                     self.index.add_speculative(row, keys, now)
-            return
-        self._apply_events()
+        return taken
 
-    def _apply_events(self) -> None:
-        queue = self._queue
-        if not queue:
-            return
-        index, stats = self.index, self.stats
-        builder = EventBatchBuilder(index)
-        kinds: list[str] = []
-        while queue:
-            item = queue.popleft()
+    def _take(self, limit: int) -> list[_Queued]:
+        """Up to ``limit`` queued items: the endpoints' resets first (they only need to
+        come before the same endpoint's events, and until applied the endpoint may have
+        phantom entries), then events, endpoint after endpoint; an endpoint with some
+        left goes to the back."""
+        items: list[_Queued] = []
+        with self._qlock:
+            pending, resets = self._pending, self._resets
+            while resets and len(items) < limit:
+                pod = next(iter(resets))
+                del resets[pod]
+                queue = pending.get(pod)
+                if queue is not None and queue.reset is not None:
+                    items.append(_Queued(pod, "", None, queue.reset))
+                    queue.reset = None
+                    if not queue.events:
+                        del pending[pod]
+            while pending and len(items) < limit:
+                pod = next(iter(pending))
+                queue = pending.pop(pod)
+                if queue.reset is not None:  # only when the limit cut the resets short
+                    items.append(_Queued(pod, "", None, queue.reset))
+                    queue.reset = None
+                    resets.pop(pod, None)
+                waiting = queue.events
+                n = min(len(waiting), limit - len(items))
+                items.extend(waiting.popleft() for _ in range(n))
+                self._queued -= n
+                if waiting or queue.reset is not None:
+                    pending[pod] = queue
+        return items
+
+    def _apply_events(self, limit: int) -> int:
+        """Apply at most ``limit`` queued events in one index call; an event the index
+        cannot take is rejected alone (the caller holds the lock). Returns the taken."""
+        items = self._take(limit)
+        if not items:
+            return 0
+        counts: collections.Counter[str] = collections.Counter()
+        steps: list[tuple[str, int, Callable[[EventBatchBuilder], None]]] = []
+        builder = EventBatchBuilder(self.index)
+        for item in items:
             row = self._row_of(item.pod)
             if row is None:
-                stats["events_unknown_endpoint"] += 1
+                counts["events_unknown_endpoint"] += 1
                 continue
-            event = item.event
-            if event is None:
+            kind = "reset" if item.event is None else type(item.event).__name__
+            try:
+                add = self._step(row, item)
+            except Exception as exc:  # noqa: BLE001 - _Rejected, or a malformed object
+                why = str(exc) if isinstance(exc, _Rejected) else f"{type(exc).__name__}: {exc}"
+                self._reject(item.pod, kind, row, why, counts, steps, builder)
+                continue
+            if add is None:
+                counts["events_unknown_kind"] += 1
+                continue
+            try:
+                add(builder)
+            except Exception as exc:  # noqa: BLE001 - any reason is the event's alone
+                builder = self._rebuilt(steps)  # in case it stopped half way
+                why = f"{type(exc).__name__}: {exc}"
+                self._reject(item.pod, kind, row, why, counts, steps, builder)
+                continue
+            steps.append((kind, row, add))
+        if steps:
+            self._apply_steps(steps, builder, counts)
+        with self._qlock:
+            self.stats.update(counts)
+        return len(items)
+
+    def _step(self, row: int, item: _Queued) -> Callable[[EventBatchBuilder], None] | None:
+        """How to add the event to a builder (None: an unknown kind); raises _Rejected
+        for what the index could not take."""
+        event: Any = item.event
+        if event is None:
+            pod, reason = item.pod, item.reason
+
+            def clear(builder: EventBatchBuilder) -> None:
                 builder.cleared(row)
-                kinds.append("invalidated")
-                log.info("precise prefix index: dropped %s's entries (%s)", item.pod, item.reason)
-                continue
-            kind = type(event).__name__
-            if kind == "BlockStored":
-                stored: Any = event
-                self._tune(row, int(stored.block_size))
-                lora = getattr(stored, "lora_name", None)
-                extra = getattr(stored, "extra_keys", None)
+                log.info("precise prefix index: dropped %s's entries (%s)", pod, reason)
+
+            return clear
+        kind = type(event).__name__
+        if kind == "BlockStored":
+            try:
+                block_size = int(event.block_size)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise _Rejected(f"block_size: {exc}") from None
+            if not 0 <= block_size <= _MAX_BLOCK_SIZE:
+                raise _Rejected(f"block_size: expected an int in [0, 2**31), got {block_size}")
+            lora = getattr(event, "lora_name", None)
+            root = self._seed + (lora or item.model)
+            medium = getattr(event, "medium", None)
+            extra = getattr(event, "extra_keys", None)
+
+            def stored(builder: EventBatchBuilder) -> None:
                 # vLLM's per-block extra keys carry the LoRA name and block 0's cache
                 # salt: both are the chain's root here; what is left is content (MM).
                 content, salt = split_vllm_extra_keys(extra, lora) if extra else (None, "")
                 builder.stored(
                     row,
-                    stored.block_hashes,
-                    stored.parent_block_hash,
-                    stored.token_ids,
-                    int(stored.block_size),
-                    root_name=self._seed + (lora or item.model),
-                    medium=getattr(stored, "medium", None),
+                    event.block_hashes,
+                    event.parent_block_hash,
+                    event.token_ids,
+                    block_size,
+                    root_name=root,
+                    medium=medium,
                     extra_keys=content,
                     cache_salt=salt,
                 )
-            elif kind == "BlockRemoved":
-                builder.removed(row, event.block_hashes, getattr(event, "medium", None))  # type: ignore[attr-defined]
-            elif kind == "AllBlocksCleared":
+                self._tune(row, block_size)  # idempotent: a rebuilt chunk may call it again
+
+            return stored
+        if kind == "BlockRemoved":
+            medium = getattr(event, "medium", None)
+
+            def removed(builder: EventBatchBuilder) -> None:
+                builder.removed(row, event.block_hashes, medium)
+
+            return removed
+        if kind == "AllBlocksCleared":
+
+            def cleared(builder: EventBatchBuilder) -> None:
                 builder.cleared(row)
-            else:
-                stats["events_unknown_kind"] += 1
-                continue
-            kinds.append(kind)
-        if not kinds:
+
+            return cleared
+        return None
+
+    def _rebuilt(
+        self, steps: list[tuple[str, int, Callable[[EventBatchBuilder], None]]]
+    ) -> EventBatchBuilder:
+        builder = EventBatchBuilder(self.index)
+        for _, _, add in steps:
+            add(builder)
+        return builder
+
+    def _reject(
+        self,
+        pod: str,
+        kind: str,
+        row: int,
+        why: str,
+        counts: collections.Counter[str],
+        steps: list[tuple[str, int, Callable[[EventBatchBuilder], None]]],
+        builder: EventBatchBuilder,
+    ) -> None:
+        """Count a rejected event. A BlockStored left out only misses entries; anything
+        else (a removal) may leave phantom entries: clear the endpoint's, in order (a
+        clear added to ``builder`` and ``steps``)."""
+        counts["events_rejected"] += 1
+        if kind == "BlockStored":
+            self._warn("rejected", "precise prefix index: rejected a %s of %s: %s", kind, pod, why)
             return
+        reason = f"rejected a {kind}: {why}"
+        self._warn("rejected", "precise prefix index: invalidating %s: %s", pod, reason)
+        counts["invalidated"] += 1
+        add = self._step(row, _Queued(pod, "", None, reason))
+        assert add is not None
+        add(builder)
+        steps.append(("reset", row, add))
+
+    def _apply_steps(
+        self,
+        steps: list[tuple[str, int, Callable[[EventBatchBuilder], None]]],
+        builder: EventBatchBuilder,
+        counts: collections.Counter[str],
+    ) -> None:
+        """Apply the chunk in one call; if that fails, event by event, so that whatever
+        failed is rejected alone."""
         try:
-            results = index.apply_events(builder.build())
-        except ValueError as exc:  # a malformed event (a hash outside uint64, ...)
-            stats["events_rejected_batches"] += 1
-            log.warning("precise prefix index: a batch of %d events rejected: %s", len(kinds), exc)
+            results = self.index.apply_events(builder.build())
+        except Exception as exc:  # noqa: BLE001 - retried one by one below
+            self._warn("chunk", "precise prefix index: a chunk failed (%r); one by one", exc)
+            for kind, row, add in steps:
+                one = EventBatchBuilder(self.index)
+                try:
+                    add(one)
+                    result = int(self.index.apply_events(one.build())[0])
+                except Exception as exc_one:  # noqa: BLE001
+                    reset = EventBatchBuilder(self.index)
+                    self._reject(f"row {row}", kind, row, repr(exc_one), counts, [], reset)
+                    if len(reset):
+                        self.index.apply_events(reset.build())
+                    continue
+                self._count(kind, result, counts)
             return
-        for kind, result in zip(kinds, results.tolist(), strict=True):
-            stats[kind] += 1
-            if result < 0:
-                stats[f"{kind}_status_{result}"] += 1
+        for (kind, _, _), result in zip(steps, results.tolist(), strict=True):
+            self._count(kind, result, counts)
+
+    @staticmethod
+    def _count(kind: str, result: int, counts: collections.Counter[str]) -> None:
+        if kind == "reset":
+            return  # counted when requested
+        counts[kind] += 1
+        if result < 0:
+            counts[f"{kind}_status_{result}"] += 1
 
     def _tune(self, row: int, engine_block_size: int) -> None:
         """GPU tier capacity = the endpoint's cache size in index blocks, when scraped
@@ -376,17 +656,23 @@ class PrecisePrefixCacheProducer:
             self._capacity[row] = capacity
 
     def run_deferred(self) -> None:
-        """Apply queued events and speculative inserts, expire old speculative entries
-        (between decisions)."""
-        if self._queue or self._speculative or self.params.speculative_indexing:
+        """Apply a chunk of queued events (``maxEventsPerApply``) and the speculative
+        inserts, expire old speculative entries (between decisions)."""
+        if self._pending or self._speculative or self.params.speculative_indexing:
             with self._lock:
-                self._apply_queue()
+                self._apply_queue(self.params.max_events_per_apply)
                 if self.params.speculative_indexing:
                     self.index.expire(self._clock())
 
     def _on_remove(self, row: int, endpoint: Endpoint) -> None:
         with self._lock:
-            self._apply_queue()  # queued events name the row: apply, then drop it all
+            # Its waiting events would only be cleared with the row: drop them.
+            with self._qlock:
+                for pod in {endpoint.hostport, endpoint.name}:
+                    queue = self._pending.pop(pod, None)
+                    self._resets.pop(pod, None)
+                    if queue is not None:
+                        self._drop(queue, "events_of_removed_endpoints")
             self.index.clear_endpoint(row)
             self._capacity.pop(row, None)
             self._pods_version = -1
@@ -402,7 +688,7 @@ class PrecisePrefixCacheProducer:
         """Match the request's token blocks; write ``PrefixCacheMatchInfo``."""
         if not self._in_process and self._subscriber is None and not self._start_failed:
             self.start()
-        elif self._subscriber is not None and self._pods_version != table.version:
+        elif self._subscriber is not None and self._followed_version != table.version:
             self._follow_table()
         block_tokens = self.index.block_size_tokens
         counts = np.zeros(max(table.capacity, 1))
@@ -410,7 +696,7 @@ class PrecisePrefixCacheProducer:
         keys = _NO_KEYS
         total = 0
         with self._lock:
-            self._apply_queue()
+            self._apply_queue(self.params.max_events_per_apply)  # at most one chunk
             if tokens is not None and len(tokens) >= block_tokens:
                 cap = self.params.max_prefix_blocks_to_match
                 limit = cap if cap > 0 else None
@@ -424,7 +710,8 @@ class PrecisePrefixCacheProducer:
                 )
                 total = self.index.num_request_keys(len(tokens), limit)
         if tokens is None:
-            self.stats["requests_without_token_ids"] += 1
+            with self._qlock:
+                self.stats["requests_without_token_ids"] += 1
         info = PrefixCacheMatchInfo(counts, total, block_tokens, keys)
         cycle.write(PREFIX_CACHE_MATCH_INFO, info)
         if self.params.speculative_indexing and len(keys):
@@ -471,16 +758,22 @@ class PrecisePrefixCacheProducer:
             topic_filter=config.topic_filter,
         )
         self._subscriber.start()
-        if not config.zmq_endpoint:
-            self._follow_table()
+        self._follow_table()
         return True
 
     def _follow_table(self) -> None:
-        """Dial mode: one connection per endpoint of the table, as it changes."""
+        """Dial mode: one connection per endpoint of the table, as it changes. Bind
+        mode: the table's endpoints are the subscriber's known ones (their sequence
+        state is kept; other topics share a small LRU)."""
         config = self.params.kv_events_config
-        if config.zmq_endpoint or self._subscriber is None:
+        if self._subscriber is None:
             return
         table = self._table
+        self._followed_version = table.version
+        if config.zmq_endpoint:
+            self._subscriber.set_known_endpoints(e.hostport for e in table)
+            self._row_of("")  # refresh the pod -> row map at the same version
+            return
         wanted: dict[str, str] = {}
         for endpoint in table:
             host = endpoint.address if ":" not in endpoint.address else f"[{endpoint.address}]"
@@ -509,7 +802,16 @@ class PrecisePrefixCacheProducer:
 
     # ------------------------------------------------------------------ metrics
     def index_size(self) -> int:
-        """Entries in the index (every tier), queued events applied."""
-        with self._lock:
-            self._apply_queue()
+        """Entries in the index (every tier), the events queued when called applied
+        first, chunk by chunk (the index is free for decisions between chunks)."""
+        budget = self.params.max_events_per_apply
+        remaining = self._queued + len(self._pending)  # events and resets, at most
+        while remaining > 0:
+            with self._table.lock, self._lock:
+                taken = self._apply_queue(budget)
+            if not taken:
+                break
+            remaining -= taken
+        with self._table.lock, self._lock:
+            self._apply_queue(0)  # the speculative inserts
             return self.index.size()

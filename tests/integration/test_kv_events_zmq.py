@@ -443,7 +443,10 @@ def test_publisher_goes_away_and_comes_back(
         assert time.monotonic() < deadline, "the restarted publisher was never heard"
         second.send(2, payload(2, base=5000))  # repeated until it gets through
         subscriber.poll_once(20)
-    drain(subscriber, 2, recorder)
+    # The replay runs alongside the receive loop: wait for the restarted stream's seq 2.
+    pump(subscriber, lambda: len(recorder.batches) >= 6 + 3)
+    while subscriber.poll_once(20):
+        pass
     assert recorder.invalidations == [(endpoint, "publisher restarted: seq went back from 5 to 2")]
     restarted = [(s, hash_of(b)) for _, _, s, b in recorder.batches[6:]]
     assert restarted == [(0, 5000), (1, 5001), (2, 5002)]
@@ -554,3 +557,182 @@ def test_bind_failure_raises_and_cleans_up(ctx: Any) -> None:
             KVEventSubscriber(lambda *a: None, bind=f"{LOOPBACK}:{port}")
     finally:
         taken.close(linger=0)
+
+
+# ====================================================================== issue 13
+class Ordered:
+    """Callbacks recording one ordered log of deliveries and invalidations, with a
+    condition to wait on (no sleeps)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int | str]] = []
+        self.cond = threading.Condition()
+
+    def on_batch(self, endpoint: str, model: str, seq: int, batch: EventBatch) -> None:
+        with self.cond:
+            self.log.append((endpoint, seq))
+            self.cond.notify_all()
+
+    def on_invalidate(self, endpoint: str, reason: str) -> None:
+        with self.cond:
+            self.log.append((endpoint, f"invalidated: {reason}"))
+            self.cond.notify_all()
+
+    def wait(self, done: Callable[[list[tuple[str, int | str]]], bool], timeout_s: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: done(self.log), timeout_s)
+
+    def of(self, endpoint: str) -> list[int | str]:
+        with self.cond:
+            return [what for e, what in self.log if e == endpoint]
+
+
+def test_a_dead_replay_socket_does_not_hold_up_other_engines(ctx: Any, publishers: Any) -> None:
+    replay_timeout_s = 6.0  # long: B must not wait for it
+    silent = ctx.socket(zmq.ROUTER)  # engine A's replay socket: takes requests, never answers
+    silent_address = f"{LOOPBACK}:{silent.bind_to_random_port(LOOPBACK)}"
+    publishers.append(_Closing(silent))
+    engine_a, engine_b = FakeVllm(ctx), FakeVllm(ctx)
+    publishers.extend([engine_a, engine_b])
+    calls = Ordered()
+    subscriber = KVEventSubscriber(
+        calls.on_batch,
+        calls.on_invalidate,
+        replay_timeout_s=replay_timeout_s,
+        poll_interval_ms=20,
+        context=ctx,
+    )
+    subscriber.add_endpoint("a", engine_a.address, replay_address=silent_address)
+    subscriber.add_endpoint("b", engine_b.address)
+    with subscriber:  # the receive loop in its own thread, as in production
+        deadline = time.monotonic() + DEADLINE_S
+        while not calls.wait(lambda log: ("a", 0) in log and ("b", 0) in log, 0.02):
+            assert time.monotonic() < deadline, "the subscriptions never reached the engines"
+            engine_a.send(0)
+            engine_b.send(0)
+        # A loses seq 1: seq 2 reveals the gap and the subscriber asks A's replay socket.
+        engine_a.send(1, publish=False)
+        engine_a.send(2)
+        assert silent.poll(int(DEADLINE_S * 1e3)), "no replay request reached engine A"
+        request = silent.recv_multipart()
+        assert request[1:] == [b"", (1).to_bytes(8, "big")]
+        engine_a.send(3)  # A's next batch must wait behind its replay, in order
+        for seq in range(1, 6):
+            engine_b.send(seq)
+        # Generous bound: before the fix B's batches came only after A's replay timed out.
+        assert calls.wait(lambda log: ("b", 5) in log, replay_timeout_s + DEADLINE_S)
+        with calls.cond:
+            at_b5 = calls.log[: calls.log.index(("b", 5)) + 1]
+        # B's five batches were delivered while A's replay was still pending: nothing of
+        # A after seq 0 (no timeout, no invalidation, no seq 2) came before them.
+        assert [what for e, what in at_b5 if e == "a"] == [0]
+        assert [what for e, what in at_b5 if e == "b"] == [0, 1, 2, 3, 4, 5]
+        # Then A's replay times out: the gap is unrecoverable, A is invalidated, and its
+        # held batches follow in order.
+        assert calls.wait(lambda log: ("a", 3) in log, replay_timeout_s + DEADLINE_S)
+        assert calls.of("a") == [
+            0,
+            f"invalidated: missed seq 1..1 (replay from {silent_address} timed out)",
+            2,
+            3,
+        ]
+        stats = subscriber.stats
+        assert (stats.gaps, stats.replays, stats.replay_failures) == (1, 1, 1)
+        assert stats.internal_errors == 0
+    assert subscriber.stop()
+
+
+def _flood_topics(subscriber: KVEventSubscriber, ctx: Any, publishers: Any, n: int) -> list[str]:
+    """Publish seq 0 on ``n`` distinct topics (after the primed POD stream); returns the
+    pods, once every message was received."""
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, 0)  # keep every message: the subscriber must see them all
+    assert subscriber.bound_address is not None
+    pub.connect(subscriber.bound_address)
+    publishers.append(_Closing(pub))
+    deadline = time.monotonic() + DEADLINE_S
+    seen = subscriber.stats.messages
+    while subscriber.stats.messages == seen:  # slow joiner: the connection is up once one arrives
+        assert time.monotonic() < deadline
+        pub.send_multipart([b"kv@probe:1@m", (0).to_bytes(8, "big"), encode_batch([], ts=0.0)])
+        subscriber.poll_once(20)
+    empty = encode_batch([], ts=0.0)
+    pods = [f"10.{100 + i // 65536}.{i // 256 % 256}.{i % 256}:8000" for i in range(n)]  # not POD
+    target = subscriber.stats.messages + n
+    for pod in pods:
+        pub.send_multipart([f"kv@{pod}@m".encode(), (0).to_bytes(8, "big"), empty])
+    deadline = time.monotonic() + 60.0
+    while subscriber.stats.messages < target:
+        assert time.monotonic() < deadline, "the flood did not arrive"
+        subscriber.poll_once(20)
+    return pods
+
+
+def test_bind_mode_keeps_sequence_state_for_a_bounded_set_of_topics(
+    make_subscriber: Any, ctx: Any, publishers: Any
+) -> None:
+    subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*")
+    pods = _flood_topics(subscriber, ctx, publishers, 20_000)
+    tracked = sum(subscriber.tracker.last(pod) is not None for pod in pods)
+    assert tracked <= 1024  # the default LRU of unknown topics
+    assert len(subscriber.tracker) <= 1024
+    # What was evicted was invalidated (its next message starts a fresh stream).
+    evicted = subscriber.stats.evictions
+    assert evicted == 20_000 + 1 - 1024  # the flood and the probe topic
+    reasons = [r for _, r in recorder.invalidations]
+    assert len(reasons) == evicted
+    assert reasons[0] == "sequence state evicted (more than 1024 unknown endpoints)"
+    assert subscriber.stats.internal_errors == 0
+
+
+def test_known_endpoints_keep_their_sequence_state_through_a_flood(
+    make_subscriber: Any, ctx: Any, publishers: Any
+) -> None:
+    subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*", max_unknown_endpoints=16)
+    subscriber.set_known_endpoints([POD])
+    publisher = FakeVllm(ctx, connect=subscriber.bound_address)
+    publishers.append(publisher)
+    prime(publisher, subscriber, recorder)
+    pods = _flood_topics(subscriber, ctx, publishers, 2_000)
+    assert sum(subscriber.tracker.last(pod) is not None for pod in pods) <= 16
+    assert len(subscriber.tracker) <= 16 + 1
+    assert subscriber.tracker.last(POD) == 0  # kept: a gap of POD is still detected
+    publisher.send(1, publish=False)
+    publisher.send(2)
+    drain(subscriber, 2, recorder)
+    assert (POD, "missed seq 1..1 (no replay address)") in recorder.invalidations
+    assert not [r for e, r in recorder.invalidations if e == POD and "evicted" in r]
+
+
+def test_payloads_no_index_could_take_are_counted_data_errors(
+    make_subscriber: Any, ctx: Any, publishers: Any
+) -> None:
+    import msgpack
+
+    subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*")
+    publisher = FakeVllm(ctx, connect=subscriber.bound_address)
+    publishers.append(publisher)
+    prime(publisher, subscriber, recorder)
+    ok = ["BlockStored", [1], None, [], 16]
+    huge = ["BlockStored", [1], None, [], 2**31]
+    with_map = ["BlockStored", [1], None, [], 16, None, None, None, [["mm", {"a": 1}]]]
+    publisher.send(1, msgpack.packb([1.0, [ok, huge]]))
+    publisher.send(2, msgpack.packb([1.0, [ok, ok, with_map]]))
+    publisher.send(3)
+    drain(subscriber, 3, recorder)
+    assert recorder.seqs() == [0, 3]
+    assert recorder.invalidations == [
+        (
+            POD,
+            f"malformed payload: {POD} seq 1: events[1].block_size: expected int in "
+            "[0, 2**31), got 2147483648 (int)",
+        ),
+        (
+            POD,
+            f"malformed payload: {POD} seq 2: events[2].extra_keys[0][1]: expected str, "
+            "bytes, int, float, bool, nil or an array, got {'a': 1} (dict)",
+        ),
+    ]
+    assert subscriber.stats.decode_errors == 2
+    assert subscriber.stats.internal_errors == 0

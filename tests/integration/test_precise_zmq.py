@@ -114,6 +114,8 @@ def test_events_over_zmq_build_the_same_index_as_in_process(mode: str) -> None:
             endpoints, f"{{kvEventsConfig: {{zmqEndpoint: 'tcp://127.0.0.1:{port}'}}}}"
         )
         assert wire.start()
+        # The table's endpoints keep their sequence state whatever other topics arrive.
+        assert wire._subscriber.known_endpoints == {e.hostport for e in endpoints.values()}
         publisher = ZmqKvPublisher(endpoints, workload.model, connect=f"tcp://127.0.0.1:{port}")
     else:
         # Dial mode connects to tcp://<address>:<socketPort>: one server, on loopback.
@@ -161,6 +163,7 @@ def test_events_over_zmq_build_the_same_index_as_in_process(mode: str) -> None:
     assert expected_messages >= len(recorded)
     # The subscriber saw no gap.
     assert wire.stats["invalidated"] == 0
+    assert wire.stats["events_rejected"] == wire.stats["queue_overflows"] == 0
     # A decision over the wire-fed index picks where the prefix is cached.
     best = max(range(len(prompts)), key=lambda i: max(found[i]))
     assert max(found[best]) > 0

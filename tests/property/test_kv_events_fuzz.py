@@ -312,3 +312,78 @@ def test_increasing_streams_only_advance(increments: list[int], start: int) -> N
     assert verdicts[0] is Verdict.OK
     assert verdicts[1:] == [Verdict.OK if s == 1 else Verdict.GAP for s in increments]
     assert tracker.last("e") == seq
+
+
+# ---------------------------------------------------------------- decoded → applied
+# Issue 13: a wire-valid event the index could not take (block_size >= 2**31, a map in
+# extra_keys) raised in the consumer and lost every endpoint's queued events. Whatever
+# decodes must now be applied or rejected alone by the producer.
+HOSTILE = st.one_of(
+    JUNK,
+    st.integers(2**31 - 2, 2**64 - 1),
+    st.dictionaries(st.text(max_size=2), _SCALARS, max_size=2),
+    st.lists(st.one_of(_SCALARS, st.dictionaries(st.text(max_size=2), _SCALARS)), max_size=3),
+    st.just(msgpack.ExtType(3, b"e")),
+)
+
+
+@st.composite
+def hostile_stored(draw: st.DrawFn) -> object:
+    num_blocks = draw(st.integers(1, 3))
+    block_size = draw(st.one_of(st.sampled_from([0, 4, 16]), st.integers(2**31 - 1, 2**64 - 1)))
+    tokens = draw(st.sampled_from([0, num_blocks])) * (block_size if block_size < 64 else 0)
+    extra = draw(
+        st.one_of(
+            st.none(),
+            st.lists(
+                st.one_of(st.none(), st.lists(HOSTILE, max_size=3)),
+                min_size=num_blocks,
+                max_size=num_blocks,
+            ),
+        )
+    )
+    return [
+        "BlockStored",
+        draw(st.lists(st.one_of(UINT64, INT64), min_size=num_blocks, max_size=num_blocks)),
+        draw(st.one_of(st.none(), UINT64, INT64)),
+        list(range(tokens)),
+        block_size,
+        None,
+        draw(st.sampled_from([None, "GPU", "cpu", "disk"])),
+        draw(st.one_of(st.none(), st.text(max_size=3))),
+        extra,
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(st.one_of(hostile_stored(), almost_valid_events()), max_size=4))
+def test_whatever_decodes_the_producer_applies_or_rejects_alone(events: list[object]) -> None:
+    from inference_sched.framework.handle import PluginHandle
+    from inference_sched.params import parse_params
+    from inference_sched.plugins.precise_prefix import PrecisePrefixCacheProducer
+    from tests.helpers import make_table
+
+    outcome = _outcome(msgpack.packb([1.0, events], use_bin_type=True))
+    if isinstance(outcome, DataError):
+        event("rejected at decode")
+        return
+    event("decoded")
+    producer = PrecisePrefixCacheProducer(
+        "p", parse_params(PrecisePrefixCacheProducer.Params, {}, "p"), PluginHandle(make_table(2))
+    )
+    producer.events_in_process()
+    sentinel = BlockStored(
+        np.array([1], np.uint64), None, np.arange(16, dtype=np.uint32), 16, None, "GPU"
+    )
+    producer._on_batch("10.0.0.1:8000", "m", 0, EventBatch(0.0, (sentinel,)))
+    producer._on_batch("10.0.0.0:8000", "m", 0, outcome)
+    producer._on_batch(
+        "10.0.0.1:8000", "m", 1, EventBatch(0.0, (BlockRemoved(np.array([1], np.uint64)),))
+    )
+    producer.index_size()  # applies everything queued; must not raise
+    stats = producer.stats
+    kinds = ("BlockStored", "BlockRemoved", "AllBlocksCleared", "events_rejected")
+    assert sum(stats[k] for k in kinds) == len(outcome.events) + 2
+    # The other endpoint's removal was applied whatever endpoint 0 sent.
+    assert producer.index.endpoint_size(1) == 0
+    assert stats["BlockRemoved"] >= 1

@@ -303,6 +303,20 @@ def test_extra_keys_become_tuples() -> None:
     hash(event.extra_keys)  # usable as a key
 
 
+def test_extra_keys_of_any_other_msgpack_type_are_data_errors() -> None:
+    # msgpack ext types (a timestamp, an application ext) decode to objects no index can
+    # fold into a key: rejected at decode time, naming the element.
+    for value, shown in [
+        (msgpack.ExtType(5, b"x"), "ExtType"),
+        (msgpack.Timestamp(1, 0), "Timestamp"),
+    ]:
+        wire = [1.0, [["BlockStored", [1], None, [], 16, None, None, None, [["mm", value]]]]]
+        with pytest.raises(
+            DataError, match=rf"^ep: events\[0\]\.extra_keys\[0\]\[1\]: .*\({shown}\)$"
+        ):
+            decode_batch(pack(wire), source="ep")
+
+
 # ====================================================================== errors
 def stored(**overrides: Any) -> list[Any]:
     """A valid positional BlockStored with some fields replaced."""
@@ -339,11 +353,11 @@ def batch(*events: object) -> list[Any]:
         (batch(["BlockStored", [1]]), "events[1].token_ids: missing (expected an array of int)"),
         (
             batch(["BlockStored", [1], None, []]),
-            "events[1].block_size: missing (expected int >= 0)",
+            "events[1].block_size: missing (expected int in [0, 2**31))",
         ),
         (
             batch({"type": "BlockStored", "block_hashes": [1], "token_ids": []}),
-            "events[1].block_size: missing (expected int >= 0)",
+            "events[1].block_size: missing (expected int in [0, 2**31))",
         ),
         (
             batch(["BlockRemoved"]),
@@ -389,11 +403,17 @@ def batch(*events: object) -> list[Any]:
             batch(stored(token_ids={"a": 1})),
             "events[1].token_ids: expected an array of int, got {'a': 1} (dict)",
         ),
-        (batch(stored(block_size="16")), "events[1].block_size: expected int >= 0, got '16' (str)"),
-        (batch(stored(block_size=-16)), "events[1].block_size: expected int >= 0, got -16 (int)"),
+        (
+            batch(stored(block_size="16")),
+            "events[1].block_size: expected int in [0, 2**31), got '16' (str)",
+        ),
+        (
+            batch(stored(block_size=-16)),
+            "events[1].block_size: expected int in [0, 2**31), got -16 (int)",
+        ),
         (
             batch(stored(block_size=True)),
-            "events[1].block_size: expected int >= 0, got True (bool)",
+            "events[1].block_size: expected int in [0, 2**31), got True (bool)",
         ),
         (
             batch(stored(token_ids=list(range(31)))),
@@ -427,6 +447,33 @@ def batch(*events: object) -> list[Any]:
         (
             batch(stored(extra_keys=[None, 5])),
             "events[1].extra_keys[1]: expected an array or nil, got 5 (int)",
+        ),
+        # Issue 13: wire-valid before, but no index can take them (a map is not a key;
+        # a block size past int32 overflowed the whole drain of every endpoint).
+        (
+            batch(stored(extra_keys=[["mm", {"a": 1}], None])),
+            "events[1].extra_keys[0][1]: expected str, bytes, int, float, bool, nil or an "
+            "array, got {'a': 1} (dict)",
+        ),
+        (
+            batch(stored(extra_keys=[None, [["mm", 0, [{}]]]])),
+            "events[1].extra_keys[1][0][2][0]: expected str, bytes, int, float, bool, nil or "
+            "an array, got {} (dict)",
+        ),
+        (
+            batch(stored(token_ids=[], block_size=2**31)),
+            "events[1].block_size: expected int in [0, 2**31), got 2147483648 (int)",
+        ),
+        (
+            batch(
+                {
+                    "type": "BlockStored",
+                    "block_hashes": [1],
+                    "token_ids": [],
+                    "block_size": 2**64 - 1,
+                }
+            ),
+            "events[1].block_size: expected int in [0, 2**31), got 18446744073709551615 (int)",
         ),
         (
             batch(stored(extra_keys=None, group_idx="0")),

@@ -266,3 +266,220 @@ def test_cache_salt_in_vllm_extra_keys_is_the_chain_salt() -> None:
     assert match({"cache_salt": "s1"}) == 2.0
     assert match(None) == 0.0
     assert match({"cache_salt": "other"}) == 0.0
+
+
+# ====================================================================== issue 13
+# Hostile inputs: one odd event, a flood with no decision. Endpoints e0..e2.
+E0, E1, E2 = "10.0.0.0:8000", "10.0.0.1:8000", "10.0.0.2:8000"
+APPLIED = ("BlockStored", "BlockRemoved", "AllBlocksCleared")
+
+
+def _wire_stored(hashes: list[int], tokens: Any, block_size: int, **fields: Any) -> Any:
+    from inference_sched.prefix.precise.wire import BlockStored as WireStored
+
+    return WireStored(
+        np.array(hashes, dtype=np.uint64),
+        fields.pop("parent", None),
+        np.asarray(tokens, dtype=np.uint32),
+        block_size,
+        None,
+        fields.pop("medium", "GPU"),
+        None,
+        fields.pop("extra_keys", None),
+    )
+
+
+def _bad_stored(kind: str) -> Any:
+    """A BlockStored the index cannot take; the first two were wire-valid before issue 13
+    (they decoded, then overflowed / broke the whole drain)."""
+    if kind == "block-size-2**31":
+        return _wire_stored([77], [], 2**31)  # no tokens: the token-count rule holds
+    if kind == "map-in-extra-keys":
+        return _wire_stored([77, 78], TOKENS[:32], 16, extra_keys=(("mm", {"a": 1}), None))
+    if kind == "hash-out-of-range":
+        return BlockStored([-1], None, TOKENS[:16].tolist(), 16, None, "GPU")
+    if kind == "parent-out-of-range":
+        return BlockStored([77], 2**64, TOKENS[:16].tolist(), 16, None, "GPU")
+    if kind == "token-out-of-range":
+        return BlockStored([77], None, [2**40] * 16, 16, None, "GPU")
+    if kind == "fields-missing":  # an embedder's object of the right name, half built
+        return type("BlockStored", (), {"block_hashes": [77]})()
+    assert kind == "medium-not-a-str"
+    return BlockStored([77], None, TOKENS[:16].tolist(), 16, None, 5)  # type: ignore[arg-type]
+
+
+def _applied(producer: PrecisePrefixCacheProducer) -> int:
+    return sum(producer.stats[k] for k in APPLIED)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "block-size-2**31",
+        "map-in-extra-keys",
+        "hash-out-of-range",
+        "parent-out-of-range",
+        "token-out-of-range",
+        "medium-not-a-str",
+        "fields-missing",
+    ],
+)
+def test_a_bad_event_is_rejected_alone(kind: str) -> None:
+    producer = _producer()
+    producer.kv_event(E0, _stored(range(4)), MODEL)
+    producer.kv_event(E2, _stored(range(2)), MODEL)
+    assert _match(producer).match_blocks[:3].tolist() == [4.0, 0.0, 2.0]
+    # One drain: e0 evicts its 4 blocks, e1 sends the bad event between e0's removal and
+    # e2's next blocks, then more of e1's (valid) blocks.
+    producer.kv_event(E0, BlockRemoved([500, 501, 502, 503], "GPU"), MODEL)
+    producer.kv_event(E1, _bad_stored(kind), MODEL)
+    producer.kv_event(E2, _stored(range(2, 6), parent=501), MODEL)
+    producer.kv_event(E1, _stored(range(3)), MODEL)
+    info = _match(producer)  # must not raise
+    # e0's removal applied (no phantom entries), e2's and e1's valid blocks too.
+    assert producer.index.endpoint_size(0) == 0
+    assert info.match_blocks[:3].tolist() == [0.0, 3.0, 6.0]
+    assert producer.stats["events_rejected"] == 1
+    assert producer.stats["BlockRemoved"] == 1
+    assert producer.stats["BlockStored"] == 2 + 2
+    # A rejected BlockStored only leaves entries out: e1 was not invalidated.
+    assert producer.stats["invalidated"] == 0
+    # The next drain is unaffected.
+    producer.kv_event(E1, BlockRemoved([500], "GPU"), MODEL)
+    assert _match(producer).match_blocks[1] == 0.0
+    assert producer.stats["BlockRemoved"] == 2
+
+
+def test_a_rejected_removal_invalidates_its_endpoint_only() -> None:
+    producer = _producer()
+    for pod in (E0, E1):
+        producer.kv_event(pod, _stored(range(6)), MODEL)
+    assert _match(producer).match_blocks[:2].tolist() == [6.0, 6.0]
+    # e0's removal cannot be applied (a hash outside uint64): its blocks may be gone on
+    # the engine, so e0's entries must go; e1 is untouched, e0's later events apply.
+    producer.kv_event(E0, BlockRemoved([-5], "GPU"), MODEL)
+    producer.kv_event(E0, _stored(range(2)), MODEL)
+    assert _match(producer).match_blocks[:2].tolist() == [2.0, 6.0]
+    assert producer.stats["events_rejected"] == 1
+    assert producer.stats["invalidated"] == 1
+    assert producer.index.endpoint_size(0) == 2
+
+
+def test_a_chunk_the_index_refuses_is_applied_event_by_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whatever the index refuses that no check foresaw: the chunk is retried one event
+    # at a time, so only the event it refuses is lost.
+    producer = _producer()
+    apply_events = producer.index.apply_events
+
+    def refuse_stores_of_row_1(batch: Any) -> Any:
+        if ((batch.rows == 1) & (batch.kinds == 0)).any():
+            raise ValueError("refused")
+        return apply_events(batch)
+
+    monkeypatch.setattr(producer.index, "apply_events", refuse_stores_of_row_1)
+    producer.kv_event(E0, _stored(range(4)), MODEL)
+    producer.kv_event(E1, _stored(range(4)), MODEL)
+    producer.kv_event(E2, _stored(range(4)), MODEL)
+    producer.kv_event(E0, BlockRemoved([503], "GPU"), MODEL)
+    assert _match(producer).match_blocks[:3].tolist() == [3.0, 0.0, 4.0]
+    assert producer.stats["events_rejected"] == 1
+    assert producer.stats["invalidated"] == 0
+
+
+# Documented defaults (docs/plugins/precise-prefix-cache-producer.md).
+PER_ENDPOINT_BOUND = 20_000
+TOTAL_BOUND = 100_000
+APPLY_BUDGET = 4_096
+
+
+def _flood_batch(events: int) -> Any:
+    from inference_sched.prefix.precise.wire import EventBatch
+
+    filler = _wire_stored([9000], np.arange(5000, 5016), 16)  # not TOKENS' blocks
+    return EventBatch(0.0, (filler,) * events)
+
+
+def test_a_flood_with_no_applier_is_bounded_and_invalidates_the_endpoint() -> None:
+    from inference_sched.prefix.precise.wire import EventBatch
+
+    producer = _producer()
+    producer.kv_event(E0, _stored(range(4)), MODEL)
+    assert _match(producer).match_blocks[0] == 4.0
+    # No decision, no deferred run, and the index busy (as during a long decision, or
+    # with no scheduling thread at all): the subscriber's callback keeps delivering.
+    # The first batch evicts e0's blocks; the flood that follows overflows e0's queue,
+    # so that removal is dropped unapplied.
+    with producer._lock:
+        producer._on_batch(
+            E0, MODEL, 0, EventBatch(0.0, (BlockRemoved([500, 501, 502, 503], "GPU"),))
+        )
+        for seq in range(1, 601):
+            producer._on_batch(E0, MODEL, seq, _flood_batch(100))  # 60,000 events
+    before = _applied(producer)
+    _match(producer)  # the next decision applies at most its budget
+    assert _applied(producer) - before <= APPLY_BUDGET
+    assert producer.pending_events() <= PER_ENDPOINT_BOUND
+    assert producer.stats["queue_overflows"] >= 1
+    assert producer.stats["events_dropped"] >= 60_001 - PER_ENDPOINT_BOUND
+    assert producer.stats["invalidated"] >= 1
+    for _ in range(PER_ENDPOINT_BOUND // APPLY_BUDGET + 2):
+        producer.run_deferred()
+    assert producer.pending_events() == 0
+    # The dropped removal cannot leave phantom entries: e0 was cleared, then the tail
+    # of the flood (block 9000) applied on top.
+    assert _match(producer).match_blocks[0] == 0.0
+    assert producer.index.endpoint_size(0) == 1
+    assert producer.params.max_queued_events_per_endpoint == PER_ENDPOINT_BOUND
+    assert producer.params.max_queued_events == TOTAL_BOUND
+    assert producer.params.max_events_per_apply == APPLY_BUDGET
+
+
+def test_the_total_bound_drops_the_longest_queue() -> None:
+    producer = _producer(maxQueuedEvents=250, maxQueuedEventsPerEndpoint=200, maxEventsPerApply=50)
+    with producer._lock:
+        producer._on_batch(E1, MODEL, 0, _flood_batch(60))
+        producer._on_batch(E0, MODEL, 0, _flood_batch(190))
+        assert producer.pending_events() == 250
+        producer._on_batch(E2, MODEL, 0, _flood_batch(10))  # over 250: e0 (190) goes
+        assert producer.pending_events() == 70
+        assert producer.stats["events_dropped"] == 190
+        producer._on_batch(E2, MODEL, 1, _flood_batch(1000))  # e2 over its own 200
+        assert producer.pending_events() <= 250
+    assert producer.stats["queue_overflows"] >= 2
+    before = _applied(producer)
+    _match(producer)
+    assert _applied(producer) - before <= 50
+
+
+def test_events_are_applied_as_they_arrive_without_any_decision() -> None:
+    # The probe of issue 13: batches keep coming and nothing schedules. The receiving
+    # thread applies them in bounded chunks: nothing piles up, nothing is lost.
+    producer = _producer()
+    for seq in range(600):
+        producer._on_batch(E0, MODEL, seq, _flood_batch(100))
+        assert producer.pending_events() < APPLY_BUDGET
+    producer.kv_event(E1, _stored(range(6)), MODEL)
+    assert producer.stats["queue_overflows"] == 0
+    before = _applied(producer)
+    assert _match(producer).match_blocks[1] == 6.0
+    assert _applied(producer) - before < APPLY_BUDGET
+    assert producer.pending_events() == 0
+    assert producer.stats["BlockStored"] == 60_001
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"maxQueuedEvents": 0}, f"{PATH}.maxQueuedEvents: expected int >= 1, got 0 (int)"),
+        (
+            {"maxEventsPerApply": 0},
+            f"{PATH}.maxEventsPerApply: expected int >= 1, got 0 (int)",
+        ),
+    ],
+)
+def test_queue_parameters_are_checked(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        parse_params(PrecisePrefixCacheProducer.Params, raw, PATH)
+    assert str(info.value) == message

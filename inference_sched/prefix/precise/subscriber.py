@@ -7,15 +7,31 @@ a word, and a lost ``BlockRemoved`` leaves the index pointing at blocks the engi
 longer has (E.5). llm-d parses the sequence number but ignores it (B.4); here it drives
 the stream's state:
 
-* :class:`SequenceTracker` classifies every message of an endpoint: the next one (OK), a
-  repeat (DUPLICATE), an older one (STALE, dropped), a jump (GAP) or a restart of the
-  publisher (RESTART, rule below);
+* :class:`SequenceTracker` (defined with the codec in
+  :mod:`~inference_sched.prefix.precise.wire`) classifies every message of an endpoint:
+  the next one (OK), a repeat (DUPLICATE), an older one (STALE, dropped), a jump (GAP)
+  or a restart of the publisher (RESTART, rule below);
 * on a GAP the subscriber asks the publisher's replay socket (when one is configured) for
   the missing batches and delivers them before the new one; only when the replay cannot
-  cover the hole does it *invalidate* the endpoint: the consumer must forget everything
-  it learned from that endpoint, then continue with the batches that follow;
+  cover the hole (it fails, times out or falls short) does it *invalidate* the endpoint:
+  the consumer must forget everything it learned from that endpoint, then continue with
+  the batches that follow;
 * a RESTART invalidates (a new engine starts with an empty cache) and replays the new
   publisher's batches the subscriber missed, if any.
+
+Replays never block the receive loop: the request goes out on its own DEALER socket,
+polled with the others until its answer ends or its deadline (``replay_timeout_s``)
+passes. Meanwhile the endpoint's newer messages are held, in order (at most
+``max_held_messages``; beyond that the replay is given up as failed), and every other
+endpoint's messages flow as usual. A dead replay socket therefore costs its own endpoint
+one timeout per gap and no one else anything.
+
+State per endpoint is bounded: the endpoints the subscriber knows (dialled ones, those
+with a replay address, those declared with :meth:`KVEventSubscriber.set_known_endpoints`)
+keep their sequence state for as long as they are known; any other bind-mode topic takes
+a slot in an LRU of ``max_unknown_endpoints``. When a topic falls out of it, its state is
+dropped and it is invalidated (a gap could no longer be seen), so a flood of topics costs
+a bounded amount of memory.
 
 Restart rule. vLLM has no epoch in its stream: a restarted publisher simply counts from 0
 again. A sequence number lower than the last one is a restart when it is below
@@ -29,37 +45,42 @@ whose new numbers have already passed the old ones cannot be told from a gap.
 Malformed payloads are counted and invalidate the endpoint: the batch may have held a
 ``BlockRemoved``, so what the consumer holds may now be wrong. Malformed frames (not
 three, a sequence frame not 8 bytes, a topic that does not parse in bind mode) are
-counted and dropped: they carry no sequence we could account for. Nothing raises out of
-the receive loop; problems are counted in :class:`SubscriberStats` and logged at most
-once per interval per kind.
+counted and dropped: they carry no sequence we could account for. Every problem of the
+payload is a :class:`~inference_sched.errors.DataError` naming the field and the event
+index. Nothing raises out of the receive loop; problems are counted in
+:class:`SubscriberStats` and logged at most once per interval per kind.
 
 Threading: :meth:`KVEventSubscriber.start` runs the loop in a daemon thread and the
 callbacks run **on that thread**, so a consumer should queue the batches and apply them
-on its own thread (or make its handler thread-safe). A replay blocks the loop for at
-most ``replay_timeout_s``; ZeroMQ queues incoming messages meanwhile (up to ``rcvhwm``).
+on its own thread, or apply them in bounded pieces (or make its handler thread-safe).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
+import math
 import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
 import attrs
+import cachetools
 
 from inference_sched.errors import DataError
-from inference_sched.prefix.precise.wire import (
+from inference_sched.prefix.precise.wire import (  # the frames' rules live with the codec
+    END_SEQ,
     AllBlocksCleared,
     BlockRemoved,
     BlockStored,
     EventBatch,
+    SequenceTracker,
+    Verdict,
     decode_batch,
+    parse_topic,
 )
 
 try:
@@ -87,14 +108,13 @@ log = logging.getLogger(__name__)
 DEFAULT_TOPIC_FILTER: Final = "kv@"
 """llm-d's subscription prefix: vLLM must be started with a topic ``kv@<pod>@<model>``."""
 
-END_SEQ: Final = (-1).to_bytes(8, "big", signed=True)
-"""Sequence frame of the replay socket's end-of-replay marker (vLLM ``END_SEQ``)."""
 
 LOG_INTERVAL_S: Final = 60.0
 """At most one log line per kind of problem (and per endpoint for invalidations) per
 interval; the counters in :class:`SubscriberStats` hold the totals."""
 
 _MAX_BURST: Final = 256  # messages read from one socket before the others get a turn
+_LOG_KEYS: Final = 4096  # log-throttling state kept (LRU): keys name endpoints
 
 BatchCallback: TypeAlias = Callable[[str, str, int, EventBatch], None]
 """``on_batch(endpoint, model, seq, batch)``, called in sequence order per endpoint."""
@@ -103,111 +123,6 @@ InvalidateCallback: TypeAlias = Callable[[str, str], None]
 
 _Context: TypeAlias = "zmq.Context[zmq.Socket[bytes]]"
 _Socket: TypeAlias = "zmq.Socket[bytes]"
-
-
-# ====================================================================== topics
-def parse_topic(topic: str, *, source: str = "") -> tuple[str, str]:
-    """``kv@<pod>@<model>`` → ``(pod, model)``, llm-d's topic convention.
-
-    llm-d splits on every ``@`` and wants exactly three parts; this splits on the first
-    two only, so a model name containing ``@`` (``org/model@rev``) still parses. The
-    first part is not checked (the subscription filter already chose it).
-
-    Raises:
-        DataError: fewer than three parts, or an empty pod or model.
-    """
-    parts = topic.split("@", 2)
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise DataError(
-            f"topic {topic!r}: expected 'kv@<pod>@<model>' (set vLLM's kv-events-config "
-            '"topic" to it, e.g. "kv@10.0.0.7:8000@meta-llama/Llama-3.1-8B")',
-            source=source,
-        )
-    return parts[1], parts[2]
-
-
-# ====================================================================== sequences
-class Verdict(enum.Enum):
-    """What a sequence number means for its endpoint's stream."""
-
-    OK = "ok"
-    """The next number, or the first seen from the endpoint: apply."""
-    DUPLICATE = "duplicate"
-    """Equal to the last one: drop."""
-    STALE = "stale"
-    """Lower than the last one and not a restart (reordered / second publisher): drop."""
-    GAP = "gap"
-    """Higher than last + 1: batches were lost; replay them or invalidate, then apply."""
-    RESTART = "restart"
-    """The publisher started again (see the module notes): invalidate, then apply."""
-
-
-class SequenceTracker:
-    """Last sequence number per endpoint, and a verdict for each new one.
-
-    Args:
-        restart_window: a lower number below this is a restart (0 only: ``1``).
-        max_stale_run: this many lower-or-equal numbers in a row make the last a restart.
-    """
-
-    def __init__(self, *, restart_window: int = 64, max_stale_run: int = 8) -> None:
-        if type(restart_window) is not int or restart_window < 0:
-            raise ValueError(f"restart_window must be an int >= 0, got {restart_window!r}")
-        if type(max_stale_run) is not int or max_stale_run < 1:
-            raise ValueError(f"max_stale_run must be an int >= 1, got {max_stale_run!r}")
-        self.restart_window = restart_window
-        self.max_stale_run = max_stale_run
-        self._last: dict[str, int] = {}
-        self._stale_run: dict[str, int] = {}
-        self._counts: dict[str, Counter[Verdict]] = {}
-        self.totals: Counter[Verdict] = Counter()
-        """Verdicts over all endpoints (cumulative, kept across :meth:`reset`)."""
-
-    def last(self, endpoint: str) -> int | None:
-        """The last accepted sequence number of ``endpoint`` (None: none yet)."""
-        return self._last.get(endpoint)
-
-    def counts(self, endpoint: str) -> Mapping[str, int]:
-        """Verdicts of ``endpoint`` so far, by verdict value (``{"ok": 10, "gap": 1}``)."""
-        counter = self._counts.get(endpoint, Counter())
-        return {verdict.value: counter[verdict] for verdict in Verdict}
-
-    def check(self, endpoint: str, seq: int) -> Verdict:
-        """Classify ``seq`` and, unless it is dropped, make it the endpoint's last.
-
-        Args:
-            endpoint: the stream's identity.
-            seq: the message's sequence number (>= 0).
-
-        Returns:
-            The verdict; OK, GAP and RESTART advance the stream, DUPLICATE and STALE don't.
-        """
-        last = self._last.get(endpoint)
-        if last is None or seq == last + 1:
-            verdict = Verdict.OK
-        elif seq > last:
-            verdict = Verdict.GAP
-        else:
-            run = self._stale_run.get(endpoint, 0) + 1
-            if seq < last and (seq < self.restart_window or run >= self.max_stale_run):
-                verdict = Verdict.RESTART
-            else:
-                verdict = Verdict.DUPLICATE if seq == last else Verdict.STALE
-                self._stale_run[endpoint] = run
-        if verdict is not Verdict.DUPLICATE and verdict is not Verdict.STALE:
-            self._last[endpoint] = seq
-            self._stale_run.pop(endpoint, None)
-        counter = self._counts.get(endpoint)
-        if counter is None:
-            counter = self._counts[endpoint] = Counter()
-        counter[verdict] += 1
-        self.totals[verdict] += 1
-        return verdict
-
-    def reset(self, endpoint: str) -> None:
-        """Forget the endpoint's position: its next number is accepted as a first one."""
-        self._last.pop(endpoint, None)
-        self._stale_run.pop(endpoint, None)
 
 
 # ====================================================================== stats
@@ -241,6 +156,10 @@ class SubscriberStats:
     """Batches recovered by replays that covered their hole."""
     replay_failures: int = 0
     """Replays that timed out, failed, or could not cover the hole."""
+    held_messages: int = 0
+    """Messages held back while their endpoint's replay was pending (delivered after)."""
+    evictions: int = 0
+    """Unknown endpoints (bind-mode topics) whose state fell out of the LRU."""
     bad_frames: int = 0
     """Messages not made of [topic, 8-byte seq, payload]."""
     bad_topics: int = 0
@@ -261,6 +180,42 @@ class _Dial:
     address: str
     model: str
     socket: _Socket | None = None
+
+
+_Then: TypeAlias = tuple[int, EventBatch]
+"""(seq, batch) of the message that revealed a hole: delivered after the replay."""
+
+
+@attrs.define(eq=False)
+class _Replay:
+    """A replay in flight: batches ``start .. stop-1`` of ``endpoint`` are asked for, then
+    ``then`` (the batch that revealed the hole) is delivered."""
+
+    endpoint: str
+    model: str
+    start: int
+    stop: int
+    address: str | None
+    socket: _Socket | None
+    deadline: float
+    invalidated: bool
+    then: _Then | None
+    pairs: list[tuple[int, bytes]] = attrs.Factory(list)
+    received: int = 0
+    """Messages read from the replay socket (the end marker included)."""
+
+
+class _EvictingLRU(cachetools.LRUCache[str, None]):
+    """An LRU of names that reports each name it evicts."""
+
+    def __init__(self, maxsize: int, on_evict: Callable[[str], None]) -> None:
+        super().__init__(maxsize)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, None]:
+        key, value = super().popitem()
+        self._on_evict(key)
+        return key, value
 
 
 # ====================================================================== subscriber
@@ -286,8 +241,16 @@ class KVEventSubscriber:
         replay_addresses: vLLM ``replay_endpoint`` addresses by endpoint name (bind
             mode; dial mode passes them to :meth:`add_endpoint`).
         topic_filter: subscription prefix (llm-d's ``topicFilter``).
-        replay_timeout_s: longest wait for a replay to finish.
+        replay_timeout_s: longest wait for a replay to finish (the endpoint's newer
+            messages wait meanwhile; other endpoints' do not).
         restart_window, max_stale_run: the restart rule (:class:`SequenceTracker`).
+        known_endpoints: bind-mode endpoints whose state is always kept (see
+            :meth:`set_known_endpoints`); dialled endpoints and those with a replay
+            address are known too.
+        max_unknown_endpoints: other endpoints (bind-mode topics) kept in an LRU; one
+            that falls out is forgotten and invalidated.
+        max_held_messages: newer messages of an endpoint held while its replay is
+            pending; one more gives the replay up as failed.
         poll_interval_ms: longest the thread waits before looking at :meth:`stop` and
             at endpoints added or removed.
         rcvhwm: ZeroMQ receive high-water mark per socket (vLLM's PUB uses 100,000).
@@ -309,11 +272,20 @@ class KVEventSubscriber:
         poll_interval_ms: int = 100,
         rcvhwm: int = 100_000,
         context: _Context | None = None,
+        known_endpoints: Iterable[str] = (),
+        max_unknown_endpoints: int = 1024,
+        max_held_messages: int = 10_000,
     ) -> None:
         if not replay_timeout_s > 0:
             raise ValueError(f"replay_timeout_s must be > 0, got {replay_timeout_s!r}")
         if type(poll_interval_ms) is not int or poll_interval_ms < 1:
             raise ValueError(f"poll_interval_ms must be an int >= 1, got {poll_interval_ms!r}")
+        for name, value in (
+            ("max_unknown_endpoints", max_unknown_endpoints),
+            ("max_held_messages", max_held_messages),
+        ):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self._on_batch = on_batch
         self._on_invalidate = on_invalidate
         self.topic_filter = topic_filter
@@ -334,7 +306,18 @@ class KVEventSubscriber:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._closed = False
-        self._log_state: dict[str, tuple[float, int]] = {}
+        self._log_state: cachetools.LRUCache[str, tuple[float, int]] = cachetools.LRUCache(
+            _LOG_KEYS
+        )
+        self._known: frozenset[str] = frozenset(known_endpoints)
+        self.max_unknown_endpoints = max_unknown_endpoints
+        self.max_held_messages = max_held_messages
+        self._unknown = _EvictingLRU(max_unknown_endpoints, self._evicted)
+        # Replays in flight (loop thread only): by endpoint and by socket, and the
+        # endpoint's messages that arrived meanwhile (a key iff a replay is in flight).
+        self._replays: dict[str, _Replay] = {}
+        self._replay_sockets: dict[_Socket, _Replay] = {}
+        self._held: dict[str, deque[tuple[str, int, bytes]]] = {}
         self.bound_address: str | None = None
         """The bind-mode socket's actual address (port resolved), None in dial mode."""
         if bind is not None:
@@ -394,6 +377,23 @@ class KVEventSubscriber:
                 self._replay_addresses.pop(endpoint, None)
             else:
                 self._replay_addresses[endpoint] = address
+        if address is None:
+            self._commands.put(lambda: self._demote([endpoint]))
+
+    def set_known_endpoints(self, names: Iterable[str]) -> None:
+        """Declare the bind-mode endpoints (topics' ``<pod>``) whose sequence state is kept
+        whatever else arrives (from any thread; replaces the previous set). An endpoint
+        left out keeps its state in the LRU of unknown ones, like any other topic."""
+        known = frozenset(names)
+        with self._lock:
+            dropped, self._known = self._known - known, known
+        if dropped:
+            self._commands.put(lambda: self._demote(dropped))
+
+    @property
+    def known_endpoints(self) -> frozenset[str]:
+        """The endpoints declared with :meth:`set_known_endpoints` (or the constructor)."""
+        return self._known
 
     @property
     def endpoints(self) -> frozenset[str]:
@@ -459,7 +459,7 @@ class KVEventSubscriber:
         subscriber in an existing loop instead of :meth:`start`.
 
         Returns:
-            The number of messages handled.
+            The number of messages handled (replay answers included).
 
         Raises:
             RuntimeError: the subscriber's thread is running, or it was stopped.
@@ -508,20 +508,66 @@ class KVEventSubscriber:
             self._poller.unregister(dial.socket)
             del self._by_socket[dial.socket]
             dial.socket.close(linger=0)
-        self.tracker.reset(name)
+        self._forget(name)
         self._invalidate(name, "endpoint removed")
 
     def _close_all(self) -> None:
-        for socket in list(self._by_socket):
+        for socket in list(self._by_socket) + list(self._replay_sockets):
             self._poller.unregister(socket)
             socket.close(linger=0)
         self._by_socket.clear()
+        self._replay_sockets.clear()
+        self._replays.clear()
+        self._held.clear()
         self._dials.clear()
         self._close_context()
 
     def _close_context(self) -> None:
         if self._own_context:
             self._ctx.term()
+
+    # ------------------------------------------------------------------ known endpoints
+    def _is_known(self, endpoint: str) -> bool:
+        # Set and dict membership are atomic: no lock needed for these reads.
+        return (
+            endpoint in self._known or endpoint in self._names or endpoint in self._replay_addresses
+        )
+
+    def _touch(self, endpoint: str) -> None:
+        """Mark an unknown endpoint as just used (may evict the least recent one)."""
+        if not self._is_known(endpoint):
+            self._unknown[endpoint] = None
+
+    def _evicted(self, endpoint: str) -> None:
+        """LRU callback: forget an unknown endpoint's state, and have it invalidated."""
+        if self._is_known(endpoint):
+            return  # became known since: its state stays
+        self.stats.evictions += 1
+        had_state = self.tracker.last(endpoint) is not None or endpoint in self._replays
+        self._forget(endpoint)
+        if had_state:
+            self._invalidate(
+                endpoint,
+                f"sequence state evicted (more than {self.max_unknown_endpoints} unknown "
+                "endpoints)",
+                log_key="evicted",  # a flood of topics: one line per interval, not per topic
+            )
+
+    def _demote(self, names: Iterable[str]) -> None:
+        """Endpoints that stopped being known keep their state in the LRU."""
+        for name in names:
+            if not self._is_known(name) and (
+                name in self._replays or self.tracker.last(name) is not None
+            ):
+                self._touch(name)
+
+    def _forget(self, endpoint: str) -> None:
+        """Drop the endpoint's sequence state, its replay in flight and held messages."""
+        replay = self._replays.pop(endpoint, None)
+        if replay is not None:
+            self._close_replay_socket(replay)
+        self._held.pop(endpoint, None)
+        self.tracker.forget(endpoint)
 
     # ------------------------------------------------------------------ receive
     def _poll(self, timeout_ms: int) -> int:
@@ -531,11 +577,23 @@ class KVEventSubscriber:
             except queue.Empty:
                 break
             command()
-        if not self._by_socket:
+        if not self._by_socket and not self._replays:
             self._stopping.wait(timeout_ms / 1e3)
             return 0
+        if self._replays:  # wake up for the first replay deadline
+            first = min(replay.deadline for replay in self._replays.values())
+            wait_ms = max(0, math.ceil((first - time.monotonic()) * 1e3))
+            timeout_ms = min(timeout_ms, wait_ms)
         handled = 0
         for socket, _ in self._poller.poll(timeout_ms):
+            if socket in self._replay_sockets:
+                replay = self._replay_sockets[socket]
+                before = replay.received
+                self._guarded(self._replay_readable, replay)
+                handled += replay.received - before
+                continue
+            if socket not in self._by_socket:
+                continue  # closed by an earlier step of this round (a finished replay)
             dial = self._by_socket[socket]
             for _ in range(_MAX_BURST):
                 try:
@@ -543,14 +601,29 @@ class KVEventSubscriber:
                 except zmq.Again:
                     break
                 handled += 1
-                try:
-                    self._handle(frames, dial)
-                # One message must not take the stream down: this is the single place
-                # that catches everything, counts it and logs it.
-                except Exception as exc:  # noqa: BLE001
-                    self.stats.internal_errors += 1
-                    self._warn("internal", "error handling a KV-event message: %r", exc)
+                self._guarded(self._handle, frames, dial)
+        if self._replays:
+            now = time.monotonic()
+            for replay in [r for r in self._replays.values() if r.deadline <= now]:
+                self._guarded(
+                    self._finish_replay, replay, f"replay from {replay.address} timed out"
+                )
         return handled
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one step of the loop: one message must not take the stream down. This is
+        the single place that catches everything, counts it and logs it."""
+        try:
+            step(*args)
+        except zmq.ContextTerminated:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.stats.internal_errors += 1
+            self._warn("internal", "error handling KV events: %r", exc)
+            replay = args[0] if args and isinstance(args[0], _Replay) else None
+            if replay is not None and self._replays.get(replay.endpoint) is replay:
+                # Never leave an endpoint's messages held behind a broken replay.
+                self._guarded(self._finish_replay, replay, f"replay failed: {exc!r}")
 
     def _handle(self, frames: list[bytes], dial: _Dial | None) -> None:
         stats = self.stats
@@ -568,7 +641,24 @@ class KVEventSubscriber:
         endpoint, model = self._identify(topic_bytes, dial)
         if not endpoint:
             return
+        self._touch(endpoint)
         seq = int.from_bytes(seq_bytes, "big")
+        held = self._held.get(endpoint)
+        if held is not None:  # its replay is in flight: keep the order, others go on
+            held.append((model, seq, payload))
+            stats.held_messages += 1
+            if len(held) > self.max_held_messages:
+                replay = self._replays[endpoint]
+                self._finish_replay(
+                    replay,
+                    f"replay from {replay.address} still pending after {len(held)} newer messages",
+                )
+            return
+        self._process(endpoint, model, seq, payload)
+
+    def _process(self, endpoint: str, model: str, seq: int, payload: bytes) -> None:
+        """Sequence-check, decode and deliver one message (or start its replay)."""
+        stats = self.stats
         last = self.tracker.last(endpoint)
         verdict = self.tracker.check(endpoint, seq)
         if verdict is Verdict.DUPLICATE:
@@ -590,11 +680,13 @@ class KVEventSubscriber:
             return
         if verdict is Verdict.GAP:
             assert last is not None, "a gap needs a previous sequence number"
-            self._recover(endpoint, model, last + 1, seq, invalidated=False)
-        elif verdict is Verdict.RESTART:
+            self._recover(endpoint, model, last + 1, seq, (seq, batch), invalidated=False)
+            return
+        if verdict is Verdict.RESTART:
             self._invalidate(endpoint, f"publisher restarted: seq went back from {last} to {seq}")
             if seq > 0:
-                self._recover(endpoint, model, 0, seq, invalidated=True)
+                self._recover(endpoint, model, 0, seq, (seq, batch), invalidated=True)
+                return
         self._deliver(endpoint, model, seq, batch)
 
     def _identify(self, topic_bytes: bytes, dial: _Dial | None) -> tuple[str, str]:
@@ -614,18 +706,92 @@ class KVEventSubscriber:
 
     # ------------------------------------------------------------------ gaps, replay
     def _recover(
-        self, endpoint: str, model: str, start: int, stop: int, *, invalidated: bool
+        self, endpoint: str, model: str, start: int, stop: int, then: _Then, *, invalidated: bool
     ) -> None:
-        """Deliver batches ``start .. stop-1`` from the replay socket; invalidate unless
-        they all come (and ``invalidated`` says it was done already)."""
+        """Ask for batches ``start .. stop-1`` from the replay socket, without waiting:
+        :meth:`_finish_replay` delivers them, then ``then`` (seq, batch), then what was
+        held meanwhile."""
         with self._lock:
             address = self._replay_addresses.get(endpoint)
-        pairs: list[tuple[int, bytes]] = []
-        problem = "no replay address"
-        if address is not None:
-            self.stats.replays += 1
-            pairs, problem = self._request_replay(address, start, stop)
-        run = _contiguous_tail(pairs, start, stop)
+        replay = _Replay(endpoint, model, start, stop, address, None, 0.0, invalidated, then)
+        if address is None:
+            self._complete(replay, "no replay address")
+            return
+        self.stats.replays += 1
+        socket = self._ctx.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        try:
+            socket.connect(address)
+            # vLLM's ROUTER answers [b"", start] with [b"", seq, payload] per buffered
+            # batch from start (newer: [b"", topic, seq, payload]) and then END_SEQ. A
+            # fresh DEALER per request keeps a late answer to an old one from mixing in.
+            socket.send_multipart([b"", start.to_bytes(8, "big")], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            socket.close(linger=0)
+            self._complete(replay, f"replay from {address} failed: {exc}")
+            return
+        replay.socket, replay.deadline = socket, time.monotonic() + self.replay_timeout_s
+        self._replays[endpoint] = replay
+        self._replay_sockets[socket] = replay
+        self._held[endpoint] = deque()
+        self._poller.register(socket, zmq.POLLIN)
+
+    def _replay_readable(self, replay: _Replay) -> None:
+        """Read what the replay socket has; finish the replay at its end marker."""
+        socket = replay.socket
+        assert socket is not None, "only replays in flight are polled"
+        for _ in range(_MAX_BURST * 4):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                self._finish_replay(replay, f"replay from {replay.address} failed: {exc}")
+                return
+            replay.received += 1
+            if len(frames) not in (3, 4) or frames[0] != b"" or len(frames[-2]) != 8:
+                self._finish_replay(
+                    replay, f"replay from {replay.address} sent {len(frames)} unexpected frames"
+                )
+                return
+            seq_bytes, payload = frames[-2], frames[-1]
+            if seq_bytes == END_SEQ:
+                self._finish_replay(replay, "")
+                return
+            seq = int.from_bytes(seq_bytes, "big")
+            if replay.start <= seq < replay.stop:
+                replay.pairs.append((seq, payload))
+
+    def _close_replay_socket(self, replay: _Replay) -> None:
+        socket = replay.socket
+        if socket is not None and self._replay_sockets.pop(socket, None) is not None:
+            self._poller.unregister(socket)
+            socket.close(linger=0)
+
+    def _finish_replay(self, replay: _Replay, problem: str) -> None:
+        """Deliver what the replay brought (or invalidate), then the endpoint's held
+        messages, in order."""
+        endpoint = replay.endpoint
+        if self._replays.get(endpoint) is not replay:
+            return  # already finished or forgotten
+        del self._replays[endpoint]
+        self._close_replay_socket(replay)
+        held = self._held.pop(endpoint, deque())
+        self._complete(replay, problem)
+        while held:
+            model, seq, payload = held.popleft()
+            self._guarded(self._process, endpoint, model, seq, payload)
+            pending = self._held.get(endpoint)
+            if pending is not None:  # that message started a new replay: wait again
+                pending.extend(held)
+                return
+
+    def _complete(self, replay: _Replay, problem: str) -> None:
+        """Deliver the replayed batches that end right before ``stop`` without a hole,
+        invalidating first unless they cover ``start`` (or it was done already); then
+        ``then``. ``problem`` is empty when the replay's end marker came."""
+        endpoint, model, start, stop = replay.endpoint, replay.model, replay.start, replay.stop
+        run = _contiguous_tail(replay.pairs, start, stop)
         covered = bool(run) and run[0][0] == start
         if covered:
             self.stats.replayed_batches += len(run)
@@ -638,12 +804,12 @@ class KVEventSubscriber:
                 level=logging.INFO,
             )
         else:
-            if address is not None:
+            if replay.address is not None:
                 self.stats.replay_failures += 1
                 if not problem:
                     first = run[0][0] if run else stop
                     problem = f"replay covered {first}..{stop - 1} only"
-            if not invalidated:
+            if not replay.invalidated:
                 self._invalidate(endpoint, f"missed seq {start}..{stop - 1} ({problem})")
         for seq, payload in run:
             try:
@@ -653,42 +819,8 @@ class KVEventSubscriber:
                 self._invalidate(endpoint, f"malformed replayed payload: {exc}")
                 continue
             self._deliver(endpoint, model, seq, batch)
-
-    def _request_replay(
-        self, address: str, start: int, stop: int
-    ) -> tuple[list[tuple[int, bytes]], str]:
-        """Ask vLLM's ROUTER for every buffered batch from ``start``; keep those below
-        ``stop``. Returns (pairs, problem), problem empty when the end marker came.
-
-        vLLM answers a ``[b"", start seq]`` request on a DEALER with ``[b"", seq,
-        payload]`` per batch (newer releases: ``[b"", topic, seq, payload]``) and ends
-        with ``END_SEQ`` as the seq. REQ cannot take several replies; a fresh DEALER per
-        request keeps a late answer to a timed-out request from mixing in.
-        """
-        socket = self._ctx.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        pairs: list[tuple[int, bytes]] = []
-        try:
-            socket.connect(address)
-            socket.send_multipart([b"", start.to_bytes(8, "big")], zmq.NOBLOCK)
-            deadline = time.monotonic() + self.replay_timeout_s
-            while True:
-                remaining_ms = int((deadline - time.monotonic()) * 1e3)
-                if remaining_ms <= 0 or not socket.poll(remaining_ms):
-                    return pairs, f"replay from {address} timed out"
-                frames = socket.recv_multipart()
-                if len(frames) not in (3, 4) or frames[0] != b"" or len(frames[-2]) != 8:
-                    return pairs, f"replay from {address} sent {len(frames)} unexpected frames"
-                seq_bytes, payload = frames[-2], frames[-1]
-                if seq_bytes == END_SEQ:
-                    return pairs, ""
-                seq = int.from_bytes(seq_bytes, "big")
-                if start <= seq < stop:
-                    pairs.append((seq, payload))
-        except zmq.ZMQError as exc:
-            return pairs, f"replay from {address} failed: {exc}"
-        finally:
-            socket.close(linger=0)
+        if replay.then is not None:
+            self._deliver(endpoint, model, *replay.then)
 
     # ------------------------------------------------------------------ callbacks
     def _deliver(self, endpoint: str, model: str, seq: int, batch: EventBatch) -> None:
@@ -720,9 +852,10 @@ class KVEventSubscriber:
             self._warn("on_batch", "on_batch raised for %s seq %d: %r", endpoint, seq, exc)
             self._invalidate(endpoint, f"on_batch raised at seq {seq}: {exc!r}")
 
-    def _invalidate(self, endpoint: str, reason: str) -> None:
+    def _invalidate(self, endpoint: str, reason: str, *, log_key: str = "") -> None:
         self.stats.invalidations += 1
-        self._warn(f"invalidate:{endpoint}", "invalidating %s: %s", endpoint, reason)
+        key = log_key or f"invalidate:{endpoint}"
+        self._warn(key, "invalidating %s: %s", endpoint, reason)
         if self._on_invalidate is None:
             return
         try:

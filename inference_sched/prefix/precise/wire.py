@@ -1,4 +1,5 @@
-"""vLLM KV-cache events: the event types, a tolerant fast decoder and a matching encoder.
+"""vLLM KV-cache events: the event types, a tolerant fast decoder and a matching encoder,
+and what the other two frames of a message mean (topic, sequence number).
 
 vLLM publishes an ``EventBatch`` per scheduler step (``vllm/distributed/kv_events.py``,
 ``specs/peers.md`` B.7): ``ts``, a list of ``BlockStored`` / ``BlockRemoved`` /
@@ -17,6 +18,10 @@ has changed under every consumer (E.5), so :func:`decode_batch` accepts all of t
 
 Anything else malformed raises :class:`~inference_sched.errors.DataError` whose message
 names the field, e.g. ``events[2].block_hashes[5]: expected int or bytes, got 'x' (str)``.
+Beyond the types, the decoder refuses what no index can take, so a decoded event never
+breaks its consumer: ``block_size`` must fit an int32 (``[0, 2**31)``, vLLM's are 16 to
+a few hundred) and ``extra_keys`` may hold only str, bytes, int, float, bool, nil and
+arrays of them (a map or a msgpack ext type is not a key).
 
 Hashes are normalised exactly as llm-d does, so one engine hash has one ``uint64``
 whatever the producer's setting (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES``): an int is
@@ -31,6 +36,12 @@ newly full blocks but may name fewer hashes than blocks (null blocks of sliding-
 groups and blocks already cached are skipped, ``BlockPool.cache_full_blocks``), so the
 stricter ``len == len(block_hashes) * block_size`` would reject real events.
 
+The frames around the payload (``[topic, 8-byte big-endian seq, payload]``):
+:func:`parse_topic` reads llm-d's ``kv@<pod>@<model>`` topics and
+:class:`SequenceTracker` classifies each sequence number of a stream (the rules are in
+:mod:`~inference_sched.prefix.precise.subscriber`, which acts on them). Neither needs
+ZeroMQ.
+
 Speed: the hot work is C (msgpack, ``array``, NumPy). An integer list is type-checked,
 range-checked and converted in one ``array.array`` call and wrapped by NumPy without a
 copy; only a list that fails (bytes hashes, mixed signs, a bad element) is walked in
@@ -42,11 +53,13 @@ one there. Arrays are fresh per batch and owned by the receiver.
 from __future__ import annotations
 
 import array
+import enum
 import importlib
 import math
 import reprlib
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 import numpy as np
@@ -55,17 +68,21 @@ import numpy.typing as npt
 from inference_sched.errors import DataError
 
 __all__ = [
+    "END_SEQ",
     "AllBlocksCleared",
     "BlockRemoved",
     "BlockStored",
     "EventBatch",
     "KVEvent",
     "Encoding",
+    "SequenceTracker",
     "U32Array",
     "U64Array",
+    "Verdict",
     "decode_batch",
     "encode_batch",
     "normalize_block_hash",
+    "parse_topic",
 ]
 
 _IMPORT_HINT: Final = "KV events need the [kvevents] extra: pip install 'inference-sched[kvevents]'"
@@ -85,6 +102,9 @@ _packb: Final = _msgpack.packb
 
 _MASK64: Final = (1 << 64) - 1
 _TOKEN_LIMIT: Final = 1 << 32
+_BLOCK_SIZE_LIMIT: Final = 1 << 31
+"""Block sizes are int32 in the index (vLLM's are 16 to a few hundred tokens)."""
+_BLOCK_SIZE_EXPECTED: Final = "int in [0, 2**31)"
 
 # ``array.array(code, list)`` converts a list of ints in C and raises TypeError for any
 # other element (float, str, bytes, None, containers) and OverflowError out of range:
@@ -322,7 +342,7 @@ def _extra_keys(value: object, num_blocks: int, source: str, index: int) -> Any:
             out.append(None)
         elif type(entry) is list:
             try:
-                out.append(_as_tuple(entry))
+                out.append(_as_tuple(entry, source, f"{path}[{j}]"))
             except RecursionError:  # msgpack allows ~1000 levels, Python's stack fewer
                 raise DataError(f"{path}[{j}]: nested too deeply", source=source) from None
         else:
@@ -330,8 +350,31 @@ def _extra_keys(value: object, num_blocks: int, source: str, index: int) -> Any:
     return tuple(out)
 
 
-def _as_tuple(items: list[Any]) -> tuple[Any, ...]:
-    return tuple(_as_tuple(x) if type(x) is list else x for x in items)
+_EXTRA_KEY_TYPES: Final = frozenset({str, bytes, int, float, bool, type(None)})
+"""What an extra key may hold (besides arrays of them): what vLLM sends (LoRA names,
+multimodal ``(identifier, offset)`` pairs, the cache salt, prompt-embedding hashes) and
+what the index can fold into a key."""
+_EXTRA_KEY_EXPECTED: Final = "str, bytes, int, float, bool, nil or an array"
+
+
+def _as_tuple(items: list[Any], source: str, path: str) -> tuple[Any, ...]:
+    """Arrays as (hashable) tuples, every leaf checked; ``path`` names ``items``."""
+    allowed = _EXTRA_KEY_TYPES
+    for x in items:
+        if type(x) not in allowed:
+            break
+    else:
+        return tuple(items)  # flat and valid: the common case, no per-item Python work
+    out: list[Any] = []
+    for k, x in enumerate(items):
+        kind = type(x)
+        if kind is list:
+            out.append(_as_tuple(x, source, f"{path}[{k}]"))
+        elif kind in allowed:
+            out.append(x)
+        else:
+            raise _fail(source, f"{path}[{k}]", _EXTRA_KEY_EXPECTED, x)
+    return tuple(out)
 
 
 def _check_optional(
@@ -354,7 +397,7 @@ _STORED_TAIL: Final = ("group_idx", "kv_cache_spec_kind", "kv_cache_spec_sliding
 _STORED_REQUIRED: Final = (
     ("block_hashes", "an array of int or bytes"),
     ("token_ids", "an array of int"),
-    ("block_size", "int >= 0"),
+    ("block_size", _BLOCK_SIZE_EXPECTED),
 )
 
 
@@ -384,8 +427,8 @@ def _block_stored(
     if parent_block_hash is not None:
         parent_block_hash = _parent_hash(parent_block_hash, source, index)
     tokens = _token_array(token_ids, source, index)
-    if type(block_size) is not int or block_size < 0:
-        raise _fail(source, f"events[{index}].block_size", "int >= 0", block_size)
+    if type(block_size) is not int or not 0 <= block_size < _BLOCK_SIZE_LIMIT:
+        raise _fail(source, f"events[{index}].block_size", _BLOCK_SIZE_EXPECTED, block_size)
     num_tokens = len(tokens)
     if num_tokens and (
         block_size == 0 or num_tokens % block_size or num_tokens < len(hashes) * block_size
@@ -642,3 +685,121 @@ def encode_batch(
         batch = as_array
     packed: bytes = _packb(batch, default=_pack_default, use_bin_type=True)
     return packed
+
+
+END_SEQ: Final = (-1).to_bytes(8, "big", signed=True)
+"""Sequence frame of the replay socket's end-of-replay marker (vLLM ``END_SEQ``)."""
+
+
+# ====================================================================== frames: topics
+def parse_topic(topic: str, *, source: str = "") -> tuple[str, str]:
+    """``kv@<pod>@<model>`` → ``(pod, model)``, llm-d's topic convention.
+
+    llm-d splits on every ``@`` and wants exactly three parts; this splits on the first
+    two only, so a model name containing ``@`` (``org/model@rev``) still parses. The
+    first part is not checked (the subscription filter already chose it).
+
+    Raises:
+        DataError: fewer than three parts, or an empty pod or model.
+    """
+    parts = topic.split("@", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise DataError(
+            f"topic {topic!r}: expected 'kv@<pod>@<model>' (set vLLM's kv-events-config "
+            '"topic" to it, e.g. "kv@10.0.0.7:8000@meta-llama/Llama-3.1-8B")',
+            source=source,
+        )
+    return parts[1], parts[2]
+
+
+# ====================================================================== sequences
+class Verdict(enum.Enum):
+    """What a sequence number means for its endpoint's stream."""
+
+    OK = "ok"
+    """The next number, or the first seen from the endpoint: apply."""
+    DUPLICATE = "duplicate"
+    """Equal to the last one: drop."""
+    STALE = "stale"
+    """Lower than the last one and not a restart (reordered / second publisher): drop."""
+    GAP = "gap"
+    """Higher than last + 1: batches were lost; replay them or invalidate, then apply."""
+    RESTART = "restart"
+    """The publisher started again (see the module notes): invalidate, then apply."""
+
+
+class SequenceTracker:
+    """Last sequence number per endpoint, and a verdict for each new one.
+
+    Args:
+        restart_window: a lower number below this is a restart (0 only: ``1``).
+        max_stale_run: this many lower-or-equal numbers in a row make the last a restart.
+    """
+
+    def __init__(self, *, restart_window: int = 64, max_stale_run: int = 8) -> None:
+        if type(restart_window) is not int or restart_window < 0:
+            raise ValueError(f"restart_window must be an int >= 0, got {restart_window!r}")
+        if type(max_stale_run) is not int or max_stale_run < 1:
+            raise ValueError(f"max_stale_run must be an int >= 1, got {max_stale_run!r}")
+        self.restart_window = restart_window
+        self.max_stale_run = max_stale_run
+        self._last: dict[str, int] = {}
+        self._stale_run: dict[str, int] = {}
+        self._counts: dict[str, Counter[Verdict]] = {}
+        self.totals: Counter[Verdict] = Counter()
+        """Verdicts over all endpoints (cumulative, kept across :meth:`reset`)."""
+
+    def last(self, endpoint: str) -> int | None:
+        """The last accepted sequence number of ``endpoint`` (None: none yet)."""
+        return self._last.get(endpoint)
+
+    def counts(self, endpoint: str) -> Mapping[str, int]:
+        """Verdicts of ``endpoint`` so far, by verdict value (``{"ok": 10, "gap": 1}``)."""
+        counter = self._counts.get(endpoint, Counter())
+        return {verdict.value: counter[verdict] for verdict in Verdict}
+
+    def check(self, endpoint: str, seq: int) -> Verdict:
+        """Classify ``seq`` and, unless it is dropped, make it the endpoint's last.
+
+        Args:
+            endpoint: the stream's identity.
+            seq: the message's sequence number (>= 0).
+
+        Returns:
+            The verdict; OK, GAP and RESTART advance the stream, DUPLICATE and STALE don't.
+        """
+        last = self._last.get(endpoint)
+        if last is None or seq == last + 1:
+            verdict = Verdict.OK
+        elif seq > last:
+            verdict = Verdict.GAP
+        else:
+            run = self._stale_run.get(endpoint, 0) + 1
+            if seq < last and (seq < self.restart_window or run >= self.max_stale_run):
+                verdict = Verdict.RESTART
+            else:
+                verdict = Verdict.DUPLICATE if seq == last else Verdict.STALE
+                self._stale_run[endpoint] = run
+        if verdict is not Verdict.DUPLICATE and verdict is not Verdict.STALE:
+            self._last[endpoint] = seq
+            self._stale_run.pop(endpoint, None)
+        counter = self._counts.get(endpoint)
+        if counter is None:
+            counter = self._counts[endpoint] = Counter()
+        counter[verdict] += 1
+        self.totals[verdict] += 1
+        return verdict
+
+    def reset(self, endpoint: str) -> None:
+        """Forget the endpoint's position: its next number is accepted as a first one."""
+        self._last.pop(endpoint, None)
+        self._stale_run.pop(endpoint, None)
+
+    def forget(self, endpoint: str) -> None:
+        """Drop everything kept for ``endpoint`` (its position and its verdict counts)."""
+        self.reset(endpoint)
+        self._counts.pop(endpoint, None)
+
+    def __len__(self) -> int:
+        """Endpoints with state (a position or verdict counts)."""
+        return len(self._counts)
