@@ -2,8 +2,8 @@
 
 One child process (not measured) runs an asyncio HTTP/1.1 server on one loopback port
 that serves N simulated vLLM endpoints under distinct paths (``/e<i>/metrics``), each
-answer a realistic 38 KB ``metrics.vllm_page`` whose values change from request to
-request. The parent runs the real ``Scraper`` (``core-metrics-extractor``, default
+answer a realistic 38 KB ``tests.fixtures.metrics_pages.vllm_page`` whose values change
+from request to request. The parent runs the real ``Scraper`` (``core-metrics-extractor``, default
 ``max_concurrency``) for K cycles paced at 50 ms: each cycle is ``scrape_once()`` (start a
 GET per endpoint, wait for all, parse, one bulk table write), then sleep to the next
 50 ms boundary.
