@@ -37,7 +37,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from urllib.parse import quote
 
 import attrs
@@ -57,6 +57,7 @@ from inference_sched.datalayer.parse import EndpointSample, Page, Span
 from inference_sched.errors import ConfigError, DataError, InferenceSchedError
 from inference_sched.framework.config import EndpointPickerConfig, load_config
 from inference_sched.framework.handle import PluginHandle
+from inference_sched.framework.interfaces import DataSource, Extractor
 from inference_sched.framework.types import Endpoint
 from inference_sched.state.table import EndpointHandle, EndpointTable
 
@@ -81,32 +82,10 @@ DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
 
 
 # ------------------------------------------------------------------ contracts
-@runtime_checkable
-class MetricsSource(Protocol):
-    """Where an endpoint's metrics page is (GIE's polling ``DataSource``)."""
-
-    @property
-    def insecure_skip_verify(self) -> bool:
-        """Accept any TLS certificate (GIE ``insecureSkipVerify``)."""
-        ...
-
-    def url_for(self, endpoint: Endpoint) -> str:
-        """The URL to GET for ``endpoint``."""
-        ...
-
-
-@runtime_checkable
-class MetricsExtractor(Protocol):
-    """Turns a page into a sample (GIE's metrics ``Extractor``)."""
-
-    def extract(self, text: str, endpoint: Endpoint) -> EndpointSample:
-        """Read one endpoint's page (``bytes`` as received instead of ``str`` when the
-        extractor has a true ``accepts_bytes`` attribute).
-
-        Raises:
-            DataError: the page is malformed or has impossible values.
-        """
-        ...
+MetricsSource = DataSource
+"""Where an endpoint's metrics page is: the framework's data-source Protocol."""
+MetricsExtractor = Extractor
+"""Turns a page into an :class:`EndpointSample`: the framework's extractor Protocol."""
 
 
 # ------------------------------------------------------------------ status

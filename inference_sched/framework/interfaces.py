@@ -409,7 +409,15 @@ class Decider(Plugin, Protocol):
 
 @runtime_checkable
 class DataSource(Plugin, Protocol):
-    """Data layer: where an endpoint's metrics are polled from (GIE ``metrics-data-source``)."""
+    """Data layer: where an endpoint's metrics are polled from (GIE ``metrics-data-source``).
+
+    The one contract the registry recognises and the scraper drives
+    (:class:`~inference_sched.datalayer.scraper.Scraper`)."""
+
+    @property
+    def insecure_skip_verify(self) -> bool:
+        """Accept any TLS certificate when polling (GIE ``insecureSkipVerify``)."""
+        ...
 
     def url_for(self, endpoint: Endpoint) -> str:
         """The URL to GET for ``endpoint``'s metrics page."""
@@ -421,7 +429,9 @@ class Extractor(Plugin, Protocol):
     """Data layer: turns a polled page into endpoint metrics (GIE ``core-metrics-extractor``)."""
 
     def extract(self, text: str, endpoint: Endpoint) -> Any:
-        """Read one endpoint's page (see :mod:`inference_sched.datalayer.parse`).
+        """Read one endpoint's page into an
+        :class:`~inference_sched.datalayer.parse.EndpointSample` (``bytes`` as received
+        instead of ``str`` when the extractor has a true ``accepts_bytes`` attribute).
 
         Raises:
             DataError: the page is malformed or has impossible values.

@@ -1,11 +1,11 @@
-"""The hashing kernels equal the ``xxhash`` package bit for bit (STYLE §5, §11).
+"""The hashing kernels equal the ``xxhash`` package bit for bit (``docs/architecture.md``, Kernels).
 
 ``xxh64`` is compared with ``xxhash.xxh64_intdigest`` on every length 0..100 (all the
 32/8/4/1-byte stripe and tail boundaries) and on random lengths up to 1 MiB. The chained
 kernels are compared with their twins in ``kernels/_twins/hashing.py``, which call
-``xxhash`` on real concatenated ``block + uint64_le(parent)`` bytes, for every block size of 1..64 tokens and
-random truncations. Literal vectors, computed once from GIE's formula (``approximateprefix/hashing.go``) with
-``xxhash``, pin the chain itself: a change to the formula breaks them.
+``xxhash`` on real concatenated ``block + uint64_le(parent)`` bytes, for every block size
+of 1..64 tokens and random truncations. Literal vectors, computed once from GIE's formula
+(``approximateprefix/hashing.go``) with ``xxhash``, pin the chain itself: a change to the formula breaks them.
 
 Kernel inputs are read-only views (``prefix_hashing.readonly``), the layout the wrappers
 pass, so each kernel compiles one signature. Everything here also runs under
