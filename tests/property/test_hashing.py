@@ -5,7 +5,8 @@
 kernels are compared with their twins in ``kernels/_twins/hashing.py``, which call
 ``xxhash`` on real concatenated ``block + uint64_le(parent)`` bytes, for every block size
 of 1..64 tokens and random truncations. Literal vectors, computed once from GIE's formula
-(``approximateprefix/hashing.go``) with ``xxhash``, pin the chain itself: a change to the formula breaks them.
+(``approximateprefix/hashing.go``) with ``xxhash``, pin the chain itself: a change to the
+formula breaks them.
 
 Kernel inputs are read-only views (``prefix_hashing.readonly``), the layout the wrappers
 pass, so each kernel compiles one signature. Everything here also runs under
