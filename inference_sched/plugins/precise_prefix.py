@@ -1,12 +1,13 @@
 """``precise-prefix-cache-producer``: prefix matches from what the engines report caching.
 
-llm-d's precise prefix routing (``specs/peers.md`` A.4, B): every vLLM server publishes
-its KV-cache events (BlockStored / BlockRemoved / AllBlocksCleared) over ZMQ; the
-scheduler keeps a :class:`~inference_sched.prefix.precise.index.PreciseIndex` of them and
-matches each request's token blocks against it. The match goes to the cycle as GIE's
-``PrefixCacheMatchInfo`` (weighted matched blocks by row, the request's block count), so
-the ordinary ``prefix-cache-scorer`` scores ``matched / total``: absolute, never min-max
-(llm-d since PR #1107).
+llm-d's precise prefix routing (``llm-d-kv-cache``: ``pkg/kvcache/``,
+``docs/precise-index.md``): every vLLM server publishes its KV-cache events (BlockStored /
+BlockRemoved / AllBlocksCleared) over ZMQ; the scheduler keeps a
+:class:`~inference_sched.prefix.precise.index.PreciseIndex` of them and matches each
+request's token blocks against it. The match goes to the cycle as GIE's
+``PrefixCacheMatchInfo`` (weighted matched blocks by row, the request's block count), so the
+ordinary ``prefix-cache-scorer`` scores ``matched / total``: absolute, never min-max (llm-d
+since PR #1107).
 
 Where events come from:
 

@@ -64,7 +64,8 @@ def _out(length: int) -> npt.NDArray[np.uint64]:
 
 
 def _chain_by_formula(data: bytes, block_bytes: int, max_blocks: int, parent: int) -> list[int]:
-    """gie.md §4.2 "Hash chain", spelled out with ``xxhash`` (independent of the twin)."""
+    """GIE's hash chain (``approximateprefix/hashing.go``), spelled out with ``xxhash``
+    (independent of the twin)."""
     if block_bytes <= 0 or len(data) < block_bytes:
         return []
     data = data[: max(max_blocks, 0) * block_bytes]

@@ -1,5 +1,5 @@
-"""Cost-model routing after Dynamo's KV router (peers.md §C.1, §H.3): ``kv-cost-scorer``
-and ``softmax-picker``, and the burst they are for (llm-d #298, peers.md §A.6, §E.1)."""
+"""Cost-model routing after Dynamo's KV router (docs/plugins/kv-cost-scorer.md): ``kv-cost-scorer``
+and ``softmax-picker``, and the burst they are for (llm-d-router #298)."""
 
 from __future__ import annotations
 

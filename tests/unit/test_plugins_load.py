@@ -1,4 +1,4 @@
-"""Load scorers and the in-flight accounting (GIE gie.md §4.3, llm-d peers.md §A.1/§H.6)."""
+"""Load scorers and the in-flight accounting (GIE and llm-d; docs/plugins/)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""lora-affinity-scorer (GIE gie.md §4.4)."""
+"""lora-affinity-scorer (GIE)."""
 
 from __future__ import annotations
 

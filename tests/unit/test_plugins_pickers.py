@@ -1,4 +1,4 @@
-"""Pickers (GIE gie.md §4.5): exact seeded picks plus structural checks.
+"""Pickers (GIE): exact seeded picks plus structural checks.
 
 Max-score and random pickers break ties with ``tie_keys_from_salt(random_raw() >> 1)``
 of ``np.random.default_rng(seed)``; for four candidates:

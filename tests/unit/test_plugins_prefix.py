@@ -1,4 +1,4 @@
-"""prefix-cache-scorer (GIE gie.md §4.2, scorer side)."""
+"""prefix-cache-scorer (GIE, scorer side)."""
 
 from __future__ import annotations
 

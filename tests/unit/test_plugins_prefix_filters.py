@@ -1,4 +1,4 @@
-"""prefix-cache-affinity-filter (GIE gie.md §4.8) and no-hit-lru-scorer (llm-d peers.md §A.1)."""
+"""prefix-cache-affinity-filter (GIE) and no-hit-lru-scorer (llm-d)."""
 
 from __future__ import annotations
 

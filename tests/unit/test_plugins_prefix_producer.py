@@ -1,4 +1,4 @@
-"""approx-prefix-cache-producer (GIE gie.md §4.2): params, hashing inputs, match, PreRequest."""
+"""approx-prefix-cache-producer (GIE): params, hashing inputs, match, PreRequest."""
 
 from __future__ import annotations
 

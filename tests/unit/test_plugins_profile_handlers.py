@@ -1,4 +1,4 @@
-"""single-profile-handler (GIE gie.md §4.6)."""
+"""single-profile-handler (GIE)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""session-affinity-scorer (llm-d) and session-affinity-filter (llm-d-router), peers.md §A.1."""
+"""session-affinity-scorer (llm-d) and session-affinity-filter (llm-d-router)."""
 
 from __future__ import annotations
 

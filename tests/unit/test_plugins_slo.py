@@ -1,4 +1,4 @@
-"""SLO plugins (GIE gie.md §4.8): predicted-latency-producer, latency-scorer,
+"""SLO plugins (GIE, docs/slo.md): predicted-latency-producer, latency-scorer,
 slo-headroom-tier-filter, latency-slo-admitter, and the TTFT gate of
 prefix-cache-affinity-filter."""
 

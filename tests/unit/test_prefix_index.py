@@ -92,7 +92,7 @@ def test_eviction_only_removes_the_evicting_endpoint(index: Index) -> None:
     assert index.num_hashes() == 3
 
 
-# Counting mode vs strict mode (gie.md §4.2 PrepareRequestData): rows 0 and 1 hold
+# Counting mode vs strict mode (GIE's PrepareRequestData): rows 0 and 1 hold
 # different parts of the prompt [10, 11, 12, 13, 14]; 13 is held by nobody.
 #   row 0: 10, 12        row 1: 10, 11, 12, 14
 # Counting walks 10, 11, 12 (each held by someone) and stops at 13: row 0 counts 2 (10, 12),

@@ -1,8 +1,8 @@
 """Prompt bytes: Go json.Marshal parity and the bytes GIE hashes per API, exact values.
 
-Every expected byte string below is written by hand from gie.md §4.2/§4.9 and the Go
-structs in GIE's ``requesthandling/types.go`` (field order and ``omitempty`` tags).
-"""
+Every expected byte string below is written by hand from GIE's openai parser and hashing
+(docs/plugins/approx-prefix-cache-producer.md) and the Go structs in GIE's
+``requesthandling/types.go`` (field order and ``omitempty`` tags)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """Receive vLLM KV-cache events over ZeroMQ, in order, with gaps detected and repaired.
 
 vLLM's ``ZmqEventPublisher`` sends each batch as three frames: the topic, an 8-byte
-big-endian sequence number and the msgpack payload (``specs/peers.md`` B.7). PUB/SUB is
-best effort: a slow subscriber, a reconnect or a publisher restart loses messages without
-a word, and a lost ``BlockRemoved`` leaves the index pointing at blocks the engine no
-longer has (E.5). llm-d parses the sequence number but ignores it (B.4); here it drives
-the stream's state:
+big-endian sequence number and the msgpack payload (``vllm``:
+``vllm/distributed/kv_events.py``). PUB/SUB is best effort: a slow subscriber, a reconnect
+or a publisher restart loses messages without a word, and a lost ``BlockRemoved`` leaves the
+index pointing at blocks the engine no longer has. llm-d parses the sequence number
+but ignores it; here it drives the stream's state:
 
 * :class:`SequenceTracker` (defined with the codec in
   :mod:`~inference_sched.prefix.precise.wire`) classifies every message of an endpoint:

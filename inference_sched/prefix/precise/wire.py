@@ -2,7 +2,7 @@
 and what the other two frames of a message mean (topic, sequence number).
 
 vLLM publishes an ``EventBatch`` per scheduler step (``vllm/distributed/kv_events.py``,
-``specs/peers.md`` B.7): ``ts``, a list of ``BlockStored`` / ``BlockRemoved`` /
+``vllm``: ``vllm/distributed/kv_events.py``): ``ts``, a list of ``BlockStored`` / ``BlockRemoved`` /
 ``AllBlocksCleared`` events and the ``data_parallel_rank``, as msgpack. The wire shape
 has changed under every consumer (E.5), so :func:`decode_batch` accepts all of them:
 
