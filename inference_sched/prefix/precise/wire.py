@@ -4,7 +4,7 @@ and what the other two frames of a message mean (topic, sequence number).
 vLLM publishes an ``EventBatch`` per scheduler step (``vllm/distributed/kv_events.py``,
 ``vllm``: ``vllm/distributed/kv_events.py``): ``ts``, a list of ``BlockStored`` / ``BlockRemoved`` /
 ``AllBlocksCleared`` events and the ``data_parallel_rank``, as msgpack. The wire shape
-has changed under every consumer (E.5), so :func:`decode_batch` accepts all of them:
+has changed under every consumer, so :func:`decode_batch` accepts all of them:
 
 * the batch as an array ``[ts, events, dp_rank]`` (``array_like=True``, up to v0.28) or
   a map ``{"ts", "events", "data_parallel_rank"}`` (later main);
