@@ -23,7 +23,7 @@ MOVED: Final[dict[str, str]] = {
     "inference_sched.handle": "inference_sched.framework.handle",
     "inference_sched.histogram": "inference_sched.framework.stats",
     "inference_sched.interfaces": "inference_sched.framework.interfaces",
-    "inference_sched.joint": "inference_sched.framework.joint",
+    "inference_sched.joint": "inference_sched.framework.scheduler.joint",
     "inference_sched.metrics": "inference_sched.observability.prometheus",
     "inference_sched.precise_index": "inference_sched.prefix.precise",
     "inference_sched.prefix_hashing": "inference_sched.prefix.hashing",

@@ -38,7 +38,7 @@ import numpy as np
 
 import inference_sched.plugins.cost_model  # noqa: F401 - registers kv-cost-scorer
 from inference_sched import Endpoint, EndpointTable, Request, Scheduler, SchedulingResult
-from inference_sched.framework.joint import JointCost
+from inference_sched.framework.scheduler.joint import JointCost
 from inference_sched.sim.prompts import prompt_bytes
 from inference_sched.sim.types import SimRequest
 from inference_sched.sim.workloads import bursty

@@ -22,7 +22,7 @@ from inference_sched import (
     SchedulingError,
     SchedulingResult,
 )
-from inference_sched.framework.joint import JointCost
+from inference_sched.framework.scheduler.joint import JointCost
 from tests.helpers import make_table
 
 pytestmark = pytest.mark.unit

@@ -5,7 +5,8 @@
   ``gateway-api-inference-extension: pkg/epp/scheduling/scheduler.go`` and
   ``pkg/epp/requestcontrol/director.go``) and the response hooks;
 * :mod:`~inference_sched.framework.scheduler.batch`: ``schedule_batch``, shared and
-  joint;
+  joint; :mod:`~inference_sched.framework.scheduler.joint`: the joint assignment
+  (:class:`JointCost`);
 * :mod:`~inference_sched.framework.scheduler.build`: the plugins of an
   ``EndpointPickerConfig`` built and wired (``Scheduler.from_config``).
 
@@ -16,5 +17,6 @@ from __future__ import annotations
 
 from inference_sched.framework.scheduler.build import ConfigSource
 from inference_sched.framework.scheduler.cycle import Scheduler
+from inference_sched.framework.scheduler.joint import JointCost
 
-__all__ = ["ConfigSource", "Scheduler"]
+__all__ = ["ConfigSource", "JointCost", "Scheduler"]

@@ -9,7 +9,7 @@ requests in one kernel call (:func:`schedule_shared`); otherwise it loops over
 ``schedule``.
 
 ``joint=True`` instead places the burst as a whole (:func:`schedule_joint`,
-:mod:`inference_sched.framework.joint`): each request runs admission, the data producers
+:mod:`inference_sched.framework.scheduler.joint`): each request runs admission, the data producers
 and the profile's filters as in ``schedule``; then one kernel assigns every request on
 Dynamo's cost (uncached prefix blocks against load), with the load and the batch's own
 prefix cache updated as each request is placed, so identical prompts co-locate while
@@ -32,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_sched.errors import InferenceSchedError, NoEndpointError, SchedulingError
-from inference_sched.framework.joint import Plan, Prepared, plan
 from inference_sched.framework.profile import SchedulingProfile
+from inference_sched.framework.scheduler.joint import Plan, Prepared, plan
 from inference_sched.framework.types import (
     Candidates,
     CycleState,

@@ -54,10 +54,10 @@ from inference_sched.errors import (
 )
 from inference_sched.framework.config import EndpointPickerConfig
 from inference_sched.framework.interfaces import DataProducer, ProfileHandler, SaturationDetector
-from inference_sched.framework.joint import JointCost
 from inference_sched.framework.profile import PluginStats, SchedulingProfile
 from inference_sched.framework.scheduler import batch
 from inference_sched.framework.scheduler.build import ConfigSource, build
+from inference_sched.framework.scheduler.joint import JointCost
 from inference_sched.framework.stats import DEFAULT_DURATION_BUCKETS_S, DurationHistogram
 from inference_sched.framework.timing import timed_call
 from inference_sched.framework.types import (
@@ -257,7 +257,7 @@ class Scheduler:
             requests: the batch, in arrival order.
             joint: assign the batch as a whole on the cost of :attr:`joint_cost`
                 (:mod:`inference_sched.framework.scheduler.batch`,
-                :mod:`inference_sched.framework.joint`): later requests see the load and
+                :mod:`inference_sched.framework.scheduler.joint`): later requests see the load and
                 prefixes of earlier ones, identical prompts co-locate while that pays.
                 The profile's filters apply; its scorers and picker do not. Each entry
                 is a :class:`SchedulingResult` whose scores are the negated costs, or

@@ -43,7 +43,7 @@ from inference_sched.kernels.assignment import assign_greedy
 from inference_sched.params import at_least, param
 from inference_sched.state.table import EndpointTable
 
-__all__ = ["JointCost", "Plan", "Prepared", "plan"]
+__all__ = ["JointCost"]  # Plan, Prepared and plan are the batch path's internals
 
 _DEFAULT_BLOCK_SIZE_TOKENS: Final = 16
 _MASK64: Final = (1 << 64) - 1
