@@ -39,7 +39,7 @@ BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "slo-headroom-tier-filter",
             "latency-slo-admitter",
         ),
-        "inference_sched.plugins.tokens": ("token-producer",),
+        "inference_sched.plugins.tokens": ("token-producer", "tokenizer"),
         "inference_sched.plugins.pd": (
             "disagg-profile-handler",
             "prefix-based-pd-decider",
@@ -59,8 +59,25 @@ BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "prefill-filter",
             "label-selector-filter",
             "by-label-selector",
+            "encode-filter",
+            "by-label",
+        ),
+        "inference_sched.plugins.utilization": ("utilization-filter",),
+        "inference_sched.plugins.context_length": ("context-length-aware",),
+        "inference_sched.plugins.affinity": ("header-label-affinity-scorer",),
+        "inference_sched.plugins.topology": (
+            "topology-affinity-filter",
+            "topology-affinity-scorer",
         ),
         "inference_sched.plugins.profile_handlers": ("single-profile-handler",),
+        "inference_sched.plugins.header_profile": ("header-profile-handler",),
+        "inference_sched.plugins.pd_legacy": (
+            "pd-profile-handler",
+            "disagg-headers-handler",
+            "prefill-header-handler",
+        ),
+        "inference_sched.plugins.session_id": ("session-id-producer", "agent-identity"),
+        "inference_sched.plugins.admitters": ("probabilistic-admitter",),
         "inference_sched.datalayer.plugins": ("metrics-data-source", "core-metrics-extractor"),
     }
 )

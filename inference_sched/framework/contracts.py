@@ -9,7 +9,7 @@ are GIE's and llm-d's data keys (``docs/architecture.md``, "Data contracts").
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NewType
 
 import attrs
 import numpy as np
@@ -21,24 +21,35 @@ if TYPE_CHECKING:
     from inference_sched.state.table import EndpointTable
 
 __all__ = [
+    "AGENT_IDENTITY",
     "IN_FLIGHT_LOAD",
     "LATENCY_PREDICTION_INFO",
+    "PEER_ENDPOINT",
     "PREFILL_PROFILE",
     "PREFIX_CACHE_MATCH_INFO",
+    "SESSION_ID",
     "TOKENIZED_PROMPT",
     "InFlightLoad",
     "LatencyPredictionInfo",
     "PrefixCacheMatchInfo",
+    "SessionID",
     "cache_salt",
     "estimate_tokens",
     "first_picks",
     "read_latency_info",
     "read_prefix_info",
+    "read_session_id",
     "request_token_ids",
+    "session_id_key",
 ]
 
 PREFILL_PROFILE: Final = "prefill"
 """GIE's convention: a profile literally named ``prefill`` is the prefill stage of P/D."""
+
+PEER_ENDPOINT: Final = "peer-endpoint/disagg-profile-handler"
+"""Request attribute (llm-d-router): the other disaggregation stage's first endpoint, an
+:class:`~inference_sched.state.endpoint.Endpoint`, written by ``disagg-profile-handler``
+before it runs the prefill / encode stage (read by the topology plugins)."""
 
 # ------------------------------------------------------------------ prefix match
 PREFIX_CACHE_MATCH_INFO: Final = "PrefixCacheMatchInfo"
@@ -216,3 +227,35 @@ def read_latency_info(cycle: CycleState) -> LatencyPredictionInfo | None:
     """The cycle's prediction, or ``None`` when no producer wrote one."""
     info = cycle.read(LATENCY_PREDICTION_INFO)
     return info if isinstance(info, LatencyPredictionInfo) else None
+
+
+# ------------------------------------------------------------------ request attributes
+# llm-d-router keeps per-request data in ``InferenceRequest.PutAttribute(DataKey, value)``
+# with keys printed ``"<dataType>/<producer>"``; here the cycle state is the request's
+# attribute store (one ``CycleState`` per request) and the same strings are its keys.
+SESSION_ID: Final = "SessionID"
+"""Data key of the request's session identifier (llm-d-router ``SessionIDDataKey``,
+``pkg/epp/framework/plugins/datalayer/attribute/session``). ``session-id-producer`` writes
+it under this key and under :func:`session_id_key` of its own name."""
+
+SessionID = NewType("SessionID", str)
+"""The session identifier a ``session-id-producer`` extracted (llm-d-router ``SessionID``)."""
+
+
+def session_id_key(producer: str) -> str:
+    """The key one producer's session identifier is stored under: ``SessionID/<name>``."""
+    return f"{SESSION_ID}/{producer}"
+
+
+def read_session_id(cycle: CycleState, producer: str = "") -> SessionID | None:
+    """The request's session identifier: the named producer's (``""``: the last one
+    written by any producer), or None when no producer found one."""
+    value = cycle.read(session_id_key(producer) if producer else SESSION_ID)
+    return SessionID(value) if isinstance(value, str) and value else None
+
+
+AGENT_IDENTITY: Final = "agent-identity"
+"""Request attribute holding the calling agent's session identity, a ``str``, written by
+the ``agent-identity`` plugin (llm-d-router: ``pkg/epp/framework/plugins/requesthandling/
+agentidentity``); llm-d uses it as the flow-control fairness id when the request has no
+fairness header."""

@@ -1,13 +1,17 @@
-"""Filters on endpoint metadata: llm-d's role filters and label-selector filter.
+"""Filters on endpoint metadata: llm-d's role filters and label filters.
 
-``decode-filter`` and ``prefill-filter`` keep endpoints by their ``llm-d.ai/role`` label
-(llm-d/llm-d-inference-scheduler, ``pkg/plugins/filter/pd_role.go``; see
-``docs/plugins/decode-filter.md`` and ``docs/plugins/prefill-filter.md``), read from the
-table's int8 ``role`` column with one kernel call; both are a :class:`_RoleFilter`.
+``decode-filter``, ``prefill-filter`` and ``encode-filter`` keep endpoints by their
+``llm-d.ai/role`` label (llm-d/llm-d-inference-scheduler, ``pkg/plugins/filter/pd_role.go``;
+llm-d-router, ``pkg/epp/framework/plugins/scheduling/filter/``; see
+``docs/plugins/decode-filter.md``, ``docs/plugins/prefill-filter.md`` and
+``docs/plugins/encode-filter.md``), read from the table's int8 ``role`` column with one
+kernel call; all are a :class:`_RoleFilter`.
 ``label-selector-filter`` (deprecated alias ``by-label-selector``) keeps endpoints whose
-labels match a Kubernetes label selector; it evaluates the selector once per endpoint
-whenever the table's structure changes (``table.version``), caches the per-row result as
-a bool mask, and filters with one kernel call per request.
+labels match a Kubernetes label selector, and the deprecated ``by-label`` (llm-d-router,
+``docs/plugins/by-label.md``) those whose one label takes one of a list of values; both
+evaluate their predicate once per endpoint whenever the table's structure changes
+(``table.version``), cache the per-row result as a bool mask, and filter with one kernel
+call per request (:class:`_LabelMaskFilter`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from inference_sched.framework.interfaces import Filter, Handle
 from inference_sched.framework.registry import register
 from inference_sched.framework.types import Candidates, CycleState, Request, Role
 from inference_sched.kernels import filtering
-from inference_sched.params import NoParams, ParamCheck, param
+from inference_sched.params import NoParams, ParamCheck, boolean, param
 from inference_sched.state.table import EndpointTable
 
 __all__ = [
+    "ByLabel",
+    "ByLabelParams",
     "ByLabelSelector",
     "DecodeFilter",
+    "EncodeFilter",
     "LabelRequirement",
     "LabelSelectorParams",
     "LabelSelectorFilter",
@@ -55,6 +62,7 @@ _DECODE_ROLES: Final = _allowed(
 _PREFILL_ROLES: Final = _allowed(
     (Role.PREFILL, Role.ENCODE_PREFILL, Role.PREFILL_DECODE, Role.BOTH, Role.ENCODE_PREFILL_DECODE)
 )
+_ENCODE_ROLES: Final = _allowed((Role.ENCODE, Role.ENCODE_PREFILL, Role.ENCODE_PREFILL_DECODE))
 
 
 class _RoleFilter:
@@ -111,6 +119,20 @@ class PrefillFilter(_RoleFilter):
 
 
 _prefill_filter: type[Filter] = PrefillFilter
+
+
+@register("encode-filter")
+class EncodeFilter(_RoleFilter):
+    """Keeps endpoints that can encode (llm-d-router); endpoints without a role label are
+    dropped.
+
+    Kept roles: ``encode``, ``encode-prefill``, ``encode-prefill-decode``.
+    """
+
+    _allowed_roles = _ENCODE_ROLES
+
+
+_encode_filter: type[Filter] = EncodeFilter
 
 
 # ---------------------------------------------------------------- label selector
@@ -243,27 +265,26 @@ class LabelSelectorParams:
     """Requirements ``{key, operator: In|NotIn|Exists|DoesNotExist, values}``."""
 
 
-@register("label-selector-filter")
-class LabelSelectorFilter:
-    """Keeps endpoints whose labels match a Kubernetes label selector (llm-d)."""
+class _LabelMaskFilter:
+    """Keeps the candidates whose labels pass :meth:`matches`, in order.
+
+    The predicate is evaluated once per endpoint whenever the table's structure changes
+    (``table.version``) and cached as a per-row bool mask. A subclass sets ``name``,
+    calls :meth:`_init_cache` and defines :meth:`matches`.
+    """
 
     type: ClassVar[str]
-    Params = LabelSelectorParams
+    name: str
     is_batch_invariant: ClassVar[bool] = True
     """Reads endpoint metadata only: a batch can filter once for all its requests."""
 
-    def __init__(self, name: str, params: LabelSelectorParams, handle: Handle) -> None:
-        self.name = name
-        self._requirements = (
-            *(LabelRequirement(k, "In", (v,)) for k, v in params.match_labels.items()),
-            *params.match_expressions,
-        )
+    def _init_cache(self) -> None:
         self._lock = threading.Lock()
         self._cache: tuple[EndpointTable, int, npt.NDArray[np.bool_]] | None = None
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether an endpoint with ``labels`` passes the selector."""
-        return all(r.matches(labels) for r in self._requirements)
+        """Whether an endpoint with ``labels`` passes."""
+        raise NotImplementedError
 
     def filter(
         self,
@@ -290,6 +311,25 @@ class LabelSelectorFilter:
         return mask
 
 
+@register("label-selector-filter")
+class LabelSelectorFilter(_LabelMaskFilter):
+    """Keeps endpoints whose labels match a Kubernetes label selector (llm-d)."""
+
+    Params = LabelSelectorParams
+
+    def __init__(self, name: str, params: LabelSelectorParams, handle: Handle) -> None:
+        self.name = name
+        self._requirements = (
+            *(LabelRequirement(k, "In", (v,)) for k, v in params.match_labels.items()),
+            *params.match_expressions,
+        )
+        self._init_cache()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether an endpoint with ``labels`` passes the selector."""
+        return all(r.matches(labels) for r in self._requirements)
+
+
 _label_selector_filter: type[Filter] = LabelSelectorFilter
 
 
@@ -307,3 +347,77 @@ class ByLabelSelector(LabelSelectorFilter):
 
 
 _by_label_selector: type[Filter] = ByLabelSelector
+
+
+# ---------------------------------------------------------------- by-label
+def _non_empty(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ParamCheck(attribute.alias or attribute.name, "a non-empty str", value)
+
+
+def _parse_values(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple):
+        raise ParamCheck("validValues", "a list of str", raw)
+    for i, value in enumerate(raw):
+        if not isinstance(value, str):
+            raise ParamCheck(f"validValues[{i}]", "str", value)
+    return tuple(raw)
+
+
+def _is_values(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _parse_values(value)
+
+
+@attrs.frozen
+class ByLabelParams:
+    """Parameters of ``by-label`` (llm-d-router): one label and the values it may take."""
+
+    label: str = param(check=_non_empty)
+    """The label key to read (required)."""
+    valid_values: tuple[str, ...] = param(
+        (), alias="validValues", parse=_parse_values, check=_is_values
+    )
+    """Label values that keep an endpoint."""
+    allows_no_label: bool = param(False, alias="allowsNoLabel", check=boolean)
+    """Also keep endpoints that do not carry the label."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.valid_values and not self.allows_no_label:
+            raise ParamCheck(
+                "validValues",
+                "at least one value (or allowsNoLabel: true, else no endpoint passes)",
+                list(self.valid_values),
+            )
+
+
+@register("by-label")
+class ByLabel(_LabelMaskFilter):
+    """Deprecated (llm-d-router, since v0.9.0; use ``label-selector-filter``): keeps
+    endpoints whose ``label`` value is in ``validValues``, or that lack the label when
+    ``allowsNoLabel`` (an absent label reads as ``""``). Logs a warning when built."""
+
+    Params = ByLabelParams
+
+    def __init__(self, name: str, params: ByLabelParams, handle: Handle) -> None:
+        log.warning(
+            "plugin %r: type 'by-label' is deprecated; use 'label-selector-filter' "
+            "(matchExpressions: [{key: %s, operator: In, values: [...]}])",
+            name,
+            params.label,
+        )
+        self.name = name
+        self._label = params.label
+        self._values = frozenset(params.valid_values)
+        self._allows_no_label = params.allows_no_label
+        self._init_cache()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """``labels[label]`` in ``validValues`` (absent: ``""``), or absent and allowed."""
+        if self._label not in labels and self._allows_no_label:
+            return True
+        return labels.get(self._label, "") in self._values
+
+
+_by_label: type[Filter] = ByLabel

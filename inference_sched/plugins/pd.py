@@ -31,6 +31,7 @@ import attrs
 
 from inference_sched.errors import SchedulingError
 from inference_sched.framework.contracts import (
+    PEER_ENDPOINT,
     PREFIX_CACHE_MATCH_INFO,
     PrefixCacheMatchInfo,
     request_token_ids,
@@ -260,6 +261,8 @@ class DisaggProfileHandler:
             decider = self._decider(stage)
             if decider is not None and decider.decide(cycle, request, decoded):
                 chosen[profile] = profiles[profile]
+        if chosen:  # llm-d-router: the next stage sees the decode pick as its peer
+            cycle.write(PEER_ENDPOINT, decoded.endpoints[0])
         return chosen
 
     def process_results(

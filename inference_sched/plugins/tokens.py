@@ -12,6 +12,10 @@ from other token ids would never match. Requests that already carry ``token_ids`
 the gateway) or a ``prompt_token_ids`` list in the body are not re-tokenized.
 
 The ids go to the cycle as ``TokenizedPrompt`` (llm-d's data key): a uint32 array.
+
+``tokenizer`` is the deprecated alias of ``token-producer`` (llm-d-router:
+``cmd/epp/runner/runner.go`` registers the same factory under both names): same
+parameters and behaviour; building one logs a deprecation warning.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from inference_sched.framework.types import Candidates, CycleState, Request
 from inference_sched.params import ParamCheck, boolean, param, string
 from inference_sched.state.table import EndpointTable
 
-__all__ = ["TokenProducer"]
+__all__ = ["TokenProducer", "TokenizerProducer"]
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +118,15 @@ class TokenProducer:
             return
         cycle.write(TOKENIZED_PROMPT, self.tokenize(text))
         self.stats["tokenized"] += 1
+
+
+@register("tokenizer")
+class TokenizerProducer(TokenProducer):
+    """Deprecated alias of ``token-producer`` (llm-d-router); logs a warning when built."""
+
+    def __init__(self, name: str, params: TokenProducerParams, handle: Handle) -> None:
+        log.warning(
+            "plugin %r: type 'tokenizer' is deprecated; use 'token-producer' (same parameters)",
+            name,
+        )
+        super().__init__(name, params, handle)

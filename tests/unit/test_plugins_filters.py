@@ -15,8 +15,10 @@ from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.types import ROLE_LABEL, CycleState, Endpoint, Request
 from inference_sched.params import NoParams, parse_params
 from inference_sched.plugins.filters import (
+    ByLabel,
     ByLabelSelector,
     DecodeFilter,
+    EncodeFilter,
     LabelRequirement,
     LabelSelectorFilter,
     PrefillFilter,
@@ -366,3 +368,154 @@ def test_label_selector_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         _selector(_label_table(), None)
     assert caplog.records == []
+
+
+# ---------------------------------------------------------------- encode-filter
+@pytest.mark.parametrize(
+    ("candidates", "expected"),
+    [
+        pytest.param(ALL_ROWS, [5, 6, 7], id="all"),
+        pytest.param([7, 3, 6, 0, 5], [7, 6, 5], id="order-kept"),
+        pytest.param([3], [], id="unlabeled-dropped"),
+        pytest.param([0, 1, 2, 4, 8, 9], [], id="none-left"),
+    ],
+)
+def test_encode_filter(candidates: list[int], expected: list[int]) -> None:
+    table = _role_table()
+    plugin = EncodeFilter("encode", NoParams(), PluginHandle(table))
+    assert _filter(plugin, table, candidates) == expected
+    assert EncodeFilter.type == "encode-filter"
+    assert registry.get("encode-filter") is EncodeFilter
+
+
+# ---------------------------------------------------------------- by-label
+# row -> labels
+_BY_LABEL: list[dict[str, str]] = [
+    {"gpu": "h100"},  # 0
+    {"gpu": "h200"},  # 1
+    {},  # 2: no label
+    {"gpu": ""},  # 3: empty value
+    {"gpu": "a100", "other": "h100"},  # 4
+]
+
+
+def _by_label(raw: dict[str, Any], candidates: list[int]) -> list[int]:
+    table = EndpointTable(clock=lambda: 100.0)
+    for i, labels in enumerate(_BY_LABEL):
+        table.add(Endpoint(f"e{i}", f"10.0.0.{i}", 8000, labels=labels))
+    plugin = ByLabel("bl", parse_params(ByLabel.Params, raw, PATH), PluginHandle(table))
+    return _filter(plugin, table, candidates)
+
+
+@pytest.mark.parametrize(
+    ("raw", "candidates", "expected"),
+    [
+        pytest.param({"label": "gpu", "validValues": ["h100"]}, [0, 1, 2, 3, 4], [0], id="one"),
+        pytest.param(
+            {"label": "gpu", "validValues": ["h200", "h100"]}, [4, 1, 0, 2], [1, 0], id="order"
+        ),
+        pytest.param(
+            {"label": "gpu", "validValues": ["h100"], "allowsNoLabel": True},
+            [0, 1, 2, 3, 4],
+            [0, 2],
+            id="allows-no-label",
+        ),
+        pytest.param(
+            {"label": "gpu", "allowsNoLabel": True}, [0, 1, 2, 3, 4], [2], id="only-unlabeled"
+        ),
+        pytest.param(
+            {"label": "gpu", "validValues": [""]},
+            [0, 1, 2, 3, 4],
+            [2, 3],
+            id="absent-reads-as-empty",
+        ),
+        pytest.param({"label": "missing", "validValues": ["x"]}, [0, 1, 2], [], id="none-left"),
+    ],
+)
+def test_by_label(raw: dict[str, Any], candidates: list[int], expected: list[int]) -> None:
+    assert _by_label(raw, candidates) == expected
+
+
+def test_by_label_is_deprecated(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="inference_sched.plugins.filters"):
+        _by_label({"label": "gpu", "validValues": ["h100"]}, [0])
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin 'bl': type 'by-label' is deprecated; use 'label-selector-filter' "
+        "(matchExpressions: [{key: gpu, operator: In, values: [...]}])"
+    ]
+    assert ByLabel.type == "by-label"
+    assert registry.get("by-label") is ByLabel
+
+
+def test_by_label_follows_relabeling() -> None:
+    table = EndpointTable(clock=lambda: 100.0)
+    table.add(Endpoint("e0", "10.0.0.0", 8000, labels={"gpu": "h100"}))
+    plugin = ByLabel(
+        "bl",
+        parse_params(ByLabel.Params, {"label": "gpu", "validValues": ["h100"]}, PATH),
+        PluginHandle(table),
+    )
+    assert _filter(plugin, table, [0]) == [0]
+    table.remove("e0")
+    table.add(Endpoint("e1", "10.0.0.1", 8000, labels={"gpu": "h200"}))
+    assert _filter(plugin, table, [0]) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            {}, r"^plugins\[0\]\.parameters\.label: required key is missing$", id="no-label"
+        ),
+        pytest.param(
+            {"label": "", "validValues": ["a"]},
+            r"^plugins\[0\]\.parameters\.label: expected a non-empty str, got '' \(str\)$",
+            id="empty-label",
+        ),
+        pytest.param(
+            {"label": "gpu"},
+            r"^plugins\[0\]\.parameters\.validValues: expected at least one value "
+            r"\(or allowsNoLabel: true, else no endpoint passes\), got \[\] \(list\)$",
+            id="no-values",
+        ),
+        pytest.param(
+            {"label": "gpu", "validValues": "h100"},
+            r"^plugins\[0\]\.parameters\.validValues: expected a list of str, got 'h100' \(str\)$",
+            id="values-not-list",
+        ),
+        pytest.param(
+            {"label": "gpu", "validValues": ["a", 3]},
+            r"^plugins\[0\]\.parameters\.validValues\[1\]: expected str, got 3 \(int\)$",
+            id="value-not-str",
+        ),
+        pytest.param(
+            {"label": "gpu", "validValues": ["a"], "allowsNoLabel": "yes"},
+            r"^plugins\[0\]\.parameters\.allowsNoLabel: expected bool, got 'yes' \(str\)$",
+            id="allows-not-bool",
+        ),
+    ],
+)
+def test_by_label_params_rejected(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        parse_params(ByLabel.Params, raw, PATH)
+
+
+def test_by_label_params_parsed() -> None:
+    params = parse_params(
+        ByLabel.Params, {"label": "gpu", "validValues": ["a", "b"], "allowsNoLabel": True}, PATH
+    )
+    assert (params.label, params.valid_values, params.allows_no_label) == (
+        "gpu",
+        ("a", "b"),
+        True,
+    )
+
+
+def test_encode_filter_and_by_label_conformance() -> None:
+    from inference_sched.state.endpoint import Role
+    from inference_sched.testing import check_plugin, make_table
+
+    # The default conformance table has no encode endpoint: encode-filter would keep none.
+    table = make_table(3, roles=[Role.ENCODE, Role.DECODE, Role.ENCODE_PREFILL], waiting=[0, 1, 2])
+    check_plugin("encode-filter", table=table)
+    check_plugin("by-label", {"label": "gpu", "validValues": ["h100"], "allowsNoLabel": True})

@@ -202,3 +202,26 @@ def test_pd_in_the_simulator_from_a_config_file() -> None:
     assert int((run.status == 0).sum()) == n  # every request completed
     done: Any = run.first_token_s - run.arrival_s
     assert float(np.min(done)) > 0.001  # at least the transfer's fixed cost
+
+
+def test_the_prefill_stage_sees_the_decode_pick_as_its_peer() -> None:
+    # e0 (busy prefill) shares e3's rack; e1 (idle prefill) is elsewhere. The topology
+    # scorer (rack: 0.2, weight 10) can only outweigh the queue (weight 1) if the handler
+    # wrote the peer.
+    table = EndpointTable(clock=lambda: 100.0)
+    racks = ["r1", "r2", "r9", "r1"]
+    for i, role in enumerate(["prefill", "prefill", "decode", "decode"]):
+        labels = {ROLE_LABEL: role, "topology.kubernetes.io/rack": racks[i]}
+        table.add(Endpoint(f"e{i}", f"10.0.0.{i}", 8000, labels=labels))
+    table.update_metrics(np.arange(4), waiting=[3, 0, 2, 0])
+    config = (
+        _pd_config("always-disagg-pd-decider").replace(
+            "- type: max-score-picker\n",
+            "- type: max-score-picker\n- type: topology-affinity-scorer\n",
+            1,
+        )
+        + "  - {pluginRef: topology-affinity-scorer, weight: 10}\n"
+    )
+    result = Scheduler.from_config(config, table).schedule(Request.create("m", prompt="p"))
+    assert result.endpoint.name == "e3"
+    assert result.picked("prefill").name == "e0"  # type: ignore[union-attr]

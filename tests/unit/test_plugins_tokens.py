@@ -12,10 +12,9 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from inference_sched.errors import ConfigError  # noqa: E402
 from inference_sched.framework.config import load_config  # noqa: E402
-from inference_sched.framework.contracts import request_token_ids  # noqa: E402
+from inference_sched.framework.contracts import TOKENIZED_PROMPT, request_token_ids  # noqa: E402
 from inference_sched.framework.scheduler import Scheduler  # noqa: E402
 from inference_sched.framework.types import CycleState, Request  # noqa: E402
-from inference_sched.plugins.tokens import TOKENIZED_PROMPT  # noqa: E402
 from inference_sched.sim.kvcache import BlockStored  # noqa: E402
 from tests.helpers import make_table  # noqa: E402
 
@@ -98,3 +97,30 @@ def test_bad_tokenizer_files_are_config_errors(tmp_path: Path) -> None:
     junk.write_text("{not json")
     with pytest.raises(ConfigError, match=r"not a tokenizer\.json"):
         Scheduler.from_config(_config(junk), make_table(1))
+
+
+def test_tokenizer_is_a_deprecated_alias_of_token_producer(
+    tokenizer_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from inference_sched.errors import ParameterError
+    from inference_sched.plugins.tokens import TokenizerProducer
+
+    config = _config(tokenizer_file).replace("type: token-producer", "type: tokenizer")
+    with caplog.at_level(logging.WARNING, logger="inference_sched.plugins.tokens"):
+        scheduler = Scheduler.from_config(config, make_table(1))
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin 'tokenizer': type 'tokenizer' is deprecated; use 'token-producer' (same parameters)"
+    ]
+    alias = scheduler.plugins["tokenizer"]
+    assert type(alias) is TokenizerProducer
+    assert alias.type == "tokenizer"
+    np.testing.assert_array_equal(alias.tokenize("w0 w1"), [1, 2, 3])
+    cycle = CycleState(np.random.default_rng(0))
+    alias.prepare_request_data(
+        cycle, Request.create("m", prompt="w2"), make_table(1), np.zeros(1, np.int32)
+    )
+    np.testing.assert_array_equal(cycle.read(TOKENIZED_PROMPT), [1, 4])
+    with pytest.raises(ParameterError, match=r"tokenizerFile: required key is missing"):
+        load_config(config.replace(f"tokenizerFile: '{tokenizer_file}'", "modelName: m"))

@@ -118,10 +118,20 @@ def test_make_cycle_subset_and_explicit_candidates() -> None:
 
 # ====================================================================== built-ins
 _PARAMS: dict[str, dict[str, Any]] = {
+    "by-label": {"label": "gpu", "validValues": ["h100"], "allowsNoLabel": True},
+    "utilization-filter": {"conditions": [{"metric": "waiting-queue", "maxValue": 3}]},
+    "header-label-affinity-scorer": {"headerName": "x-gpu", "labelKey": "gpu"},
     # In-process events: no ZMQ sockets to the made-up endpoint addresses.
     "precise-prefix-cache-producer": {"kvEventsConfig": {"discoverPods": False}},
+    # Needs exactly one source; the conformance requests carry x-session-id.
+    "session-id-producer": {"headerName": "x-session-id"},
+    "agent-identity": {"additionalSessionHeaders": ["x-session-id"]},
 }
-_PROFILES: dict[str, tuple[str, ...]] = {"disagg-profile-handler": ("decode", "prefill")}
+_PROFILES: dict[str, tuple[str, ...]] = {
+    "disagg-profile-handler": ("decode", "prefill"),
+    # Decode alone: the handler stops before asking its decider (none is configured).
+    "pd-profile-handler": ("decode",),
+}
 
 
 def _tokenizer_file(directory: Path) -> Path:
@@ -139,14 +149,22 @@ def _tokenizer_file(directory: Path) -> Path:
 @pytest.mark.parametrize("plugin_type", sorted(BUILTIN_PLUGINS))
 def test_every_builtin_plugin_passes(plugin_type: str, tmp_path: Path) -> None:
     params = _PARAMS.get(plugin_type)
-    if plugin_type == "token-producer":
+    if plugin_type in ("token-producer", "tokenizer"):
         pytest.importorskip(
             "tokenizers",
             reason="token-producer needs a tokenizer file, built with the tokenizers package "
             "(the [tokens] extra)",
         )
         params = {"tokenizerFile": str(_tokenizer_file(tmp_path))}
-    report = check_plugin(plugin_type, params, profiles=_PROFILES.get(plugin_type, ("default",)))
+    table = (
+        # encode-filter keeps encode endpoints only: give it some
+        make_table(3, roles=[Role.ENCODE, Role.DECODE, Role.ENCODE_PREFILL], waiting=[0, 1, 2])
+        if plugin_type == "encode-filter"
+        else None
+    )
+    report = check_plugin(
+        plugin_type, params, profiles=_PROFILES.get(plugin_type, ("default",)), table=table
+    )
     assert isinstance(report, CheckReport)
     assert report.plugin_type == plugin_type
     assert report.kinds == registry.kinds_of(registry.get(plugin_type))
