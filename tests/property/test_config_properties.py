@@ -184,7 +184,7 @@ def _normalized(cfg: EndpointPickerConfig) -> tuple[Any, ...]:
         cfg.saturation_detector,
         cfg.data_layer,
         cfg.flow_control,
-        cfg.parser,
+        cfg.request_handler,
     )
 
 

@@ -1,10 +1,11 @@
-"""Loading GIE's ``EndpointPickerConfig`` from YAML text, a file, or a parsed mapping.
+"""Loading the ``EndpointPickerConfig`` from YAML text, a file, or a parsed mapping.
 
-:func:`load_config` runs GIE's loading pipeline (``gateway-api-inference-extension:
-pkg/epp/config/loader``) over one document and returns the *effective* config: exactly
-what the scheduler builds, with every plugin the pipeline added listed (``is_auto``) and
-everything skipped explained in ``warnings``. It never lists a plugin that cannot be
-built. docs/configuration.md describes the pipeline, the errors and the warnings.
+:func:`load_config` runs llm-d-router's loading pipeline (``llm-d-router:
+pkg/epp/config/loader``; GIE's configs load too) over one document and returns the
+*effective* config: exactly what the scheduler builds, with every plugin the pipeline
+added listed (``is_auto``) and everything skipped explained in ``warnings``. It never
+lists a plugin that cannot be built. docs/configuration.md describes the pipeline, the
+errors and the warnings.
 
 The package is split by concern:
 
@@ -13,8 +14,9 @@ The package is split by concern:
 * :mod:`~inference_sched.framework.config.values`: quantities, parameters written back;
 * :mod:`~inference_sched.framework.config.document`: YAML/JSON text → the document (with
   line numbers in the errors), and the one error a load raises;
-* :mod:`~inference_sched.framework.config.checks` and
-  :mod:`~inference_sched.framework.config.sections`: the checks of each section;
+* :mod:`~inference_sched.framework.config.checks`,
+  :mod:`~inference_sched.framework.config.sections` and
+  :mod:`~inference_sched.framework.config.flow`: the checks of each section;
 * :mod:`~inference_sched.framework.config.phases`: the defaulting pipeline and the
   public entry points;
 * :mod:`~inference_sched.framework.config.graph`: the data-dependency graph of producers
@@ -26,7 +28,10 @@ from __future__ import annotations
 from inference_sched.framework.config.model import (
     API_VERSION,
     API_VERSIONS,
+    DEFAULT_PARSERS,
+    FEATURE_GATE_DEFAULTS,
     FEATURE_GATES,
+    GIE_API_VERSION,
     KIND,
     EndpointPickerConfig,
     PluginSpec,
@@ -40,7 +45,10 @@ from inference_sched.framework.config.values import effective_parameters, parse_
 __all__ = [
     "API_VERSION",
     "API_VERSIONS",
+    "DEFAULT_PARSERS",
     "FEATURE_GATES",
+    "FEATURE_GATE_DEFAULTS",
+    "GIE_API_VERSION",
     "KIND",
     "EndpointPickerConfig",
     "PluginSpec",

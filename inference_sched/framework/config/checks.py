@@ -2,9 +2,9 @@
 
 Each check records every problem it finds (path, message, offending value) and goes on,
 so a load reports them all at once (:mod:`inference_sched.framework.config.phases`).
-GIE's loader stops at the first (``gateway-api-inference-extension:
-pkg/epp/config/loader/configloader.go``, ``LoadRawConfig`` and ``instantiatePlugins``);
-docs/configuration.md ("Errors") describes ours.
+llm-d-router's loader stops at the first (``llm-d-router:
+pkg/epp/config/loader/configloader.go``, ``LoadRawConfig`` and ``loadFeatureConfig``;
+``validation.go``); docs/configuration.md ("Errors") describes ours.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from inference_sched.framework.config.model import (
     API_VERSION,
     API_VERSIONS,
     AUTO_PATH,
+    FEATURE_GATE_DEFAULTS,
     FEATURE_GATES,
+    GIE_API_VERSION,
+    GIE_FEATURE_GATES,
     KIND,
     MISSING,
     PluginSpec,
@@ -46,9 +49,10 @@ _TOP_KEYS: Final = (
     "featureGates",
     "plugins",
     "schedulingProfiles",
-    "saturationDetector",
-    "dataLayer",
+    "requestHandler",
     "flowControl",
+    "dataLayer",
+    "saturationDetector",
     "parser",
 )
 _PLUGIN_KEYS: Final = ("type", "name", "parameters")
@@ -98,6 +102,14 @@ class RawProfile:
 
 
 MAX_MESSAGE_CHARS: Final = 2000
+_TRUE: Final = frozenset({"1", "t", "true"})
+_FALSE: Final = frozenset({"0", "f", "false"})
+
+
+def _parse_bool(text: str) -> bool | None:
+    """``strconv.ParseBool(strings.ToLower(strings.TrimSpace(text)))``; ``None`` if invalid."""
+    value = text.strip().lower()
+    return True if value in _TRUE else False if value in _FALSE else None
 
 
 def shown(message: str) -> str:
@@ -123,6 +135,9 @@ class Checker:
         self.entries: dict[str, Entry] = {}
         """Plugin instances by name: the declared ones, then those the pipeline added."""
         self.gates: tuple[str, ...] = ()
+        """The gates that are on (given or by default)."""
+        self.gate_entries: tuple[str, ...] = ()
+        """``featureGates`` normalised: ``name`` or ``name=false``, one per gate."""
 
     # ------------------------------------------------------------------ plumbing
     def error(
@@ -208,6 +223,11 @@ class Checker:
         if value is None:
             return API_VERSION
         if isinstance(value, str) and value in API_VERSIONS:
+            if value == GIE_API_VERSION:
+                self.warn(
+                    f"apiVersion: {GIE_API_VERSION!r} is deprecated; write {API_VERSION!r} "
+                    "(the same schema)"
+                )
             return value
         hint = did_you_mean(value, API_VERSIONS) if isinstance(value, str) else ""
         self.error(
@@ -226,24 +246,53 @@ class Checker:
         return KIND
 
     def feature_gates(self, raw: Any) -> tuple[str, ...]:
+        """``featureGates`` as llm-d-router reads it (``llm-d-router: cmd/epp/runner/
+        runner.go``, ``loadFeatureConfig``): ``name``, ``name=true`` or ``name=false``;
+        the name is not trimmed, the value is (``strconv.ParseBool``, case-insensitive).
+        Returns the gates that are on, registered defaults included."""
         items = self.sequence(raw, "featureGates", "a list of feature gate names")
-        gates: list[str] = []
+        values: dict[str, bool] = {}
         for i, gate in enumerate(items or []):
-            if isinstance(gate, str) and gate in FEATURE_GATES:
-                if gate not in gates:
-                    gates.append(gate)
+            path = f"featureGates[{i}]"
+            if not isinstance(gate, str):
+                self.error(path, f"expected a feature gate name, got {describe(gate)}", gate)
                 continue
-            shown = (
-                f"{gate!r}{did_you_mean(gate, FEATURE_GATES)}"
-                if isinstance(gate, str)
-                else describe(gate)
-            )
-            self.error(
-                f"featureGates[{i}]",
-                f"unknown feature gate {shown}; known gates: {', '.join(FEATURE_GATES)}",
-                gate,
-            )
-        return tuple(gates)
+            name, has_value, text = gate.partition("=")
+            known = (*FEATURE_GATES, *GIE_FEATURE_GATES)
+            if name not in known:
+                self.error(
+                    path,
+                    f"feature gate {name!r} is unknown or unregistered"
+                    f"{did_you_mean(name, known)}; known gates: {', '.join(FEATURE_GATES)} "
+                    f"(GIE's, deprecated: {', '.join(GIE_FEATURE_GATES)})",
+                    gate,
+                )
+                continue
+            value = _parse_bool(text) if has_value else True
+            if value is None:
+                self.error(
+                    path,
+                    f"{text!r} is not a valid value for the feature gate {name!r} "
+                    "(expected one of 1, t, true, 0, f, false)",
+                    gate,
+                )
+                continue
+            if name in GIE_FEATURE_GATES:
+                self.warn(
+                    f"{path}: {name!r} is a GIE feature gate that llm-d-router no longer "
+                    "registers"
+                    + (
+                        " (the data layer is always on); remove it"
+                        if name == "dataLayer"
+                        else "; remove it, and set dataLayer.injectDefaults: false to "
+                        "stop the default metrics collection"
+                    )
+                )
+            values.pop(name, None)  # the last entry wins; keep the order of the last one
+            values[name] = value
+        self.gate_entries = tuple(n if v else f"{n}=false" for n, v in values.items())
+        effective = {**FEATURE_GATE_DEFAULTS, **values}
+        return tuple(n for n, v in effective.items() if v)
 
     # .................................................................. plugins
     def plugins_phase(self, raw: Any) -> None:

@@ -167,10 +167,21 @@ def parse_yaml(text: str) -> Any:
         try:
             node = loader.checked_node()
             return None if node is None else loader.construct_document(node)
+        except RecursionError:  # PyYAML composes recursively: name where it gave up
+            line = loader.get_mark().line + 1
+            raise ConfigError(
+                f"invalid YAML at line {line}: nested more than {MAX_DEPTH} levels deep"
+            ) from None
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(_yaml_message(exc)) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(
+            f"invalid YAML at line {line}: unacceptable character #x{character:04x}: {exc.reason}"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}") from None
     except RecursionError:

@@ -1,20 +1,24 @@
-"""The loading phases: one parsed document through GIE's defaulting pipeline.
+"""The loading phases: one parsed document through llm-d-router's defaulting pipeline.
 
-GIE loads in two steps (``gateway-api-inference-extension:
-pkg/epp/config/loader/configloader.go``, ``LoadRawConfig`` then
-``InstantiateAndConfigure``), with its defaults in ``defaults.go``. Here the phases are:
+llm-d-router loads in two steps (``llm-d-router: pkg/epp/config/loader/configloader.go``,
+``LoadRawConfig`` then ``InstantiateAndConfigure``), with its defaults in ``defaults.go``
+and its checks in ``validation.go`` and ``flowcontrol.go``. Here the phases are:
 
 1. **shape**: top-level keys, ``apiVersion``/``kind``, ``featureGates`` and the sections
-   owned by later subsystems (``saturationDetector``, ``dataLayer``, ``flowControl``,
-   ``parser``), which are shape-checked now and kept as given
+   owned by later subsystems (``requestHandler``, ``flowControl``, ``dataLayer``, and the
+   deprecated ``saturationDetector`` and ``parser``, mapped to their new places), checked
+   now with their static defaults filled in
    (:mod:`~inference_sched.framework.config.checks`,
-   :mod:`~inference_sched.framework.config.sections`);
+   :mod:`~inference_sched.framework.config.sections`,
+   :mod:`~inference_sched.framework.config.flow`);
 2. **plugins**: ``name := type``, unique names, registered types, typed parameters;
 3. **profiles**: names, references and weights as written;
-4. **system defaults** (needs every plugin's class): the implicit ``default`` profile,
-   ``single-profile-handler``, ``max-score-picker``, scorer weight 1.0, then the plugins
-   of later sections *when their types are registered*; references are resolved against
-   the result, as GIE validates after defaulting;
+4. **system defaults** (needs every plugin's class), in llm-d-router's order: the
+   implicit ``default`` profile, ``single-profile-handler``, ``max-score-picker``, scorer
+   weight 1.0; the flow-control policies; the parsers; the saturation detector; the data
+   layer. A default of a later subsystem is added *when its type is registered*, else
+   skipped quietly with its reference kept; references are resolved against the result,
+   as llm-d-router validates after defaulting;
 5. **data dependencies**: a default producer for every consumed key nobody produces
    (built with the producer parameters a consumer's ``Params.producer_parameters()``
    carries, as GIE's docs put the prefix producer's keys on ``prefix-cache-scorer``), and
@@ -25,14 +29,16 @@ Each phase collects every problem it finds, and the loader raises one
 nothing after could run (the YAML does not parse, or the document is not a mapping).
 While a plugin type does not resolve, the system defaults are skipped and references are
 only checked to exist. docs/configuration.md ("The defaulting pipeline") numbers the
-same steps as GIE orders them.
+same steps.
 """
 
 from __future__ import annotations
 
 import builtins
 import itertools
+import logging
 import os
+import threading
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +48,7 @@ from inference_sched.errors import ConfigError, PluginLoadError, UnknownPluginTy
 from inference_sched.framework import registry
 from inference_sched.framework.config.checks import Entry, RawProfile, RawRef
 from inference_sched.framework.config.document import combined, parse_yaml
+from inference_sched.framework.config.flow import FlowChecker
 from inference_sched.framework.config.graph import DataNode, data_keys, dependency_order
 from inference_sched.framework.config.model import (
     API_VERSION,
@@ -51,14 +58,19 @@ from inference_sched.framework.config.model import (
     DEFAULT_SCORER_WEIGHT,
     DETECTOR,
     EXTRACTOR,
+    FAIRNESS_POLICY,
     FLOW_POLICIES,
+    FUTURE_TYPES,
     KIND,
     MAX_SCORE_PICKER,
     MISSING,
-    PARSER,
+    ORDERING_POLICY,
+    PARSER_TYPES,
+    POLICY_TYPES,
     PROFILE_KINDS,
     SINGLE_PROFILE_HANDLER,
     SYSTEM_TYPES,
+    USAGE_LIMIT_POLICY,
     EndpointPickerConfig,
     PluginSpec,
     ProfileRef,
@@ -66,15 +78,19 @@ from inference_sched.framework.config.model import (
     did_you_mean,
 )
 from inference_sched.framework.config.sections import (
+    KIND_DETECTOR,
+    KIND_PARSER,
     Section,
-    SectionChecker,
+    SectionRef,
     Sections,
     freeze_section,
 )
 from inference_sched.framework.config.values import effective_parameters
 from inference_sched.params import describe
 
-__all__ = ["default_config", "load_config", "load_config_file", "load_document"]
+__all__ = ["debug_once", "default_config", "load_config", "load_config_file", "load_document"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DOCUMENT: Final[Mapping[str, Any]] = types.MappingProxyType(
     {
@@ -170,7 +186,7 @@ def load_document(document: Any) -> EndpointPickerConfig:
         raise ConfigError("the document is nested too deeply") from None
 
 
-class Loader(SectionChecker):
+class Loader(FlowChecker):
     """One load: the phases of the module docstring over one parsed document."""
 
     def __init__(self, document: Any) -> None:
@@ -180,6 +196,8 @@ class Loader(SectionChecker):
         """Default types the pipeline tried to add and could not (already reported)."""
         self.forwarded: dict[str, str] = {}
         """Auto-created producer name -> the consumer whose parameters it was built with."""
+        self.reported: set[str] = set()
+        """Paths of section references whose problem is already reported."""
 
     def load(self) -> EndpointPickerConfig:
         top = self.document
@@ -194,13 +212,16 @@ class Loader(SectionChecker):
         self.gates = self.feature_gates(top.get("featureGates"))
         self.plugins_phase(top.get("plugins"))
         profiles = self.profiles_phase(top.get("schedulingProfiles"))
+        flow, detector = self.flow_control_shape(
+            top.get("flowControl", MISSING), top.get("saturationDetector", MISSING)
+        )
         sections = Sections(
-            saturation_detector=self.saturation_detector_shape(
-                top.get("saturationDetector", MISSING)
-            ),
+            saturation_detector=detector,
             data_layer=self.data_layer_shape(top.get("dataLayer", MISSING)),
-            flow_control=self.flow_control_shape(top.get("flowControl", MISSING)),
-            parser=self.parser_shape(top.get("parser", MISSING)),
+            flow_control=flow,
+            request_handler=self.request_handler_shape(
+                top.get("requestHandler", MISSING), top.get("parser", MISSING)
+            ),
         )
         resolved = all(e.cls is not None for e in self.entries.values())
         effective: list[ProfileSpec] = []
@@ -214,13 +235,13 @@ class Loader(SectionChecker):
         return EndpointPickerConfig(
             api_version=api_version,
             kind=kind,
-            feature_gates=self.gates,
+            feature_gates=self.gate_entries,
             plugins=(*specs, *self.auto),
             scheduling_profiles=tuple(effective),
             saturation_detector=freeze_section(sections.saturation_detector),
             data_layer=freeze_section(sections.data_layer),
             flow_control=freeze_section(sections.flow_control),
-            parser=freeze_section(sections.parser),
+            request_handler=freeze_section(sections.request_handler),
             warnings=tuple(self.warnings),
         )
 
@@ -323,47 +344,75 @@ class Loader(SectionChecker):
         return registry.is_registered(plugin_type)
 
     def section_defaults(self, sections: Sections) -> None:
-        """System-default plugins of the sections later issues implement (step 5; GIE's
-        ``ensureFlowControlLayer`` and ``ensureParser`` in ``defaults.go``).
+        """System-default plugins of the sections later issues implement, in
+        llm-d-router's order (``llm-d-router: pkg/epp/config/loader/defaults.go``,
+        ``applySystemDefaults``): the flow-control policies, the parsers, the saturation
+        detector, the data layer.
 
-        Each is added only when its type is registered; otherwise ``warnings`` says what
-        is skipped. A section that was given keeps its references, resolved afterwards.
+        Each is added only when its type is registered. A default of a later subsystem
+        that is not is skipped quietly (logged once per process at debug level) and its
+        reference is kept; ``warnings`` says when the ``flowControl`` gate asks for it.
         """
-        flow_in_use = "flowControl" in self.gates
         missing = [t for t in FLOW_POLICIES if not self.add_auto(t, "flowControl", required=False)]
-        if missing and flow_in_use:
+        for plugin_type in missing:
+            debug_once(f"flowControl: default {plugin_type!r} is not available in this version")
+        if missing and "flowControl" in self.gates:
             self.warn(
                 f"flowControl: the flow-control policy plugins ({', '.join(missing)}) are not "
                 "available in this version; requests are not queued"
             )
-        for section, plugin_type, key, effect in (
-            (sections.parser, PARSER, "parser", "request bodies are parsed by the embedder"),
-            (
-                sections.saturation_detector,
-                DETECTOR,
-                "saturationDetector",
-                "saturation detection is off",
-            ),
-        ):
-            if section.raw is not None or not section.ok:
-                continue
-            if self.add_auto(plugin_type, key, required=False):
-                section.raw = {"pluginRef": plugin_type}
-            else:
+        for ref in sections.request_handler.refs:  # ensureParsers: a ref names a type
+            if ref.name not in self.entries:
+                self.add_parser(ref)
+        detector = sections.saturation_detector
+        if detector.refs and detector.refs[0].name == DETECTOR and DETECTOR not in self.entries:
+            ref = detector.refs[0]
+            if not self.add_auto(DETECTOR, "saturationDetector", required=False):
                 self.warn(
-                    f"{key}: the default {plugin_type!r} is not available in this version; {effect}"
+                    f"{ref.path}: the default {DETECTOR!r} is not available in this version; "
+                    "saturation detection is off"
                 )
         self.data_layer_default(sections.data_layer)
 
-    def data_layer_default(self, section: Section) -> None:
-        if section.raw is not None or not section.ok:
+    def add_parser(self, ref: SectionRef) -> None:
+        """Instantiate a parser reference that names no instance, using it as the type
+        (a default one that fails to load is skipped with a warning)."""
+        if ref.defaulted and self.may_be_registered(ref.name):
+            self.add_auto(ref.name, "requestHandler.parsers", required=False)
             return
-        if "enableLegacyMetrics" in self.gates:
-            self.warn(
-                "featureGates: enableLegacyMetrics: the legacy metrics poller is not available "
-                "in this version; endpoint metrics must be written to the EndpointTable by "
-                "the embedder"
+        if ref.name in PARSER_TYPES and not self.may_be_registered(ref.name):
+            where = "requestHandler.parsers" if ref.defaulted else ref.path
+            default = "default " if ref.defaulted else "parser type "
+            debug_once(
+                f"{where}: {default}{ref.name!r} is not available in this version; "
+                "request bodies are parsed by the embedder"
             )
+            return
+        if not self.may_be_registered(ref.name):
+            return  # undefined: reported when references are resolved
+        try:
+            registry.get(ref.name)
+        except (UnknownPluginTypeError, PluginLoadError) as exc:
+            self.error(
+                ref.path, f"the configured parser {ref.name!r} is not loaded: {exc}", ref.name
+            )
+            self.reported.add(ref.path)
+            return
+        if not self.add_auto(ref.name, ref.path, required=False):
+            self.error(ref.path, f"the configured parser {ref.name!r} is not loaded", ref.name)
+            self.reported.add(ref.path)
+
+    def data_layer_default(self, section: Section) -> None:
+        """``ensureDataLayer``: append the default source unless ``injectDefaults`` is
+        false or a source already is a ``metrics-data-source``; additive (GIE replaced
+        nothing when a ``dataLayer`` section was given)."""
+        if not section.ok or "enableLegacyMetrics" in self.gates:
+            return
+        raw: dict[Any, Any] = {"injectDefaults": True} if section.raw is None else section.raw
+        sources = list(raw.get("sources") or ())
+        if raw.get("injectDefaults") is False or any(self.is_metrics_source(s) for s in sources):
+            section.raw = raw
+            self.warn_no_sources(sources)
             return
         types_ = (DATA_SOURCE, EXTRACTOR)
         if not all(t in self.entries or self.lookup_optional(t) for t in types_):
@@ -371,11 +420,26 @@ class Loader(SectionChecker):
                 "dataLayer: metrics collection plugins are not available in this version; "
                 "endpoint metrics must be written to the EndpointTable by the embedder"
             )
+            section.raw = None if section.raw is None else raw
+            self.warn_no_sources(sources)
             return
         if all(self.add_auto(t, "dataLayer", required=False) for t in types_):
-            section.raw = {
-                "sources": [{"pluginRef": DATA_SOURCE, "extractors": [{"pluginRef": EXTRACTOR}]}]
-            }
+            sources.append({"pluginRef": DATA_SOURCE, "extractors": [{"pluginRef": EXTRACTOR}]})
+            section.raw = {"injectDefaults": True} | raw | {"sources": sources}
+
+    def is_metrics_source(self, source: Any) -> bool:
+        """A ``dataLayer`` source naming ``metrics-data-source`` (llm-d-router's test), or
+        an instance of that type under another name."""
+        ref = source.get("pluginRef") if isinstance(source, Mapping) else None
+        entry = self.entries.get(ref) if isinstance(ref, str) else None
+        return ref == DATA_SOURCE or (entry is not None and entry.type == DATA_SOURCE)
+
+    def warn_no_sources(self, sources: list[Any]) -> None:
+        if not sources:
+            self.warn(
+                "dataLayer: no sources, so endpoint metrics collection is disabled; "
+                "endpoint metrics must be written to the EndpointTable by the embedder"
+            )
 
     # .................................................................. resolving
     def resolve_profile(self, profile: RawProfile, default_picker: str) -> ProfileSpec:
@@ -456,28 +520,66 @@ class Loader(SectionChecker):
             )
 
     def resolve_section_refs(self, sections: Sections) -> None:
-        """Section references name a declared plugin, or a GIE default type (added here
-        with default parameters when registered, as GIE instantiates it if absent)."""
+        """Section references name a declared plugin, or a default type (added here with
+        default parameters when registered, as llm-d-router instantiates it if absent);
+        llm-d-router's ``validateConfig`` and the resolution in ``flowcontrol.go``."""
         for section in sections.all():
             for ref in section.refs:
+                if ref.path in self.reported:
+                    continue
+                if not ref.name:  # only a default can be empty
+                    self.error(ref.path, f"{ref.kind.replace('-', ' ')} plugin reference is empty")
+                    continue
                 entry = self.entries.get(ref.name)
                 if entry is None and ref.name in SYSTEM_TYPES:
                     tried = ref.name in self.unavailable
-                    if not self.add_auto(ref.name, ref.path, required=False):
-                        if tried:  # the section default already said why
-                            continue
+                    if self.add_auto(ref.name, ref.path, required=False):
+                        entry = self.entries[ref.name]
+                    elif ref.name in FUTURE_TYPES:
+                        self.unresolved_ref(ref)  # kept quietly, if of the right kind
+                        continue
+                    elif tried:
+                        continue  # the section default already said why
+                    else:
                         self.warn(
-                            f"{ref.path}: {ref.name!r} is a GIE default plugin, but its type is "
+                            f"{ref.path}: {ref.name!r} is a default plugin, but its type is "
                             "not available in this version; the reference has no effect"
                         )
                         continue
-                    entry = self.entries[ref.name]
                 if entry is None:
-                    self.undefined_ref(ref.path, ref.name, sentence=False)
-                elif ref.kind in registry.KINDS and ref.kind not in entry.kinds:
-                    self.error(ref.path, f"plugin {entry.describe()} is not a {ref.kind}", ref.name)
-                elif ref.defaulted and section.raw is not None:
-                    section.raw[ref.path.rsplit(".", 1)[-1]] = ref.name
+                    self.unresolved_ref(ref)
+                elif not self.is_kind(entry, ref):
+                    self.error(ref.path, _wrong_kind(entry, ref), ref.name)
+
+    def unresolved_ref(self, ref: SectionRef) -> None:
+        """A reference to no instance: a later subsystem's type (kept quietly, unless it
+        is a type of another kind), or undefined."""
+        unavailable = ref.name in self.unavailable or not self.may_be_registered(ref.name)
+        if ref.name in FUTURE_TYPES and unavailable:
+            other = next((k for k, t in POLICY_TYPES.items() if ref.name in t), "parser")
+            if ref.known is not None and ref.name not in ref.known:
+                self.error(
+                    ref.path,
+                    f"plugin {ref.name!r} does not implement the {ref.kind} interface (it is "
+                    f"a {other} type)",
+                    ref.name,
+                )
+                return
+            debug_once(f"{ref.path}: {ref.name!r} is not available in this version")
+            return
+        hint = did_you_mean(ref.name, list(self.entries))
+        template = _UNDEFINED.get(
+            ref.kind, "undefined plugin {name!r}{hint}; declare it in plugins"
+        )
+        self.error(ref.path, template.format(name=ref.name, hint=hint), ref.name)
+
+    @staticmethod
+    def is_kind(entry: Entry, ref: SectionRef) -> bool:
+        """Whether ``entry`` implements ``ref.kind``: by the registry's Protocol once it
+        defines the kind, else by llm-d-router's types of that kind (if known)."""
+        if ref.kind in registry.KINDS:
+            return ref.kind in entry.kinds
+        return ref.known is None or entry.type in ref.known
 
     def undefined_refs_only(self, profiles: list[RawProfile], sections: Sections) -> None:
         """Reference checks possible while some plugin type failed to resolve."""
@@ -487,8 +589,8 @@ class Loader(SectionChecker):
                     self.undefined_ref(raw.path, raw.plugin_ref)
         for section in sections.all():
             for ref in section.refs:
-                if ref.name not in self.entries and ref.name not in SYSTEM_TYPES:
-                    self.undefined_ref(ref.path, ref.name, sentence=False)
+                if ref.name not in self.entries and ref.name not in SYSTEM_TYPES | FUTURE_TYPES:
+                    self.unresolved_ref(ref)
 
     # .................................................................. data
     def data_dependencies(self) -> None:
@@ -568,6 +670,42 @@ class Loader(SectionChecker):
                 f"{', '.join(p.describe() for p in producers)} produces the data of "
                 f"{entry.name!r} with its own parameters; set them there"
             )
+
+
+_UNDEFINED_ANY: Final = "undefined plugin {name!r}{hint}; declare it in plugins"
+_UNDEFINED: Final = {
+    KIND_DETECTOR: "saturation detector references undefined plugin {name!r}{hint}; declare "
+    "it in plugins",
+    KIND_PARSER: "parser references undefined plugin {name!r}{hint}; declare it in plugins or "
+    "name a parser type",
+    FAIRNESS_POLICY: "plugin {name!r} not found{hint}; declare it in plugins",
+    ORDERING_POLICY: "plugin {name!r} not found{hint}; declare it in plugins",
+    USAGE_LIMIT_POLICY: "plugin {name!r} not found{hint}; declare it in plugins",
+}
+"""llm-d-router's wording for an undefined reference, by kind (``llm-d-router:
+pkg/epp/config/loader/validation.go``, ``flowcontrol.go``)."""
+
+
+def _wrong_kind(entry: Entry, ref: SectionRef) -> str:
+    if ref.kind == KIND_PARSER:
+        return f"the plugin {entry.describe()} is not a parser plugin"
+    if ref.kind in POLICY_TYPES:
+        return f"plugin {entry.describe()} does not implement the {ref.kind} interface"
+    return f"plugin {entry.describe()} is not a {ref.kind}"
+
+
+_logged: set[str] = set()
+_logged_lock = threading.Lock()
+
+
+def debug_once(message: str) -> None:
+    """Log ``message`` at debug level, once per process (a default that is not available
+    yet is not actionable: no warning on every load)."""
+    with _logged_lock:
+        if message in _logged:
+            return
+        _logged.add(message)
+    log.debug("%s", message)
 
 
 def _producer_parameters(entry: Entry | None) -> dict[str, Any] | None:
