@@ -1,5 +1,5 @@
 """Developer sessions: ``nox -s tests``, ``tests_nojit``, ``integration``, ``plugins``,
-``lint``, ``types``, ``bench``."""
+``lint``, ``types``, ``bench``, ``fuzz``, ``stress``."""
 
 from __future__ import annotations
 
@@ -82,3 +82,19 @@ def bench(session: nox.Session) -> None:
     out.mkdir(exist_ok=True)
     for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
         session.run("python", str(script), "--json", str(out / f"{script.stem}.json"))
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Hypothesis fuzzing of every input parser (tests/fuzz) under time and memory
+    budgets: the short budget by default; ``FUZZ_EXAMPLES=5000 nox -s fuzz`` for a long run."""
+    session.install("-e", ".[test,plot,k8s,kvevents,redis,tokenizer]")
+    _pytest(session, "tests/fuzz", markers="fuzz")
+
+
+@nox.session(python=PYTHON)
+def stress(session: nox.Session) -> None:
+    """The integration suite 20 times beside busy loops on every core
+    (``nox -s stress -- --runs 5``; see benchmarks/stress_tests.py)."""
+    session.install("-e", ".[test,plot,k8s,kvevents,redis,tokenizer]")
+    session.run("python", str(ROOT / "benchmarks" / "stress_tests.py"), *session.posargs)
