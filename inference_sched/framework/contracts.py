@@ -9,6 +9,7 @@ are GIE's and llm-d's data keys (``docs/architecture.md``, "Data contracts").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, NewType
 
 import attrs
@@ -71,8 +72,9 @@ class PrefixCacheMatchInfo:
             use): the request's blocks found on that endpoint.
         total_blocks: the request's number of prefix blocks.
         block_size_tokens: block size used for the hashes, in tokens.
-        hashes: the request's chained block hashes (uint64, ``total_blocks`` long, or
-            empty when the producer hashed nothing): two requests share their first ``k``
+        hashes: the request's chained block hashes (uint64, ``total_blocks`` long, shorter
+            when the producer stopped early, or empty when it hashed nothing; read them
+            through :meth:`block_hashes`): two requests share their first ``k``
             blocks exactly when their first ``k`` hashes are equal. The joint batch
             assignment groups requests by them.
     """
@@ -81,6 +83,15 @@ class PrefixCacheMatchInfo:
     total_blocks: int
     block_size_tokens: int
     hashes: npt.NDArray[np.uint64] = NO_HASHES
+    rehash: Callable[[], npt.NDArray[np.uint64]] | None = attrs.field(default=None, repr=False)
+    """Computes all ``total_blocks`` hashes when the producer stopped hashing early
+    (``hashes`` shorter): the hot path skips what only the joint batch path reads."""
+
+    def block_hashes(self) -> npt.NDArray[np.uint64]:
+        """All the request's chained block hashes (``total_blocks`` long, or empty)."""
+        if len(self.hashes) == self.total_blocks or self.rehash is None:
+            return self.hashes
+        return self.rehash()
 
 
 def read_prefix_info(cycle: CycleState) -> PrefixCacheMatchInfo | None:

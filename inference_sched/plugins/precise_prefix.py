@@ -47,6 +47,7 @@ producer.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import threading
@@ -707,13 +708,19 @@ class PrecisePrefixCacheProducer:
                     cache_salt(request),
                     counts,
                     limit,
-                    all_keys=True,  # every key: the joint batch path groups by them
+                    # without speculation, stop hashing once the match is decided;
+                    # the joint batch path asks for the rest (rehash) when it needs it
+                    all_keys=self.params.speculative_indexing,
                 )
                 total = self.index.num_request_keys(len(tokens), limit)
         if tokens is None:
             with self._qlock:
                 self.stats["requests_without_token_ids"] += 1
-        info = PrefixCacheMatchInfo(counts, total, block_tokens, keys)
+        rehash = None
+        if tokens is not None and len(keys) < total:
+            index, root, salt = self.index, self._seed + request.target_model, cache_salt(request)
+            rehash = functools.partial(index.request_keys, tokens, root, salt, limit)
+        info = PrefixCacheMatchInfo(counts, total, block_tokens, keys, rehash)
         cycle.write(PREFIX_CACHE_MATCH_INFO, info)
         if self.params.speculative_indexing and len(keys):
             cycle.write(self._state_key, _Match(keys, info))

@@ -86,8 +86,9 @@ def _prefix(
         return None, 0, _DEFAULT_BLOCK_SIZE_TOKENS, np.empty(0, dtype=np.uint64)
     total = int(info.total_blocks)
     block = info.block_size_tokens if info.block_size_tokens > 0 else _DEFAULT_BLOCK_SIZE_TOKENS
-    if len(info.hashes) == total:  # both prefix producers publish the chained hashes
-        return info.match_blocks, total, block, info.hashes
+    hashes = info.block_hashes()  # both prefix producers publish the chained hashes
+    if len(hashes) == total:
+        return info.match_blocks, total, block, hashes
     # No hashes (a producer that does not publish them): identical prompts share
     # everything, others nothing.
     body: Any = request.token_ids.tobytes() if request.token_ids is not None else request.prompt
