@@ -15,10 +15,19 @@ Block ids. A Mooncake hash id ``h`` of a ``B``-token block becomes ``B / 16`` id
 prefix-consistent because Mooncake's ids are (equal id at equal position = same prefix).
 Azure rows carry no prefix information, so each request gets ids no other request has.
 
+Limits. A row may ask for at most :data:`MAX_INPUT_TOKENS` (10**7) prompt tokens,
+:data:`MAX_OUTPUT_TOKENS` (10**7) output tokens and a ``block_size_tokens`` of at most
+:data:`MAX_BLOCK_TOKENS` (65536), so a request has at most ``10**7 / 16 = 625,000`` block
+ids (5 MB) and at most that many hash ids are kept from its row; a timestamp must be a
+finite float. No real trace comes near these (the shared ones stay below 2 * 10**5 tokens);
+a row past one raises :class:`~inference_sched.errors.DataError` naming the field, so a
+few bytes of input cannot make a loader allocate gigabytes.
+
 Row policy: an output length of 0 is clamped to 1 (a request always yields one token);
 a row with an empty prompt is skipped. Both are counted in ``Workload.params``. Blank
 lines are ignored. Any other bad row (invalid JSON or CSV, a missing, negative or
-non-integer field, too few hash ids, a timestamp earlier than the previous row's) raises
+non-integer field, a count past its limit, too few hash ids, a timestamp earlier than the
+previous row's, a line nested too deep or with a number too long to parse) raises
 :class:`~inference_sched.errors.DataError` with the path, the 1-based line number and the
 field. Rows after the selected window or ``limit`` are not read.
 
@@ -28,6 +37,7 @@ bytes are derived later, on demand (:func:`.prompts.prompt_bytes`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import gzip
@@ -51,6 +61,9 @@ from inference_sched.sim.types import SIM_BLOCK_TOKENS, SimRequest
 from inference_sched.sim.workloads import DEFAULT_MODEL, Workload
 
 __all__ = [
+    "MAX_BLOCK_TOKENS",
+    "MAX_INPUT_TOKENS",
+    "MAX_OUTPUT_TOKENS",
     "SERVEGEN_TARBALL",
     "ServeGenWindow",
     "TraceFormat",
@@ -67,6 +80,15 @@ PathLike: TypeAlias = str | os.PathLike[str]
 
 SERVEGEN_TARBALL: Final = "traces/servegen_language_m-large_client_arrivals.tar.gz"
 """The ServeGen per-client windows, relative to :func:`~.data.shared_data_dir`."""
+
+MAX_INPUT_TOKENS: Final = 10**7
+"""Most prompt tokens a trace row may ask for (``input_length``, ``input_tokens``,
+``ContextTokens``): 625,000 block ids of 16 tokens, 5 MB."""
+MAX_OUTPUT_TOKENS: Final = 10**7
+"""Most output tokens a trace row may ask for (``output_length``, ``output_tokens``,
+``GeneratedTokens``)."""
+MAX_BLOCK_TOKENS: Final = 65536
+"""Largest ``block_size_tokens`` of a normalized Mooncake row (a multiple of 16)."""
 
 _MOONCAKE_BLOCK_TOKENS: Final = 512
 _AZURE_COLUMNS: Final = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -105,12 +127,34 @@ class _Window:
 # --------------------------------------------------------------------------- reading
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
     with path.open("rb") as probe:
         gz = probe.read(2) == b"\x1f\x8b"
-    if gz:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return io.TextIOWrapper(path.open("rb"), encoding="utf-8", newline="")
+    return gzip.open(path, "rb") if gz else path.open("rb")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="")
+
+
+_LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")  # the text reader's (newline="")
+
+
+def _undecodable_line(path: Path) -> int:
+    """The 1-based line of the first byte that is not UTF-8 (the text reader decodes 8 KB
+    at a time, so it cannot tell), 0 if it cannot be found."""
+    breaks = 0
+    try:
+        with _open_binary(path) as f:
+            for raw in f:  # a b"\n" never falls inside a UTF-8 sequence
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return breaks + 1 + len(_LINE_BREAK.findall(raw[: e.start].decode("utf-8")))
+                breaks += len(_LINE_BREAK.findall(text))
+    except (OSError, EOFError, gzip.BadGzipFile):
+        pass
+    return 0
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -120,8 +164,28 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             for number, line in enumerate(f, 1):
                 if line.strip():
                     yield number, line
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except UnicodeDecodeError as e:
+        bad = _undecodable_line(path)
+        raise DataError(
+            f"cannot read trace: not UTF-8 ({e.reason})", source=str(path), line=bad
+        ) from e
+    except (OSError, EOFError) as e:
         raise DataError(f"cannot read trace: {e}", source=str(path)) from e
+
+
+def _parse_json(text: str, path: Path, line: int) -> object:
+    """``json.loads(text)``, every failure a DataError naming the line: invalid JSON, an
+    integer past Python's 4300-digit limit (a ValueError that is no JSONDecodeError),
+    nesting deeper than the recursion limit (a RecursionError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        message = f"invalid JSON: {e.msg} (column {e.colno})"
+    except ValueError as e:  # int_max_str_digits
+        message = f"invalid JSON: a number too long to parse ({e})"
+    except RecursionError:
+        message = "invalid JSON: nested too deep"
+    raise DataError(message, source=str(path), line=line)
 
 
 def detect_format(path: PathLike) -> TraceFormat:
@@ -135,9 +199,14 @@ def detect_format(path: PathLike) -> TraceFormat:
         if line.lstrip().startswith("TIMESTAMP") or "ContextTokens" in line:
             return "azure"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
+            row = _parse_json(line, p, number)
+        except DataError as e:
+            raise DataError(
+                "unknown trace format (expected a Mooncake JSONL object or an Azure CSV header "
+                f"{','.join(_AZURE_COLUMNS)}): {str(e).removeprefix(f'{p}:{number}: ')}",
+                source=str(p),
+                line=number,
+            ) from e
         if isinstance(row, dict):
             if "t_ms" in row:
                 return (
@@ -155,33 +224,51 @@ def _error(path: Path, line: int, field: str, message: str) -> DataError:
     return DataError(f"field {field!r}: {message}", source=str(path), line=line)
 
 
-def _count(row: dict[str, object], field: str, path: Path, line: int) -> int:
-    """A non-negative integer field (JSON bools are not integers)."""
+def _show(value: object) -> str:
+    """A short repr: a long integer is given by its number of digits."""
+    if type(value) is int and not -(10**20) < value < 10**20:
+        return f"an integer of {value.bit_length()} bits"  # str() refuses 4300+ digits
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bounded(value: int, limit: int, field: str, path: Path, line: int) -> int:
+    if value > limit:
+        raise _error(path, line, field, f"{_show(value)} is past the limit of {limit}")
+    return value
+
+
+def _count(row: dict[str, object], field: str, limit: int, path: Path, line: int) -> int:
+    """A non-negative integer field of at most ``limit`` (JSON bools are not integers)."""
     if field not in row:
         raise _error(path, line, field, "missing")
     value = row[field]
     if type(value) is not int or value < 0:
-        raise _error(path, line, field, f"expected a non-negative integer, got {value!r}")
-    return value
+        raise _error(path, line, field, f"expected a non-negative integer, got {_show(value)}")
+    return _bounded(value, limit, field, path, line)
 
 
 def _time(row: dict[str, object], field: str, path: Path, line: int) -> float:
     if field not in row:
         raise _error(path, line, field, "missing")
     value = row[field]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise _error(path, line, field, f"expected a non-negative number of ms, got {value!r}")
-    return float(value)
+    ms = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an integer past the float range
+            ms = float(value)
+    if not 0 <= ms < math.inf:
+        raise _error(path, line, field, f"expected a non-negative number of ms, got {_show(value)}")
+    return ms
 
 
 def _hash_ids(value: object, field: str, needed: int, path: Path, line: int) -> list[int]:
     if not isinstance(value, list):
-        raise _error(path, line, field, f"expected a list of hash ids, got {value!r}")
+        raise _error(path, line, field, f"expected a list of hash ids, got {_show(value)}")
     if value and (not set(map(type, value)) <= {int} or min(value) < 0 or max(value) > _INT64_MAX):
         raise _error(path, line, field, "expected non-negative 64-bit integers")
     if len(value) < needed:
         raise _error(path, line, field, f"{len(value)} hash ids, the prompt needs {needed}")
-    return value
+    return value[:needed]  # the extra ones are never used
 
 
 def _keep(
@@ -225,12 +312,7 @@ def _read_jsonl(path: Path, window: _Window, *, prefix: bool) -> _Rows:
     previous = -math.inf
     first = math.nan
     for line, text in _lines(path):
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"invalid JSON: {e.msg} (column {e.colno})", source=str(path), line=line
-            ) from e
+        row = _parse_json(text, path, line)
         if not isinstance(row, dict):
             raise DataError("expected a JSON object", source=str(path), line=line)
         if "t_ms" in row:
@@ -238,8 +320,8 @@ def _read_jsonl(path: Path, window: _Window, *, prefix: bool) -> _Rows:
         else:
             names = ("timestamp", "input_length", "output_length", "hash_ids")
         t = _time(row, names[0], path, line)
-        inputs = _count(row, names[1], path, line)
-        outputs = _count(row, names[2], path, line)
+        inputs = _count(row, names[1], MAX_INPUT_TOKENS, path, line)
+        outputs = _count(row, names[2], MAX_OUTPUT_TOKENS, path, line)
         if math.isnan(first):
             first = t
         action = _keep(rows, window, path, line, names[0], t, previous, first)
@@ -249,7 +331,7 @@ def _read_jsonl(path: Path, window: _Window, *, prefix: bool) -> _Rows:
         if prefix:
             block = _MOONCAKE_BLOCK_TOKENS
             if "block_size_tokens" in row:
-                block = _count(row, "block_size_tokens", path, line)
+                block = _count(row, "block_size_tokens", MAX_BLOCK_TOKENS, path, line)
                 if block == 0 or block % SIM_BLOCK_TOKENS:
                     raise _error(
                         path, line, "block_size_tokens", f"{block} is not a multiple of 16"
@@ -305,7 +387,10 @@ def _read_azure_csv(path: Path, window: _Window) -> _Rows:
     previous = -math.inf
     first_ns: int | None = None
     for line, text in lines:
-        fields = next(csv.reader([text]))
+        try:
+            fields = next(csv.reader([text]))
+        except csv.Error as e:  # e.g. a field past csv.field_size_limit()
+            raise DataError(f"invalid CSV: {e}", source=str(path), line=line) from e
         if len(fields) != len(header):
             raise DataError(
                 f"expected {len(header)} fields, got {len(fields)}", source=str(path), line=line
@@ -319,11 +404,23 @@ def _read_azure_csv(path: Path, window: _Window) -> _Rows:
                 f"expected YYYY-MM-DD HH:MM:SS.fffffff, got {fields[i_t]!r}",
             )
         counts = []
-        for index, name in ((i_in, "ContextTokens"), (i_out, "GeneratedTokens")):
+        for index, name, limit in (
+            (i_in, "ContextTokens", MAX_INPUT_TOKENS),
+            (i_out, "GeneratedTokens", MAX_OUTPUT_TOKENS),
+        ):
             value = fields[index].strip()
             if not value.isdigit() or not value.isascii():
-                raise _error(path, line, name, f"expected a non-negative integer, got {value!r}")
-            counts.append(int(value))
+                raise _error(
+                    path, line, name, f"expected a non-negative integer, got {_show(value)}"
+                )
+            if len(value.lstrip("0")) > len(str(limit)):  # int() refuses 4300+ digits
+                raise _error(
+                    path,
+                    line,
+                    name,
+                    f"an integer of {len(value)} digits is past the limit of {limit}",
+                )
+            counts.append(_bounded(int(value), limit, name, path, line))
         if first_ns is None:
             first_ns = ns
         t_ms = (ns - first_ns) / 1e6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,15 @@ import pytest
 from inference_sched.errors import ConfigError, DataError
 from inference_sched.sim.data import shared_data_dir
 from inference_sched.sim.prompts import child_ids
-from inference_sched.sim.traces import azure, detect_format, load_trace, mooncake
+from inference_sched.sim.traces import (
+    MAX_BLOCK_TOKENS,
+    MAX_INPUT_TOKENS,
+    MAX_OUTPUT_TOKENS,
+    azure,
+    detect_format,
+    load_trace,
+    mooncake,
+)
 
 MOONCAKE_ROWS = [
     {"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [0, 1]},
@@ -23,7 +32,7 @@ MOONCAKE_ROWS = [
 ]
 
 
-def write_jsonl(path: Path, rows: list[object], *, gz: bool = False) -> Path:
+def write_jsonl(path: Path, rows: Sequence[object], *, gz: bool = False) -> Path:
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if gz:
         path.write_bytes(gzip.compress(text.encode()))
@@ -286,6 +295,145 @@ def test_azure_bad_header(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="expected columns") as info:
         azure(path)
     assert info.value.line == 1
+
+
+# ------------------------------------------------- hostile rows (fuzz regressions)
+
+AZURE_PROMPT = '{"t_ms": 0, "input_tokens": %s, "output_tokens": 1, "block_hashes": null}'
+HUGE_BLOCK = (
+    '{"t_ms": 0, "input_tokens": %(n)s, "output_tokens": 1, "block_hashes": [1],'
+    ' "block_size_tokens": %(n)s}'
+)
+
+ROWS_PAST_A_LIMIT = [
+    # 78 bytes that made azure() build 62.5 M block ids (2.5 GB, 11 s); 10**12: 466 GiB
+    (azure, AZURE_PROMPT % 10**9, "input_tokens"),
+    (azure, AZURE_PROMPT % 10**12, "input_tokens"),
+    (azure, AZURE_PROMPT % (MAX_INPUT_TOKENS + 1), "input_tokens"),
+    (
+        azure,
+        AZURE_PROMPT.replace('"output_tokens": 1', f'"output_tokens": {MAX_OUTPUT_TOKENS + 1}') % 1,
+        "output_tokens",
+    ),
+    # one hash id naming a 16 * 10**12-token block: 7.3 TiB of child ids
+    (mooncake, HUGE_BLOCK % {"n": 16 * 10**12}, "input_tokens"),
+    (
+        mooncake,
+        '{"t_ms": 0, "input_tokens": 16, "output_tokens": 1, "block_hashes": [1],'
+        f' "block_size_tokens": {MAX_BLOCK_TOKENS + 16}}}',
+        "block_size_tokens",
+    ),
+    (
+        mooncake,
+        '{"timestamp": 0, "input_length": 100000000000, "output_length": 1, "hash_ids": [1]}',
+        "input_length",
+    ),
+]
+
+
+@pytest.mark.parametrize(("loader", "row", "field"), ROWS_PAST_A_LIMIT)
+def test_rows_past_a_size_limit_raise_data_error(
+    tmp_path: Path, loader: Callable[[Path], object], row: str, field: str
+) -> None:
+    path = tmp_path / "big.jsonl"
+    good = json.loads(row)  # the same row, small
+    for key in ("input_tokens", "input_length", "output_tokens", "output_length"):
+        good.update({key: 16} if key in good else {})
+    good.update({"block_size_tokens": 16} if "block_size_tokens" in good else {})
+    path.write_text(f"{json.dumps(good)}\n{row}\n")  # the bad row is line 2
+    with pytest.raises(DataError, match="past the limit") as info:
+        loader(path)
+    assert info.value.line == 2
+    assert str(info.value).startswith(f"{path}:2: field {field!r}: ")
+
+
+@pytest.mark.parametrize("tokens", ["1000000000000", "9" * 5000, "0" * 30 + "1"])
+def test_azure_csv_counts_past_the_limit(tmp_path: Path, tokens: str) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04,1,1\n"
+        f"2023-11-16 18:17:05,{tokens},1\n2023-11-16 18:17:06,1,{tokens}\n"
+    )
+    if tokens.lstrip("0") == "1":  # leading zeros are no size
+        assert [r.prompt_tokens for r in azure(path).requests] == [1, 1, 1]
+        return
+    with pytest.raises(DataError, match="past the limit") as info:
+        azure(path)
+    assert info.value.line == 3
+    assert "field 'ContextTokens'" in str(info.value)
+
+
+def test_rows_at_the_size_limits_load(tmp_path: Path) -> None:
+    rows = [
+        {"t_ms": 0, "input_tokens": MAX_INPUT_TOKENS, "output_tokens": MAX_OUTPUT_TOKENS}
+        | {"block_hashes": list(range(153)), "block_size_tokens": MAX_BLOCK_TOKENS}
+    ]
+    path = write_jsonl(tmp_path / "max.jsonl", rows)
+    (r,) = mooncake(path).requests
+    assert (r.prompt_tokens, r.output_tokens) == (MAX_INPUT_TOKENS, MAX_OUTPUT_TOKENS)
+    assert r.blocks.shape == (MAX_INPUT_TOKENS // 16,)  # 625,000 ids, 5 MB
+    assert r.blocks.tolist()[:3] == child_ids([0], MAX_BLOCK_TOKENS // 16)[:3].tolist()
+    (a,) = azure(path).requests
+    assert a.blocks.shape == (MAX_INPUT_TOKENS // 16,)
+
+
+UNPARSABLE = [
+    ('{"timestamp": ' + "9" * 5000 + "}", "number too long"),  # json.loads: ValueError
+    ("[" * 1000, "nested too deep"),  # json.loads: RecursionError
+    ("[" * 200_000, "nested too deep"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), UNPARSABLE)
+def test_unparsable_lines_name_the_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{GOOD}\n\n{text}\n{GOOD}\n")
+    for loader in (mooncake, load_trace):
+        with pytest.raises(DataError, match=message) as info:
+            loader(path)
+        assert info.value.line == 3
+        assert str(info.value).startswith(f"{path}:3: invalid JSON: ")
+    path.write_text(f"\n{text}\n")  # as the first line: detect_format says so
+    for call in (detect_format, mooncake, azure):
+        with pytest.raises(DataError, match=message) as info:
+            call(path)
+        assert info.value.line == 2
+        assert "unknown trace format" in str(info.value)
+
+
+def test_timestamp_past_the_float_range(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{GOOD}\n" + GOOD.replace('"timestamp": 0', '"timestamp": 1' + "0" * 400))
+    with pytest.raises(DataError, match="non-negative number of ms") as info:
+        mooncake(path)
+    assert info.value.line == 2
+    assert "field 'timestamp'" in str(info.value)
+    assert "an integer of 1329 bits" in str(info.value)
+
+
+def test_first_line_neither_json_nor_azure_header(tmp_path: Path) -> None:
+    path = tmp_path / "headless.csv"
+    path.write_text("\n2023-11-16 18:17:03.9799600,374,44\n")  # an Azure CSV without header
+    for call in (detect_format, azure, mooncake, load_trace):
+        with pytest.raises(DataError) as info:
+            call(path)
+        assert info.value.line == 2
+        message = str(info.value)
+        assert message.startswith(f"{path}:2: unknown trace format (expected a Mooncake JSONL ")
+        assert "Azure CSV header TIMESTAMP,ContextTokens,GeneratedTokens" in message
+        assert "invalid JSON" in message
+
+
+def test_undecodable_bytes_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    rows = f"{GOOD}\n\r\n{GOOD}\r".encode() * 200  # 29 KB, past the reader's 8 KB chunks
+    path.write_bytes(rows + f"{GOOD}\n".encode() + b'{"timestamp": "\xff"}\n')
+    for gz in (False, True):
+        if gz:
+            path.write_bytes(gzip.compress(path.read_bytes()))
+        with pytest.raises(DataError, match="cannot read trace: not UTF-8") as info:
+            mooncake(path)
+        assert info.value.line == 602  # 3 lines a repetition, then GOOD
 
 
 # ------------------------------------------------------------------ the shared traces
