@@ -32,8 +32,16 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 import attrs
 import yaml
 
+from inference_sched._yaml_limits import (
+    DEPTH_PROBLEM,
+    MAX_INT_DIGITS,
+    YAMLLimitError,
+    check_nesting,
+    check_node_graph,
+)
 from inference_sched.errors import ConfigError, DataError
 from inference_sched.framework.types import Endpoint
+from inference_sched.params import describe
 from inference_sched.state.table import EndpointTable
 
 __all__ = [
@@ -245,22 +253,60 @@ def parse_endpoints_document(
 
 
 def _load(text: str, source: str, fmt: Literal["yaml", "json"]) -> Any:
+    """The document in ``text``; nesting deeper than the shared YAML limits, alias bombs
+    and huge integers are refused before anything recurses into, copies or renders them."""
     if not text.strip():
         raise DataError(
             "empty document; write 'endpoints: []' to empty the pool on purpose", source=source
         )
+    invalid = "invalid JSON" if fmt == "json" else "invalid YAML"
+    try:
+        check_nesting(text)  # json and PyYAML's composer recurse
+    except YAMLLimitError as exc:
+        raise DataError(f"{invalid}: {exc.problem}", source=source, line=exc.line) from None
     if fmt == "json":
         try:
-            return json.loads(text)
+            return json.loads(text, parse_int=_json_int)
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON: {exc.msg}", source=source, line=exc.lineno) from None
+        except _HugeInt as exc:
+            line = text.count("\n", 0, max(text.find(exc.digits), 0)) + 1
+            raise DataError(
+                f"invalid JSON: an integer of {len(exc.digits)} digits", source=source, line=line
+            ) from None
+        except RecursionError:  # not reached past check_nesting; kept as a backstop
+            raise DataError(f"invalid JSON: {DEPTH_PROBLEM}", source=source, line=1) from None
+    loader = yaml.SafeLoader(text)
     try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_node_graph(node)
+        return loader.construct_document(node)
+    except YAMLLimitError as exc:
+        raise DataError(f"invalid YAML: {exc.problem}", source=source, line=exc.line) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
         problem = getattr(exc, "problem", None) or str(exc)
         raise DataError(f"invalid YAML: {problem}", source=source, line=line) from None
+    except RecursionError:  # deep block nesting: PyYAML composes recursively
+        line = loader.get_mark().line + 1
+        raise DataError(f"invalid YAML: {DEPTH_PROBLEM}", source=source, line=line) from None
+    finally:
+        loader.dispose()
+
+
+class _HugeInt(ValueError):
+    def __init__(self, digits: str) -> None:
+        super().__init__(f"an integer of {len(digits)} digits")
+        self.digits = digits
+
+
+def _json_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:  # int() refuses past 4300 digits anyway
+        raise _HugeInt(digits)
+    return int(digits)
 
 
 def _entry_lines(text: str) -> list[tuple[int, dict[str, int]]]:
@@ -270,7 +316,7 @@ def _entry_lines(text: str) -> list[tuple[int, dict[str, int]]]:
     """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return []
     if isinstance(root, yaml.MappingNode):
         root = next((v for k, v in root.value if k.value == "endpoints"), None)
@@ -309,7 +355,7 @@ def _parse_entry(
             raise fail(f"missing key {key!r}")
     address = entry["address"]
     if not isinstance(address, str) or not address.strip():
-        raise fail(f"expected a non-empty string, got {address!r}", "address")
+        raise fail(f"expected a non-empty string, got {describe(address)}", "address")
     address = address.strip()
     if address.startswith("[") and address.endswith("]"):  # accept a bracketed IPv6 literal
         address = address[1:-1]
@@ -327,20 +373,20 @@ def _parse_entry(
     for k, v in labels.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise fail(
-                f"label {k!r}: {v!r} must map a string to a string (quote numbers and "
-                "booleans in YAML)",
+                f"label {describe(k)}: {describe(v)} must map a string to a string "
+                "(quote numbers and booleans in YAML)",
                 "labels",
             )
     name = entry.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise fail(f"expected a non-empty string, got {name!r}", "name")
+        raise fail(f"expected a non-empty string, got {describe(name)}", "name")
     endpoint = Endpoint("", address, port, labels, metrics_port=metrics_port)
     return attrs.evolve(endpoint, name=name.strip() if name else endpoint.hostport)
 
 
 def _int_port(value: object, fail: Callable[[str], DataError]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise fail(f"expected an integer port, got {value!r}")
+        raise fail(f"expected an integer port, got {describe(value)}")
     if not 1 <= value <= 65535:
         raise fail(f"port must be in 1..65535, got {value}")
     return value

@@ -202,7 +202,13 @@ class Request:
 
         Args:
             model: the model the client asked for (body ``model``).
-            prompt: bytes to hash for prefix affinity (``str`` is UTF-8 encoded).
+            prompt: bytes to hash for prefix affinity. A ``str`` is UTF-8 encoded with
+                ``errors="surrogatepass"``: a lone surrogate (which a Python str may hold
+                but UTF-8 cannot) becomes its 3-byte encoding instead of an error. GIE's
+                prompts are Go strings, which carry arbitrary bytes and never fail here;
+                passing surrogates through (rather than replacing them with U+FFFD) keeps
+                distinct prompts distinct, so they never share prefix-cache blocks. The
+                model name and header values are kept as ``str`` and not encoded here.
             token_ids: prompt token ids, if known.
             headers: request headers (any case).
             request_id: overrides ``x-request-id``; a UUID4 when neither is given.
@@ -220,7 +226,9 @@ class Request:
         """
         hdrs = {k.lower(): v for k, v in (headers or {}).items()}
         target = hdrs.get(HEADER_MODEL_REWRITE) or model
-        prompt_bytes = prompt.encode() if isinstance(prompt, str) else prompt
+        prompt_bytes = (
+            prompt.encode("utf-8", "surrogatepass") if isinstance(prompt, str) else prompt
+        )
         session = hdrs.get(HEADER_SESSION_TOKEN) or hdrs.get(HEADER_SESSION_ID)
         size = request_size_bytes
         if size is None:

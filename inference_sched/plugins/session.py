@@ -88,7 +88,7 @@ endpoint of the table."""
 # ---------------------------------------------------------------- tokens
 def encode_session_token(name: str) -> str:
     """The ``x-session-token`` value for the endpoint called ``name``: ``base64(name)``."""
-    return base64.b64encode(name.encode()).decode("ascii")
+    return base64.b64encode(name.encode("utf-8", "surrogatepass")).decode("ascii")
 
 
 def _decode(token: str) -> str | None:

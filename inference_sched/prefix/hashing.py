@@ -54,9 +54,9 @@ def seed_hash(model: str, cache_salt: str = "") -> BlockHash:
     ``model`` is the target model after rewrites (caches are model and LoRA scoped);
     ``cache_salt`` is the request body's ``cache_salt``, appended only when non-empty.
     """
-    data = model.encode("utf-8")
+    data = model.encode("utf-8", "surrogatepass")  # a Python str may hold lone surrogates
     if cache_salt:
-        data += cache_salt.encode("utf-8")
+        data += cache_salt.encode("utf-8", "surrogatepass")
     return BlockHash(xxhash.xxh64_intdigest(data))
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
+from inference_sched._yaml_limits import check_nesting
 from inference_sched.errors import ConfigError
 from inference_sched.framework.config import load_config
 
@@ -81,6 +83,51 @@ def test_a_few_aliases_are_fine() -> None:
 def test_hostile_shapes_name_the_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        pytest.param("plugins: " + "[" * 1200 + "]" * 1200 + "\n", 1, id="flow-past-recursion"),
+        pytest.param("plugins: " + "{a: " * 2000 + "1" + "}" * 2000 + "\n", 1, id="flow-maps"),
+        pytest.param(
+            "kind: x\nplugins:\n" + "  [\n" * 70 + "  ]\n" * 70, 67, id="flow-on-many-lines"
+        ),
+        pytest.param("plugins: \n" + "- " * 2000 + "x\n", 2, id="block-sequences"),
+    ],
+)
+def test_deep_nesting_is_refused_quickly_naming_the_line(text: str, line: int) -> None:
+    # Flow nesting is refused from the raw text, before PyYAML's recursive composer and
+    # quadratic scanner see it (2000 levels used to take seconds, past ~1000 a
+    # RecursionError with no line).
+    start = time.perf_counter()
+    with pytest.raises(
+        ConfigError, match=rf"^invalid YAML at line {line}: nested more than 64 levels deep$"
+    ):
+        load_config(text)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_deep_block_mappings_name_a_line_not_a_recursion_error() -> None:
+    text = "plugins:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 2000)) + "x\n"
+    with pytest.raises(
+        ConfigError, match=r"^invalid YAML at line \d+: nested more than 64 levels deep$"
+    ):
+        load_config(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('a: "' + "[" * 100 + '"\n', id="double-quoted"),
+        pytest.param("a: '" + "{" * 100 + "'\n", id="single-quoted"),
+        pytest.param('a: "\\"' + "[" * 100 + '"\n', id="escaped-quote"),
+        pytest.param("a: 1 # " + "[" * 100 + "\n", id="comment"),
+        pytest.param("a: [[x]]\n" * 40, id="many-shallow"),
+    ],
+)
+def test_brackets_in_scalars_and_comments_are_not_nesting(text: str) -> None:
+    check_nesting(text)  # no error
 
 
 def test_a_huge_value_is_cut_in_the_error() -> None:

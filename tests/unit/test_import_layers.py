@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "_version": 0,
     "_compat": 0,
     "params": 1,
+    "_yaml_limits": 1,
     "kernels": 1,
     "state": 2,
     "prefix": 2,

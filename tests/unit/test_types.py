@@ -66,6 +66,29 @@ def test_create_defaults() -> None:
     assert not r.is_sheddable
 
 
+def test_create_encodes_a_lone_surrogate_in_the_prompt() -> None:
+    # A Python str may hold a lone surrogate, which strict UTF-8 refuses: it used to
+    # raise UnicodeEncodeError. Like a Go string's bytes it passes through, and distinct
+    # prompts stay distinct (no shared U+FFFD replacement).
+    r = Request.create("m", prompt="\ud800")
+    assert r.prompt == b"\xed\xa0\x80"
+    assert r.request_size_bytes == 3
+    assert (
+        Request.create("m", prompt="a\udfff").prompt != Request.create("m", prompt="a\ud800").prompt
+    )
+    assert Request.create("m", prompt="h\u00e9").prompt == "h\u00e9".encode()
+
+
+def test_create_keeps_surrogates_in_the_model_and_headers_as_text() -> None:
+    r = Request.create(
+        "m\udc80",
+        headers={"x-gateway-model-name-rewrite": "t\ud800", "x-session-id": "\udfff"},
+    )
+    assert (r.incoming_model, r.target_model, r.session_key) == ("m\udc80", "t\ud800", "\udfff")
+    with pytest.raises(DataError, match="x-slo-ttft-ms"):
+        Request.create("m", headers={"x-slo-ttft-ms": "1\ud800"})
+
+
 @pytest.mark.parametrize(
     ("base_models", "expected"),
     [((), "m"), (("m",), None), (("other",), "m")],
@@ -404,3 +427,14 @@ def test_cycle_state() -> None:
     cycle.delete("k")
     cycle.delete("k")
     assert cycle.read("k", "default") == "default"
+
+
+def test_a_lone_surrogate_in_the_model_hashes_and_schedules() -> None:
+    from inference_sched import EndpointTable, Scheduler
+    from inference_sched.prefix.hashing import seed_hash
+
+    assert seed_hash("m\ud800") != seed_hash("m\ud801")
+    table = EndpointTable()
+    table.add(Endpoint("e0", "10.0.0.1", 8000))
+    request = Request.create("m\ud800", prompt="p" * 200, headers={"x-session-id": "s\udfff"})
+    assert Scheduler.from_config(None, table).schedule(request).endpoint.name == "e0"

@@ -12,14 +12,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any
 
 import yaml
 
+from inference_sched._yaml_limits import (
+    DEPTH_PROBLEM,
+    MAX_DEPTH,
+    MAX_EXPANDED_NODES,
+    MAX_INT_DIGITS,
+    YAMLLimitError,
+    check_nesting,
+    check_node_graph,
+)
 from inference_sched.errors import ConfigError
 from inference_sched.framework.config.model import MISSING, join_path
 
-__all__ = ["combined", "parse_yaml"]
+__all__ = ["MAX_DEPTH", "MAX_EXPANDED_NODES", "MAX_INT_DIGITS", "combined", "parse_yaml"]
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -79,60 +88,14 @@ class _StrictLoader(yaml.SafeLoader):
         return key
 
 
-MAX_EXPANDED_NODES: Final = 100_000
-"""Nodes a config may have once every alias is expanded (a real one has a few hundred):
-a 389-byte document of nested aliases expands to billions."""
-MAX_DEPTH: Final = 64
-MAX_INT_DIGITS: Final = 1000
-
-
 def _check_expansion(root: yaml.Node) -> None:
     """Refuse alias bombs, recursive aliases, absurd nesting and huge integers before
-    anything constructs, copies or renders the document (iterative: no RecursionError)."""
-    size: dict[int, int] = {}  # id(node) -> nodes once expanded
-    on_path: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        line = node.start_mark.line + 1
-        if done:
-            on_path.discard(key)
-            total = 1 + sum(size[id(child)] for child in _children(node))
-            if total > MAX_EXPANDED_NODES:
-                raise ConfigError(
-                    f"invalid YAML at line {line}: the document expands to more than "
-                    f"{MAX_EXPANDED_NODES} nodes (aliases nested in aliases)"
-                )
-            size[key] = total
-            continue
-        if key in size:
-            continue
-        if key in on_path:
-            raise ConfigError(f"invalid YAML at line {line}: an alias refers to itself")
-        if len(on_path) >= MAX_DEPTH:
-            raise ConfigError(
-                f"invalid YAML at line {line}: nested more than {MAX_DEPTH} levels deep"
-            )
-        if (
-            isinstance(node, yaml.ScalarNode)
-            and node.tag == "tag:yaml.org,2002:int"
-            and len(node.value) > MAX_INT_DIGITS
-        ):
-            raise ConfigError(
-                f"invalid YAML at line {line}: an integer of {len(node.value)} digits"
-            )
-        on_path.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in _children(node))
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return []
+    anything constructs, copies or renders the document (see
+    :func:`inference_sched._yaml_limits.check_node_graph`)."""
+    try:
+        check_node_graph(root)
+    except YAMLLimitError as exc:
+        raise ConfigError(f"invalid YAML at line {exc.line}: {exc.problem}") from None
 
 
 # PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent ("1.0e+5"), so
@@ -159,19 +122,25 @@ def _profile_label(node: yaml.Node) -> str | None:
 
 
 def parse_yaml(text: str) -> Any:
-    """The YAML document in ``text`` (``None`` when there is none)."""
+    """The YAML document in ``text`` (``None`` when there is none).
+
+    Flow collections nested deeper than ``MAX_DEPTH`` are refused from the raw text
+    before PyYAML sees it (its composer recurses and its scanner is quadratic in the
+    depth); deep block nesting is refused by the node-graph check, or where the composer
+    ran out of stack: either way the error names a line.
+    """
     if not text.strip():
         return None
+    try:
+        check_nesting(text)
+    except YAMLLimitError as exc:
+        raise ConfigError(f"invalid YAML at line {exc.line}: {exc.problem}") from None
+    loader: _StrictLoader | None = None
     try:
         loader = _StrictLoader(text)  # the reader rejects non-printable characters here
         try:
             node = loader.checked_node()
             return None if node is None else loader.construct_document(node)
-        except RecursionError:  # PyYAML composes recursively: name where it gave up
-            line = loader.get_mark().line + 1
-            raise ConfigError(
-                f"invalid YAML at line {line}: nested more than {MAX_DEPTH} levels deep"
-            ) from None
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
@@ -184,8 +153,9 @@ def parse_yaml(text: str) -> Any:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}") from None
-    except RecursionError:
-        raise ConfigError("invalid YAML: the document is nested too deeply") from None
+    except RecursionError:  # PyYAML composes recursively: name where it gave up
+        line = loader.get_mark().line + 1 if loader is not None else 1
+        raise ConfigError(f"invalid YAML at line {line}: {DEPTH_PROBLEM}") from None
 
 
 def _yaml_message(exc: yaml.MarkedYAMLError) -> str:

@@ -79,7 +79,7 @@ def _encode(item: object, out: list[bytes]) -> None:
     elif isinstance(item, numbers.Real):
         _tagged(b"D", float(item).hex().encode("ascii"), out)
     elif isinstance(item, str):
-        _tagged(b"S", item.encode("utf-8"), out)
+        _tagged(b"S", item.encode("utf-8", "surrogatepass"), out)
     elif isinstance(item, bytes | bytearray | memoryview):
         _tagged(b"B", bytes(item), out)
     elif isinstance(item, list | tuple):
