@@ -4,7 +4,7 @@ Every ``import`` and ``from … import`` in ``inference_sched/`` is read with :m
 (``TYPE_CHECKING`` blocks included: a type-only edge is still an edge) and checked
 against the layer order
 
-    errors < params, kernels < state, prefix, slo < framework < plugins, flowcontrol
+    errors < params, _yaml_limits, kernels < state, prefix, slo < framework < plugins, flowcontrol
     < datalayer, observability < sim, epp, testing < cli
 
 A module may import from its own subpackage or from a lower layer, never from a higher
