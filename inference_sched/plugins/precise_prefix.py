@@ -765,7 +765,11 @@ class PrecisePrefixCacheProducer:
             bind=config.zmq_endpoint or None,
             topic_filter=config.topic_filter,
         )
-        self._subscriber.start()
+        try:
+            self._subscriber.start()
+        except BaseException:
+            self.close()  # its bind socket and private context
+            raise
         self._follow_table()
         return True
 
@@ -802,11 +806,12 @@ class PrecisePrefixCacheProducer:
         self._row_of("")  # refresh the pod -> row map at the same version
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Stop the subscriber thread (if any)."""
+        """Stop the subscriber thread (if any), which closes its sockets and terminates its
+        context; idempotent. A later cycle opens a new subscriber."""
         subscriber, self._subscriber = self._subscriber, None
+        self._subscribed.clear()
         if subscriber is not None:
             subscriber.stop(timeout_s)
-        self._subscribed.clear()
 
     # ------------------------------------------------------------------ metrics
     def index_size(self) -> int:

@@ -9,6 +9,7 @@ which is faster and deterministic). Needs the ``[kvevents]`` extra.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -44,7 +45,6 @@ class ZmqKvPublisher:
         import zmq
 
         self._zmq = zmq
-        self._context = zmq.Context()
         self._sockets: dict[str, Any] = {}
         self._topics: dict[str, bytes] = {}
         self._seq: dict[str, int] = {}
@@ -53,19 +53,28 @@ class ZmqKvPublisher:
         self.encoding: Literal["array", "map", "mixed"] = encoding
         self.sent = 0
         """Messages sent."""
-        for server, endpoint in endpoints.items():
-            sock = self._context.socket(zmq.PUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, 100_000)  # vLLM's default high-water mark
-            if connect is not None:
-                sock.connect(connect)
-                self.addresses[server] = connect
-            else:
-                port = sock.bind_to_random_port(f"tcp://{bind_host}")
-                self.addresses[server] = f"tcp://{bind_host}:{port}"
-            self._sockets[server] = sock
-            self._topics[server] = f"kv@{endpoint.hostport}@{model}".encode()
-            self._seq[server] = 0
+        self._context = zmq.Context()
+        # Closes the sockets, then the context, once: by close() or, for a publisher
+        # dropped open, when it is collected (never pyzmq's own finalizer, which can
+        # block for ever in zmq_ctx_term while a socket is not closed yet).
+        self._close = weakref.finalize(self, _close, self._context, self._sockets)
+        try:
+            for server, endpoint in endpoints.items():
+                sock = self._context.socket(zmq.PUB)
+                self._sockets[server] = sock
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SNDHWM, 100_000)  # vLLM's default high-water mark
+                if connect is not None:
+                    sock.connect(connect)
+                    self.addresses[server] = connect
+                else:
+                    port = sock.bind_to_random_port(f"tcp://{bind_host}")
+                    self.addresses[server] = f"tcp://{bind_host}:{port}"
+                self._topics[server] = f"kv@{endpoint.hostport}@{model}".encode()
+                self._seq[server] = 0
+        except BaseException:
+            self.close()
+            raise
 
     def sink(self, server: str, event: object, *_: object) -> None:
         """Publish one event of ``server`` as its own batch (``simulate``'s sink)."""
@@ -83,14 +92,26 @@ class ZmqKvPublisher:
         return seq
 
     def close(self) -> None:
-        """Close every socket and the context."""
-        for sock in self._sockets.values():
-            sock.close(0)
-        self._sockets.clear()
-        self._context.term()
+        """Close every socket (linger 0) and terminate the context (idempotent)."""
+        self._close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (the context is terminated)."""
+        return not self._close.alive
 
     def __enter__(self) -> ZmqKvPublisher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close(context: Any, sockets: dict[str, Any]) -> None:
+    """Close ``sockets`` (linger 0), then terminate ``context``, even if a close raises."""
+    try:
+        for sock in sockets.values():
+            sock.close(linger=0)
+    finally:
+        sockets.clear()
+        context.destroy(linger=0)  # also closes any socket a failed __init__ left behind

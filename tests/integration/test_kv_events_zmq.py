@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket as socket_module
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,25 +77,30 @@ class FakeVllm:
     ) -> None:
         self.topic = topic
         self.topic_frame = topic_frame
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        if connect is not None:
-            self.pub.connect(connect)
-            self.address = connect
-        else:
-            port = _bind(self.pub, bind_port)
-            self.address = f"{LOOPBACK}:{port}"
         self.buffer: deque[tuple[int, bytes]] = deque(maxlen=buffer_steps)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.replay_address: str | None = None
         self.thread: threading.Thread | None = None
-        if with_replay or replay_port is not None:
-            self.router = ctx.socket(zmq.ROUTER)
-            self.router.setsockopt(zmq.LINGER, 0)
-            self.replay_address = f"{LOOPBACK}:{_bind(self.router, replay_port)}"
-            self.thread = threading.Thread(target=self._serve, daemon=True)
-            self.thread.start()
+        self.router: Any = None
+        self.pub = ctx.socket(zmq.PUB)
+        try:
+            self.pub.setsockopt(zmq.LINGER, 0)
+            if connect is not None:
+                self.pub.connect(connect)
+                self.address = connect
+            else:
+                port = _bind(self.pub, bind_port)
+                self.address = f"{LOOPBACK}:{port}"
+            if with_replay or replay_port is not None:
+                self.router = ctx.socket(zmq.ROUTER)
+                self.router.setsockopt(zmq.LINGER, 0)
+                self.replay_address = f"{LOOPBACK}:{_bind(self.router, replay_port)}"
+                self.thread = threading.Thread(target=self._serve, daemon=True)
+                self.thread.start()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def replay_port(self) -> int:
@@ -107,25 +116,35 @@ class FakeVllm:
             self.buffer.append((seq, data))
 
     def _serve(self) -> None:
-        while not self.stop.is_set():
-            if not self.router.poll(20):
-                continue
-            client, _, start = self.router.recv_multipart()
-            start_seq = int.from_bytes(start, "big")
-            with self.lock:
-                pairs = [(seq, data) for seq, data in self.buffer if seq >= start_seq]
-            head = [client, b""] + ([self.topic] if self.topic_frame else [])
-            for seq, data in pairs:
-                self.router.send_multipart([*head, seq.to_bytes(8, "big"), data])
-            end_head = [client, b""] + ([b""] if self.topic_frame else [])
-            self.router.send_multipart([*end_head, END_SEQ, b""])
+        try:
+            while not self.stop.is_set():
+                if not self.router.poll(20):
+                    continue
+                client, _, start = self.router.recv_multipart()
+                start_seq = int.from_bytes(start, "big")
+                with self.lock:
+                    pairs = [(seq, data) for seq, data in self.buffer if seq >= start_seq]
+                head = [client, b""] + ([self.topic] if self.topic_frame else [])
+                for seq, data in pairs:
+                    self.router.send_multipart([*head, seq.to_bytes(8, "big"), data])
+                end_head = [client, b""] + ([b""] if self.topic_frame else [])
+                self.router.send_multipart([*end_head, END_SEQ, b""])
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            self.router.close(linger=0)  # by the thread that uses it (not thread-safe)
 
     def close(self) -> None:
+        """Idempotent; the replay thread closes its ROUTER itself."""
         self.stop.set()
-        if self.thread is not None:
-            self.thread.join(DEADLINE_S)
-            self.router.close(linger=0)
-        self.pub.close(linger=0)
+        try:
+            if self.thread is not None:
+                self.thread.join(DEADLINE_S)
+                assert not self.thread.is_alive(), "the fake replay server did not stop"
+            elif self.router is not None:
+                self.router.close(linger=0)  # its thread never started
+        finally:
+            self.pub.close(linger=0)
 
 
 def _bind(socket: Any, port: int | None) -> int:
@@ -173,11 +192,20 @@ class Recorder:
         return [seq for e, _, seq, _ in self.batches if endpoint is None or e == endpoint]
 
 
+def _close_all(closers: list[Callable[[], object]]) -> None:
+    """Call every closer, even when one raises (the first error is raised after)."""
+    with contextlib.ExitStack() as stack:
+        for close in closers:
+            stack.callback(close)
+
+
 @pytest.fixture
 def ctx() -> Iterator[Any]:
     context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)  # closes whatever a failed test left open, then terminates
 
 
 @pytest.fixture
@@ -191,17 +219,20 @@ def make_subscriber(ctx: Any) -> Iterator[Callable[..., tuple[KVEventSubscriber,
         made.append(subscriber)
         return subscriber, recorder
 
-    yield make
-    for subscriber in made:
-        assert subscriber.stop()
+    try:
+        yield make
+    finally:
+        stopped = [subscriber.stop() for subscriber in made]  # every one, then check
+    assert all(stopped), "a subscriber thread did not stop"
 
 
 @pytest.fixture
 def publishers() -> Iterator[list[FakeVllm | _Closing]]:
     made: list[FakeVllm | _Closing] = []
-    yield made
-    for publisher in made:
-        publisher.close()
+    try:
+        yield made
+    finally:
+        _close_all([publisher.close for publisher in reversed(made)])
 
 
 def pump(subscriber: KVEventSubscriber, done: Callable[[], bool]) -> None:
@@ -414,11 +445,13 @@ def test_publisher_goes_away_and_comes_back(
     if mode == "bind":
         subscriber, recorder = make_subscriber(bind=f"{LOOPBACK}:*")
         first = FakeVllm(ctx, connect=subscriber.bound_address, with_replay=True)
+        publishers.append(first)
         subscriber.set_replay_address(POD, first.replay_address)
         endpoint = POD
     else:
         subscriber, recorder = make_subscriber()
         first = FakeVllm(ctx, with_replay=True)
+        publishers.append(first)
         subscriber.add_endpoint("engine", first.address, replay_address=first.replay_address)
         endpoint = "engine"
     prime(first, subscriber, recorder)
@@ -435,7 +468,7 @@ def test_publisher_goes_away_and_comes_back(
     else:
         port = int(first.address.rsplit(":", 1)[1])
         second = FakeVllm(ctx, bind_port=port, replay_port=first.replay_port)
-    publishers.extend([first, second])
+    publishers.append(second)
     second.send(0, payload(0, base=5000), publish=False)
     second.send(1, payload(1, base=5000), publish=False)
     deadline = time.monotonic() + DEADLINE_S
@@ -559,6 +592,104 @@ def test_bind_failure_raises_and_cleans_up(ctx: Any) -> None:
         taken.close(linger=0)
 
 
+# ====================================================================== leaks (stress hang)
+def _dead_address() -> str:
+    """A loopback address nobody listens on: a DEALER connected there queues its request
+    and keeps retrying (the case where a default linger blocks zmq_ctx_term for ever)."""
+    with socket_module.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"{LOOPBACK}:{sock.getsockname()[1]}"
+
+
+def test_stop_terminates_the_private_context_with_a_replay_pending(
+    ctx: Any, publishers: Any
+) -> None:
+    # Regression: a context left to the garbage collector hung pytest in zmq_ctx_term.
+    recorder = Recorder()
+    subscriber = KVEventSubscriber(
+        recorder.on_batch,
+        recorder.on_invalidate,
+        bind=f"{LOOPBACK}:*",
+        replay_addresses={POD: _dead_address()},
+        replay_timeout_s=60.0,  # still pending when stop() comes
+        poll_interval_ms=20,
+    )
+    private = subscriber._ctx  # no context given: the subscriber's own
+    try:
+        publisher = FakeVllm(ctx, connect=subscriber.bound_address)
+        publishers.append(publisher)
+        subscriber.start()
+        deadline = time.monotonic() + DEADLINE_S
+        while 0 not in recorder.seqs():
+            assert time.monotonic() < deadline, "the subscription never reached the publisher"
+            publisher.send(0)
+            time.sleep(0.02)
+        publisher.send(1, publish=False)
+        publisher.send(2)  # the gap: a DEALER asks the dead replay address
+        while subscriber.stats.replays == 0:
+            assert time.monotonic() < deadline, "no replay was started"
+            time.sleep(0.01)
+        open_before_stop = not private.closed
+    finally:
+        stopped = subscriber.stop()
+    assert stopped
+    assert open_before_stop
+    assert private.closed  # terminated by stop(), not left to a finalizer
+    assert subscriber.stop() is True  # idempotent
+    assert recorder.seqs() == [0]  # the replay never finished: seq 2 was still held
+
+
+_EXIT_SCRIPT = """
+import gc, time, zmq
+from inference_sched.prefix.precise.subscriber import KVEventSubscriber
+from inference_sched.prefix.precise.wire import encode_batch
+
+TOPIC, DEAD = {topic!r}, {dead!r}
+seen = []
+subscriber = KVEventSubscriber(
+    lambda e, m, s, b: seen.append(s), bind="tcp://127.0.0.1:*",
+    replay_addresses={{{pod!r}: DEAD}}, replay_timeout_s=60.0, poll_interval_ms=20,
+)
+ctx = zmq.Context()
+pub = ctx.socket(zmq.PUB)
+pub.setsockopt(zmq.LINGER, 0)
+pub.connect(subscriber.bound_address)
+subscriber.start()
+empty = encode_batch([], ts=0.0)
+deadline = time.monotonic() + 10
+while 0 not in seen or subscriber.stats.replays == 0:
+    assert time.monotonic() < deadline, (seen, subscriber.stats)
+    seq = 0 if 0 not in seen else 2  # then a gap: a replay to DEAD, left pending
+    pub.send_multipart([TOPIC, seq.to_bytes(8, "big"), empty])
+    time.sleep(0.02)
+assert subscriber.stop()
+pub.close(linger=0)
+ctx.term()
+subscriber.cycle = subscriber  # leaked: only the collector frees it
+idle = KVEventSubscriber(lambda *a: None, bind="tcp://127.0.0.1:*")
+idle.cycle = idle  # leaked without stop() (nor start()): its socket is still open
+del subscriber, idle
+gc.collect()
+print("exited cleanly")
+"""
+
+
+def test_a_process_with_leaked_subscribers_exits_promptly() -> None:
+    script = _EXIT_SCRIPT.format(topic=TOPIC, dead=_dead_address(), pod=POD)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired as exc:  # run() killed it
+        raise AssertionError(f"the process hung at exit: {exc.stderr!r}") from None
+    assert done.returncode == 0, done.stderr
+    assert "exited cleanly" in done.stdout
+
+
 # ====================================================================== issue 13
 class Ordered:
     """Callbacks recording one ordered log of deliveries and invalidations, with a
@@ -602,9 +733,9 @@ def test_a_dead_replay_socket_does_not_hold_up_other_engines(ctx: Any, publisher
         poll_interval_ms=20,
         context=ctx,
     )
-    subscriber.add_endpoint("a", engine_a.address, replay_address=silent_address)
-    subscriber.add_endpoint("b", engine_b.address)
     with subscriber:  # the receive loop in its own thread, as in production
+        subscriber.add_endpoint("a", engine_a.address, replay_address=silent_address)
+        subscriber.add_endpoint("b", engine_b.address)
         deadline = time.monotonic() + DEADLINE_S
         while not calls.wait(lambda log: ("a", 0) in log and ("b", 0) in log, 0.02):
             assert time.monotonic() < deadline, "the subscriptions never reached the engines"

@@ -10,8 +10,10 @@ repeating a harmless message (AllBlocksCleared, sequence 0) until it arrives.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,18 @@ pytestmark = pytest.mark.integration
 
 DEADLINE_S = 10.0
 SERVERS = 3
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Callable[[], object]]]:
+    """Closers run at teardown, newest first, each one even if a test or another closer
+    failed: a publisher or subscriber left to the garbage collector can hang the process
+    (zmq_ctx_term waits for its open sockets)."""
+    closers: list[Callable[[], object]] = []
+    with contextlib.ExitStack() as stack:
+        yield closers
+        for close in closers:
+            stack.callback(close)
 
 
 def _free_port() -> int:
@@ -104,7 +118,9 @@ def _entries(producer: Any, prompts: list[np.ndarray], model: str) -> list[list[
 
 
 @pytest.mark.parametrize("mode", ["bind", "dial"])
-def test_events_over_zmq_build_the_same_index_as_in_process(mode: str) -> None:
+def test_events_over_zmq_build_the_same_index_as_in_process(
+    mode: str, closing: list[Callable[[], object]]
+) -> None:
     workload = load_workload("shared-prefix", duration_s=2.0, rate=10.0, seed=1)
     endpoints = _endpoints()
     recorded: list[tuple[str, object]] = []
@@ -113,18 +129,22 @@ def test_events_over_zmq_build_the_same_index_as_in_process(mode: str) -> None:
         wire_scheduler, wire = _scheduler(
             endpoints, f"{{kvEventsConfig: {{zmqEndpoint: 'tcp://127.0.0.1:{port}'}}}}"
         )
+        closing.append(wire.close)
         assert wire.start()
         # The table's endpoints keep their sequence state whatever other topics arrive.
         assert wire._subscriber.known_endpoints == {e.hostport for e in endpoints.values()}
         publisher = ZmqKvPublisher(endpoints, workload.model, connect=f"tcp://127.0.0.1:{port}")
+        closing.append(publisher.close)
     else:
         # Dial mode connects to tcp://<address>:<socketPort>: one server, on loopback.
         endpoints = {"sim-0": Endpoint("sim-0-rank-0", "127.0.0.1", 8000)}
         publisher = ZmqKvPublisher(endpoints, workload.model, bind_host="127.0.0.1")
+        closing.append(publisher.close)
         port = int(publisher.addresses["sim-0"].rsplit(":", 1)[1])
         wire_scheduler, wire = _scheduler(
             endpoints, f"{{kvEventsConfig: {{podDiscoveryConfig: {{socketPort: {port}}}}}}}"
         )
+        closing.append(wire.close)
         assert wire.start()
     with publisher:
         _prime(publisher, wire)
@@ -148,7 +168,10 @@ def test_events_over_zmq_build_the_same_index_as_in_process(mode: str) -> None:
             ),
             f"{len(recorded)} events",
         )
+    assert publisher.closed
+    subscriber = wire._subscriber
     wire.close()
+    assert subscriber._ctx.closed  # stopped: sockets closed and its context terminated
     # The same events fed in process.
     _, local = _scheduler(endpoints, "{}")
     local.events_in_process()
@@ -168,5 +191,5 @@ def test_events_over_zmq_build_the_same_index_as_in_process(mode: str) -> None:
     best = max(range(len(prompts)), key=lambda i: max(found[i]))
     assert max(found[best]) > 0
     request = Request.create(workload.model, prompt="x", token_ids=prompts[best])
-    result = wire_scheduler.schedule(request)
+    result = wire_scheduler.schedule(request)  # opens a subscriber again (closing: closed)
     assert found[best][result.primary.rows[0]] == max(found[best])

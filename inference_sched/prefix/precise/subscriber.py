@@ -62,9 +62,9 @@ import math
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -295,7 +295,6 @@ class KVEventSubscriber:
         self.tracker = SequenceTracker(restart_window=restart_window, max_stale_run=max_stale_run)
         self.stats = SubscriberStats()
         self._own_context = context is None
-        self._ctx: _Context = zmq.Context() if context is None else context
         self._poller = zmq.Poller()
         self._by_socket: dict[_Socket, _Dial | None] = {}
         self._dials: dict[str, _Dial] = {}
@@ -320,16 +319,20 @@ class KVEventSubscriber:
         self._held: dict[str, deque[tuple[str, int, bytes]]] = {}
         self.bound_address: str | None = None
         """The bind-mode socket's actual address (port resolved), None in dial mode."""
+        self._ctx: _Context = zmq.Context() if context is None else context
+        # Also if dropped unstopped: pyzmq's finalizer may hang in zmq_ctx_term (open socket).
+        own = self._ctx if self._own_context else None
+        self._release = weakref.finalize(self, _release, own, self._by_socket, self._replay_sockets)
+        self._release.atexit = False  # a running thread still uses its sockets at exit
         if bind is not None:
-            socket = self._sub_socket()
             try:
+                socket = self._sub_socket()
+                self._register(socket, None)
                 socket.bind(bind)
-            except zmq.ZMQError:
-                socket.close(linger=0)
-                self._close_context()
+                self.bound_address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            except BaseException:
+                self._release()  # once (idempotent)
                 raise
-            self.bound_address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._register(socket, None)
 
     # ------------------------------------------------------------------ configuration
     def add_endpoint(
@@ -411,7 +414,11 @@ class KVEventSubscriber:
         if self._closed or self._thread is not None:
             raise RuntimeError("a KVEventSubscriber can be started once")
         self._thread = threading.Thread(target=self._run, name="kv-event-subscriber", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self._thread = None
+            raise
 
     def stop(self, timeout_s: float | None = None) -> bool:
         """Stop the loop, close the sockets (and the private context).
@@ -421,22 +428,24 @@ class KVEventSubscriber:
                 replay timeout plus a second.
 
         Returns:
-            True when the thread ended (or never ran); False if it is still running
-            (it is a daemon and closes its sockets when it ends).
+            True when the thread ended (or never ran): sockets closed, a private context
+            ended; False if it still runs (a daemon, it closes its own sockets at its end).
         """
-        if self._closed:
-            return self._thread is None or not self._thread.is_alive()
-        self._closed = True
+        with self._lock:
+            stopped, self._closed = self._closed, True
+        thread = self._thread
+        if stopped:
+            return thread is None or not thread.is_alive()
         self._stopping.set()
-        if self._thread is None:
-            self._close_all()
+        if thread is None:
+            self._release()  # once (idempotent)
             return True
-        if self._thread is threading.current_thread():
+        if thread is threading.current_thread():
             return True  # called from a callback: the loop ends after this message
         if timeout_s is None:
             timeout_s = self.poll_interval_ms / 1e3 + self.replay_timeout_s + 1.0
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
+        thread.join(timeout_s)
+        if thread.is_alive():
             log.warning("KV-event subscriber thread did not stop within %.1f s", timeout_s)
             return False
         return True
@@ -445,12 +454,7 @@ class KVEventSubscriber:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def poll_once(self, timeout_ms: int = 0) -> int:
@@ -475,14 +479,18 @@ class KVEventSubscriber:
         except zmq.ContextTerminated:
             pass  # someone else closed a shared context: nothing left to receive from
         finally:
-            self._close_all()
+            self._release()  # once (idempotent)
 
     # ------------------------------------------------------------------ sockets
     def _sub_socket(self) -> _Socket:
         socket = self._ctx.socket(zmq.SUB)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.RCVHWM, self._rcvhwm)
-        socket.setsockopt_string(zmq.SUBSCRIBE, self.topic_filter)
+        try:
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.RCVHWM, self._rcvhwm)
+            socket.setsockopt_string(zmq.SUBSCRIBE, self.topic_filter)
+        except BaseException:
+            socket.close(linger=0)
+            raise
         return socket
 
     def _register(self, socket: _Socket, dial: _Dial | None) -> None:
@@ -493,8 +501,10 @@ class KVEventSubscriber:
         socket = self._sub_socket()
         try:
             socket.connect(dial.address)
-        except zmq.ZMQError as exc:
+        except BaseException as exc:
             socket.close(linger=0)
+            if not isinstance(exc, zmq.ZMQError):
+                raise
             self.stats.internal_errors += 1
             self._warn("connect", "cannot dial %s at %s: %s", dial.name, dial.address, exc)
             return
@@ -510,21 +520,6 @@ class KVEventSubscriber:
             dial.socket.close(linger=0)
         self._forget(name)
         self._invalidate(name, "endpoint removed")
-
-    def _close_all(self) -> None:
-        for socket in list(self._by_socket) + list(self._replay_sockets):
-            self._poller.unregister(socket)
-            socket.close(linger=0)
-        self._by_socket.clear()
-        self._replay_sockets.clear()
-        self._replays.clear()
-        self._held.clear()
-        self._dials.clear()
-        self._close_context()
-
-    def _close_context(self) -> None:
-        if self._own_context:
-            self._ctx.term()
 
     # ------------------------------------------------------------------ known endpoints
     def _is_known(self, endpoint: str) -> bool:
@@ -576,7 +571,7 @@ class KVEventSubscriber:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 break
-            command()
+            self._guarded(command)
         if not self._by_socket and not self._replays:
             self._stopping.wait(timeout_ms / 1e3)
             return 0
@@ -719,15 +714,17 @@ class KVEventSubscriber:
             return
         self.stats.replays += 1
         socket = self._ctx.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
         try:
+            socket.setsockopt(zmq.LINGER, 0)
             socket.connect(address)
             # vLLM's ROUTER answers [b"", start] with [b"", seq, payload] per buffered
             # batch from start (newer: [b"", topic, seq, payload]) and then END_SEQ. A
             # fresh DEALER per request keeps a late answer to an old one from mixing in.
             socket.send_multipart([b"", start.to_bytes(8, "big")], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
+        except BaseException as exc:
             socket.close(linger=0)
+            if not isinstance(exc, zmq.ZMQError):
+                raise
             self._complete(replay, f"replay from {address} failed: {exc}")
             return
         replay.socket, replay.deadline = socket, time.monotonic() + self.replay_timeout_s
@@ -875,6 +872,16 @@ class KVEventSubscriber:
         self._log_state[key] = (now, 0)
         suffix = f" (+{held} similar in the last {LOG_INTERVAL_S:.0f} s)" if held else ""
         log.log(level, message + suffix, *args)
+
+
+def _release(ctx: _Context | None, *sockets: dict[_Socket, Any]) -> None:
+    """Close the sockets (linger 0), then end ``ctx`` (destroy(): any socket missed too)."""
+    try:
+        for socket in [s for by_socket in sockets for s in by_socket]:
+            socket.close(linger=0)
+    finally:
+        if ctx is not None:
+            ctx.destroy(linger=0)
 
 
 def _contiguous_tail(
