@@ -623,8 +623,27 @@ class _Reader:
             for sample in family.samples:
                 key = (sample.name, frozenset(sample.labels.items()))
                 if key in seen:
-                    raise self.error(f"duplicate series {sample.name}{_braces(sample.labels)}")
+                    raise self.error(
+                        f"duplicate series {sample.name}{_braces(sample.labels)}",
+                        self._second_line_of(key),
+                    )
                 seen.add(key)
+
+    def _second_line_of(self, key: tuple[str, frozenset[tuple[str, str]]]) -> int | None:
+        """Offset of the line that repeats the series ``key`` (for the error's line)."""
+        offset, found = 0, 0
+        for raw in self.text.split("\n"):
+            if raw.startswith(key[0]):
+                try:
+                    samples = [s for f in text_string_to_metric_families(raw) for s in f.samples]
+                except Exception:  # noqa: BLE001 - probing: a line that does not parse
+                    samples = []
+                if any((s.name, frozenset(s.labels.items())) == key for s in samples):
+                    found += 1
+                    if found == 2:
+                        return offset
+            offset += len(raw) + 1
+        return None
 
     def _locate(self) -> int | None:
         """Offset of the first line prometheus-client rejects on its own."""

@@ -488,6 +488,6 @@ def test_full_mode_rejects_garbage_anywhere_fast_mode_ignores_it() -> None:
 
 def test_full_mode_rejects_duplicates_in_unread_families() -> None:
     page = 'other{a="1"} 1\nother{a="1"} 2\n'
-    with pytest.raises(DataError, match=re.escape('e3: duplicate series other{a="1"}')):
+    with pytest.raises(DataError, match=re.escape('e3:2: duplicate series other{a="1"}')):
         extract(page, "vllm", endpoint="e3", full=True)
     assert extract(page, "vllm", endpoint="e3").is_empty
