@@ -32,7 +32,10 @@ BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "prefix-cache-affinity-filter",
             "no-hit-lru-scorer",
         ),
-        "inference_sched.plugins.precise_prefix": ("precise-prefix-cache-producer",),
+        "inference_sched.plugins.precise_prefix": (
+            "precise-prefix-cache-producer",
+            "precise-prefix-cache-scorer",
+        ),
         "inference_sched.plugins.slo": (
             "predicted-latency-producer",
             "latency-scorer",

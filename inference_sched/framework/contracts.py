@@ -37,6 +37,7 @@ __all__ = [
     "cache_salt",
     "estimate_tokens",
     "first_picks",
+    "prefix_info_key",
     "read_latency_info",
     "read_prefix_info",
     "read_session_id",
@@ -55,6 +56,15 @@ before it runs the prefill / encode stage (read by the topology plugins)."""
 # ------------------------------------------------------------------ prefix match
 PREFIX_CACHE_MATCH_INFO: Final = "PrefixCacheMatchInfo"
 """Data key of the prefix match (GIE ``PrefixCacheMatchInfoKey``)."""
+
+
+def prefix_info_key(producer: str) -> str:
+    """The cycle key of producer ``producer``'s own prefix match
+    (``PrefixCacheMatchInfo/<producer>``, llm-d-router's printed ``DataKey``): what a
+    ``prefix-cache-scorer`` with ``prefixMatchInfoProducerName`` reads. Producers write
+    it besides the shared ``PrefixCacheMatchInfo``."""
+    return f"{PREFIX_CACHE_MATCH_INFO}/{producer}"
+
 
 NO_HASHES: Final = np.empty(0, dtype=np.uint64)
 NO_HASHES.flags.writeable = False

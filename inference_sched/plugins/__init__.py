@@ -15,7 +15,7 @@ Families (GIE/llm-d type strings):
 * :mod:`.prefix`: ``approx-prefix-cache-producer`` (the approximate prefix index),
   ``prefix-cache-scorer``, ``prefix-cache-affinity-filter`` and llm-d's ``no-hit-lru-scorer``.
 * :mod:`.precise_prefix`: ``precise-prefix-cache-producer`` (llm-d: the prefix match from
-  the engines' KV events).
+  the engines' KV events) and the deprecated bundle ``precise-prefix-cache-scorer``.
 * :mod:`inference_sched.datalayer.plugins` (beside the data layer it drives):
   ``metrics-data-source`` and ``core-metrics-extractor``, configured under ``dataLayer``.
 * :mod:`.slo`: GIE's latency-predictor stack, learned in process:

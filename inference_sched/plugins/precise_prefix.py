@@ -38,6 +38,10 @@ take only leaves its blocks out; a BlockRemoved it cannot take clears the endpoi
 entries (they may now be phantoms). The other events of the chunk, of every endpoint,
 apply as if it had not been there.
 
+``precise-prefix-cache-scorer`` (deprecated, llm-d-router) is this producer and a
+``prefix-cache-scorer`` in one plugin, or only the scorer of the one declared producer
+(:class:`PrecisePrefixCacheScorer`).
+
 Token ids: the match needs the prompt's token ids: ``Request.token_ids`` (the gateway's),
 the body's ``prompt_token_ids``, or ``TokenizedPrompt`` from a ``token-producer``. A
 request without them gets no prefix information (scores 0), as in llm-d without a token
@@ -52,22 +56,23 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Final, NamedTuple
 
-import attrs
 import numpy as np
 import numpy.typing as npt
 
+from inference_sched.errors import SchedulingError
 from inference_sched.framework.contracts import (
     PREFIX_CACHE_MATCH_INFO,
     TOKENIZED_PROMPT,
     PrefixCacheMatchInfo,
     cache_salt,
     first_picks,
+    prefix_info_key,
     request_token_ids,
 )
-from inference_sched.framework.interfaces import Handle
+from inference_sched.framework.interfaces import DataProducer, Handle, Scorer
 from inference_sched.framework.registry import register
 from inference_sched.framework.types import (
     Candidates,
@@ -75,26 +80,26 @@ from inference_sched.framework.types import (
     Endpoint,
     Request,
     SchedulingResult,
+    ScorerCategory,
 )
-from inference_sched.params import (
-    ParamCheck,
-    at_least,
-    boolean,
-    duration_s,
-    in_range,
-    integer,
-    nested,
-    param,
-    string,
-)
+from inference_sched.kernels import scoring
 from inference_sched.prefix.precise.index import (
     EventBatchBuilder,
     PreciseIndex,
     split_vllm_extra_keys,
 )
+from inference_sched.prefix.precise.params import (
+    PrecisePrefixParams,
+)
 from inference_sched.state.table import EndpointTable
 
-__all__ = ["PRECISE_PRODUCER_TYPE", "PrecisePrefixCacheProducer", "PrecisePrefixParams"]
+__all__ = [
+    "PRECISE_PRODUCER_TYPE",
+    "PRECISE_SCORER_TYPE",
+    "PrecisePrefixCacheProducer",
+    "PrecisePrefixCacheScorer",
+    "PrecisePrefixParams",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,129 +110,6 @@ _APPLY_AT: Final = 256
 batching amortises the per-chunk cost, decisions apply what is left below it."""
 _MAX_BLOCK_SIZE: Final = 2**31 - 1
 _KINDS: Final = ("BlockStored", "BlockRemoved", "AllBlocksCleared")
-
-
-# ====================================================================== parameters
-@attrs.frozen
-class TokenProcessorConfig:
-    """``tokenProcessorConfig`` (llm-d): how token blocks become keys."""
-
-    block_size_tokens: int = param(16, alias="blockSizeTokens", check=at_least(1))
-    """Tokens per index block (any engine block size that is a multiple of it works)."""
-    block_size: int = param(0, alias="blockSize", check=at_least(0))
-    """llm-d's old name of blockSizeTokens; used when set and blockSizeTokens is not."""
-    hash_seed: str = param("", alias="hashSeed", check=string)
-    """Folded into every chain root: replicas must agree on it, engines need not."""
-
-
-@attrs.frozen
-class PodDiscoveryConfig:
-    """``kvEventsConfig.podDiscoveryConfig`` (llm-d)."""
-
-    socket_port: int = param(5557, alias="socketPort", check=in_range(1, 65535))
-    """The port of every engine's KV-event publisher (vLLM ``tcp://*:5557``)."""
-    replay_port: int = param(0, alias="replayPort", check=in_range(0, 65535))
-    """Ours: the port of each engine's replay socket (vLLM ``replay_endpoint``); 0: no
-    replay, a sequence gap drops the endpoint's entries instead."""
-
-
-@attrs.frozen
-class KVEventsConfig:
-    """``kvEventsConfig`` (llm-d): where the events come from."""
-
-    topic_filter: str = param("kv@", alias="topicFilter", check=string)
-    """ZMQ subscription prefix."""
-    concurrency: int = param(4, alias="concurrency", check=at_least(1))
-    """llm-d's event workers. Accepted for llm-d configs; here events are applied in
-    order per endpoint by one writer at a time (the index's lock), so it changes nothing."""
-    discover_pods: bool = param(True, alias="discoverPods", check=boolean)
-    """Connect to every endpoint's publisher (engines bind), following the table."""
-    pod_discovery_config: PodDiscoveryConfig = param(  # noqa: RUF009 - an attrs field
-        factory=PodDiscoveryConfig,
-        alias="podDiscoveryConfig",
-        parse=nested(PodDiscoveryConfig, "podDiscoveryConfig"),
-    )
-    zmq_endpoint: str = param("", alias="zmqEndpoint", check=string)
-    """Bind one SUB socket here (``tcp://*:5557``) for engines that connect; wins over
-    discoverPods."""
-
-
-def _backends(raw: Any) -> tuple[tuple[str, float], ...]:
-    key = "kvCacheBackendConfigs"
-    expected = "a list of {name: str, weight: number >= 0}"
-    if not isinstance(raw, list | tuple):
-        raise ParamCheck(key, expected, raw)
-    out = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, Mapping) or set(item) - {"name", "weight"} or "name" not in item:
-            raise ParamCheck(f"{key}[{i}]", "a mapping with keys name, weight", item)
-        name, weight = item["name"], item.get("weight", 1.0)
-        if not isinstance(name, str) or not name.strip():
-            raise ParamCheck(f"{key}[{i}].name", "a non-empty str", name)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
-            raise ParamCheck(f"{key}[{i}].weight", "a number >= 0", weight)
-        out.append((name.strip().lower(), float(weight)))
-    return tuple(out)
-
-
-@attrs.frozen
-class IndexerConfig:
-    """``indexerConfig`` (llm-d's kv-cache config): the tiers' weights."""
-
-    kv_cache_backend_configs: tuple[tuple[str, float], ...] = param(
-        (("gpu", 1.0), ("cpu", 0.8)), alias="kvCacheBackendConfigs", parse=_backends
-    )
-    """Weight of a block held in each medium (max over media per block)."""
-
-
-@attrs.frozen
-class PrecisePrefixParams:
-    """Parameters of ``precise-prefix-cache-producer`` (llm-d's keys and defaults)."""
-
-    token_processor_config: TokenProcessorConfig = param(  # noqa: RUF009 - an attrs field
-        factory=TokenProcessorConfig,
-        alias="tokenProcessorConfig",
-        parse=nested(TokenProcessorConfig, "tokenProcessorConfig"),
-    )
-    indexer_config: IndexerConfig = param(  # noqa: RUF009 - an attrs field
-        factory=IndexerConfig, alias="indexerConfig", parse=nested(IndexerConfig, "indexerConfig")
-    )
-    kv_events_config: KVEventsConfig = param(  # noqa: RUF009 - an attrs field
-        factory=KVEventsConfig,
-        alias="kvEventsConfig",
-        parse=nested(KVEventsConfig, "kvEventsConfig"),
-    )
-    speculative_indexing: bool = param(False, alias="speculativeIndexing", check=boolean)
-    """After each pick, index the request's blocks on the picked endpoint(s) at once, for
-    ``speculativeTTL``: the next request with the same prefix finds them before the
-    engine's BlockStored arrives (llm-d's answer to bursts of one prefix scattering)."""
-    speculative_ttl_s: float = param(
-        2.0,
-        alias="speculativeTTL",
-        parse=duration_s("speculativeTTL"),
-        check=at_least(1e-3, kind="number"),
-    )
-    """How long a speculative entry lives (``"2s"``)."""
-    max_prefix_blocks_to_match: int = param(0, alias="maxPrefixBlocksToMatch", check=integer)
-    """Ours: match at most this many leading blocks (0: all of them, as llm-d)."""
-    max_queued_events: int = param(100_000, alias="maxQueuedEvents", check=at_least(1))
-    """Ours: KV events waiting to be applied, all endpoints together; past it the endpoint
-    with the most waiting loses them and is invalidated (its entries dropped)."""
-    max_queued_events_per_endpoint: int = param(
-        20_000, alias="maxQueuedEventsPerEndpoint", check=at_least(1)
-    )
-    """Ours: KV events of one endpoint waiting to be applied; past it they are dropped and
-    the endpoint is invalidated."""
-    max_events_per_apply: int = param(4096, alias="maxEventsPerApply", check=at_least(1))
-    """Ours: most queued events applied at once (by a decision before its match, a
-    deferred run or the receiving thread): what a decision can wait for."""
-
-    @property
-    def block_size_tokens(self) -> int:
-        config = self.token_processor_config
-        if config.block_size and config.block_size_tokens == 16:
-            return config.block_size  # only the old key was given
-        return config.block_size_tokens
 
 
 # ====================================================================== plugin
@@ -272,11 +154,19 @@ class PrecisePrefixCacheProducer:
     def __init__(self, name: str, params: PrecisePrefixParams, handle: Handle) -> None:
         self.name = name
         self.params = params
+        if params.indexer_config.kv_block_index_config.cost_aware_memory_config is not None:
+            log.warning(
+                "plugin %r: indexerConfig.kvBlockIndexConfig.costAwareMemoryConfig.size is "
+                "not applied; the in-process index is bounded by entries per endpoint tier",
+                name,
+            )
         self._table = handle.table
         self._clock = handle.clock
         self._state_key = f"{PRECISE_PRODUCER_TYPE}/{name}"
+        self._info_key = prefix_info_key(name)
         self.index = PreciseIndex(
             block_size_tokens=params.block_size_tokens,
+            capacity=params.indexer_config.kv_block_index_config.capacity,
             medium_weights=dict(params.indexer_config.kv_cache_backend_configs),
             speculative_ttl_s=params.speculative_ttl_s,
         )
@@ -722,6 +612,7 @@ class PrecisePrefixCacheProducer:
             rehash = functools.partial(index.request_keys, tokens, root, salt, limit)
         info = PrefixCacheMatchInfo(counts, total, block_tokens, keys, rehash)
         cycle.write(PREFIX_CACHE_MATCH_INFO, info)
+        cycle.write(self._info_key, info)
         if self.params.speculative_indexing and len(keys):
             cycle.write(self._state_key, _Match(keys, info))
 
@@ -828,3 +719,152 @@ class PrecisePrefixCacheProducer:
         with self._table.lock, self._lock:
             self._apply_queue(0)  # the speculative inserts
             return self.index.size()
+
+
+# ====================================================================== legacy bundle
+PRECISE_SCORER_TYPE: Final = "precise-prefix-cache-scorer"
+
+
+@register(PRECISE_SCORER_TYPE)
+class PrecisePrefixCacheScorer(PrecisePrefixCacheProducer):
+    """llm-d-router's deprecated ``precise-prefix-cache-scorer``: a precise producer and a
+    ``prefix-cache-scorer`` bound to it, in one plugin (same parameters as
+    ``precise-prefix-cache-producer``).
+
+    * No ``precise-prefix-cache-producer`` in the config: this plugin is that producer
+      (named after the scorer: its match is ``PrefixCacheMatchInfo/<name>``) and scores
+      ``matched / total`` from its own match.
+    * Exactly one: a plain ``prefix-cache-scorer`` reading that producer's match; this
+      plugin's own index, events and parameters are unused.
+    * More than one: an error (startup, when they are declared before this plugin; the
+      first cycle otherwise).
+    """
+
+    type: ClassVar[str]
+    category: ClassVar[ScorerCategory] = "Affinity"
+
+    def __init__(self, name: str, params: PrecisePrefixParams, handle: Handle) -> None:
+        log.warning(
+            "plugin %r: type %r is deprecated; declare a %r and a 'prefix-cache-scorer' "
+            "with prefixMatchInfoProducerName",
+            name,
+            PRECISE_SCORER_TYPE,
+            PRECISE_PRODUCER_TYPE,
+        )
+        super().__init__(name, params, handle)
+        self._handle = handle
+        self._resolved = False
+        self._delegate: PrecisePrefixCacheProducer | None = None
+        self._score_key = prefix_info_key(name)
+        self._last_warning_s = -math.inf
+        found = self._declared_producers(at_startup=True)
+        if found:  # declared before this plugin: decided now
+            self._bind(found[0])
+
+    # ------------------------------------------------------------------ binding
+    def _declared_producers(self, *, at_startup: bool = False) -> list[PrecisePrefixCacheProducer]:
+        found = [
+            p
+            for p in self._handle.plugins().values()
+            if getattr(p, "type", None) == PRECISE_PRODUCER_TYPE
+            and isinstance(p, PrecisePrefixCacheProducer)
+        ]
+        if len(found) > 1:
+            names = ", ".join(repr(p.name) for p in found)
+            message = (
+                f"{PRECISE_SCORER_TYPE} {self.name!r}: {len(found)} {PRECISE_PRODUCER_TYPE} "
+                f"plugins ({names}); it can bind to one only: use a 'prefix-cache-scorer' "
+                "with prefixMatchInfoProducerName instead"
+            )
+            raise ValueError(message) if at_startup else SchedulingError(message)
+        return found
+
+    def _resolve(self) -> PrecisePrefixCacheProducer | None:
+        """The declared producer this plugin reads, or None: it is the producer."""
+        if not self._resolved:
+            found = self._declared_producers()
+            self._bind(found[0] if found else None)
+        return self._delegate
+
+    def _bind(self, producer: PrecisePrefixCacheProducer | None) -> None:
+        self._delegate = producer
+        self._resolved = True
+        if producer is not None:
+            self._score_key = prefix_info_key(producer.name)
+            log.info(
+                "plugin %r: reading the match of %r (this plugin's own parameters are unused)",
+                self.name,
+                producer.name,
+            )
+
+    @property
+    def producer_name(self) -> str:
+        """The producer whose match is scored (this plugin's name when it is the one)."""
+        delegate = self._resolve()
+        return self.name if delegate is None else delegate.name
+
+    # ------------------------------------------------------------------ producer
+    def events_in_process(self) -> None:
+        """As the producer's (nothing when reading a declared producer)."""
+        if self._resolve() is None:
+            super().events_in_process()
+
+    def kv_event(self, pod: str, event: object, model: str = "") -> None:
+        """As the producer's (dropped when reading a declared producer)."""
+        if self._resolve() is None:
+            super().kv_event(pod, event, model)
+
+    def prepare_request_data(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> None:
+        """As the producer's (nothing when reading a declared producer)."""
+        if self._resolve() is None:
+            super().prepare_request_data(cycle, request, table, candidates)
+
+    def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
+        """As the producer's (nothing when reading a declared producer)."""
+        if self._resolve() is None:
+            super().pre_request(cycle, request, result)
+
+    def run_deferred(self) -> None:
+        """As the producer's (nothing when reading a declared producer)."""
+        if self._resolved and self._delegate is None:
+            super().run_deferred()
+
+    # ------------------------------------------------------------------ scorer
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """``matched / total`` blocks per candidate, as ``prefix-cache-scorer`` (0 when
+        the request has no blocks or no match was written)."""
+        self._resolve()
+        info = cycle.read(self._score_key)
+        if info is None:
+            info = cycle.read(PREFIX_CACHE_MATCH_INFO)
+        n = len(candidates)
+        if not isinstance(info, PrefixCacheMatchInfo) or info.total_blocks <= 0:
+            if not isinstance(info, PrefixCacheMatchInfo):
+                self._warn_missing()
+            out[:n] = 0.0
+            return
+        scoring.divided(info.match_blocks, candidates, float(info.total_blocks), out)
+
+    def _warn_missing(self) -> None:
+        now = self._clock()
+        if now - self._last_warning_s < 60.0:
+            return
+        self._last_warning_s = now
+        log.warning("%s: no %s in the cycle; scoring 0", self.name, PREFIX_CACHE_MATCH_INFO)
+
+
+_precise_scorer: type[Scorer] = PrecisePrefixCacheScorer
+_precise_scorer_producer: type[DataProducer] = PrecisePrefixCacheScorer

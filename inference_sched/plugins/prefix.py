@@ -41,6 +41,7 @@ from inference_sched.framework.contracts import (
     PrefixCacheMatchInfo,
     cache_salt,
     first_picks,
+    prefix_info_key,
     read_latency_info,
     read_prefix_info,
 )
@@ -209,6 +210,7 @@ class ApproxPrefixCacheProducer:
         self.params = params
         self._table = handle.table
         self._state_key = f"{PRODUCER_TYPE}/{name}"
+        self._info_key = prefix_info_key(name)
         self._counting = params.match_mode == "counting"
         self._untuned_warned_s = -math.inf
         self._lock = threading.Lock()
@@ -356,6 +358,7 @@ class ApproxPrefixCacheProducer:
         hashes = self._hash_and_match(request, block_tokens, counts)
         info = PrefixCacheMatchInfo(counts, len(hashes), block_tokens, hashes)
         cycle.write(PREFIX_CACHE_MATCH_INFO, info)
+        cycle.write(self._info_key, info)
         cycle.write(self._state_key, _PrefixState(hashes, info))
 
     def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
@@ -502,22 +505,37 @@ class PrefixCacheScorerParams:
     """For the auto-created producer: the deprecated v1.0 hashBlockSize (characters)."""
     redis: Mapping[str, Any] | None = redis_forwarded(RedisPrefixParams)
     """For the auto-created producer: redis (ours; docs/redis.md)."""
+    prefix_match_info_producer_name: str | None = _forwarded("prefixMatchInfoProducerName", string)
+    """The scorer's own (llm-d-router): the producer plugin whose ``PrefixCacheMatchInfo``
+    it reads (None or "": the cycle's shared one, whichever producer wrote it)."""
 
     def producer_parameters(self) -> dict[str, Any]:
         """The keys given here, by GIE key, as ``approx-prefix-cache-producer`` takes them."""
         return {
             a.alias or a.name: getattr(self, a.name)
             for a in attrs.fields(type(self))
-            if getattr(self, a.name) is not None
+            if a.name not in _SCORER_OWN and getattr(self, a.name) is not None
         }
+
+    def producer_references(self) -> dict[str, tuple[str, str]]:
+        """Config loading checks these: parameter key → (plugin name, the data key that
+        plugin must produce)."""
+        name = self.prefix_match_info_producer_name
+        return {"prefixMatchInfoProducerName": (name, PREFIX_CACHE_MATCH_INFO)} if name else {}
+
+
+_SCORER_OWN: Final = frozenset({"prefix_match_info_producer_name"})
 
 
 @register("prefix-cache-scorer")
 class PrefixCacheScorer:
     """Scores ``match_blocks / total_blocks`` from the cycle's ``PrefixCacheMatchInfo``.
 
-    0 for every candidate when the request has no blocks, and when no producer wrote
-    the data (logged at most once a minute).
+    With ``prefixMatchInfoProducerName``, the match that producer wrote under its own key
+    (``PrefixCacheMatchInfo/<name>``; config loading checks it names a producer of
+    ``PrefixCacheMatchInfo``); a producer that writes only the shared key is read
+    there. 0 for every candidate when the request has no blocks, and when no producer
+    wrote the data (logged at most once a minute).
     """
 
     type: ClassVar[str]
@@ -527,6 +545,9 @@ class PrefixCacheScorer:
 
     def __init__(self, name: str, params: PrefixCacheScorerParams, handle: Handle) -> None:
         self.name = name
+        self.producer_name = params.prefix_match_info_producer_name or ""
+        """The producer read (``prefixMatchInfoProducerName``; "": the shared key)."""
+        self._key = prefix_info_key(self.producer_name) if self.producer_name else None
         self._clock = handle.clock
         self._last_warning_s = -math.inf
 
@@ -539,7 +560,9 @@ class PrefixCacheScorer:
         out: npt.NDArray[np.float32],
     ) -> None:
         """Matched fraction of the request's prefix blocks per candidate."""
-        info = cycle.read(PREFIX_CACHE_MATCH_INFO)
+        info = None if self._key is None else cycle.read(self._key)
+        if info is None:  # unnamed, or a producer that writes only the shared key
+            info = cycle.read(PREFIX_CACHE_MATCH_INFO)
         n = len(candidates)
         if not isinstance(info, PrefixCacheMatchInfo):
             self._warn_missing(info)

@@ -483,3 +483,107 @@ def test_queue_parameters_are_checked(raw: dict[str, Any], message: str) -> None
     with pytest.raises(ParameterError) as info:
         parse_params(PrecisePrefixCacheProducer.Params, raw, PATH)
     assert str(info.value) == message
+
+
+# ------------------------------------------------------------ indexerConfig.kvBlockIndexConfig
+def test_kv_block_index_config_in_memory_keys_are_read() -> None:
+    params = parse_params(
+        PrecisePrefixCacheProducer.Params,
+        {
+            "indexerConfig": {
+                "kvBlockIndexConfig": {
+                    "inMemoryConfig": {"size": 1000, "podCacheSize": 5},
+                    "enableMetrics": True,
+                    "metricsLoggingInterval": "1m0s",
+                }
+            }
+        },
+        PATH,
+    )
+    config = params.indexer_config.kv_block_index_config
+    assert config.in_memory_config is not None
+    assert (config.in_memory_config.size, config.in_memory_config.pod_cache_size) == (1000, 5)
+    assert (config.enable_metrics, config.metrics_logging_interval_s) == (True, 60.0)
+    assert config.capacity == 1000
+    producer = PrecisePrefixCacheProducer("p", params, PluginHandle(make_table(1)))
+    assert producer.index.capacity(0, "gpu") == 1000
+
+
+def test_kv_block_index_size_caps_the_default_capacity() -> None:
+    default = parse_params(PrecisePrefixCacheProducer.Params, {}, PATH)
+    assert default.indexer_config.kv_block_index_config.capacity == 31_250
+    llm_d_default = parse_params(
+        PrecisePrefixCacheProducer.Params,
+        {"indexerConfig": {"kvBlockIndexConfig": {"inMemoryConfig": {"size": 100_000_000}}}},
+        PATH,
+    )
+    assert llm_d_default.indexer_config.kv_block_index_config.capacity == 31_250
+    producer = PrecisePrefixCacheProducer("p", llm_d_default, PluginHandle(make_table(1)))
+    assert producer.index.capacity(0, "gpu") == 31_250
+
+
+def test_cost_aware_memory_config_is_accepted_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    params = parse_params(
+        PrecisePrefixCacheProducer.Params,
+        {"indexerConfig": {"kvBlockIndexConfig": {"costAwareMemoryConfig": {"size": "1GiB"}}}},
+        PATH,
+    )
+    cost_aware = params.indexer_config.kv_block_index_config.cost_aware_memory_config
+    assert cost_aware is not None
+    assert cost_aware.size == "1GiB"
+    with caplog.at_level("WARNING"):
+        PrecisePrefixCacheProducer("p", params, PluginHandle(make_table(1)))
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin 'p': indexerConfig.kvBlockIndexConfig.costAwareMemoryConfig.size is not "
+        "applied; the in-process index is bounded by entries per endpoint tier"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"redisConfig": {"address": "redis://user:secret@redis:6379"}},
+            f"{PATH}.indexerConfig.kvBlockIndexConfig.redisConfig: expected no external index "
+            "backend: the redis/valkey KV-block index is not available here (events are "
+            "indexed in process; remove it), got ['address'] (list)",
+        ),
+        (
+            {"valkeyConfig": {"address": "valkey://v:6379", "backendType": "valkey"}},
+            f"{PATH}.indexerConfig.kvBlockIndexConfig.valkeyConfig: expected no external index "
+            "backend: the redis/valkey KV-block index is not available here (events are "
+            "indexed in process; remove it), got ['address', 'backendType'] (list)",
+        ),
+        (
+            {"inMemoryConfig": {"sise": 1}},
+            f"{PATH}.indexerConfig.kvBlockIndexConfig.inMemoryConfig.sise: expected one of the "
+            "keys size, podCacheSize (did you mean 'size'?), got 'sise' (str)",
+        ),
+        (
+            {"inMemoryConfig": {"size": 0}},
+            f"{PATH}.indexerConfig.kvBlockIndexConfig.inMemoryConfig.size: expected int >= 1, "
+            "got 0 (int)",
+        ),
+    ],
+)
+def test_kv_block_index_config_errors_name_the_key(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        parse_params(
+            PrecisePrefixCacheProducer.Params, {"indexerConfig": {"kvBlockIndexConfig": raw}}, PATH
+        )
+    assert str(info.value) == message
+    assert "secret" not in str(info.value)
+
+
+def test_the_producer_writes_its_own_key_too() -> None:
+    producer = _producer()
+    producer.kv_event("10.0.0.0:8000", _stored(range(2)), MODEL)
+    cycle = CycleState(np.random.default_rng(0), producer._clock())
+    table = producer._table
+    request = Request.create(MODEL, prompt="x", token_ids=TOKENS)
+    producer.prepare_request_data(cycle, request, table, table.candidates())
+    info = cycle.read("PrefixCacheMatchInfo/precise")
+    assert info is cycle.read(PREFIX_CACHE_MATCH_INFO)
+    np.testing.assert_allclose(info.match_blocks[:3], [2.0, 0.0, 0.0])

@@ -156,3 +156,89 @@ def test_producer_parameters_are_forwarded(
 def test_params_rejected(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ParameterError, match=message):
         parse_params(PrefixCacheScorer.Params, raw, PATH)
+
+
+# ------------------------------------------------------------ prefixMatchInfoProducerName
+def _named_scorer(producer: str) -> PrefixCacheScorer:
+    params = parse_params(PrefixCacheScorer.Params, {"prefixMatchInfoProducerName": producer}, PATH)
+    return PrefixCacheScorer("prefix", params, PluginHandle(make_table(4), clock=_Clock()))
+
+
+def test_producer_name_reads_that_producers_key() -> None:
+    scorer = _named_scorer("precise")
+    assert scorer.producer_name == "precise"
+    cycle = CycleState(np.random.default_rng(0))
+    cycle.write(PREFIX_CACHE_MATCH_INFO, _info([8, 8, 8, 8], 8))  # another producer's
+    cycle.write("PrefixCacheMatchInfo/precise", _info([4, 0, 2, 8], 8))
+    rows = np.arange(4, dtype=np.int32)
+    out = np.full(4, 7.0, dtype=np.float32)
+    scorer.score(cycle, Request("r", "m"), make_table(4), rows, out)
+    np.testing.assert_array_equal(out, np.asarray([0.5, 0.0, 0.25, 1.0], dtype=np.float32))
+
+
+def test_producer_name_falls_back_to_the_shared_key() -> None:
+    out = _score(_named_scorer("precise"), _info([4, 0, 2, 8], 8), [0, 1, 2, 3])
+    np.testing.assert_array_equal(out, np.asarray([0.5, 0.0, 0.25, 1.0], dtype=np.float32))
+
+
+def test_producer_name_is_not_forwarded_to_the_auto_producer() -> None:
+    params = parse_params(
+        PrefixCacheScorer.Params,
+        {"prefixMatchInfoProducerName": "p", "blockSizeTokens": 32},
+        PATH,
+    )
+    assert params.prefix_match_info_producer_name == "p"
+    assert params.producer_parameters() == {"blockSizeTokens": 32}
+    assert params.producer_references() == {
+        "prefixMatchInfoProducerName": ("p", PREFIX_CACHE_MATCH_INFO)
+    }
+    assert parse_params(PrefixCacheScorer.Params, None, PATH).producer_references() == {}
+
+
+_HEAD = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n"
+_PROFILE = "schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: s\n"
+
+
+def test_config_binds_the_scorer_to_a_declared_producer() -> None:
+    from inference_sched.framework.config import load_config
+
+    config = load_config(
+        _HEAD + "- {name: s, type: prefix-cache-scorer, parameters: "
+        "{prefixMatchInfoProducerName: burst}}\n"
+        "- {name: burst, type: approx-prefix-cache-producer}\n" + _PROFILE
+    )
+    assert [p.type for p in config.plugins].count("approx-prefix-cache-producer") == 1
+    # Naming the default producer's type auto-creates it under that name.
+    config = load_config(
+        _HEAD + "- {name: s, type: prefix-cache-scorer, parameters: "
+        "{prefixMatchInfoProducerName: approx-prefix-cache-producer}}\n" + _PROFILE
+    )
+    assert "approx-prefix-cache-producer" in {p.name for p in config.plugins}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "",
+            "plugins[0].parameters.prefixMatchInfoProducerName: undefined plugin 'p'; "
+            "declare it in plugins",
+        ),
+        (
+            "- {name: p, type: queue-scorer}\n",
+            "plugins[0].parameters.prefixMatchInfoProducerName: plugin 'p' (queue-scorer, "
+            "plugins[1]) does not produce 'PrefixCacheMatchInfo'",
+        ),
+    ],
+)
+def test_config_rejects_a_producer_name_that_produces_no_match(extra: str, message: str) -> None:
+    from inference_sched.errors import ConfigError
+    from inference_sched.framework.config import load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            _HEAD + "- {name: s, type: prefix-cache-scorer, parameters: "
+            "{prefixMatchInfoProducerName: p}}\n" + extra + _PROFILE
+        )
+    assert str(info.value) == message
+    assert info.value.path == "plugins[0].parameters.prefixMatchInfoProducerName"

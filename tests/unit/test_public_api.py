@@ -134,6 +134,7 @@ PUBLIC: dict[str, list[str]] = {
         "cache_salt",
         "estimate_tokens",
         "first_picks",
+        "prefix_info_key",
         "read_latency_info",
         "read_prefix_info",
         "read_session_id",

@@ -123,6 +123,7 @@ _PARAMS: dict[str, dict[str, Any]] = {
     "header-label-affinity-scorer": {"headerName": "x-gpu", "labelKey": "gpu"},
     # In-process events: no ZMQ sockets to the made-up endpoint addresses.
     "precise-prefix-cache-producer": {"kvEventsConfig": {"discoverPods": False}},
+    "precise-prefix-cache-scorer": {"kvEventsConfig": {"discoverPods": False}},
     # Needs exactly one source; the conformance requests carry x-session-id.
     "session-id-producer": {"headerName": "x-session-id"},
     "agent-identity": {"additionalSessionHeaders": ["x-session-id"]},

@@ -630,6 +630,7 @@ class Loader(FlowChecker):
                 produced |= data_keys(added.cls, "produces") | {key}
                 entries.append(added)
         self.warn_ignored_producer_parameters()
+        self.check_producer_references()
         nodes = [DataNode.of(e.name, e.cls) for e in self.entries.values()]
         cycle = dependency_order(nodes).cycle
         if cycle:
@@ -637,6 +638,20 @@ class Loader(FlowChecker):
                 f"{a!r} consumes what {b!r} produces" for a, b in itertools.pairwise(cycle)
             )
             self.error("plugins", f"data dependency cycle: {steps}; no order can run them")
+
+    def check_producer_references(self) -> None:
+        """Each ``…ProducerName`` parameter a Params declares (``producer_references()``)
+        names a plugin of the config (declared or auto-created) that produces the key."""
+        for entry in list(self.entries.values()):
+            for key, (name, data_key) in _producer_references(entry).items():
+                path = f"{entry.path}.parameters.{key}"
+                target = self.entries.get(name)
+                if target is None:
+                    self.error(path, f"undefined plugin {name!r}; declare it in plugins", name)
+                elif data_key not in data_keys(target.cls, "produces"):
+                    self.error(
+                        path, f"plugin {target.describe()} does not produce {data_key!r}", name
+                    )
 
     def producer_parameter_source(self, key: str) -> Entry | None:
         """The first consumer of ``key`` whose parameters carry producer parameters (GIE's
@@ -713,3 +728,11 @@ def _producer_parameters(entry: Entry | None) -> dict[str, Any] | None:
     params = entry.spec.params if entry is not None and entry.spec is not None else None
     method = getattr(params, "producer_parameters", None)
     return (dict(method()) or None) if callable(method) else None
+
+
+def _producer_references(entry: Entry) -> dict[str, tuple[str, str]]:
+    """The producers ``entry``'s Params names (``producer_references()``): parameter key
+    → (plugin name, data key)."""
+    params = entry.spec.params if entry.spec is not None else None
+    method = getattr(params, "producer_references", None)
+    return dict(method()) if callable(method) else {}

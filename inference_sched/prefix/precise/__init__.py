@@ -4,7 +4,8 @@
 :mod:`~inference_sched.prefix.precise.events` (applying KV events),
 :mod:`~inference_sched.prefix.precise.keys` (request, engine and extra keys),
 :mod:`~inference_sched.prefix.precise.wire` (vLLM's KV-event wire format) and
-:mod:`~inference_sched.prefix.precise.subscriber` (the ZMQ subscriber). The index's
+:mod:`~inference_sched.prefix.precise.subscriber` (the ZMQ subscriber);
+:mod:`~inference_sched.prefix.precise.params` holds the producer plugin's parameters. The index's
 public names load on first use, so importing the wire codec alone does not load the
 index's kernels.
 """
