@@ -132,16 +132,20 @@ class NoEndpointError(InferenceSchedError, LookupError):
         profile: the profile's name (``""`` when there were no candidates at all).
         filter: name of the filter that emptied the candidate set, or ``""`` when the
             set was empty before any filter ran (empty pool or gateway subset).
+        screened: the screeners (llm-d-router ``Screener``) removed every candidate.
     """
 
     http_status: ClassVar[int] = 503
     """What GIE answers when ``schedule`` raises it with no candidates at all
     (``ServiceUnavailable``)."""
 
-    def __init__(self, profile: str, filter: str = "") -> None:
+    def __init__(self, profile: str, filter: str = "", *, screened: bool = False) -> None:
         self.profile = profile
         self.filter = filter
-        if not profile:
+        self.screened = screened
+        if screened:
+            message = "screeners eliminated all endpoint candidates"
+        elif not profile:
             message = "no candidate endpoints: the pool (or the gateway's subset) is empty"
         elif filter:
             message = f"profile {profile!r}: filter {filter!r} removed every candidate"

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         ResponseStreaming,
         SaturationDetector,
         Scorer,
+        Screener,
     )
     from inference_sched.framework.profile import PluginStats, SchedulingProfile
     from inference_sched.framework.registry import available, get, register
@@ -64,6 +65,7 @@ _PROTOCOLS = (
     "ResponseStreaming",
     "SaturationDetector",
     "Scorer",
+    "Screener",
 )
 
 _LAZY: dict[str, str] = {
@@ -113,6 +115,7 @@ __all__ = [
     "ResponseStreaming",
     "SaturationDetector",
     "Scorer",
+    "Screener",
 ]
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "PREFIX_CACHE_MATCH_INFO",
     "SESSION_ID",
     "TOKENIZED_PROMPT",
+    "MultiModalFeature",
+    "TokenizedRequest",
     "InFlightLoad",
     "LatencyPredictionInfo",
     "PrefixCacheMatchInfo",
@@ -41,6 +43,7 @@ __all__ = [
     "read_latency_info",
     "read_prefix_info",
     "read_session_id",
+    "read_tokenized",
     "request_token_ids",
     "session_id_key",
 ]
@@ -190,7 +193,59 @@ def estimate_tokens(request: Request) -> int:
 
 # ------------------------------------------------------------------ tokenized prompt
 TOKENIZED_PROMPT: Final = "TokenizedPrompt"
-"""Data key of the prompt's token ids (llm-d ``TokenizedPrompt``), uint32."""
+"""Data key of the request's :class:`TokenizedRequest` (llm-d ``TokenizedPrompt``).
+Older producers wrote a bare uint32 array; :func:`request_token_ids` reads both."""
+
+
+@attrs.frozen(eq=False)
+class MultiModalFeature:
+    """One multimodal item of a tokenized request (llm-d-router ``TokenizedRequest``
+    multimodal features): its content hash and where its placeholder tokens sit."""
+
+    modality: str
+    """``image``, ``video``, ``audio``, ..."""
+    hash: str
+    """Content hash (vLLM ``mm_hashes``); items with equal hashes are the same item."""
+    offset: int = 0
+    """First placeholder token of the item in its prompt."""
+    length: int = 0
+    """Placeholder tokens of the item."""
+
+
+@attrs.frozen(eq=False)
+class TokenizedRequest:
+    """The request's prompts as token ids (llm-d-router ``TokenizedRequest``), written
+    under :data:`TOKENIZED_PROMPT` by ``token-producer``.
+
+    Attributes:
+        prompts: one uint32 array per prompt (a completions request with a list of
+            strings has several; everything else has one).
+        mm_features: the multimodal items, in prompt order.
+        estimated: the ids come from the estimate backend (prompt bytes packed four per
+            uint32, little-endian, zero-padded), not from the model's tokenizer.
+    """
+
+    prompts: tuple[npt.NDArray[np.uint32], ...]
+    mm_features: tuple[MultiModalFeature, ...] = ()
+    estimated: bool = False
+
+    def token_count(self) -> int:
+        """Tokens over every prompt (llm-d-router ``TokenCount()``)."""
+        return sum(len(p) for p in self.prompts)
+
+    def token_ids(self) -> npt.NDArray[np.uint32]:
+        """Every prompt's ids, concatenated (one prompt: that array, not a copy)."""
+        if len(self.prompts) == 1:
+            return self.prompts[0]
+        if not self.prompts:
+            return np.empty(0, dtype=np.uint32)
+        return np.concatenate(self.prompts)
+
+
+def read_tokenized(cycle: CycleState) -> TokenizedRequest | None:
+    """The cycle's tokenized request, or ``None`` when no producer wrote one."""
+    value = cycle.read(TOKENIZED_PROMPT)
+    return value if isinstance(value, TokenizedRequest) else None
 
 
 def request_token_ids(request: Request, cycle: CycleState) -> npt.NDArray[np.uint32] | None:
@@ -204,6 +259,8 @@ def request_token_ids(request: Request, cycle: CycleState) -> npt.NDArray[np.uin
         if isinstance(ids, list) and ids and all(type(i) is int and 0 <= i < 2**32 for i in ids):
             return np.asarray(ids, dtype=np.uint32)
     produced = cycle.read(TOKENIZED_PROMPT)
+    if isinstance(produced, TokenizedRequest):
+        return produced.token_ids()
     return produced if isinstance(produced, np.ndarray) else None
 
 

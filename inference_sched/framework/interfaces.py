@@ -61,6 +61,7 @@ __all__ = [
     "ResponseStreaming",
     "SaturationDetector",
     "Scorer",
+    "Screener",
 ]
 
 
@@ -266,6 +267,37 @@ class DataProducer(Plugin, Protocol):
 
         Called once per cycle, before the profile handler, in dependency order. An
         exception is logged and counted; scheduling continues without the data.
+        """
+        ...
+
+
+@runtime_checkable
+class Screener(Plugin, Protocol):
+    """Narrows the candidate endpoints before the data producers run (llm-d-router
+    ``Screener``, ``pkg/epp/framework/interface/requestcontrol``)."""
+
+    def screen(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> Candidates:
+        """Return the rows of ``candidates`` this screener keeps.
+
+        Every screener receives the full candidate set; the cycle keeps the
+        intersection of their answers and fails with 503 ("screeners eliminated all
+        endpoint candidates") when it is empty.
+
+        Args:
+            cycle: the cycle's state (no producer has run yet).
+            request: the request.
+            table: endpoint state.
+            candidates: int32 rows (non-empty, ascending); do not modify.
+
+        Returns:
+            A subset of ``candidates`` (int32 rows). A screener that raises is counted,
+            logged and ignored (its answer counts as "keep all").
         """
         ...
 

@@ -31,6 +31,7 @@ table.
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -40,7 +41,10 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from inference_sched.state.attributes import EndpointAttributes
 from inference_sched.state.endpoint import Candidates, Endpoint, Role, strip_port
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MAX_ADAPTERS", "EndpointHandle", "EndpointTable", "METRIC_COLUMNS"]
 
@@ -164,6 +168,10 @@ class EndpointTable:
         self._row_sets: dict[int, tuple[_AdapterSet, _AdapterSet]] = {}  # (running, waiting)
         self._candidates: Candidates | None = None
         self._removal_listeners: list[RemovalListener] = []
+        self._upsert_listeners: list[RemovalListener] = []
+        self.attributes = EndpointAttributes()
+        """Data-layer attributes by row (:mod:`inference_sched.state.attributes`); a
+        row's attributes are dropped when its endpoint leaves the table."""
         self.version = 0
         """Bumped on every structural or health change (cache key for derived masks)."""
         self._allocate(max(1, capacity), adapter_bytes=1)
@@ -194,6 +202,7 @@ class EndpointTable:
             self.is_healthy[row] = True
             self.role[row] = int(endpoint.role)
             self._changed()
+            self._notify_upsert(row, endpoint)
             return EndpointHandle(row, int(self.generation[row]))
 
     def upsert(self, endpoint: Endpoint) -> EndpointHandle:
@@ -208,6 +217,7 @@ class EndpointTable:
             self._endpoints[row] = endpoint
             self.role[row] = int(endpoint.role)
             self._changed()
+            self._notify_upsert(row, endpoint)
             return EndpointHandle(row, int(self.generation[row]))
 
     def remove(self, name: str) -> bool:
@@ -251,6 +261,20 @@ class EndpointTable:
         to release that state.
         """
         self._removal_listeners.append(listener)
+
+    def on_upsert(self, listener: RemovalListener) -> None:
+        """Call ``listener(row, endpoint)`` after an endpoint is added or its metadata
+        replaced (under the table lock): llm-d-router's endpoint notifications, which
+        label-reading extractors (``topology-extractor``) turn into attributes. A
+        listener that raises is logged and the others still run."""
+        self._upsert_listeners.append(listener)
+
+    def _notify_upsert(self, row: int, endpoint: Endpoint) -> None:
+        for listener in self._upsert_listeners:
+            try:
+                listener(row, endpoint)
+            except Exception:  # a broken listener must not break discovery
+                log.exception("endpoint listener %r failed on %s", listener, endpoint.name)
 
     def set_healthy(self, name: str, healthy: bool) -> None:
         """Mark an endpoint (un)healthy; unhealthy endpoints are not candidates."""
@@ -557,6 +581,7 @@ class EndpointTable:
                 self._free_id(adapter_id)
         self.active_adapters[row] = 0
         self.waiting_adapters[row] = 0
+        self.attributes.clear_row(row)
 
     def adapters_of(self, row: int) -> tuple[frozenset[str], frozenset[str]]:
         """(running, waiting) adapter names of ``row``."""

@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "kernels": 1,
     "state": 2,
     "prefix": 2,
+    "tokenize": 2,
     "slo": 2,
     "framework": 3,
     "plugins": 4,

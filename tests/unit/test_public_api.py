@@ -41,6 +41,7 @@ PROTOCOLS = [
     "ResponseStreaming",
     "SaturationDetector",
     "Scorer",
+    "Screener",
 ]
 
 PUBLIC: dict[str, list[str]] = {
@@ -124,6 +125,7 @@ PUBLIC: dict[str, list[str]] = {
         "InFlightLoad",
         "LATENCY_PREDICTION_INFO",
         "LatencyPredictionInfo",
+        "MultiModalFeature",
         "PEER_ENDPOINT",
         "PREFILL_PROFILE",
         "PREFIX_CACHE_MATCH_INFO",
@@ -131,6 +133,7 @@ PUBLIC: dict[str, list[str]] = {
         "SESSION_ID",
         "SessionID",
         "TOKENIZED_PROMPT",
+        "TokenizedRequest",
         "cache_salt",
         "estimate_tokens",
         "first_picks",
@@ -138,6 +141,7 @@ PUBLIC: dict[str, list[str]] = {
         "read_latency_info",
         "read_prefix_info",
         "read_session_id",
+        "read_tokenized",
         "request_token_ids",
         "session_id_key",
     ],

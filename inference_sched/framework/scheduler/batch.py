@@ -57,7 +57,13 @@ Outcome = SchedulingResult | InferenceSchedError
 def shared_profile(scheduler: Scheduler, requests: Sequence[Request]) -> SchedulingProfile | None:
     """The single profile a batch can share, or ``None`` to loop over ``schedule``."""
     profile = scheduler._static_profile
-    if len(requests) < 2 or scheduler._producers or scheduler._admitters or profile is None:
+    if (
+        len(requests) < 2
+        or scheduler._producers
+        or scheduler._admitters
+        or scheduler._screeners
+        or profile is None
+    ):
         return None
     plugins: Iterable[Any] = (*profile.filters, *profile.scorers)
     if not all(getattr(p, "is_batch_invariant", False) for p in plugins):
@@ -178,6 +184,8 @@ def _prepare_joint(
         candidates = table.candidates_for(request.subset_hint)
         if len(candidates) == 0:
             raise NoEndpointError("")
+        if scheduler._screeners:
+            candidates = scheduler._screen(cycle, request, candidates)
         if scheduler._producers:
             scheduler._prepare(cycle, request, candidates)
         try:

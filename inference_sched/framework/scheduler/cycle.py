@@ -124,6 +124,7 @@ class Scheduler:
         self._streaming = _hooks(hooks, "response_streaming", "ResponseStreaming")
         self._complete = _hooks(hooks, "response_complete", "ResponseComplete")
         self._admitters = _hooks(hooks, "admit_request", "Admitter")
+        self._screeners = _hooks(hooks, "screen", "Screener")
         self._handler_pick = PluginStats.of("ProfilePicker", handler)
         self._handler_process = PluginStats.of("ProcessProfilesResults", handler)
         self._max_rounds = _MAX_ROUNDS_PER_PROFILE * len(self.profiles)
@@ -215,6 +216,8 @@ class Scheduler:
             candidates = self.table.candidates_for(request.subset_hint)
             if len(candidates) == 0:
                 raise NoEndpointError("")
+            if self._screeners:
+                candidates = self._screen(cycle, request, candidates)
             if self._producers:
                 self._prepare(cycle, request, candidates)
             if self._admitters:
@@ -367,6 +370,20 @@ class Scheduler:
                 raise
             except Exception:  # noqa: BLE001 - a broken admitter must not deny: admit
                 self.admission_errors += 1
+
+    def _screen(self, cycle: CycleState, request: Request, candidates: Candidates) -> Candidates:
+        """Screeners, each on the full candidate set; the survivors are the intersection
+        (llm-d-router Director step 7). A screener that raises is ignored."""
+        kept = candidates
+        for plugin, stats in self._screeners:
+            try:
+                rows = timed_call(stats, plugin.screen, (cycle, request, self.table, candidates))
+            except Exception:  # noqa: BLE001 - isolated; counted and logged by timed_call
+                continue
+            kept = np.intersect1d(kept, np.asarray(rows, dtype=np.int32), assume_unique=True)
+        if len(kept) == 0:
+            raise NoEndpointError("", screened=True)
+        return kept.astype(np.int32, copy=False)
 
     def _prepare(self, cycle: CycleState, request: Request, candidates: Candidates) -> None:
         _run_hooks(
