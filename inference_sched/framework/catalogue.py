@@ -31,6 +31,8 @@ BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "prefix-cache-scorer",
             "prefix-cache-affinity-filter",
             "no-hit-lru-scorer",
+            "multicluster-prefix-cache-scorer",
+            "multicluster-approx-prefix-cache-producer",
         ),
         "inference_sched.plugins.precise_prefix": (
             "precise-prefix-cache-producer",
@@ -51,7 +53,11 @@ BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
             "data-parallel-profile-handler",
         ),
         "inference_sched.plugins.saturation": ("utilization-detector", "concurrency-detector"),
-        "inference_sched.plugins.session": ("session-affinity-scorer", "session-affinity-filter"),
+        "inference_sched.plugins.session": (
+            "session-affinity-scorer",
+            "session-affinity-filter",
+            "multicluster-session-affinity-filter",
+        ),
         "inference_sched.plugins.pickers": (
             "max-score-picker",
             "random-picker",
@@ -81,7 +87,40 @@ BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
         ),
         "inference_sched.plugins.session_id": ("session-id-producer", "agent-identity"),
         "inference_sched.plugins.admitters": ("probabilistic-admitter",),
+        "inference_sched.plugins.endpoint_attribute": (
+            "endpoint-attribute-filter",
+            "endpoint-attribute-scorer",
+        ),
+        "inference_sched.plugins.multicluster": (
+            "multicluster-queue-scorer",
+            "multicluster-kv-cache-utilization-scorer",
+        ),
+        "inference_sched.plugins.burst_prefix": ("burst-prefix-cache-producer",),
+        "inference_sched.plugins.p2p_source": ("p2p-source-producer",),
+        "inference_sched.plugins.mm_cache": (
+            "mm-embeddings-cache-producer",
+            "mm-embeddings-cache-scorer",
+        ),
+        "inference_sched.plugins.rollout": ("disaggregatedset-rollout-screener",),
+        "inference_sched.plugins.reporting": ("request-attribute-reporter",),
         "inference_sched.datalayer.plugins": ("metrics-data-source", "core-metrics-extractor"),
+        "inference_sched.datalayer.sources": (
+            "models-data-source",
+            "models-data-extractor",
+            "dcgm-data-source",
+            "dcgm-extractor",
+            "multicluster-metrics-data-source",
+            "multicluster-metrics-extractor",
+        ),
+        "inference_sched.datalayer.notifications": (
+            "endpoint-notification-source",
+            "k8s-notification-source",
+            "topology-extractor",
+        ),
+        "inference_sched.datalayer.file_discovery": (
+            "file-discovery",
+            "multicluster-file-discovery",
+        ),
     }
 )
 """Module → the plugin types it registers."""
@@ -96,6 +135,7 @@ BUILTIN_DEFAULT_PRODUCERS: Final[Mapping[str, str]] = MappingProxyType(
         "InFlightLoad": "inflight-load-producer",
         "PrefixCacheMatchInfo": "approx-prefix-cache-producer",
         "LatencyPredictionInfo": "predicted-latency-producer",
+        "MultiModalEncoderCacheMatchInfo": "mm-embeddings-cache-producer",
     }
 )
 """Data key → the built-in plugin type GIE creates when a profile consumes the key and

@@ -34,12 +34,15 @@ __all__ = [
     "TokenizedRequest",
     "InFlightLoad",
     "LatencyPredictionInfo",
+    "MM_ENCODER_CACHE_MATCH_INFO",
+    "EncoderCacheMatchInfo",
     "PrefixCacheMatchInfo",
     "SessionID",
     "cache_salt",
     "estimate_tokens",
     "first_picks",
     "prefix_info_key",
+    "read_encoder_cache_info",
     "read_latency_info",
     "read_prefix_info",
     "read_session_id",
@@ -305,6 +308,34 @@ def read_latency_info(cycle: CycleState) -> LatencyPredictionInfo | None:
     """The cycle's prediction, or ``None`` when no producer wrote one."""
     info = cycle.read(LATENCY_PREDICTION_INFO)
     return info if isinstance(info, LatencyPredictionInfo) else None
+
+
+# ------------------------------------------------------------------ multimodal encoder cache
+MM_ENCODER_CACHE_MATCH_INFO: Final = "MultiModalEncoderCacheMatchInfo"
+"""Data key of the encoder-cache match (llm-d-router
+``MultiModalEncoderCacheMatchInfoKey``), written by ``mm-embeddings-cache-producer``."""
+
+
+@attrs.frozen(eq=False)
+class EncoderCacheMatchInfo:
+    """How many of the request's multimodal items each endpoint's encoder cache holds
+    (llm-d-router ``EncoderCacheMatchInfo``).
+
+    Attributes:
+        matched: float64 by *table row*: summed size of the request's items found in
+            that endpoint's cache (every item has size 1 upstream).
+        request_items: summed size of the request's items (0: no multimodal input).
+    """
+
+    matched: npt.NDArray[np.float64]
+    request_items: int
+
+
+def read_encoder_cache_info(cycle: CycleState, producer: str = "") -> EncoderCacheMatchInfo | None:
+    """The cycle's encoder-cache match (``producer``'s own key when named), or ``None``."""
+    key = f"{MM_ENCODER_CACHE_MATCH_INFO}/{producer}" if producer else MM_ENCODER_CACHE_MATCH_INFO
+    info = cycle.read(key)
+    return info if isinstance(info, EncoderCacheMatchInfo) else None
 
 
 # ------------------------------------------------------------------ request attributes
