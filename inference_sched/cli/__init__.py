@@ -31,7 +31,15 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 [
-                    {"type": i.type, "kinds": list(i.kinds), "source": i.source, "error": i.error}
+                    {
+                        "type": i.type,
+                        "kinds": list(i.kinds),
+                        "stability": i.stability,
+                        "deprecated": i.replaced_by is not None,
+                        "replaced_by": i.replaced_by,
+                        "source": i.source,
+                        "error": i.error,
+                    }
                     for i in infos
                 ],
                 indent=2,
@@ -40,10 +48,13 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         return 0
     width = max((len(i.type) for i in infos), default=4)
     kinds_width = max((len(",".join(i.kinds)) for i in infos), default=5)
-    print(f"{'TYPE':<{width}}  {'KINDS':<{kinds_width}}  SOURCE")
+    print(f"{'TYPE':<{width}}  {'KINDS':<{kinds_width}}  {'STABILITY':<9}  SOURCE")
     for info in infos:
         kinds = ",".join(info.kinds) if info.kinds else "(failed to load)"
-        print(f"{info.type:<{width}}  {kinds:<{kinds_width}}  {info.source}")
+        stability = info.stability + (
+            " (deprecated: " + info.replaced_by + ")" if info.replaced_by else ""
+        )
+        print(f"{info.type:<{width}}  {kinds:<{kinds_width}}  {stability:<9}  {info.source}")
         if info.error:
             print(f"{'':<{width}}  error: {info.error}")
     return 0
@@ -64,6 +75,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return 1
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for spec in config.plugins:
+        if registry.stability_of(spec.cls) == "alpha":
+            print(
+                f"note: plugin {spec.name!r} ({spec.type}) is Alpha in llm-d-router, which "
+                "starts it only with --allow-experimental-plugins",
+                file=sys.stderr,
+            )
     print(config.to_yaml(), end="")
     return 0
 

@@ -11,7 +11,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["BUILTIN_DEFAULT_PRODUCERS", "BUILTIN_FAMILIES", "BUILTIN_PLUGINS"]
+__all__ = [
+    "BUILTIN_DEFAULT_PRODUCERS",
+    "BUILTIN_DEPRECATED",
+    "BUILTIN_FAMILIES",
+    "BUILTIN_PLUGINS",
+]
 
 BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
@@ -140,3 +145,17 @@ BUILTIN_DEFAULT_PRODUCERS: Final[Mapping[str, str]] = MappingProxyType(
 )
 """Data key → the built-in plugin type GIE creates when a profile consumes the key and
 no configured plugin produces it."""
+
+BUILTIN_DEPRECATED: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "by-label": "label-selector-filter",
+        "by-label-selector": "label-selector-filter",
+        "tokenizer": "token-producer",
+        "pd-profile-handler": "disagg-profile-handler",
+        "disagg-headers-handler": "disagg-profile-handler",
+        "prefill-header-handler": "disagg-profile-handler",
+        "precise-prefix-cache-scorer": "precise-prefix-cache-producer",
+    }
+)
+"""Deprecated built-in type → its replacement (llm-d-router ``cmd/epp/runner/runner.go``
+deprecation info); building one logs a warning naming the replacement."""

@@ -22,7 +22,7 @@ Protocols, not base classes: third parties need not inherit from anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -45,13 +45,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Admitter",
+    "AttributeExtractor",
     "DataProducer",
     "Decider",
     "DataSource",
     "DeferredWork",
+    "EndpointDiscovery",
+    "EndpointExtractor",
     "Extractor",
     "Filter",
     "Handle",
+    "NotificationSource",
     "Picker",
     "Plugin",
     "PreRequest",
@@ -468,4 +472,56 @@ class Extractor(Plugin, Protocol):
         Raises:
             DataError: the page is malformed or has impossible values.
         """
+        ...
+
+
+@runtime_checkable
+class AttributeExtractor(Plugin, Protocol):
+    """Data layer: turns a polled page into endpoint *attributes* (llm-d-router
+    extractors such as ``models-data-extractor``, ``dcgm-extractor``); the poller writes
+    the result to ``table.attributes`` (:mod:`inference_sched.state.attributes`)."""
+
+    def extract_attributes(self, page: Any, endpoint: Endpoint) -> Mapping[str, Any]:
+        """Attribute key → value read from one endpoint's page (``bytes`` or ``str`` as
+        the extractor documents); an empty mapping writes nothing.
+
+        Raises:
+            DataError: the page is malformed.
+        """
+        ...
+
+
+@runtime_checkable
+class EndpointExtractor(Plugin, Protocol):
+    """Data layer: derives attributes from an endpoint's own metadata (labels, node),
+    on every endpoint add or update (llm-d-router ``topology-extractor``, fed by an
+    endpoint notification source)."""
+
+    def extract_endpoint(self, endpoint: Endpoint) -> Mapping[str, Any]:
+        """Attribute key → value for ``endpoint``; a key mapped to ``None`` is removed."""
+        ...
+
+
+@runtime_checkable
+class NotificationSource(Plugin, Protocol):
+    """Data layer: delivers endpoint (or Kubernetes object) events to extractors
+    (llm-d-router ``endpoint-notification-source``, ``k8s-notification-source``)."""
+
+    def attach(self, table: EndpointTable, extractors: Sequence[Any]) -> None:
+        """Start delivering ``table``'s events to ``extractors`` (endpoints already in
+        the table are delivered at once)."""
+        ...
+
+
+@runtime_checkable
+class EndpointDiscovery(Plugin, Protocol):
+    """Data layer: a source of the pool's endpoints configured as a plugin
+    (``dataLayer.discovery.pluginRef``; llm-d-router ``file-discovery``)."""
+
+    def endpoints(self) -> list[Endpoint]:
+        """The current endpoints, sorted by name."""
+        ...
+
+    def watch(self) -> AsyncIterator[list[Endpoint]]:
+        """Yield the current snapshot, then a new full snapshot whenever it changes."""
         ...

@@ -32,6 +32,7 @@ from inference_sched.errors import PluginLoadError, PluginRegistrationError, Unk
 from inference_sched.framework import interfaces
 from inference_sched.framework.catalogue import (
     BUILTIN_DEFAULT_PRODUCERS,
+    BUILTIN_DEPRECATED,
     BUILTIN_FAMILIES,
     BUILTIN_PLUGINS,
 )
@@ -73,6 +74,11 @@ KINDS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "saturation-detector": (interfaces.SaturationDetector, ("saturation",)),
     "decider": (interfaces.Decider, ("decide",)),
     "admitter": (interfaces.Admitter, ("admit_request",)),
+    "screener": (interfaces.Screener, ("screen",)),
+    "attribute-extractor": (interfaces.AttributeExtractor, ("extract_attributes",)),
+    "endpoint-extractor": (interfaces.EndpointExtractor, ("extract_endpoint",)),
+    "notification-source": (interfaces.NotificationSource, ("attach",)),
+    "endpoint-discovery": (interfaces.EndpointDiscovery, ("endpoints", "watch")),
 }
 """Extension points: kind → (Protocol, methods that define it). Later subsystems
 (flow control, saturation detection, the data layer) add their kinds here."""
@@ -91,6 +97,12 @@ class PluginInfo:
     cls: builtins.type[Any] | None
     error: str | None = None
     """Why the type failed to load (third-party plugins only)."""
+    stability: str = "stable"
+    """``alpha``, ``beta`` or ``stable`` (llm-d-router's ``Stability``; the class's
+    ``stability`` attribute, ``stable`` when it has none). llm-d-router refuses Alpha
+    instances unless started with ``--allow-experimental-plugins``."""
+    replaced_by: str | None = None
+    """The type that replaces this deprecated one, or None."""
 
 
 _lock = threading.RLock()
@@ -361,7 +373,23 @@ def available() -> Iterator[PluginInfo]:
         except PluginLoadError as exc:
             yield PluginInfo(plugin_type, (), exc.distribution, None, str(exc))
             continue
-        yield PluginInfo(plugin_type, kinds_of(cls), _sources[plugin_type], cls)
+        yield PluginInfo(
+            plugin_type,
+            kinds_of(cls),
+            _sources[plugin_type],
+            cls,
+            stability=stability_of(cls),
+            replaced_by=BUILTIN_DEPRECATED.get(plugin_type),
+        )
+
+
+STABILITIES: Final = ("alpha", "beta", "stable")
+
+
+def stability_of(cls: type[Any]) -> str:
+    """``cls.stability`` (``alpha`` / ``beta`` / ``stable``), ``stable`` by default."""
+    value = getattr(cls, "stability", "stable")
+    return value if value in STABILITIES else "stable"
 
 
 def _forget(plugin_type: str) -> None:

@@ -55,6 +55,8 @@ class ProbabilisticAdmitterParams:
 class ProbabilisticAdmitter:
     """Denies sheddable requests with probability ``min(sat ** power * k, 1)``."""
 
+    stability: ClassVar[str] = "beta"
+
     type: ClassVar[str]
     Params = ProbabilisticAdmitterParams
 

@@ -47,6 +47,8 @@ class HeaderLabelAffinityScorer:
     header of the request, else 0 (no header, empty header, label absent or different).
     """
 
+    stability: ClassVar[str] = "alpha"
+
     type: ClassVar[str]
     category: ClassVar[ScorerCategory] = "Affinity"
     Params = HeaderLabelAffinityParams

@@ -89,6 +89,8 @@ class ContextLengthAware:
     whose range holds ``L``.
     """
 
+    stability: ClassVar[str] = "beta"
+
     type: ClassVar[str]
     category: ClassVar[ScorerCategory] = "Affinity"
     Params = ContextLengthAwareParams

@@ -56,6 +56,8 @@ class HeaderProfileParams:
 class HeaderProfileHandler:
     """Runs the one profile the request's header names (or ``defaultProfile``)."""
 
+    stability: ClassVar[str] = "alpha"
+
     type: ClassVar[str]
     Params = HeaderProfileParams
 

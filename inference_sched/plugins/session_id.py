@@ -91,6 +91,8 @@ class SessionIdParams:
 class SessionIdProducer:
     """Copies the request's session id from a header or a cookie to the cycle."""
 
+    stability: ClassVar[str] = "beta"
+
     type: ClassVar[str]
     produces: ClassVar[frozenset[str]] = frozenset({SESSION_ID})
     consumes: ClassVar[frozenset[str]] = frozenset()
@@ -149,6 +151,8 @@ class AgentIdentityParams:
 @register("agent-identity")
 class AgentIdentity:
     """The first non-empty agent session header, as the request's ``agent-identity``."""
+
+    stability: ClassVar[str] = "alpha"
 
     type: ClassVar[str]
     produces: ClassVar[frozenset[str]] = frozenset({AGENT_IDENTITY})

@@ -152,6 +152,8 @@ class TopologyAffinityFilter(_TopologyLevels):
     candidate without topology labels is dropped; when none is kept, keeps them all.
     """
 
+    stability: ClassVar[str] = "alpha"
+
     type: ClassVar[str]
     Params = TopologyAffinityFilterParams
 
@@ -188,6 +190,8 @@ class TopologyAffinityScorerParams:
 class TopologyAffinityScorer(_TopologyLevels):
     """host 1.0, rack 0.20, zone 0.05, region 0.02, none 0 (llm-d-router); 0 everywhere
     without a peer; 0 for a candidate without topology labels."""
+
+    stability: ClassVar[str] = "alpha"
 
     type: ClassVar[str]
     category: ClassVar[ScorerCategory] = "Affinity"

@@ -100,6 +100,8 @@ class UtilizationFilter:
     the others are scraped metrics; an endpoint never scraped reads 0 and passes.
     """
 
+    stability: ClassVar[str] = "alpha"
+
     type: ClassVar[str]
     Params = UtilizationFilterParams
     consumes: ClassVar[frozenset[str]] = frozenset({IN_FLIGHT_LOAD})

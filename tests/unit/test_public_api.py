@@ -25,13 +25,17 @@ API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 PROTOCOLS = [
     "Admitter",
+    "AttributeExtractor",
     "DataProducer",
     "DataSource",
     "Decider",
     "DeferredWork",
+    "EndpointDiscovery",
+    "EndpointExtractor",
     "Extractor",
     "Filter",
     "Handle",
+    "NotificationSource",
     "Picker",
     "Plugin",
     "PreRequest",
