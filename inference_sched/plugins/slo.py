@@ -31,11 +31,16 @@ import numpy.typing as npt
 
 from inference_sched.errors import AdmissionDeniedError
 from inference_sched.framework.contracts import (
+    IN_FLIGHT_LOAD,
     LATENCY_PREDICTION_INFO,
+    MM_ENCODER_CACHE_MATCH_INFO,
     PREFIX_CACHE_MATCH_INFO,
+    TOKENIZED_PROMPT,
     LatencyPredictionInfo,
     PrefixCacheMatchInfo,
-    read_latency_info,
+    prefix_info_key,
+    read_encoder_cache_info,
+    read_tokenized,
 )
 from inference_sched.framework.interfaces import (
     Admitter,
@@ -71,7 +76,12 @@ from inference_sched.params import (
     parse_duration_s,
     string,
 )
-from inference_sched.slo.predictor import LatencyPredictor, feature_matrix
+from inference_sched.slo.predictor import (
+    NUM_FEATURES,
+    LatencyPredictor,
+    OnlineQuantileModel,
+    feature_matrix,
+)
 from inference_sched.state.table import EndpointHandle, EndpointTable
 
 __all__ = [
@@ -79,7 +89,9 @@ __all__ = [
     "LatencySloAdmitter",
     "PredictedLatencyProducer",
     "SloHeadroomTierFilter",
+    "latency_info_key",
     "prompt_tokens",
+    "read_latency_info_of",
     "slo_ms",
 ]
 
@@ -91,6 +103,8 @@ _COLD_KV_FRAC: Final = 0.02
 _RANGE_EPS: Final = 1e-9
 _SWEEP_EVERY: Final = 256
 _CHARS_PER_TOKEN: Final = 4.0
+_NUM_ENCODER_FEATURES: Final = 2
+"""``useEncoderCacheFeatures``: the request's encoder input size, the endpoint's matched size."""
 
 
 # ====================================================================== helpers
@@ -125,12 +139,53 @@ def prompt_tokens(request: Request) -> float:
     return 0.0
 
 
-def _prefix_frac(cycle: CycleState, candidates: Candidates) -> npt.NDArray[np.float64]:
-    info = cycle.read(PREFIX_CACHE_MATCH_INFO)
+def input_tokens(cycle: CycleState, request: Request) -> float:
+    """The request's input length: the ``TokenizedRequest``'s token count (llm-d-router),
+    else :func:`prompt_tokens` when no token producer wrote one."""
+    tokenized = read_tokenized(cycle)
+    if tokenized is not None:
+        return float(tokenized.token_count())
+    return prompt_tokens(request)
+
+
+def latency_info_key(producer: str) -> str:
+    """``LatencyPredictionInfo/<producer>``: one producer's own prediction key."""
+    return f"{LATENCY_PREDICTION_INFO}/{producer}"
+
+
+def read_latency_info_of(cycle: CycleState, producer: str = "") -> LatencyPredictionInfo | None:
+    """The prediction of ``producer`` (its own key, else the shared one: a producer that
+    writes only the shared key), or of whichever producer wrote it (``""``)."""
+    info = cycle.read(latency_info_key(producer)) if producer else None
+    if info is None:
+        info = cycle.read(LATENCY_PREDICTION_INFO)
+    return info if isinstance(info, LatencyPredictionInfo) else None
+
+
+def _latency_references(name: str) -> dict[str, tuple[str, str]]:
+    key = "latencyPredictionInfoProducerName"
+    return {key: (name, LATENCY_PREDICTION_INFO)} if name else {}
+
+
+def _prefix_frac(
+    cycle: CycleState, candidates: Candidates, producer: str = ""
+) -> npt.NDArray[np.float64]:
+    info = cycle.read(prefix_info_key(producer)) if producer else None
+    if info is None:
+        info = cycle.read(PREFIX_CACHE_MATCH_INFO)
     if not isinstance(info, PrefixCacheMatchInfo) or info.total_blocks <= 0:
         return np.zeros(len(candidates), dtype=np.float64)
     frac: npt.NDArray[np.float64] = info.match_blocks[candidates] / float(info.total_blocks)
     return frac
+
+
+def _renamed(old: str, new: str) -> Any:
+    """A ``parse=`` that rejects a key llm-d-router renamed, naming the new key."""
+
+    def parse(raw: Any) -> None:
+        raise ParamCheck(old, f"no {old!r} key: it was renamed {new!r} (llm-d-router)", raw)
+
+    return parse
 
 
 def _ttl_s(raw: Any) -> float:
@@ -166,9 +221,31 @@ class PredictedLatencyProducerParams:
     endpoint_role_label: str = param("", alias="endpointRoleLabel", check=string)
     """Pod label whose value 'prefill' marks a prefill endpoint; empty: the llm-d.ai/role
     role the table derived."""
-    predict_in_prepare_data: bool = param(True, alias="predictInPrepareData", check=boolean)
-    """GIE: predict in PrepareData; accepted, predictions always happen there (one
-    vectorised call)."""
+    predict_in_produce: bool = param(True, alias="predictInProduce", check=boolean)
+    """Predict every candidate (one vectorised call); false: training-only mode, the
+    prediction carries no values and consumers fall back as during the warm-up."""
+    predict_in_prepare_data: None = param(
+        None,
+        alias="predictInPrepareData",
+        parse=_renamed("predictInPrepareData", "predictInProduce"),
+    )
+    """GIE's key, rejected: llm-d-router renamed it ``predictInProduce``."""
+    prefix_match_info_producer_name: str = param(
+        "", alias="prefixMatchInfoProducerName", check=string
+    )
+    """The prefix producer whose match gives the cached fraction ("": the cycle's shared
+    PrefixCacheMatchInfo)."""
+    in_flight_load_producer_name: str = param("", alias="inFlightLoadProducerName", check=string)
+    """Accepted (llm-d-router) and checked to name an InFlightLoad producer: this
+    producer's prefill-tokens-in-flight and dispatched counts are its own."""
+    use_encoder_cache_features: bool = param(False, alias="useEncoderCacheFeatures", check=boolean)
+    """Add two features, the request's multimodal items and those each endpoint's encoder
+    cache holds (MultiModalEncoderCacheMatchInfo); off: the model has neither."""
+    encoder_cache_match_info_producer_name: str = param(
+        "", alias="encoderCacheMatchInfoProducerName", check=string
+    )
+    """The encoder-cache producer read with ``useEncoderCacheFeatures`` ("": the shared
+    key)."""
     quantile: float = param(
         0.9, alias="quantile", check=in_range(0.0, 1.0, low_open=True, high_open=True)
     )
@@ -177,6 +254,23 @@ class PredictedLatencyProducerParams:
     """Ours: TTFT samples before predictions are used (the warm-up); TPOT likewise."""
     training_window: int = param(2000, alias="trainingWindow", check=at_least(16))
     """Ours: samples of memory of each model (older samples fade)."""
+
+    def producer_references(self) -> dict[str, tuple[str, str]]:
+        """Config loading checks these: parameter key → (plugin name, data key)."""
+        refs: dict[str, tuple[str, str]] = {}
+        if self.prefix_match_info_producer_name:
+            refs["prefixMatchInfoProducerName"] = (
+                self.prefix_match_info_producer_name,
+                PREFIX_CACHE_MATCH_INFO,
+            )
+        if self.in_flight_load_producer_name:
+            refs["inFlightLoadProducerName"] = (self.in_flight_load_producer_name, IN_FLIGHT_LOAD)
+        if self.use_encoder_cache_features and self.encoder_cache_match_info_producer_name:
+            refs["encoderCacheMatchInfoProducerName"] = (
+                self.encoder_cache_match_info_producer_name,
+                MM_ENCODER_CACHE_MATCH_INFO,
+            )
+        return refs
 
 
 @attrs.define
@@ -206,8 +300,9 @@ class PredictedLatencyProducer:
     """
 
     type: ClassVar[str]
+    stability: ClassVar[str] = "beta"
     produces: ClassVar[frozenset[str]] = frozenset({LATENCY_PREDICTION_INFO})
-    consumes: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO})
+    consumes: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO, TOKENIZED_PROMPT})
     Params = PredictedLatencyProducerParams
 
     def __init__(self, name: str, params: PredictedLatencyProducerParams, handle: Handle) -> None:
@@ -216,10 +311,21 @@ class PredictedLatencyProducer:
         self._table = handle.table
         self._clock = handle.clock
         self._state_key = f"predicted-latency-producer/{name}"
+        self._own_key = latency_info_key(name)
         self.predictor = LatencyPredictor(
             params.quantile, params.training_window, params.min_training_samples
         )
         """The online model (inspection, tests)."""
+        if params.use_encoder_cache_features:
+            # Two more feature columns: the models are rebuilt with the wider rows, and
+            # this instance also waits for the encoder-cache producer (the scheduler
+            # orders producers by the instance's ``consumes``; the class keeps the
+            # default so that configs without the feature do not create that producer).
+            width = NUM_FEATURES + _NUM_ENCODER_FEATURES
+            window, warmup = params.training_window, params.min_training_samples
+            self.predictor.ttft = OnlineQuantileModel(params.quantile, window, warmup, width)
+            self.predictor.tpot = OnlineQuantileModel(params.quantile, window, warmup, width)
+            setattr(self, "consumes", self.consumes | {MM_ENCODER_CACHE_MATCH_INFO})  # noqa: B010
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[SchedulingResult, _Pending]] = {}
         size = max(self._table.capacity, 1)
@@ -245,20 +351,22 @@ class PredictedLatencyProducer:
         ttft_slo = self._slo(request, HEADER_SLO_TTFT_MS)
         tpot_slo = self._slo(request, HEADER_SLO_TPOT_MS)
         x = feature_matrix(
-            prompt_tokens(request),
-            _prefix_frac(cycle, candidates),
+            input_tokens(cycle, request),
+            _prefix_frac(cycle, candidates, self.params.prefix_match_info_producer_name),
             table.waiting[candidates],
             table.running[candidates],
             table.kv_usage_frac[candidates],
             self._inflight_prefill[candidates],
             self._is_prefill(table)[candidates],
         )
+        if self.params.use_encoder_cache_features:
+            x = self._with_encoder_features(cycle, candidates, x)
         cycle.write(self._state_key, (candidates, x))
         size = table.capacity
         floats = np.full((4, size), np.nan)  # one allocation each: this runs per request
         flags = np.zeros((2, size), dtype=np.bool_)
         info = LatencyPredictionInfo(
-            has_prediction=self.predictor.has_prediction,
+            has_prediction=self.params.predict_in_produce and self.predictor.has_prediction,
             ttft_ms=floats[0],
             tpot_ms=floats[1],
             ttft_headroom_ms=floats[2],
@@ -272,6 +380,23 @@ class PredictedLatencyProducer:
         if info.has_prediction:
             self._judge(floats, flags, candidates, x, ttft_slo, tpot_slo, table)
         cycle.write(LATENCY_PREDICTION_INFO, info)
+        cycle.write(self._own_key, info)
+
+    def _with_encoder_features(
+        self, cycle: CycleState, candidates: Candidates, x: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        """``x`` plus the encoder input size and each candidate's matched size (0 for a
+        text-only request or when no encoder-cache producer wrote its match)."""
+        wide = np.zeros((len(candidates), x.shape[1] + _NUM_ENCODER_FEATURES))
+        wide[:, : x.shape[1]] = x
+        info = read_encoder_cache_info(cycle, self.params.encoder_cache_match_info_producer_name)
+        if info is None and self.params.encoder_cache_match_info_producer_name:
+            info = read_encoder_cache_info(cycle)
+        if info is not None and info.request_items > 0:
+            wide[:, -2] = float(info.request_items)
+            known = candidates < len(info.matched)
+            wide[known, -1] = info.matched[candidates[known]]
+        return wide
 
     def _judge(
         self,
@@ -537,6 +662,7 @@ class LatencyScorer:
     """Scores by predicted SLO headroom; composite fallback while nothing is predicted."""
 
     type: ClassVar[str]
+    stability: ClassVar[str] = "beta"
     category: ClassVar[ScorerCategory] = "Balance"
     consumes: ClassVar[frozenset[str]] = frozenset({LATENCY_PREDICTION_INFO})
 
@@ -564,6 +690,22 @@ class LatencyScorer:
             1.0, alias="compositePrefixWeight", check=at_least(0, kind="number")
         )
         """Fallback: weight of the prefix-cache score."""
+        latency_prediction_info_producer_name: str = param(
+            "", alias="latencyPredictionInfoProducerName", check=string
+        )
+        """The predicted-latency producer read ("": the cycle's shared prediction)."""
+        prefix_match_info_producer_name: str = param(
+            "", alias="prefixMatchInfoProducerName", check=string
+        )
+        """Fallback: the prefix producer whose match is scored ("": the shared one)."""
+
+        def producer_references(self) -> dict[str, tuple[str, str]]:
+            """Config loading checks these: parameter key → (plugin name, data key)."""
+            refs = _latency_references(self.latency_prediction_info_producer_name)
+            if self.prefix_match_info_producer_name:
+                name = self.prefix_match_info_producer_name
+                refs["prefixMatchInfoProducerName"] = (name, PREFIX_CACHE_MATCH_INFO)
+            return refs
 
     def __init__(self, name: str, params: LatencyScorer.Params, handle: Handle) -> None:
         self.name = name
@@ -579,7 +721,7 @@ class LatencyScorer:
     ) -> None:
         """Headroom scores of one partition (others 0), or the composite fallback."""
         n = len(candidates)
-        info = read_latency_info(cycle)
+        info = read_latency_info_of(cycle, self.params.latency_prediction_info_producer_name)
         if info is None or not info.has_prediction:
             out[:n] = self._composite(cycle, table, candidates)
             return
@@ -625,7 +767,7 @@ class LatencyScorer:
         composite = (
             w_kv * (1.0 - table.kv_usage_frac[candidates])
             + w_q * rel_queue
-            + w_pref * _prefix_frac(cycle, candidates)
+            + w_pref * _prefix_frac(cycle, candidates, p.prefix_match_info_producer_name)
         )
         rounded: npt.NDArray[np.float64] = np.floor(100.0 * composite + 0.5) / 100.0
         return rounded
@@ -641,6 +783,7 @@ class SloHeadroomTierFilter:
     ``epsilonExploreNeg`` the others instead (exploration)."""
 
     type: ClassVar[str]
+    stability: ClassVar[str] = "beta"
     consumes: ClassVar[frozenset[str]] = frozenset({LATENCY_PREDICTION_INFO})
 
     @attrs.frozen
@@ -651,10 +794,19 @@ class SloHeadroomTierFilter:
             0.01, alias="epsilonExploreNeg", check=in_range(0.0, 1.0)
         )
         """Probability of keeping the negative tier when both tiers are present."""
+        latency_prediction_info_producer_name: str = param(
+            "", alias="latencyPredictionInfoProducerName", check=string
+        )
+        """The predicted-latency producer read ("": the cycle's shared prediction)."""
+
+        def producer_references(self) -> dict[str, tuple[str, str]]:
+            """Config loading checks these: parameter key → (plugin name, data key)."""
+            return _latency_references(self.latency_prediction_info_producer_name)
 
     def __init__(self, name: str, params: SloHeadroomTierFilter.Params, handle: Handle) -> None:
         self.name = name
         self._epsilon = float(params.epsilon_explore_neg)
+        self._producer = params.latency_prediction_info_producer_name
 
     def filter(
         self,
@@ -664,7 +816,7 @@ class SloHeadroomTierFilter:
         candidates: Candidates,
     ) -> Candidates:
         """One tier when both are present (positive: 1 - epsilon), else all."""
-        info = read_latency_info(cycle)
+        info = read_latency_info_of(cycle, self._producer)
         if info is None or not info.has_prediction:
             return candidates
         positive = (info.ttft_headroom_ms[candidates] >= 0) & (
@@ -684,14 +836,34 @@ _tier_filter: type[Filter] = SloHeadroomTierFilter
 # ====================================================================== admitter
 @register("latency-slo-admitter")
 class LatencySloAdmitter:
-    """Denies a sheddable request (priority < 0) when no candidate is predicted to meet
-    its SLOs, none is idle and none is cold; priority >= 0 is always admitted."""
+    """Denies a sheddable request (priority < 0) with an SLO when no candidate is
+    predicted to meet its SLOs, none is idle (no running requests) and none is cold
+    (KV usage < 2%); everything else is admitted (llm-d-router
+    ``requestcontrol/admitter/latencyslo/plugin.go``)."""
 
     type: ClassVar[str]
+    stability: ClassVar[str] = "beta"
     consumes: ClassVar[frozenset[str]] = frozenset({LATENCY_PREDICTION_INFO})
 
-    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+    @attrs.frozen
+    class Params:
+        """Parameters of ``latency-slo-admitter``."""
+
+        latency_prediction_info_producer_name: str = param(
+            "", alias="latencyPredictionInfoProducerName", check=string
+        )
+        """The predicted-latency producer read ("": the cycle's shared prediction)."""
+
+        def producer_references(self) -> dict[str, tuple[str, str]]:
+            """Config loading checks these: parameter key → (plugin name, data key)."""
+            return _latency_references(self.latency_prediction_info_producer_name)
+
+    def __init__(
+        self, name: str, params: LatencySloAdmitter.Params | NoParams, handle: Handle
+    ) -> None:
         self.name = name
+        producer = getattr(params, "latency_prediction_info_producer_name", "")
+        self._producer: str = producer if isinstance(producer, str) else ""
 
     def admit_request(
         self,
@@ -703,12 +875,17 @@ class LatencySloAdmitter:
         """Return to admit; raise :class:`AdmissionDeniedError` to deny (GIE: HTTP 500)."""
         if request.priority >= 0:
             return
-        info = read_latency_info(cycle)
+        if (
+            slo_ms(request, HEADER_SLO_TTFT_MS)[0] <= 0
+            and slo_ms(request, HEADER_SLO_TPOT_MS)[0] <= 0
+        ):
+            return  # no SLO: nothing to judge against
+        info = read_latency_info_of(cycle, self._producer)
         if info is None or not info.has_prediction:
-            return  # nothing predicted yet (warm-up): nothing to judge, admit
+            return  # no endpoint carries a prediction: fail open
         if bool((info.ttft_valid[candidates] & info.tpot_valid[candidates]).any()):
             return
-        if bool((info.dispatched[candidates] == 0).any()):
+        if bool((table.running[candidates] == 0).any()):
             return
         if bool((table.kv_usage_frac[candidates] < _COLD_KV_FRAC).any()):
             return

@@ -7,9 +7,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inference_sched.errors import ParameterError
 from inference_sched.framework import registry
+from inference_sched.framework.contracts import (
+    IN_FLIGHT_LOAD,
+    PREFIX_CACHE_MATCH_INFO,
+    TOKENIZED_PROMPT,
+    InFlightLoad,
+    PrefixCacheMatchInfo,
+    TokenizedRequest,
+)
 from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.types import (
     CycleState,
@@ -21,16 +31,20 @@ from inference_sched.framework.types import (
 )
 from inference_sched.params import NoParams, parse_params
 from inference_sched.plugins.load import (
-    IN_FLIGHT_LOAD,
     ActiveRequestScorer,
-    InFlightLoad,
     InflightLoadProducer,
+    InflightLoadProducerParams,
     KvCacheUtilizationScorer,
     LoadAwareScorer,
     QueueScorer,
     RunningRequestsSizeScorer,
     TokenLoadScorer,
+    UncachedRequestTokens,
+    client_max_output_tokens,
+    estimate_output_tokens,
     estimate_tokens,
+    read_uncached_tokens,
+    uncached_input_tokens,
 )
 from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
@@ -199,7 +213,11 @@ def test_metadata() -> None:
     assert {c.category for c in (QueueScorer, TokenLoadScorer, LoadAwareScorer)} == {"Distribution"}
     assert TokenLoadScorer.consumes == frozenset({"InFlightLoad"})
     assert ActiveRequestScorer.consumes == frozenset({"InFlightLoad"})
-    assert InflightLoadProducer.produces == frozenset({"InFlightLoad"})
+    assert InflightLoadProducer.produces == frozenset({"InFlightLoad", "UncachedRequestTokens"})
+    assert InflightLoadProducer.consumes == frozenset({"TokenizedPrompt"})
+    classes: tuple[Any, ...] = (QueueScorer, RunningRequestsSizeScorer, KvCacheUtilizationScorer)
+    classes += (LoadAwareScorer, TokenLoadScorer, ActiveRequestScorer, InflightLoadProducer)
+    assert {c.stability for c in classes} == {"beta"}  # llm-d-router runner.go
     assert registry.default_producer_for("InFlightLoad") == "inflight-load-producer"
     assert registry.kinds_of(InflightLoadProducer) == (
         "data-producer",
@@ -324,20 +342,32 @@ def _result(table: EndpointTable, **rows: int | None) -> SchedulingResult:
     return SchedulingResult(results, next(iter(rows)))
 
 
-class _Flow:
-    """Drives one producer through request lifecycles."""
+def _tokenized(num_tokens: int) -> TokenizedRequest:
+    return TokenizedRequest((np.arange(num_tokens, dtype=np.uint32),))
 
-    def __init__(self, n: int = 3) -> None:
+
+class _Flow:
+    """Drives one producer through request lifecycles (requests of ``tokens`` tokens)."""
+
+    def __init__(self, n: int = 3, raw: dict[str, Any] | None = None) -> None:
         self.n = n
         self.table = make_table(n)
+        params: Any = (
+            NoParams() if raw is None else parse_params(InflightLoadProducerParams, raw, PATH)
+        )
         self.producer = InflightLoadProducer(
-            "inflight-load-producer", NoParams(), PluginHandle(self.table)
+            "inflight-load-producer", params, PluginHandle(self.table)
         )
 
-    def start(self, request_id: str, size: int, **rows: int | None) -> tuple[Request, Any]:
-        request = Request(request_id, "m", request_size_bytes=size)
+    def start(
+        self, request_id: str, tokens: int, body: dict[str, Any] | None = None, **rows: int | None
+    ) -> tuple[Request, Any]:
+        request = Request(request_id, "m", body=body)
         result = _result(self.table, **rows)
-        self.producer.pre_request(CycleState(np.random.default_rng(0)), request, result)
+        cycle = CycleState(np.random.default_rng(0))
+        if tokens:
+            cycle.write(TOKENIZED_PROMPT, _tokenized(tokens))
+        self.producer.pre_request(cycle, request, result)
         return request, result
 
     def chunk(self, request: Request, result: SchedulingResult, *, first: bool = False) -> None:
@@ -360,11 +390,11 @@ class _Flow:
 
 def test_inflight_single_profile_lifecycle() -> None:
     flow = _Flow()
-    request, result = flow.start("r1", 400, default=1)  # estimate 250
+    request, result = flow.start("r1", 250, default=1)
     assert flow.load() == [(0, 0), (1, 250), (0, 0)]
-    flow.chunk(request, result, first=True)  # not a prefill profile: still held
+    flow.chunk(request, result, first=True)  # prefill done: the tokens go, the request stays
     flow.chunk(request, result)
-    assert flow.load() == [(0, 0), (1, 250), (0, 0)]
+    assert flow.load() == [(0, 0), (1, 0), (0, 0)]
     flow.complete(request, result)
     assert flow.load() == [(0, 0), (0, 0), (0, 0)]
     assert flow.producer.num_tracked_requests() == 0
@@ -372,37 +402,37 @@ def test_inflight_single_profile_lifecycle() -> None:
 
 def test_inflight_prefill_released_on_first_chunk() -> None:
     flow = _Flow()
-    request, result = flow.start("r1", 400, decode=1, prefill=2)
+    request, result = flow.start("r1", 250, decode=1, prefill=2)
     assert flow.load() == [(0, 0), (1, 250), (1, 250)]
     flow.chunk(request, result, first=True)
-    assert flow.load() == [(0, 0), (1, 250), (0, 0)]
+    assert flow.load() == [(0, 0), (1, 0), (0, 0)]
     flow.chunk(request, result, first=True)  # a repeated start flag releases nothing more
-    assert flow.load() == [(0, 0), (1, 250), (0, 0)]
+    assert flow.load() == [(0, 0), (1, 0), (0, 0)]
     flow.complete(request, result)
     assert flow.load() == [(0, 0), (0, 0), (0, 0)]
 
 
 def test_inflight_prefill_held_until_complete_without_chunks() -> None:
     flow = _Flow()
-    request, result = flow.start("r1", 400, decode=1, prefill=2)
+    request, result = flow.start("r1", 250, decode=1, prefill=2)
     flow.complete(request, result)  # e.g. the upstream failed before any body
     assert flow.load() == [(0, 0), (0, 0), (0, 0)]
 
 
 def test_inflight_same_endpoint_in_two_profiles() -> None:
     flow = _Flow()
-    request, result = flow.start("r1", 400, decode=0, prefill=0)
+    request, result = flow.start("r1", 250, decode=0, prefill=0)
     assert flow.load()[0] == (2, 500)
     flow.chunk(request, result, first=True)
-    assert flow.load()[0] == (1, 250)
+    assert flow.load()[0] == (1, 0)
     flow.complete(request, result)
     assert flow.load()[0] == (0, 0)
 
 
 def test_inflight_overlapping_requests_and_double_complete() -> None:
     flow = _Flow()
-    r1, res1 = flow.start("r1", 400, default=0)  # 250 tokens
-    r2, res2 = flow.start("r2", 40, default=0)  # 10 + 15 = 25 tokens
+    r1, res1 = flow.start("r1", 250, default=0)  # 250 tokens
+    r2, res2 = flow.start("r2", 25, default=0)
     assert flow.load()[0] == (2, 275)
     flow.complete(r1, res1)
     assert flow.load()[0] == (1, 25)
@@ -415,7 +445,7 @@ def test_inflight_overlapping_requests_and_double_complete() -> None:
 
 def test_inflight_failed_or_empty_profiles_are_skipped() -> None:
     flow = _Flow()
-    request, result = flow.start("r1", 400, default=2, failed=None, empty=-1)
+    request, result = flow.start("r1", 250, default=2, failed=None, empty=-1)
     assert flow.load() == [(0, 0), (0, 0), (1, 250)]
     flow.complete(request, result)
     assert flow.load() == [(0, 0), (0, 0), (0, 0)]
@@ -423,7 +453,7 @@ def test_inflight_failed_or_empty_profiles_are_skipped() -> None:
 
 def test_inflight_never_below_zero() -> None:
     flow = _Flow()
-    request, result = flow.start("r1", 400, default=0)
+    request, result = flow.start("r1", 250, default=0)
     flow.table.inflight_requests[0] = 0.0  # something else already lowered the counters
     flow.table.inflight_tokens[0] = 100.0
     flow.complete(request, result)
@@ -432,12 +462,12 @@ def test_inflight_never_below_zero() -> None:
 
 def test_inflight_endpoint_removed_mid_request_and_row_reused() -> None:
     flow = _Flow()
-    r1, res1 = flow.start("r1", 400, decode=1, prefill=2)
+    r1, res1 = flow.start("r1", 250, decode=1, prefill=2)
     assert flow.table.remove("e1")
     assert flow.producer.num_tracked_requests() == 1  # the prefill hold on e2 remains
     handle = flow.table.add(Endpoint("e9", "10.0.0.9", 8000))
     assert handle.row == 1  # the freed row is reused
-    r2, res2 = flow.start("r2", 40, default=1)
+    r2, res2 = flow.start("r2", 25, default=1)
     assert flow.load() == [(0, 0), (1, 25), (1, 250)]
     flow.complete(r1, res1)  # must not touch the new endpoint's row
     assert flow.load() == [(0, 0), (1, 25), (0, 0)]
@@ -450,8 +480,10 @@ def test_inflight_pick_removed_before_pre_request_is_skipped() -> None:
     flow = _Flow()
     result = _result(flow.table, default=1)
     flow.table.remove("e1")
-    request = Request("r1", "m", request_size_bytes=400)
-    flow.producer.pre_request(CycleState(np.random.default_rng(0)), request, result)
+    request = Request("r1", "m")
+    cycle = CycleState(np.random.default_rng(0))
+    cycle.write(TOKENIZED_PROMPT, _tokenized(250))
+    flow.producer.pre_request(cycle, request, result)
     assert flow.load() == [(0, 0), (0, 0), (0, 0)]
     assert flow.producer.num_tracked_requests() == 0
 
@@ -461,15 +493,17 @@ def test_inflight_pick_whose_row_was_reused_before_pre_request_is_skipped() -> N
     result = _result(flow.table, default=1)  # picked e1 at row 1
     flow.table.remove("e1")
     flow.table.add(Endpoint("e9", "10.0.0.9", 8000))  # reuses row 1
-    request = Request("r1", "m", request_size_bytes=400)
-    flow.producer.pre_request(CycleState(np.random.default_rng(0)), request, result)
+    request = Request("r1", "m")
+    cycle = CycleState(np.random.default_rng(0))
+    cycle.write(TOKENIZED_PROMPT, _tokenized(250))
+    flow.producer.pre_request(cycle, request, result)
     assert flow.load() == [(0, 0), (0, 0), (0, 0)]  # e9 is not charged for e1's request
 
 
 def test_inflight_requests_sharing_an_id_are_released_separately() -> None:
     flow = _Flow()
-    r1, res1 = flow.start("same-id", 400, default=0)  # a client retry reuses x-request-id
-    r2, res2 = flow.start("same-id", 400, default=1)
+    r1, res1 = flow.start("same-id", 250, default=0)  # a client retry reuses x-request-id
+    r2, res2 = flow.start("same-id", 250, default=1)
     assert flow.load() == [(1, 250), (1, 250), (0, 0)]
     flow.complete(r1, res1)
     assert flow.load() == [(0, 0), (1, 250), (0, 0)]
@@ -487,9 +521,9 @@ def test_inflight_request_without_estimate_counts_the_request() -> None:
 
 def test_inflight_counts_feed_the_scorers() -> None:
     flow = _Flow()
-    flow.start("r1", 400, default=0)
-    flow.start("r2", 400, default=0)
-    flow.start("r3", 400, default=1)
+    flow.start("r1", 250, default=0)
+    flow.start("r2", 250, default=0)
+    flow.start("r3", 250, default=1)
     token_scorer = _make(TokenLoadScorer, flow.table, {"queueThresholdTokens": 1000})
     _expect(_score(token_scorer, flow.table, [0, 1, 2]), [0.5, 0.75, 1.0])
     active_scorer = _make(ActiveRequestScorer, flow.table)
@@ -505,7 +539,390 @@ def test_prepare_request_data_publishes_live_columns() -> None:
     assert isinstance(load, InFlightLoad)
     for i in range(3, 40):  # growth reallocates the columns; the data follows them
         flow.table.add(Endpoint(f"e{i}", "10.0.1.1", 8000))
-    flow.start("r1", 400, default=39)
+    flow.start("r1", 250, default=39)
     assert load.requests is flow.table.inflight_requests
     assert load.tokens is flow.table.inflight_tokens
     assert (load.requests[39], load.tokens[39]) == (1.0, 250.0)
+
+
+# ---------------------------------------------------------------- llm-d-router token estimate
+def _prefix(match: list[float], total: int, block: int = 64) -> PrefixCacheMatchInfo:
+    return PrefixCacheMatchInfo(np.asarray(match, dtype=np.float64), total, block)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(None, None, id="no-body"),
+        pytest.param({}, None, id="no-key"),
+        pytest.param({"max_tokens": 50}, 50, id="max-tokens"),
+        pytest.param({"max_completion_tokens": 20, "max_tokens": 50}, 20, id="completion-first"),
+        pytest.param({"max_output_tokens": 7}, 7, id="responses-api"),
+        pytest.param({"max_tokens": 0}, 0, id="zero-applies"),
+        pytest.param({"max_tokens": -1}, None, id="negative-ignored"),
+        pytest.param({"max_tokens": True, "max_output_tokens": 9}, 9, id="bool-skipped"),
+        pytest.param({"max_tokens": "12"}, None, id="string-skipped"),
+    ],
+)
+def test_client_max_output_tokens(body: dict[str, Any] | None, expected: int | None) -> None:
+    assert client_max_output_tokens(Request("r", "m", body=body)) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param((100, 1.5, None, None), 150, id="ratio"),
+        pytest.param((5, 1.5, None, None), 8, id="go-rounds-7.5-up"),
+        pytest.param((3, 0.5, None, None), 2, id="go-rounds-1.5-up"),
+        pytest.param((100, 1.5, 40, None), 40, id="client-cap"),
+        pytest.param((100, 1.5, None, 30), 30, id="operator-cap"),
+        pytest.param((100, 1.5, 40, 30), 30, id="both-caps"),
+        pytest.param((100, 1.5, 0, None), 0, id="client-zero"),
+        pytest.param((0, 1.5, None, None), 0, id="no-input"),
+        pytest.param((100, 0.0, None, None), 0, id="ratio-zero"),
+    ],
+)
+def test_estimate_output_tokens(args: tuple[Any, ...], expected: int) -> None:
+    assert estimate_output_tokens(*args) == expected
+
+
+@pytest.mark.parametrize(
+    ("info", "input_tokens", "rows", "expected"),
+    [
+        pytest.param(None, 300, [0, 1], [300, 300], id="no-info"),
+        pytest.param(None, -5, [0], [0], id="negative-input"),
+        # 4 blocks of 64 = 256 hashed tokens; 300 input: tail of 44.
+        pytest.param(_prefix([0, 2, 4], 4), 300, [0, 1, 2], [300, 172, 44], id="match-and-tail"),
+        pytest.param(_prefix([5], 4), 200, [0], [0], id="over-match-clamps"),
+        pytest.param(_prefix([1, 1], 2, block=0), 77, [1], [77], id="no-block-size"),
+        pytest.param(_prefix([3], 4), 256, [0, 5], [64, 256], id="row-beyond-match-array"),
+    ],
+)
+def test_uncached_input_tokens(
+    info: PrefixCacheMatchInfo | None, input_tokens: int, rows: list[int], expected: list[float]
+) -> None:
+    got = uncached_input_tokens(info, input_tokens, np.asarray(rows, dtype=np.int32))
+    np.testing.assert_array_equal(got, np.asarray(expected, dtype=np.float64))
+
+
+@given(
+    total=st.integers(0, 64),
+    block=st.sampled_from([1, 16, 64]),
+    input_tokens=st.integers(0, 5000),
+    matched=st.lists(st.integers(0, 64), min_size=1, max_size=8),
+)
+def test_uncached_tokens_bounds(
+    total: int, block: int, input_tokens: int, matched: list[int]
+) -> None:
+    match = np.minimum(np.asarray(matched, dtype=np.float64), total)
+    rows = np.arange(len(matched), dtype=np.int32)
+    got = uncached_input_tokens(_prefix(list(match), total, block), input_tokens, rows)
+    hashed = total * block
+    # Every endpoint computes the unmatched blocks plus the tail the index did not hash.
+    np.testing.assert_array_equal(got, (total - match) * block + max(input_tokens - hashed, 0))
+    assert (got >= 0).all()
+    assert (got <= max(input_tokens, hashed)).all()
+    assert (np.diff(got[np.argsort(match, kind="stable")]) <= 0).all()  # more match, fewer
+
+
+def _prepared(
+    raw: dict[str, Any] | None, tokens: int, body: dict[str, Any] | None = None, **keys: Any
+) -> tuple[CycleState, InflightLoadProducer]:
+    table = make_table(3)
+    producer = _make(InflightLoadProducer, table, raw)
+    cycle = CycleState(np.random.default_rng(0))
+    if tokens:
+        cycle.write(TOKENIZED_PROMPT, _tokenized(tokens))
+    for key, value in keys.items():
+        cycle.write(key.replace("__", "/"), value)
+    producer.prepare_request_data(cycle, Request("r", "m", body=body), table, table.candidates())
+    return cycle, producer
+
+
+def test_producer_writes_uncached_tokens_under_both_keys() -> None:
+    cycle, _ = _prepared(None, 300, PrefixCacheMatchInfo=_prefix([0, 2, 4], 4))
+    shared = read_uncached_tokens(cycle)
+    assert isinstance(shared, UncachedRequestTokens)
+    assert (shared.input_tokens, shared.output_tokens) == (300, 0)
+    rows = np.arange(3, dtype=np.int32)
+    np.testing.assert_array_equal(shared.tokens(rows), [300.0, 172.0, 44.0])
+    assert cycle.read("UncachedRequestTokens/p") is shared
+    assert read_uncached_tokens(cycle, "p") is shared
+
+
+def test_producer_without_tokenized_prompt_reads_input_zero() -> None:
+    cycle, _ = _prepared(None, 0)
+    estimate = read_uncached_tokens(cycle)
+    assert estimate is not None
+    assert estimate.input_tokens == 0
+    np.testing.assert_array_equal(estimate.tokens(np.arange(3, dtype=np.int32)), [0.0, 0.0, 0.0])
+    # The formula still charges the unmatched hashed blocks (llm-d-router does the same).
+    cycle, _ = _prepared(None, 0, PrefixCacheMatchInfo=_prefix([0, 2, 4], 4))
+    estimate = read_uncached_tokens(cycle)
+    assert estimate is not None
+    np.testing.assert_array_equal(estimate.tokens(np.arange(3, dtype=np.int32)), [256, 128, 0])
+
+
+def test_producer_reads_the_named_prefix_producer() -> None:
+    cycle, _ = _prepared(
+        {"prefixMatchInfoProducerName": "precise"},
+        256,
+        PrefixCacheMatchInfo=_prefix([4, 4, 4], 4),
+        PrefixCacheMatchInfo__precise=_prefix([0, 1, 3], 4),
+    )
+    estimate = read_uncached_tokens(cycle)
+    assert estimate is not None
+    np.testing.assert_array_equal(estimate.tokens(np.arange(3, dtype=np.int32)), [256, 192, 64])
+    # A named producer that wrote only the shared key is read there.
+    cycle, _ = _prepared(
+        {"prefixMatchInfoProducerName": "precise"}, 256, PrefixCacheMatchInfo=_prefix([4, 0, 2], 4)
+    )
+    estimate = read_uncached_tokens(cycle)
+    assert estimate is not None
+    np.testing.assert_array_equal(estimate.tokens(np.arange(3, dtype=np.int32)), [0, 256, 128])
+
+
+def test_prefix_match_written_after_the_producer_is_still_read() -> None:
+    cycle, _ = _prepared(None, 300)
+    cycle.write(PREFIX_CACHE_MATCH_INFO, _prefix([0, 2, 4], 4))  # a later producer
+    estimate = read_uncached_tokens(cycle)
+    assert estimate is not None
+    np.testing.assert_array_equal(estimate.tokens(np.arange(3, dtype=np.int32)), [300, 172, 44])
+
+
+@pytest.mark.parametrize(
+    ("raw", "body", "expected_output"),
+    [
+        pytest.param({"addEstimatedOutputTokens": True}, None, 150, id="ratio-1.5"),
+        pytest.param({"addEstimatedOutputTokens": True, "outputRatio": 0.25}, None, 25, id="ratio"),
+        pytest.param({"addEstimatedOutputTokens": True}, {"max_tokens": 60}, 60, id="client-cap"),
+        pytest.param(
+            {"addEstimatedOutputTokens": True, "maxEstimatedOutputTokens": 10},
+            {"max_tokens": 60},
+            10,
+            id="operator-cap",
+        ),
+        pytest.param({"outputRatio": 3.0}, None, 0, id="flag-off"),
+    ],
+)
+def test_producer_output_estimate(
+    raw: dict[str, Any], body: dict[str, Any] | None, expected_output: int
+) -> None:
+    cycle, _ = _prepared(raw, 100, body, PrefixCacheMatchInfo=_prefix([0, 1, 0], 1))
+    estimate = read_uncached_tokens(cycle)
+    assert estimate is not None
+    assert estimate.output_tokens == expected_output
+    # Output is estimated on the whole prompt, the prompt part per endpoint: 100 - 64 = 36.
+    rows = np.arange(3, dtype=np.int32)
+    np.testing.assert_array_equal(
+        estimate.tokens(rows), np.asarray([100, 36, 100], dtype=np.float64) + expected_output
+    )
+
+
+def test_pre_request_adds_the_uncached_tokens_of_each_pick() -> None:
+    flow = _Flow()
+    cycle = CycleState(np.random.default_rng(0))
+    cycle.write(TOKENIZED_PROMPT, _tokenized(300))
+    cycle.write(PREFIX_CACHE_MATCH_INFO, _prefix([0, 2, 4], 4))
+    request = Request("r1", "m")
+    flow.producer.prepare_request_data(cycle, request, flow.table, flow.table.candidates())
+    result = _result(flow.table, decode=1, prefill=2)
+    flow.producer.pre_request(cycle, request, result)
+    assert flow.load() == [(0, 0), (1, 172), (1, 44)]
+    flow.complete(request, result)
+    assert flow.load() == [(0, 0), (0, 0), (0, 0)]
+
+
+def test_inflight_with_output_tokens_holds_them_until_the_end() -> None:
+    flow = _Flow(raw={"addEstimatedOutputTokens": True})
+    request, result = flow.start("r1", 100, decode=1, prefill=2)  # 100 + 150 each
+    assert flow.load() == [(0, 0), (1, 250), (1, 250)]
+    flow.chunk(request, result, first=True)  # only the prefill stage is done
+    assert flow.load() == [(0, 0), (1, 250), (0, 0)]
+    flow.chunk(request, result, first=True)
+    assert flow.load() == [(0, 0), (1, 250), (0, 0)]
+    flow.complete(request, result)
+    assert flow.load() == [(0, 0), (0, 0), (0, 0)]
+    assert flow.producer.num_tracked_requests() == 0
+
+
+def test_inflight_client_cap_bounds_the_held_output() -> None:
+    flow = _Flow(raw={"addEstimatedOutputTokens": True, "maxEstimatedOutputTokens": 500})
+    flow.start("r1", 100, {"max_completion_tokens": 20}, default=0)
+    assert flow.load()[0] == (1, 120)
+
+
+def test_token_release_then_removal_and_complete() -> None:
+    flow = _Flow()
+    request, result = flow.start("r1", 250, default=1)
+    flow.chunk(request, result, first=True)
+    assert flow.load()[1] == (1, 0)
+    flow.table.inflight_tokens[1] = 40.0  # another request's tokens are untouched
+    flow.complete(request, result)
+    assert flow.load()[1] == (0, 40)
+
+
+def test_producer_params() -> None:
+    params = parse_params(InflightLoadProducerParams, None, PATH)
+    assert params.add_estimated_output_tokens is False
+    assert params.output_ratio == 1.5
+    assert params.max_estimated_output_tokens is None
+    assert params.prefix_match_info_producer_name == ""
+    assert params.sync_cross_replica_state is True
+    assert params.redis is None
+    assert params.producer_references() == {}
+    named = parse_params(
+        InflightLoadProducerParams,
+        {"prefixMatchInfoProducerName": "precise", "syncCrossReplicaState": False},
+        PATH,
+    )
+    assert named.producer_references() == {
+        "prefixMatchInfoProducerName": ("precise", PREFIX_CACHE_MATCH_INFO)
+    }
+    assert parse_params(TokenLoadScorer.Params, None, PATH).producer_references() == {}
+    scorer_params = parse_params(TokenLoadScorer.Params, {"inFlightLoadProducerName": "i"}, PATH)
+    assert scorer_params.producer_references() == {
+        "inFlightLoadProducerName": ("i", IN_FLIGHT_LOAD)
+    }
+
+
+@pytest.mark.parametrize(
+    ("cls", "raw", "message"),
+    [
+        pytest.param(
+            InflightLoadProducerParams,
+            {"outputRatio": -0.5},
+            r"^plugins\[0\]\.parameters\.outputRatio: expected number >= 0, got -0\.5 \(float\)$",
+            id="ratio-negative",
+        ),
+        pytest.param(
+            InflightLoadProducerParams,
+            {"maxEstimatedOutputTokens": -1},
+            r"^plugins\[0\]\.parameters\.maxEstimatedOutputTokens: expected int >= 0, got -1",
+            id="max-output-negative",
+        ),
+        pytest.param(
+            InflightLoadProducerParams,
+            {"maxEstimatedOutputTokens": True},
+            r"\.maxEstimatedOutputTokens: expected int >= 0, got True \(bool\)$",
+            id="max-output-bool",
+        ),
+        pytest.param(
+            InflightLoadProducerParams,
+            {"addEstimatedOutputTokens": "yes"},
+            r"\.addEstimatedOutputTokens: expected bool, got 'yes' \(str\)$",
+            id="flag-str",
+        ),
+        pytest.param(
+            InflightLoadProducerParams,
+            {"syncCrossReplicaState": 1},
+            r"\.syncCrossReplicaState: expected bool, got 1 \(int\)$",
+            id="sync-int",
+        ),
+        pytest.param(
+            InflightLoadProducerParams,
+            {"prefixMatchInfoProducerName": 3},
+            r"\.prefixMatchInfoProducerName: expected str, got 3 \(int\)$",
+            id="producer-name-int",
+        ),
+        pytest.param(
+            TokenLoadScorer.Params,
+            {"inFlightLoadProducerName": ["a"]},
+            r"\.inFlightLoadProducerName: expected str, got \['a'\] \(list\)$",
+            id="scorer-producer-name-list",
+        ),
+    ],
+)
+def test_llmd_params_rejected(cls: Any, raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        parse_params(cls, raw, PATH)
+
+
+def _score_with(plugin: Any, table: EndpointTable, cycle: CycleState, rows: list[int]) -> Any:
+    candidates = np.asarray(rows, dtype=np.int32)
+    out = np.zeros(len(candidates), dtype=np.float32)
+    plugin.score(cycle, Request("r", "m"), table, candidates, out)
+    return out
+
+
+def test_token_load_scorer_adds_this_requests_tokens() -> None:
+    table = make_table(3)
+    table.inflight_tokens[:3] = [100.0, 0.0, 500.0]
+    cycle = CycleState(np.random.default_rng(0))
+    cycle.write(TOKENIZED_PROMPT, _tokenized(300))
+    cycle.write(PREFIX_CACHE_MATCH_INFO, _prefix([0, 2, 4], 4))
+    producer = _make(InflightLoadProducer, table)
+    producer.prepare_request_data(cycle, Request("r", "m"), table, table.candidates())
+    scorer = _make(TokenLoadScorer, table, {"queueThresholdTokens": 1000})
+    # loads: 100 + 300, 0 + 172, 500 + 44
+    _expect(_score_with(scorer, table, cycle, [0, 1, 2]), [0.6, 0.828, 0.456])
+    _expect(_score_with(scorer, table, cycle, [2, 0]), [0.456, 0.6])
+
+
+def test_token_load_scorer_reads_the_named_producer() -> None:
+    table = make_table(2)
+    cycle = CycleState(np.random.default_rng(0))
+    cycle.write(TOKENIZED_PROMPT, _tokenized(100))
+    other = InflightLoadProducer("other", InflightLoadProducerParams(), PluginHandle(table))
+    other.prepare_request_data(cycle, Request("r", "m"), table, table.candidates())
+    named = InflightLoadProducer(
+        "mine",
+        parse_params(
+            InflightLoadProducerParams,
+            {"addEstimatedOutputTokens": True, "outputRatio": 2.0},
+            PATH,
+        ),
+        PluginHandle(make_table(2)),
+    )
+    named.prepare_request_data(cycle, Request("r", "m"), table, table.candidates())
+    scorer = _make(
+        TokenLoadScorer, table, {"queueThresholdTokens": 1000, "inFlightLoadProducerName": "mine"}
+    )
+    _expect(_score_with(scorer, table, cycle, [0, 1]), [0.7, 0.7])  # 100 + 200
+    unnamed = _make(TokenLoadScorer, table, {"queueThresholdTokens": 1000})
+    _expect(_score_with(unnamed, table, cycle, [0, 1]), [0.7, 0.7])  # the last written
+    missing = _make(
+        TokenLoadScorer, table, {"queueThresholdTokens": 1000, "inFlightLoadProducerName": "gone"}
+    )
+    _expect(_score_with(missing, table, cycle, [0]), [0.7])  # falls back to the shared key
+
+
+_HEAD = "apiVersion: llm-d.ai/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n"
+_PROFILE = "schedulingProfiles:\n- name: default\n  plugins:\n  - pluginRef: s\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "- {name: s, type: token-load-scorer, parameters: {inFlightLoadProducerName: x}}\n",
+            r"plugins\[0\]\.parameters\.inFlightLoadProducerName: undefined plugin 'x'",
+            id="scorer-undefined",
+        ),
+        pytest.param(
+            "- {name: s, type: token-load-scorer}\n"
+            "- {name: i, type: inflight-load-producer, parameters: "
+            "{prefixMatchInfoProducerName: s}}\n",
+            r"plugins\[1\]\.parameters\.prefixMatchInfoProducerName: plugin 's' "
+            r"\(token-load-scorer, plugins\[0\]\) does not produce 'PrefixCacheMatchInfo'",
+            id="producer-wrong-kind",
+        ),
+    ],
+)
+def test_config_checks_producer_names(text: str, message: str) -> None:
+    from inference_sched.errors import ConfigError
+    from inference_sched.framework.config import load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(_HEAD + text + _PROFILE)
+
+
+def test_config_binds_the_scorer_to_a_declared_producer() -> None:
+    from inference_sched.framework.config import load_config
+
+    config = load_config(
+        _HEAD + "- {name: s, type: token-load-scorer, parameters: {inFlightLoadProducerName: i}}\n"
+        "- {name: i, type: inflight-load-producer, parameters: {addEstimatedOutputTokens: true}}\n"
+        + _PROFILE
+    )
+    assert [p.type for p in config.plugins].count("inflight-load-producer") == 1

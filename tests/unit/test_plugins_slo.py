@@ -16,7 +16,16 @@ from prometheus_client import generate_latest
 
 import inference_sched.plugins.slo  # noqa: F401 - registers the SLO plugin types
 from inference_sched.errors import AdmissionDeniedError, ParameterError
-from inference_sched.framework.contracts import LATENCY_PREDICTION_INFO, LatencyPredictionInfo
+from inference_sched.framework.contracts import (
+    LATENCY_PREDICTION_INFO,
+    MM_ENCODER_CACHE_MATCH_INFO,
+    PREFIX_CACHE_MATCH_INFO,
+    TOKENIZED_PROMPT,
+    EncoderCacheMatchInfo,
+    LatencyPredictionInfo,
+    PrefixCacheMatchInfo,
+    TokenizedRequest,
+)
 from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.profile import PluginStats
 from inference_sched.framework.registry import kinds_of
@@ -32,18 +41,16 @@ from inference_sched.framework.types import (
 )
 from inference_sched.observability.prometheus import registry_for
 from inference_sched.params import NoParams, parse_params
-from inference_sched.plugins.prefix import (
-    PREFIX_CACHE_MATCH_INFO,
-    PrefixCacheAffinityFilter,
-    PrefixCacheMatchInfo,
-)
+from inference_sched.plugins.prefix import PrefixCacheAffinityFilter
 from inference_sched.plugins.slo import (
     LatencyScorer,
     LatencySloAdmitter,
     PredictedLatencyProducer,
     SloHeadroomTierFilter,
     bucket_scores,
+    input_tokens,
     prompt_tokens,
+    read_latency_info_of,
     slo_ms,
 )
 from inference_sched.state.table import EndpointTable
@@ -117,7 +124,12 @@ def test_producer_defaults_are_gies() -> None:
     p = parse_params(PredictedLatencyProducer.Params, None, PATH)
     assert (p.sampling_mean, p.max_decode_token_samples_for_prediction) == (1000.0, 0)
     assert (p.slo_buffer_factor, p.context_ttl_s, p.streaming_mode) == (1.0, 300.0, False)
-    assert (p.endpoint_role_label, p.predict_in_prepare_data) == ("", True)
+    assert (p.endpoint_role_label, p.predict_in_produce) == ("", True)
+    assert p.predict_in_prepare_data is None
+    names = (p.prefix_match_info_producer_name, p.in_flight_load_producer_name)
+    assert names == ("", "")
+    assert (p.use_encoder_cache_features, p.encoder_cache_match_info_producer_name) == (False, "")
+    assert p.producer_references() == {}
     assert (p.quantile, p.min_training_samples, p.training_window) == (0.9, 32, 2000)
 
 
@@ -343,34 +355,40 @@ def _admitter() -> LatencySloAdmitter:
     )
 
 
+SLO = {"x-slo-ttft-ms": "100"}
 ADMIT_CASES = [
-    # (priority, ttft headroom, tpot headroom, dispatched, kv, admitted)
-    ("priority-0", 0, [-1, -1], [-1, -1], [1, 1], [0.5, 0.5], True),
-    ("valid", -1, [-1, 5], [-1, 0], [1, 1], [0.5, 0.5], True),
-    ("idle", -1, [-1, -1], [-1, -1], [1, 0], [0.5, 0.5], True),
-    ("cold", -1, [-1, -1], [-1, -1], [1, 1], [0.5, 0.019], True),
-    ("kv-at-0.02-is-warm", -1, [-1, -1], [-1, -1], [1, 1], [0.5, 0.02], False),
-    ("tpot-invalid", -1, [5, 5], [-1, -1], [1, 1], [0.5, 0.5], False),
-    ("nothing", -1, [-1, -1], [-1, -1], [1, 2], [0.5, 0.9], False),
+    # (priority, SLO headers, ttft headroom, tpot headroom, running, kv, admitted)
+    ("priority-0", 0, SLO, [-1, -1], [-1, -1], [1, 1], [0.5, 0.5], True),
+    ("no-slo", -1, {}, [-1, -1], [-1, -1], [1, 1], [0.5, 0.5], True),
+    ("zero-slo", -1, {"x-slo-ttft-ms": "0"}, [-1, -1], [-1, -1], [1, 1], [0.5, 0.5], True),
+    ("tpot-slo-only", -1, {"x-slo-tpot-ms": "5"}, [-1, -1], [-1, -1], [1, 1], [0.5, 0.5], False),
+    ("valid", -1, SLO, [-1, 5], [-1, 0], [1, 1], [0.5, 0.5], True),
+    ("idle", -1, SLO, [-1, -1], [-1, -1], [1, 0], [0.5, 0.5], True),
+    ("cold", -1, SLO, [-1, -1], [-1, -1], [1, 1], [0.5, 0.019], True),
+    ("kv-at-0.02-is-warm", -1, SLO, [-1, -1], [-1, -1], [1, 1], [0.5, 0.02], False),
+    ("tpot-invalid", -1, SLO, [5, 5], [-1, -1], [1, 1], [0.5, 0.5], False),
+    ("nothing", -1, SLO, [-1, -1], [-1, -1], [1, 2], [0.5, 0.9], False),
 ]
 
 
 @pytest.mark.parametrize(
-    ("priority", "ttft_h", "tpot_h", "dispatched", "kv", "admitted"),
+    ("priority", "headers", "ttft_h", "tpot_h", "running", "kv", "admitted"),
     [c[1:] for c in ADMIT_CASES],
     ids=[c[0] for c in ADMIT_CASES],
 )
 def test_admitter(
     priority: int,
+    headers: dict[str, str],
     ttft_h: list[float],
     tpot_h: list[float],
-    dispatched: list[float],
+    running: list[float],
     kv: list[float],
     admitted: bool,
 ) -> None:
-    table = make_table(2, kv_usage_frac=kv)
-    cycle = _cycle(_info(ttft_h, tpot_h, dispatched))
-    request = Request("r", "m", priority=priority)
+    table = make_table(2, kv_usage_frac=kv, running=running)
+    # dispatched counts no longer matter (llm-d-router: idle = no running requests)
+    cycle = _cycle(_info(ttft_h, tpot_h, [0.0, 0.0]))
+    request = Request("r", "m", priority=priority, headers=headers)
     if admitted:
         _admitter().admit_request(cycle, request, table, _rows(0, 1))
         return
@@ -382,13 +400,16 @@ def test_admitter(
 
 @pytest.mark.parametrize("info", [None, _info([-1], [-1], has_prediction=False)])
 def test_admitter_admits_without_predictions(info: LatencyPredictionInfo | None) -> None:
-    table = make_table(1, kv_usage_frac=[0.9])
-    _admitter().admit_request(_cycle(info), Request("r", "m", priority=-1), table, _rows(0))
+    table = make_table(1, kv_usage_frac=[0.9], running=[3])
+    request = Request("r", "m", priority=-1, headers=SLO)
+    _admitter().admit_request(_cycle(info), request, table, _rows(0))
 
 
 # ====================================================================== TTFT gate
 def _affinity(penalty: float) -> PrefixCacheAffinityFilter:
-    raw = {"affinityThreshold": 0.8, "explorationProbability": 0.0, "maxTTFTPenaltyMs": penalty}
+    raw: dict[str, Any] = {"affinityThreshold": 0.8, "explorationProbability": 0.0}
+    raw["maxTTFTPenaltyMs"] = penalty
+    raw["ttftSource"] = "latencyPredictor"  # llm-d-router's default is prefillThroughput
     params = parse_params(PrefixCacheAffinityFilter.Params, raw, PATH)
     return PrefixCacheAffinityFilter("pfx", params, PluginHandle(make_table(1)))
 
@@ -812,3 +833,219 @@ def test_tier_filter_returns_an_ordered_subset(
     assert (np.diff(kept) > 0).all()
     positive = (info.ttft_headroom_ms >= 0) & (info.tpot_headroom_ms >= 0)
     assert positive[kept].all() or not positive[kept].any()
+
+
+# ====================================================================== llm-d-router drift
+def test_predict_in_prepare_data_is_rejected_naming_the_new_key() -> None:
+    with pytest.raises(ParameterError) as info:
+        parse_params(PredictedLatencyProducer.Params, {"predictInPrepareData": True}, PATH)
+    assert str(info.value) == (
+        "plugins[0].parameters.predictInPrepareData: expected no 'predictInPrepareData' key: "
+        "it was renamed 'predictInProduce' (llm-d-router), got True (bool)"
+    )
+    params = parse_params(
+        PredictedLatencyProducer.Params,
+        {"predictInProduce": False, "samplingMean": 5.0, "maxDecodeTokenSamplesForPrediction": 3},
+        PATH,
+    )
+    assert params.predict_in_produce is False
+
+
+@pytest.mark.parametrize(
+    ("cls", "raw", "error"),
+    [
+        (
+            PredictedLatencyProducer.Params,
+            {"predictInProduce": "no"},
+            r"predictInProduce: expected bool",
+        ),
+        (
+            PredictedLatencyProducer.Params,
+            {"useEncoderCacheFeatures": 1},
+            r"useEncoderCacheFeatures: expected bool",
+        ),
+        (
+            PredictedLatencyProducer.Params,
+            {"inFlightLoadProducerName": 2},
+            r"inFlightLoadProducerName: expected str",
+        ),
+        (
+            LatencyScorer.Params,
+            {"latencyPredictionInfoProducerName": 1},
+            r"latencyPredictionInfoProducerName: expected str",
+        ),
+        (
+            LatencyScorer.Params,
+            {"prefixMatchInfoProducerName": []},
+            r"prefixMatchInfoProducerName: expected str",
+        ),
+        (
+            SloHeadroomTierFilter.Params,
+            {"latencyPredictionInfoProducerName": 1.5},
+            r"latencyPredictionInfoProducerName: expected str",
+        ),
+        (
+            LatencySloAdmitter.Params,
+            {"latencyPredictionInfoProducerName": None},
+            r"latencyPredictionInfoProducerName: expected str",
+        ),
+        (LatencySloAdmitter.Params, {"threshold": 1}, r"unknown key 'threshold'"),
+    ],
+)
+def test_llmd_parameter_errors(cls: type[Any], raw: dict[str, Any], error: str) -> None:
+    with pytest.raises(ParameterError, match=error):
+        parse_params(cls, raw, PATH)
+
+
+def test_producer_references() -> None:
+    raw = {
+        "prefixMatchInfoProducerName": "precise",
+        "inFlightLoadProducerName": "load",
+        "encoderCacheMatchInfoProducerName": "mm",
+    }
+    p = parse_params(PredictedLatencyProducer.Params, raw, PATH)
+    assert p.producer_references() == {
+        "prefixMatchInfoProducerName": ("precise", PREFIX_CACHE_MATCH_INFO),
+        "inFlightLoadProducerName": ("load", "InFlightLoad"),
+    }  # the encoder producer only matters with useEncoderCacheFeatures
+    p = parse_params(
+        PredictedLatencyProducer.Params, {**raw, "useEncoderCacheFeatures": True}, PATH
+    )
+    assert p.producer_references()["encoderCacheMatchInfoProducerName"] == (
+        "mm",
+        MM_ENCODER_CACHE_MATCH_INFO,
+    )
+    named = {"latencyPredictionInfoProducerName": "plp"}
+    classes: tuple[Any, ...] = (LatencyScorer.Params, SloHeadroomTierFilter.Params)
+    for cls in (*classes, LatencySloAdmitter.Params):
+        assert parse_params(cls, None, PATH).producer_references() == {}
+        assert parse_params(cls, named, PATH).producer_references() == {
+            "latencyPredictionInfoProducerName": ("plp", LATENCY_PREDICTION_INFO)
+        }
+    scorer = parse_params(LatencyScorer.Params, {"prefixMatchInfoProducerName": "x"}, PATH)
+    assert scorer.producer_references() == {
+        "prefixMatchInfoProducerName": ("x", PREFIX_CACHE_MATCH_INFO)
+    }
+
+
+def test_stability_is_beta() -> None:
+    classes = (PredictedLatencyProducer, LatencyScorer, SloHeadroomTierFilter, LatencySloAdmitter)
+    assert {c.stability for c in classes} == {"beta"}  # llm-d-router runner.go
+
+
+def test_input_length_is_the_token_count() -> None:
+    cycle = _cycle()
+    request = Request("r", "m", prompt=b"x" * 400)  # 100 by the byte estimate
+    assert input_tokens(cycle, request) == 100.0
+    cycle.write(TOKENIZED_PROMPT, TokenizedRequest((np.arange(30, dtype=np.uint32),) * 2))
+    assert input_tokens(cycle, request) == 60.0
+    table = make_table(2)
+    producer = _producer(table, [0.0])
+    producer.prepare_request_data(cycle, request, table, _rows(0, 1))
+    producer.pre_request(cycle, request, _result(table, 1))
+    assert producer.inflight_prefill_tokens(1) == pytest.approx(60.0)
+
+
+def _warm(producer: PredictedLatencyProducer, table: EndpointTable) -> None:
+    producer.predictor = _FixedPredictor([100.0, 300.0], [10.0, 10.0])  # type: ignore[assignment]
+
+
+def test_training_only_mode_publishes_no_prediction() -> None:
+    table = make_table(2)
+    producer = _producer(table, [0.0], predictInProduce=False)
+    _warm(producer, table)
+    cycle = _cycle()
+    producer.prepare_request_data(cycle, Request("r", "m", headers=SLO), table, _rows(0, 1))
+    info = read_latency_info_of(cycle)
+    assert info is not None
+    assert not info.has_prediction
+    assert np.isnan(info.ttft_ms[:2]).all()
+    producer.pre_request(cycle, Request("r", "m"), _result(table, 0))  # still tracks, trains
+    assert producer.dispatched(0) == 1.0
+
+
+def test_prediction_is_written_under_the_producers_own_key() -> None:
+    table = make_table(2)
+    producer = _producer(table, [0.0])
+    _warm(producer, table)
+    cycle = _cycle()
+    producer.prepare_request_data(cycle, Request("r", "m", headers=SLO), table, _rows(0, 1))
+    shared = cycle.read(LATENCY_PREDICTION_INFO)
+    assert cycle.read("LatencyPredictionInfo/plp") is shared
+    assert read_latency_info_of(cycle, "plp") is shared
+    assert read_latency_info_of(cycle, "other") is shared  # falls back to the shared key
+    assert isinstance(shared, LatencyPredictionInfo)
+    np.testing.assert_array_equal(shared.ttft_headroom_ms[:2], [0.0, -200.0])
+
+
+def _two_infos() -> CycleState:
+    cycle = _cycle(_info([5, 5], [5, 5]))  # shared: both positive
+    cycle.write("LatencyPredictionInfo/mine", _info([5, -5], [5, 5]))
+    return cycle
+
+
+def test_consumers_read_the_named_producer() -> None:
+    table = make_table(2)
+    named = {"latencyPredictionInfoProducerName": "mine"}
+    tier = SloHeadroomTierFilter(
+        "t",
+        parse_params(SloHeadroomTierFilter.Params, {**named, "epsilonExploreNeg": 0.0}, PATH),
+        PluginHandle(table),
+    )
+    assert tier.filter(_two_infos(), REQUEST, table, _rows(0, 1)).tolist() == [0]
+    assert _tier(0.0).filter(_two_infos(), REQUEST, table, _rows(0, 1)).tolist() == [0, 1]
+    scorer = LatencyScorer(
+        "s", parse_params(LatencyScorer.Params, named, PATH), PluginHandle(table)
+    )
+    out = np.zeros(2, dtype=np.float32)
+    scorer.score(_two_infos(), REQUEST, table, _rows(0, 1), out)
+    assert out.tolist() == [0.5099999904632568, 0.0]  # only row 0 is positive: 0.5 -> 51/100
+    admitter = LatencySloAdmitter(
+        "a", parse_params(LatencySloAdmitter.Params, named, PATH), PluginHandle(table)
+    )
+    busy = make_table(2, running=[1, 1], kv_usage_frac=[0.5, 0.5])
+    cycle = _cycle(_info([5, 5], [5, 5]))
+    cycle.write("LatencyPredictionInfo/mine", _info([-5, -5], [5, 5]))
+    sheddable = Request("r", "m", priority=-1, headers=SLO)
+    _admitter().admit_request(cycle, sheddable, busy, _rows(0, 1))  # shared: valid
+    with pytest.raises(AdmissionDeniedError):
+        admitter.admit_request(cycle, sheddable, busy, _rows(0, 1))
+
+
+def test_scorer_composite_reads_the_named_prefix_producer() -> None:
+    table = make_table(2, waiting=[0, 0], kv_usage_frac=[0.0, 0.0])
+    raw = {"prefixMatchInfoProducerName": "precise", "compositeKVWeight": 0.0}
+    raw["compositeQueueWeight"] = 0.0
+    scorer = LatencyScorer("s", parse_params(LatencyScorer.Params, raw, PATH), PluginHandle(table))
+    cycle = _cycle()
+    cycle.write(PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo(np.array([4.0, 4.0]), 4, 16))
+    cycle.write("PrefixCacheMatchInfo/precise", PrefixCacheMatchInfo(np.array([1.0, 3.0]), 4, 16))
+    out = np.zeros(2, dtype=np.float32)
+    scorer.score(cycle, REQUEST, table, _rows(0, 1), out)
+    np.testing.assert_array_equal(out, np.asarray([0.25, 0.75], dtype=np.float32))
+
+
+def test_encoder_cache_features() -> None:
+    table = make_table(3)
+    plain = _producer(table, [0.0])
+    assert "MultiModalEncoderCacheMatchInfo" not in plain.consumes
+    producer = _producer(table, [0.0], useEncoderCacheFeatures=True)
+    assert MM_ENCODER_CACHE_MATCH_INFO in producer.consumes  # ordering after that producer
+    assert MM_ENCODER_CACHE_MATCH_INFO not in PredictedLatencyProducer.consumes
+    cycle = _cycle()
+    cycle.write(MM_ENCODER_CACHE_MATCH_INFO, EncoderCacheMatchInfo(np.array([0.0, 2.0, 3.0]), 3))
+    producer.prepare_request_data(cycle, REQUEST, table, _rows(2, 0))
+    _, x = cycle.read("predicted-latency-producer/plp")
+    assert x.shape == (2, 11)
+    np.testing.assert_array_equal(x[:, 9:], [[3.0, 3.0], [3.0, 0.0]])
+    text_only = _cycle()  # no encoder match: both features 0
+    producer.prepare_request_data(text_only, REQUEST, table, _rows(1))
+    np.testing.assert_array_equal(
+        text_only.read("predicted-latency-producer/plp")[1][:, 9:], [[0, 0]]
+    )
+    # the wider model trains and predicts on these rows
+    result = _result(table, 2)
+    producer.pre_request(cycle, REQUEST, result)
+    end = Response("r", is_end_of_stream=True, time_s=0.5)
+    producer.response_complete(REQUEST, end, result)
+    assert producer.predictor.ttft.num_samples == 1
