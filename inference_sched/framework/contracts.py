@@ -35,6 +35,8 @@ __all__ = [
     "InFlightLoad",
     "LatencyPredictionInfo",
     "MM_ENCODER_CACHE_MATCH_INFO",
+    "MULTICLUSTER_KV_CACHE_UTILIZATION",
+    "MULTICLUSTER_QUEUE_SIZE",
     "EncoderCacheMatchInfo",
     "PrefixCacheMatchInfo",
     "SessionID",
@@ -336,6 +338,17 @@ def read_encoder_cache_info(cycle: CycleState, producer: str = "") -> EncoderCac
     key = f"{MM_ENCODER_CACHE_MATCH_INFO}/{producer}" if producer else MM_ENCODER_CACHE_MATCH_INFO
     info = cycle.read(key)
     return info if isinstance(info, EncoderCacheMatchInfo) else None
+
+
+# ------------------------------------------------------------------ endpoint attributes
+# Keys of ``table.attributes`` (:mod:`inference_sched.state.attributes`) shared by a
+# data-layer extractor and the plugins that read them.
+MULTICLUSTER_QUEUE_SIZE: Final = "llm-d.ai/multicluster-queue-size"
+"""Endpoint attribute: a peer cluster's average queue size (written by
+``multicluster-metrics-extractor``, read by ``multicluster-queue-scorer``)."""
+
+MULTICLUSTER_KV_CACHE_UTILIZATION: Final = "llm-d.ai/multicluster-kv-cache-utilization"
+"""Endpoint attribute: a peer cluster's average KV-cache utilisation, 0..1."""
 
 
 # ------------------------------------------------------------------ request attributes

@@ -131,6 +131,8 @@ PUBLIC: dict[str, list[str]] = {
         "LATENCY_PREDICTION_INFO",
         "LatencyPredictionInfo",
         "MM_ENCODER_CACHE_MATCH_INFO",
+        "MULTICLUSTER_KV_CACHE_UTILIZATION",
+        "MULTICLUSTER_QUEUE_SIZE",
         "MultiModalFeature",
         "PEER_ENDPOINT",
         "PREFILL_PROFILE",
