@@ -1,11 +1,10 @@
 """Filters on endpoint metadata: llm-d's role filters and label filters.
 
 ``decode-filter``, ``prefill-filter`` and ``encode-filter`` keep endpoints by their
-``llm-d.ai/role`` label (llm-d/llm-d-inference-scheduler, ``pkg/plugins/filter/pd_role.go``;
-llm-d-router, ``pkg/epp/framework/plugins/scheduling/filter/``; see
+``llm-d.ai/role`` label value, matched exactly (llm-d-router,
+``pkg/epp/framework/plugins/scheduling/filter/bylabel/roles.go``; see
 ``docs/plugins/decode-filter.md``, ``docs/plugins/prefill-filter.md`` and
-``docs/plugins/encode-filter.md``), read from the table's int8 ``role`` column with one
-kernel call; all are a :class:`_RoleFilter`.
+``docs/plugins/encode-filter.md``); all are a :class:`_RoleFilter`, a label-mask filter.
 ``label-selector-filter`` (deprecated alias ``by-label-selector``) keeps endpoints whose
 labels match a Kubernetes label selector, and the deprecated ``by-label`` (llm-d-router,
 ``docs/plugins/by-label.md``) those whose one label takes one of a list of values; both
@@ -20,7 +19,7 @@ import logging
 import re
 import threading
 import types
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
 
 import attrs
@@ -29,9 +28,10 @@ import numpy.typing as npt
 
 from inference_sched.framework.interfaces import Filter, Handle
 from inference_sched.framework.registry import register
-from inference_sched.framework.types import Candidates, CycleState, Request, Role
+from inference_sched.framework.types import Candidates, CycleState, Endpoint, Request, Role
 from inference_sched.kernels import filtering
 from inference_sched.params import NoParams, ParamCheck, boolean, param
+from inference_sched.state.endpoint import ROLE_LABEL
 from inference_sched.state.table import EndpointTable
 
 __all__ = [
@@ -47,92 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _allowed(roles: Collection[Role]) -> npt.NDArray[np.bool_]:
-    allowed = np.zeros(max(Role) + 1, dtype=np.bool_)
-    allowed[[int(r) for r in roles]] = True
-    # Left writeable on purpose: Numba compiles a second kernel for read-only arrays.
-    return allowed
-
-
-_DECODE_ROLES: Final = _allowed(
-    (Role.DECODE, Role.PREFILL_DECODE, Role.BOTH, Role.ENCODE_PREFILL_DECODE, Role.UNSET)
-)
-_PREFILL_ROLES: Final = _allowed(
-    (Role.PREFILL, Role.ENCODE_PREFILL, Role.PREFILL_DECODE, Role.BOTH, Role.ENCODE_PREFILL_DECODE)
-)
-_ENCODE_ROLES: Final = _allowed((Role.ENCODE, Role.ENCODE_PREFILL, Role.ENCODE_PREFILL_DECODE))
-
-
-class _RoleFilter:
-    """Keeps the candidates whose role code is set in :attr:`_allowed_roles`, in order.
-
-    The base of the role filters: a subclass sets ``_allowed_roles`` (a bool mask over
-    :class:`Role` codes, from :func:`_allowed`) and its docstring, and registers itself.
-    """
-
-    type: ClassVar[str]
-    Params = NoParams
-    is_batch_invariant: ClassVar[bool] = True
-    """Reads endpoint metadata only: a batch can filter once for all its requests."""
-    _allowed_roles: ClassVar[npt.NDArray[np.bool_]]
-
-    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
-        self.name = name
-
-    def filter(
-        self,
-        cycle: CycleState,
-        request: Request,
-        table: EndpointTable,
-        candidates: Candidates,
-    ) -> Candidates:
-        """The candidates whose role this filter keeps, in order."""
-        out = np.empty(len(candidates), dtype=np.int32)
-        count = filtering.filter_by_code(table.role, self._allowed_roles, candidates, out)
-        return out[:count]
-
-
-@register("decode-filter")
-class DecodeFilter(_RoleFilter):
-    """Keeps endpoints that can decode, and endpoints without a role label.
-
-    Kept roles: ``decode``, ``prefill-decode``, ``both``, ``encode-prefill-decode``.
-    """
-
-    _allowed_roles = _DECODE_ROLES
-
-
-_decode_filter: type[Filter] = DecodeFilter
-
-
-@register("prefill-filter")
-class PrefillFilter(_RoleFilter):
-    """Keeps endpoints that can prefill; endpoints without a role label are dropped.
-
-    Kept roles: ``prefill``, ``encode-prefill``, ``prefill-decode``, ``both``,
-    ``encode-prefill-decode``.
-    """
-
-    _allowed_roles = _PREFILL_ROLES
-
-
-_prefill_filter: type[Filter] = PrefillFilter
-
-
-@register("encode-filter")
-class EncodeFilter(_RoleFilter):
-    """Keeps endpoints that can encode (llm-d-router); endpoints without a role label are
-    dropped.
-
-    Kept roles: ``encode``, ``encode-prefill``, ``encode-prefill-decode``.
-    """
-
-    _allowed_roles = _ENCODE_ROLES
-
-
-_encode_filter: type[Filter] = EncodeFilter
 
 
 # ---------------------------------------------------------------- label selector
@@ -286,6 +200,10 @@ class _LabelMaskFilter:
         """Whether an endpoint with ``labels`` passes."""
         raise NotImplementedError
 
+    def matches_endpoint(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` passes (by default: its labels, :meth:`matches`)."""
+        return self.matches(endpoint.labels)
+
     def filter(
         self,
         cycle: CycleState,
@@ -306,15 +224,96 @@ class _LabelMaskFilter:
             version = table.version
             mask = np.zeros(table.capacity, dtype=np.bool_)
             for endpoint in table:
-                mask[table.row(endpoint.name)] = self.matches(endpoint.labels)
+                mask[table.row(endpoint.name)] = self.matches_endpoint(endpoint)
             self._cache = (table, version, mask)
         return mask
+
+
+# ---------------------------------------------------------------- role filters
+_DECODE_LABELS: Final = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode"})
+_PREFILL_LABELS: Final = frozenset(
+    {"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"}
+)
+_ENCODE_LABELS: Final = frozenset({"encode", "encode-prefill", "encode-prefill-decode"})
+
+
+class _RoleFilter(_LabelMaskFilter):
+    """Keeps the candidates whose ``llm-d.ai/role`` label value is one of
+    :attr:`_valid_values`, in order, matched exactly as llm-d-router's ``bylabel``
+    filter does (case-sensitive, no trimming: ``Decode`` or ``" decode"`` is no role).
+
+    An endpoint without the label passes when :attr:`_allows_no_label`; one given a
+    :class:`Role` explicitly (``Endpoint(role=...)``) but no label is judged by that
+    role's label spelling. A subclass sets both attributes and its docstring, and
+    registers itself.
+    """
+
+    Params = NoParams
+    stability: ClassVar[str] = "beta"
+    _valid_values: ClassVar[frozenset[str]]
+    _allows_no_label: ClassVar[bool] = False
+
+    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
+        self.name = name
+        self._init_cache()
+
+    def matches_endpoint(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint``'s role label (or given role) is one this filter keeps."""
+        value = endpoint.labels.get(ROLE_LABEL)
+        if value is None:
+            value = endpoint.role.label  # None for Role.UNSET / Role.OTHER
+            if value is None:
+                return self._allows_no_label and endpoint.role == Role.UNSET
+        return value in self._valid_values
+
+
+@register("decode-filter")
+class DecodeFilter(_RoleFilter):
+    """Keeps endpoints that can decode, and endpoints without a role label.
+
+    Kept roles: ``decode``, ``prefill-decode``, ``both``, ``encode-prefill-decode``.
+    """
+
+    _valid_values = _DECODE_LABELS
+    _allows_no_label = True
+
+
+_decode_filter: type[Filter] = DecodeFilter
+
+
+@register("prefill-filter")
+class PrefillFilter(_RoleFilter):
+    """Keeps endpoints that can prefill; endpoints without a role label are dropped.
+
+    Kept roles: ``prefill``, ``encode-prefill``, ``prefill-decode``, ``both``,
+    ``encode-prefill-decode``.
+    """
+
+    _valid_values = _PREFILL_LABELS
+
+
+_prefill_filter: type[Filter] = PrefillFilter
+
+
+@register("encode-filter")
+class EncodeFilter(_RoleFilter):
+    """Keeps endpoints that can encode (llm-d-router); endpoints without a role label are
+    dropped.
+
+    Kept roles: ``encode``, ``encode-prefill``, ``encode-prefill-decode``.
+    """
+
+    _valid_values = _ENCODE_LABELS
+
+
+_encode_filter: type[Filter] = EncodeFilter
 
 
 @register("label-selector-filter")
 class LabelSelectorFilter(_LabelMaskFilter):
     """Keeps endpoints whose labels match a Kubernetes label selector (llm-d)."""
 
+    stability: ClassVar[str] = "beta"
     Params = LabelSelectorParams
 
     def __init__(self, name: str, params: LabelSelectorParams, handle: Handle) -> None:
@@ -398,6 +397,7 @@ class ByLabel(_LabelMaskFilter):
     endpoints whose ``label`` value is in ``validValues``, or that lack the label when
     ``allowsNoLabel`` (an absent label reads as ``""``). Logs a warning when built."""
 
+    stability: ClassVar[str] = "beta"
     Params = ByLabelParams
 
     def __init__(self, name: str, params: ByLabelParams, handle: Handle) -> None:

@@ -9,10 +9,10 @@ for the decode pod's sidecar in ``x-prefiller-host-port`` (the encode picks in
 headers (:attr:`~inference_sched.framework.types.SchedulingResult.dropped_request_headers`), so a
 client cannot point a decode pod at a prefiller of its choice.
 
-Deciders: ``prefix-based-pd-decider`` (disaggregate when the prompt's tokens the decode
-pick does not hold in cache reach ``nonCachedTokens``; on real token counts when the
-request has token ids, GIE's chars / 4 estimate otherwise), ``always-disagg-pd-decider``
-and ``always-disagg-multimodal-decider``.
+Deciders: ``prefix-based-pd-decider`` (disaggregate when the prompt reaches
+``promptTokens`` and its tokens the decode pick does not hold in cache reach
+``nonCachedTokens``; the prompt's length is the ``TokenizedRequest`` token count, as
+llm-d-router), ``always-disagg-pd-decider`` and ``always-disagg-multimodal-decider``.
 
 ``data-parallel-profile-handler`` (llm-d, deprecated there in favour of Istio's DP
 support) runs the single profile and sends the request to the pod's ``primaryPort`` with
@@ -21,9 +21,7 @@ the chosen rank's ``ip:port`` in ``x-data-parallel-host-port``.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -33,7 +31,8 @@ from inference_sched.errors import SchedulingError
 from inference_sched.framework.contracts import (
     PEER_ENDPOINT,
     PREFIX_CACHE_MATCH_INFO,
-    PrefixCacheMatchInfo,
+    read_prefix_info,
+    read_tokenized,
     request_token_ids,
 )
 from inference_sched.framework.headers import HEADER_DATA_PARALLEL, HEADER_ENCODER, HEADER_PREFILLER
@@ -54,6 +53,8 @@ __all__ = [
     "DataParallelProfileHandler",
     "DisaggProfileHandler",
     "PrefixBasedPDDecider",
+    "PrefixBasedParams",
+    "input_tokens",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,60 +67,68 @@ _MEDIA_PARTS: Final = frozenset({"image_url", "video_url", "input_audio"})
 _LOG_EVERY_S: Final = 60.0
 
 
-def _estimated_tokens(request: Request) -> int:
-    """GIE/llm-d's input estimate: characters / 4 of the prompt, or of the JSON of the
-    chat messages."""
-    body = request.body
-    if body is not None:
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            return len(prompt) // 4
-        messages = body.get("messages")
-        if messages is not None:
-            return len(json.dumps(messages, separators=(",", ":"))) // 4
-    return len(request.prompt or b"") // 4
+def input_tokens(cycle: CycleState, request: Request) -> int:
+    """The prompt's length in tokens for the deciders: the cycle's ``TokenizedRequest``
+    token count (llm-d-router ``TokenizedRequest.TokenCount()``), else the request's own
+    token ids; 0 when neither is known."""
+    tokenized = read_tokenized(cycle)
+    if tokenized is not None:
+        return tokenized.token_count()
+    ids = request_token_ids(request, cycle)
+    return 0 if ids is None else len(ids)
 
 
 # ====================================================================== deciders
 @attrs.frozen
 class PrefixBasedParams:
-    """Parameters of ``prefix-based-pd-decider`` (llm-d)."""
+    """Parameters of ``prefix-based-pd-decider`` (llm-d-router)."""
 
     non_cached_tokens: int = param(0, alias="nonCachedTokens", check=at_least(0))
     """Disaggregate when at least this many prompt tokens are not cached on the decode
-    pick (0: never)."""
+    pick (0: the decider never disaggregates)."""
+    prompt_tokens: int = param(0, alias="promptTokens", check=at_least(0))
+    """Disaggregate only prompts of at least this many tokens (0: no minimum)."""
 
 
 @register("prefix-based-pd-decider")
 class PrefixBasedPDDecider:
-    """Prefill elsewhere when the decode pick would have to compute a long prompt."""
+    """Prefill elsewhere when the decode pick would have to compute a long prompt.
+
+    With ``input`` the prompt's tokens (:func:`input_tokens`) and ``cached`` the decode
+    pick's matched blocks x block size (the cycle's ``PrefixCacheMatchInfo``, whichever
+    producer wrote the shared key), it disaggregates iff ``nonCachedTokens > 0``,
+    ``input >= promptTokens`` (when > 0), ``input >= nonCachedTokens`` and ``input -
+    cached >= nonCachedTokens``.
+    """
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     Params = PrefixBasedParams
+    consumes: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO})
 
     def __init__(self, name: str, params: PrefixBasedParams, handle: Handle) -> None:
         self.name = name
         self.params = params
+        self._clock = handle.clock
         self._last_log = -_LOG_EVERY_S
+        if params.non_cached_tokens == 0:
+            log.info("%s: prefix-based P/D disabled (nonCachedTokens=0)", name)
 
     def decide(self, cycle: CycleState, request: Request, decode: ProfileRunResult) -> bool:
-        """Whether the request's uncached tokens on the decode pick reach the threshold.
-
-        ``uncached = tokens - matched blocks x block size``, with ``tokens`` the request's
-        token count when its ids are known (``Request.token_ids``, the body's
-        ``prompt_token_ids``, a token producer's), else chars / 4 (llm-d). Without a
-        prefix match in the cycle the answer is no (logged once a minute), as llm-d.
-        """
+        """Whether to run the prefill stage for ``decode``'s pick (see the class
+        docstring). Without a prefix match in the cycle the answer is no (logged once a
+        minute), as llm-d-router."""
         threshold = self.params.non_cached_tokens
         if threshold <= 0 or not decode.rows:
             return False
-        ids = request_token_ids(request, cycle)
-        tokens = len(ids) if ids is not None else _estimated_tokens(request)
-        if tokens < threshold:
+        tokens = input_tokens(cycle, request)
+        minimum = self.params.prompt_tokens
+        if (minimum > 0 and tokens < minimum) or tokens < threshold:
             return False
-        info = cycle.read(PREFIX_CACHE_MATCH_INFO)
-        if not isinstance(info, PrefixCacheMatchInfo):
-            now = time.monotonic()
+        info = read_prefix_info(cycle)
+        if info is None:
+            now = self._clock()
             if now - self._last_log >= _LOG_EVERY_S:
                 self._last_log = now
                 log.error(
@@ -137,6 +146,8 @@ class PrefixBasedPDDecider:
 class AlwaysDisaggPDDecider:
     """Always prefill on the prefill pool."""
 
+    stability: ClassVar[str] = "beta"
+
     type: ClassVar[str]
 
     def __init__(self, name: str, params: object, handle: Handle) -> None:
@@ -150,6 +161,8 @@ class AlwaysDisaggPDDecider:
 @register("always-disagg-multimodal-decider")
 class AlwaysDisaggMultimodalDecider:
     """Encode on the encode pool when the chat request carries images, video or audio."""
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
 
@@ -211,6 +224,8 @@ class DisaggParams:
 @register("disagg-profile-handler")
 class DisaggProfileHandler:
     """Decode first, then prefill / encode when their deciders say so (llm-d)."""
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     Params = DisaggParams
@@ -308,6 +323,8 @@ class DataParallelParams:
 @register("data-parallel-profile-handler")
 class DataParallelProfileHandler:
     """One profile; the request goes to ``primaryPort`` with the rank in a header."""
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     Params = DataParallelParams

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import attrs
 
 from inference_sched.errors import SchedulingError
+from inference_sched.framework.contracts import PREFIX_CACHE_MATCH_INFO
 from inference_sched.framework.headers import HEADER_DATA_PARALLEL, HEADER_ENCODER, HEADER_PREFILLER
 from inference_sched.framework.interfaces import Handle, PreRequest, ProfileHandler
 from inference_sched.framework.registry import register
@@ -93,16 +94,24 @@ class PdProfileParams:
     prefix_match_info_producer_name: str = param(
         "", alias="prefixMatchInfoProducerName", check=string
     )
-    """Accepted for llm-d compatibility; the decider reads the cycle's prefix match."""
+    """Accepted for llm-d compatibility; the decider reads the cycle's prefix match
+    (config loading checks the name produces ``PrefixCacheMatchInfo``)."""
     prefix_plugin_type: str = param("prefix-cache-scorer", alias="prefixPluginType", check=string)
     """Accepted for llm-d compatibility; unused (as in llm-d)."""
     prefix_plugin_name: str = param("", alias="prefixPluginName", check=string)
     """Accepted for llm-d compatibility; unused (as in llm-d)."""
 
+    def producer_references(self) -> dict[str, tuple[str, str]]:
+        """Config loading checks these: parameter key -> (plugin name, data key)."""
+        name = self.prefix_match_info_producer_name
+        return {"prefixMatchInfoProducerName": (name, PREFIX_CACHE_MATCH_INFO)} if name else {}
+
 
 @register("pd-profile-handler")
 class PdProfileHandler:
     """Decode, then prefill when the decider approves (deprecated llm-d handler)."""
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     Params = PdProfileParams
@@ -228,6 +237,8 @@ class DisaggHeadersParams:
 @register("disagg-headers-handler")
 class DisaggHeadersHandler:
     """Sets the P/D sidecar headers from the prefill / encode picks (deprecated)."""
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     Params = DisaggHeadersParams

@@ -14,7 +14,11 @@ and a *filter* usable in a profile. Formulas: ``gateway-api-inference-extension`
 * ``concurrency-detector``: ``Σ in-flight / Σ capacity`` over the table's
   ``inflight_requests`` or ``inflight_tokens`` column (``inflight-load-producer``);
   no endpoint (capacity 0): 1.0. The filter keeps endpoints below
-  ``int(limit * (1 + headroom))`` and may return nothing.
+  ``int(limit * (1 + headroom))`` and may return nothing. llm-d-router's ``hybrid``
+  mode takes per endpoint ``max(requests / maxConcurrency, tokens /
+  maxTokenConcurrency)`` and the mean over endpoints; its filter needs both counts
+  under their limits (llm-d-router ``pkg/epp/framework/plugins/flowcontrol/
+  saturationdetector/concurrency/``).
 
 The math is a few numpy operations over the candidate rows: the detector runs once per
 sheddable request at admission, and as a filter once per profile run, so a kernel would
@@ -34,7 +38,15 @@ from inference_sched.framework.contracts import IN_FLIGHT_LOAD
 from inference_sched.framework.interfaces import Filter, Handle, SaturationDetector
 from inference_sched.framework.registry import register
 from inference_sched.framework.types import Candidates, CycleState, Request
-from inference_sched.params import ParamCheck, at_least, in_range, one_of, param, parse_duration_s
+from inference_sched.params import (
+    ParamCheck,
+    at_least,
+    in_range,
+    one_of,
+    param,
+    parse_duration_s,
+    string,
+)
 from inference_sched.state.staleness import stale_mask
 from inference_sched.state.table import EndpointTable
 
@@ -101,6 +113,8 @@ class UtilizationDetector:
     endpoint whose score is NaN (a NaN metric) counts as 1.0, like missing metrics.
     """
 
+    stability: ClassVar[str] = "beta"
+
     type: ClassVar[str]
     Params = UtilizationDetectorParams
     is_batch_invariant: ClassVar[bool] = True
@@ -155,26 +169,40 @@ class ConcurrencyDetectorParams:
     """Parameters of ``concurrency-detector``."""
 
     concurrency_mode: str = param(
-        "requests", alias="concurrencyMode", check=one_of("requests", "tokens")
+        "requests", alias="concurrencyMode", check=one_of("requests", "tokens", "hybrid")
     )
-    """What counts as load: in-flight ``requests`` or estimated in-flight ``tokens``."""
+    """What counts as load: in-flight ``requests``, estimated in-flight ``tokens``, or
+    ``hybrid`` (both; whichever saturates first)."""
     max_concurrency: int = param(100, alias="maxConcurrency", check=at_least(1))
-    """Requests mode: one endpoint's capacity in in-flight requests."""
+    """Requests and hybrid modes: one endpoint's capacity in in-flight requests."""
     max_token_concurrency: int = param(1_000_000, alias="maxTokenConcurrency", check=at_least(1))
-    """Tokens mode: one endpoint's capacity in in-flight tokens."""
+    """Tokens and hybrid modes: one endpoint's capacity in in-flight tokens."""
     headroom: float = param(0.0, alias="headroom", check=at_least(0.0, kind="number"))
     """Filter only: burst allowance above the capacity, a fraction (0.2 = 20 %)."""
+    in_flight_load_producer_name: str = param("", alias="inFlightLoadProducerName", check=string)
+    """The ``inflight-load-producer`` instance whose counts to read (llm-d-router); config
+    loading checks it names a producer of ``InFlightLoad``. The counters live in the
+    endpoint table, one producer per table, so every producer reads the same."""
+
+    def producer_references(self) -> dict[str, tuple[str, str]]:
+        """Config loading checks these: parameter key -> (plugin name, data key)."""
+        name = self.in_flight_load_producer_name
+        return {"inFlightLoadProducerName": (name, IN_FLIGHT_LOAD)} if name else {}
 
 
 @register("concurrency-detector")
 class ConcurrencyDetector:
     """Saturation from the scheduler's own in-flight accounting; also a filter.
 
-    ``saturation = Σ load / (len(candidates) * capacity)`` where load is the
-    ``inflight_requests`` (capacity ``maxConcurrency``) or ``inflight_tokens`` column
-    (capacity ``maxTokenConcurrency``); no candidate: 1.0. The counters come from
-    ``inflight-load-producer``, which config loading adds when absent (``consumes``).
+    ``requests`` / ``tokens``: ``saturation = Σ load / (len(candidates) * capacity)``
+    where load is the ``inflight_requests`` (capacity ``maxConcurrency``) or
+    ``inflight_tokens`` column (capacity ``maxTokenConcurrency``). ``hybrid``: the mean
+    over candidates of ``max(requests / maxConcurrency, tokens / maxTokenConcurrency)``.
+    No candidate: 1.0. The counters come from ``inflight-load-producer``, which config
+    loading adds when absent (``consumes``).
     """
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     Params = ConcurrencyDetectorParams
@@ -183,21 +211,29 @@ class ConcurrencyDetector:
     def __init__(self, name: str, params: ConcurrencyDetectorParams, handle: Handle) -> None:
         self.name = name
         self.params = params
-        self._is_tokens = params.concurrency_mode == "tokens"
-        capacity = params.max_token_concurrency if self._is_tokens else params.max_concurrency
-        self._capacity = float(capacity)
+        self._mode = params.concurrency_mode
+        self._max_requests = float(params.max_concurrency)
+        self._max_tokens = float(params.max_token_concurrency)
         # Go: int64(float64(limit) * (1 + headroom)), truncation toward zero.
-        self._limit = float(math.trunc(capacity * (1.0 + params.headroom)))
-
-    def _load(self, table: EndpointTable) -> npt.NDArray[np.float64]:
-        return table.inflight_tokens if self._is_tokens else table.inflight_requests
+        self._request_limit = float(math.trunc(params.max_concurrency * (1.0 + params.headroom)))
+        self._token_limit = float(
+            math.trunc(params.max_token_concurrency * (1.0 + params.headroom))
+        )
 
     def saturation(self, table: EndpointTable, candidates: Candidates, now_s: float) -> float:
-        """Total in-flight load over total capacity (see the class docstring)."""
-        total_capacity = len(candidates) * self._capacity
-        if total_capacity == 0:
+        """Pool saturation (see the class docstring)."""
+        n = len(candidates)
+        if n == 0:
             return 1.0
-        return float(self._load(table)[candidates].sum()) / total_capacity
+        if self._mode == "requests":
+            return float(table.inflight_requests[candidates].sum()) / (n * self._max_requests)
+        if self._mode == "tokens":
+            return float(table.inflight_tokens[candidates].sum()) / (n * self._max_tokens)
+        per_endpoint = np.maximum(
+            table.inflight_requests[candidates] / self._max_requests,
+            table.inflight_tokens[candidates] / self._max_tokens,
+        )
+        return float(per_endpoint.mean())
 
     def filter(
         self,
@@ -206,9 +242,18 @@ class ConcurrencyDetector:
         table: EndpointTable,
         candidates: Candidates,
     ) -> Candidates:
-        """Candidates whose load is below ``int(capacity * (1 + headroom))``; may be
-        empty (no fail-open, as GIE)."""
-        return candidates[self._load(table)[candidates] < self._limit]
+        """Candidates whose load is below ``int(capacity * (1 + headroom))`` (hybrid:
+        both loads below their limits); may be empty (no fail-open, as GIE)."""
+        keep: npt.NDArray[np.bool_]
+        if self._mode == "requests":
+            keep = table.inflight_requests[candidates] < self._request_limit
+        elif self._mode == "tokens":
+            keep = table.inflight_tokens[candidates] < self._token_limit
+        else:
+            keep = (table.inflight_requests[candidates] < self._request_limit) & (
+                table.inflight_tokens[candidates] < self._token_limit
+            )
+        return candidates[keep]
 
 
 _concurrency_detector: type[SaturationDetector] = ConcurrencyDetector

@@ -1,17 +1,26 @@
-"""Session affinity: llm-d's ``session-affinity-scorer`` and the router's
-``session-affinity-filter`` (docs/plugins/session-affinity-scorer.md,
-docs/plugins/session-affinity-filter.md).
+"""Session affinity (llm-d-router): ``session-affinity-scorer``, ``session-affinity-filter``
+and ``multicluster-session-affinity-filter`` (docs/plugins/session-affinity-scorer.md,
+docs/plugins/session-affinity-filter.md,
+docs/plugins/multicluster-session-affinity-filter.md; llm-d-router
+``pkg/epp/framework/plugins/scheduling/{filter,scorer}/sessionaffinity/``,
+``pkg/epp/framework/plugins/scheduling/util/sessionaffinity/``).
 
-* ``session-affinity-scorer`` (stateless, client-held): the request header
-  ``x-session-token`` carries base64 of an endpoint's identity; that candidate scores 1,
-  every other 0. The response hooks put the token of the endpoint that served the
-  request on the response (``Response.set_headers``), so the client sends it back.
-* ``session-affinity-filter`` (router): with ``strategy: session_id`` the scheduler
-  remembers which endpoint served each session (header ``x-session-id``) and keeps only
-  that endpoint while it is a candidate; with ``strategy: encoded_endpoint_header`` it
-  keeps the endpoint named by ``x-session-token``, as the scorer prefers it. Either way
-  it fails open: when the endpoint is gone, unhealthy or filtered out, every candidate
-  stays and the session moves to the new pick.
+Both types share one parameter set and two strategies:
+
+* ``encoded_endpoint_header`` (default, stateless): the request header
+  (``encodedEndpointHeaderConfig.header``, ``x-session-token``) carries base64 of an
+  endpoint's identity. The filter keeps that candidate alone (else every candidate); the
+  scorer gives it 1 and the others 0. The response hooks put the token of the pick of
+  ``profileName`` (empty or not run: the served, primary pick) on the response
+  (``Response.set_headers``), so the client sends it back.
+* ``session_id`` (stateful): the session id is the first non-empty of
+  ``sessionIdConfig.sources`` (request headers, or request attributes written by a data
+  producer such as ``session-id-producer``). A binding session -> endpoint is kept per
+  replica; the bound endpoint is chosen while it is a candidate (filter: alone; scorer:
+  1), otherwise every candidate passes (scorer: all 0). PreRequest binds a new session to
+  the pick of ``profileName`` (empty: the primary profile); an existing binding moves to
+  a different pick only when this request's filter / scorer found the bound endpoint
+  absent from the candidates.
 
 Endpoint identity. An endpoint is named by :attr:`Endpoint.name
 <inference_sched.framework.types.Endpoint.name>`, unique in the pool (GIE's ``<pod>-rank-<i>``
@@ -43,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
+from inference_sched.framework.contracts import SESSION_ID, read_session_id
 from inference_sched.framework.headers import HEADER_SESSION_ID, HEADER_SESSION_TOKEN
 from inference_sched.framework.interfaces import (
     Filter,
@@ -62,13 +72,20 @@ from inference_sched.framework.types import (
     SchedulingResult,
     ScorerCategory,
 )
-from inference_sched.params import NoParams, ParamCheck, at_least, number, one_of, param, string
+from inference_sched.params import ParamCheck, at_least, nested, number, one_of, param, string
 from inference_sched.state.table import EndpointHandle, EndpointTable
 
 __all__ = [
+    "ENCODED_ENDPOINT_HEADER",
+    "SESSION_ID_STRATEGY",
+    "EncodedEndpointHeaderConfig",
+    "MulticlusterSessionAffinityFilter",
     "SessionAffinityFilter",
     "SessionAffinityFilterParams",
+    "SessionAffinityParams",
     "SessionAffinityScorer",
+    "SessionIdConfig",
+    "SessionIdSource",
     "TokenStatus",
     "encode_session_token",
     "resolve_session_token",
@@ -83,6 +100,12 @@ _POD_PORT_SUFFIX: Final = "-rank-0"
 TokenStatus = Literal["ok", "empty", "malformed", "unknown"]
 """How a session token resolved: to an endpoint, absent, not base64 UTF-8, or to no
 endpoint of the table."""
+
+SESSION_ID_STRATEGY: Final = "session_id"
+ENCODED_ENDPOINT_HEADER: Final = "encoded_endpoint_header"
+_STRATEGIES: Final = (ENCODED_ENDPOINT_HEADER, SESSION_ID_STRATEGY)
+_DEFAULT_TTL_S: Final = 300.0
+_DEFAULT_SWEEP_S: Final = 10.0
 
 
 # ---------------------------------------------------------------- tokens
@@ -127,107 +150,10 @@ def resolve_session_token(
     return "unknown", None
 
 
-def _primary_pick(result: SchedulingResult) -> Endpoint | None:
-    return result.picked(result.primary_profile_name)
-
-
-def _set_token(response: Response, result: SchedulingResult) -> None:
-    endpoint = _primary_pick(result)
-    if endpoint is not None:
-        response.set_headers[HEADER_SESSION_TOKEN] = encode_session_token(endpoint.name)
-
-
-class _TokenCounters:
-    """Thread-safe tallies of how request tokens resolved."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.counts: dict[TokenStatus, int] = {"ok": 0, "empty": 0, "malformed": 0, "unknown": 0}
-
-    def resolve_row(self, request: Request, table: EndpointTable) -> int | None:
-        """Table row of the endpoint the request's ``x-session-token`` names, if any."""
-        status, name = resolve_session_token(request.headers.get(HEADER_SESSION_TOKEN), table)
-        with self.lock:
-            self.counts[status] += 1
-        if name is None:
-            if status != "empty":
-                log.debug("request %s: %s session token", request.request_id, status)
-            return None
-        try:
-            return table.row(name)
-        except KeyError:  # removed since the lookup; as if unknown
-            return None
-
-
-# ---------------------------------------------------------------- scorer
-@register("session-affinity-scorer")
-class SessionAffinityScorer:
-    """llm-d: 1.0 for the candidate named by ``x-session-token``, 0 for the others; the
-    response carries the token of the endpoint that served it."""
-
-    type: ClassVar[str]
-    category: ClassVar[ScorerCategory] = "Affinity"
-    Params = NoParams
-
-    def __init__(self, name: str, params: NoParams, handle: Handle) -> None:
-        self.name = name
-        self._tokens = _TokenCounters()
-
-    @property
-    def num_matched_tokens(self) -> int:
-        """Tokens that named an endpoint of the table (a candidate or not)."""
-        return self._tokens.counts["ok"]
-
-    @property
-    def num_malformed_tokens(self) -> int:
-        """Tokens that were not base64 of UTF-8 text (scored 0 everywhere)."""
-        return self._tokens.counts["malformed"]
-
-    @property
-    def num_unknown_tokens(self) -> int:
-        """Tokens that named no endpoint of the table (scored 0 everywhere)."""
-        return self._tokens.counts["unknown"]
-
-    def score(
-        self,
-        cycle: CycleState,
-        request: Request,
-        table: EndpointTable,
-        candidates: Candidates,
-        out: npt.NDArray[np.float32],
-    ) -> None:
-        """1.0 at the token's endpoint if it is a candidate, 0 elsewhere."""
-        n = len(candidates)
-        row = self._tokens.resolve_row(request, table)
-        if row is None:
-            out[:n] = 0.0
-            return
-        out[:n] = candidates == row
-
-    def response_received(
-        self, request: Request, response: Response, result: SchedulingResult
-    ) -> None:
-        """Set ``x-session-token`` already with the response headers, where a gateway
-        can still send it (llm-d sets it at end of stream only)."""
-        _set_token(response, result)
-
-    def response_complete(
-        self, request: Request, response: Response, result: SchedulingResult
-    ) -> None:
-        """Set ``x-session-token`` to the primary pick's token (llm-d: end of stream)."""
-        _set_token(response, result)
-
-
-_scorer: type[Scorer] = SessionAffinityScorer
-_scorer_received: type[ResponseReceived] = SessionAffinityScorer
-_scorer_complete: type[ResponseComplete] = SessionAffinityScorer
-
-
-# ---------------------------------------------------------------- filter
-def _positive(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    number(inst, attribute, value)
-    if value <= 0:
-        raise ParamCheck(attribute.alias or attribute.name, "a number > 0", value)
+# ---------------------------------------------------------------- parameters
+def _normalize_header(name: str, default: str) -> str:
+    """llm-d ``NormalizeHeader``: lower-cased and trimmed; empty means the default."""
+    return name.strip().lower() or default
 
 
 def _header_name(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -236,25 +162,156 @@ def _header_name(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None
         raise ParamCheck(attribute.alias or attribute.name, "a non-empty header name", value)
 
 
-SESSION_ID: Final = "session_id"
-ENCODED_ENDPOINT_HEADER: Final = "encoded_endpoint_header"
+def _optional_seconds(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """None (unset), or a finite number >= 0 (0: the default, as llm-d)."""
+    if value is None:
+        return
+    number(inst, attribute, value)
+    if value < 0:
+        raise ParamCheck(attribute.alias or attribute.name, "a number >= 0 (0: default)", value)
+
+
+def _optional_header(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _header_name(inst, attribute, value)
+
+
+def _strategy(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        one_of(*_STRATEGIES)(inst, attribute, value)
 
 
 @attrs.frozen
-class SessionAffinityFilterParams:
-    """Parameters of ``session-affinity-filter``."""
+class EncodedEndpointHeaderConfig:
+    """``encodedEndpointHeaderConfig`` (strategy ``encoded_endpoint_header``)."""
 
-    strategy: str = param(
-        SESSION_ID, alias="strategy", check=one_of(SESSION_ID, ENCODED_ENDPOINT_HEADER)
+    header: str = param(HEADER_SESSION_TOKEN, alias="header", check=_header_name)
+    """Request and response header carrying the base64 endpoint token (case-insensitive)."""
+
+
+@attrs.frozen
+class SessionIdSource:
+    """One place a session id is read from: exactly one of ``header`` and ``attribute``."""
+
+    header: str = param("", alias="header", check=string)
+    """A request header name (case-insensitive)."""
+    attribute: str = param("", alias="attribute", check=string)
+    """A request attribute key written by a data producer (e.g. ``SessionID`` of
+    ``session-id-producer``, ``agent-identity`` of ``agent-identity``)."""
+    producer: str = param("", alias="producer", check=string)
+    """With ``attribute``: the producer instance whose value to read
+    (``<attribute>/<producer>``); empty: the shared key."""
+
+    def __attrs_post_init__(self) -> None:
+        has_header, has_attribute = bool(self.header.strip()), bool(self.attribute.strip())
+        if has_header == has_attribute:
+            raise ParamCheck(
+                "header",
+                "exactly one of header and attribute (non-empty)",
+                {"header": self.header, "attribute": self.attribute},
+            )
+        if self.producer and not has_attribute:
+            raise ParamCheck("producer", "only with attribute", self.producer)
+
+    def key(self) -> str:
+        """The cycle key an attribute source reads."""
+        attribute = self.attribute.strip()
+        return f"{attribute}/{self.producer}" if self.producer else attribute
+
+
+def _parse_sources(raw: Any) -> tuple[SessionIdSource, ...] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, tuple) and all(isinstance(s, SessionIdSource) for s in raw):
+        return raw or None
+    if not isinstance(raw, list | tuple):
+        raise ParamCheck("sources", "a list of {header} or {attribute, producer}", raw)
+    if not raw:
+        return None  # llm-d: an empty list means the default source
+    return tuple(nested(SessionIdSource, f"sources[{i}]")(item) for i, item in enumerate(raw))
+
+
+def _is_sources(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (
+        not isinstance(value, tuple) or not all(isinstance(s, SessionIdSource) for s in value)
+    ):
+        raise ParamCheck("sources", "a tuple of SessionIdSource", value)
+
+
+@attrs.frozen
+class SessionIdConfig:
+    """``sessionIdConfig`` (strategy ``session_id``)."""
+
+    sources: tuple[SessionIdSource, ...] | None = param(
+        None, alias="sources", parse=_parse_sources, check=_is_sources
     )
-    """session_id: server-side session -> endpoint bindings; encoded_endpoint_header: the
-    endpoint named by x-session-token (base64 of its name)."""
-    session_header: str = param(HEADER_SESSION_ID, alias="sessionHeader", check=_header_name)
-    """Request header carrying the session id (session_id strategy; case-insensitive)."""
-    eviction_ttl_seconds: float = param(300.0, alias="evictionTtlSeconds", check=_positive)
-    """A binding unused for this long is forgotten (session_id strategy)."""
-    eviction_sweep_seconds: float = param(10.0, alias="evictionSweepSeconds", check=_positive)
-    """How often expired bindings are swept out of memory (lookups honour the TTL exactly)."""
+    """Where the session id is read, in order; the first non-empty (trimmed) value wins.
+    Each is ``{header: name}`` or ``{attribute: key, producer: name}``. Unset or empty:
+    ``[{header: x-session-id}]``."""
+    eviction_ttl_seconds: float | None = param(
+        None, alias="evictionTtlSeconds", check=_optional_seconds
+    )
+    """A binding unused for longer than this is forgotten (unset or 0: 300)."""
+    eviction_sweep_seconds: float | None = param(
+        None, alias="evictionSweepSeconds", check=_optional_seconds
+    )
+    """How often expired bindings are swept out of memory (unset or 0: 10)."""
+
+
+def _instance(cls: type[Any], key: str) -> Any:
+    def check(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, cls):
+            raise ParamCheck(key, f"a mapping of {cls.__name__} keys", value)
+
+    return check
+
+
+@attrs.frozen
+class SessionAffinityParams:
+    """Parameters of ``session-affinity-filter`` / ``-scorer`` (llm-d-router)."""
+
+    strategy: str | None = param(None, alias="strategy", check=_strategy)
+    """``encoded_endpoint_header`` (default) or ``session_id``. Unset with one of the
+    GIE-era keys ``sessionHeader``, ``evictionTtlSeconds``, ``evictionSweepSeconds``:
+    ``session_id``, as those configs meant."""
+    profile_name: str = param("", alias="profileName", check=string)
+    """Profile whose pick is bound / written (e.g. ``prefill`` for an instance in the
+    prefill profile); empty: the primary profile (the served endpoint)."""
+    encoded_endpoint_header_config: EncodedEndpointHeaderConfig = param(  # noqa: RUF009 - an attrs field
+        factory=EncodedEndpointHeaderConfig,
+        alias="encodedEndpointHeaderConfig",
+        parse=nested(EncodedEndpointHeaderConfig, "encodedEndpointHeaderConfig"),
+        check=_instance(EncodedEndpointHeaderConfig, "encodedEndpointHeaderConfig"),
+    )
+    """``{header}``: the token header (``x-session-token``)."""
+    session_id_config: SessionIdConfig = param(  # noqa: RUF009 - an attrs field
+        factory=SessionIdConfig,
+        alias="sessionIdConfig",
+        parse=nested(SessionIdConfig, "sessionIdConfig"),
+        check=_instance(SessionIdConfig, "sessionIdConfig"),
+    )
+    """``{sources, evictionTtlSeconds, evictionSweepSeconds}`` (see SessionIdConfig)."""
+    session_header: str | None = param(
+        None,
+        alias="sessionHeader",
+        check=_optional_header,
+        deprecated="use sessionIdConfig.sources: [{header: <name>}]",
+    )
+    """GIE-era: the session id header; same as ``sessionIdConfig.sources: [{header}]``."""
+    eviction_ttl_seconds: float | None = param(
+        None,
+        alias="evictionTtlSeconds",
+        check=_optional_seconds,
+        deprecated="use sessionIdConfig.evictionTtlSeconds",
+    )
+    """GIE-era: same as ``sessionIdConfig.evictionTtlSeconds``."""
+    eviction_sweep_seconds: float | None = param(
+        None,
+        alias="evictionSweepSeconds",
+        check=_optional_seconds,
+        deprecated="use sessionIdConfig.evictionSweepSeconds",
+    )
+    """GIE-era: same as ``sessionIdConfig.evictionSweepSeconds``."""
     max_sessions: int = param(100_000, alias="maxSessions", check=at_least(1))
     """Ours: bindings kept at most; beyond it the least recently used is forgotten."""
     max_session_id_bytes: int = param(128, alias="maxSessionIdBytes", check=at_least(16))
@@ -263,11 +320,65 @@ class SessionAffinityFilterParams:
     max_session_bytes: int = param(64 * 1024 * 1024, alias="maxSessionBytes", check=at_least(1))
     """Ours: bytes the bindings may hold (each charged its id's size plus 256 for the
     entry); beyond it the least recently used is forgotten."""
-    profile_name: str = param("", alias="profileName", check=string)
-    """Profile whose pick is bound (e.g. prefill for an instance in the prefill profile);
-    empty: the primary profile."""
+
+    def __attrs_post_init__(self) -> None:
+        nested_cfg = self.session_id_config
+        if self.session_header is not None and nested_cfg.sources is not None:
+            raise ParamCheck(
+                "sessionHeader", "not with sessionIdConfig.sources (use one)", self.session_header
+            )
+        for key, top, inner in (
+            ("evictionTtlSeconds", self.eviction_ttl_seconds, nested_cfg.eviction_ttl_seconds),
+            (
+                "evictionSweepSeconds",
+                self.eviction_sweep_seconds,
+                nested_cfg.eviction_sweep_seconds,
+            ),
+        ):
+            if top is not None and inner is not None:
+                raise ParamCheck(key, f"not with sessionIdConfig.{key} (use one)", top)
+
+    # ------------------------------------------------------------- resolved values
+    def resolved_strategy(self) -> str:
+        """The strategy in effect (see ``strategy``)."""
+        if self.strategy is not None:
+            return self.strategy
+        legacy = (self.session_header, self.eviction_ttl_seconds, self.eviction_sweep_seconds)
+        if any(v is not None for v in legacy):
+            return SESSION_ID_STRATEGY
+        return ENCODED_ENDPOINT_HEADER
+
+    def sources(self) -> tuple[SessionIdSource, ...]:
+        """The session id sources in effect."""
+        if self.session_id_config.sources is not None:
+            return self.session_id_config.sources
+        return (SessionIdSource(header=self.session_header or HEADER_SESSION_ID),)
+
+    def ttl_s(self) -> float:
+        """The binding TTL in effect, seconds."""
+        value = self.session_id_config.eviction_ttl_seconds or self.eviction_ttl_seconds
+        return float(value or _DEFAULT_TTL_S)
+
+    def sweep_s(self) -> float:
+        """The sweep interval in effect, seconds."""
+        value = self.session_id_config.eviction_sweep_seconds or self.eviction_sweep_seconds
+        return float(value or _DEFAULT_SWEEP_S)
+
+    def producer_references(self) -> dict[str, tuple[str, str]]:
+        """Config loading checks these: each attribute source's ``producer`` names a
+        plugin producing that attribute."""
+        return {
+            f"sessionIdConfig.sources[{i}].producer": (s.producer, s.attribute.strip())
+            for i, s in enumerate(self.session_id_config.sources or ())
+            if s.producer
+        }
 
 
+SessionAffinityFilterParams = SessionAffinityParams
+"""The filter's parameters (the scorer's are the same)."""
+
+
+# ---------------------------------------------------------------- shared core
 class _Binding(NamedTuple):
     name: str
     handle: EndpointHandle
@@ -280,22 +391,24 @@ never equals a ``str``, so a digest cannot collide with a short id)."""
 _ENTRY_BYTES: Final = 256
 """Charged per binding besides its key: the dict entry, the binding tuple, its handle
 and timestamp (measured at ~245 bytes on CPython 3.11)."""
+_PRESENCE_KEY: Final = "session-affinity/bound-present/"
+"""Cycle key prefix (+ instance name): whether this request's bound endpoint was a
+candidate when the filter / scorer ran (llm-d's ``boundPodPresence`` plugin state)."""
 
 
 def _held_bytes(key: _SessionKey) -> int:
     return sys.getsizeof(key) + _ENTRY_BYTES
 
 
-@register("session-affinity-filter")
-class SessionAffinityFilter:
-    """Router: keeps only the endpoint the request's session is bound to, while it is a
-    candidate; otherwise keeps every candidate (fail open).
+class _SessionAffinity:
+    """What the scorer and the filter share: parameters, the token and session-id
+    lookups, the bindings and their bounds, PreRequest and the response hooks.
 
     Design note: with ``session_id`` the bindings live in one ``OrderedDict`` in least
     recently used order: every lookup or PreRequest write stamps the clock's time and
     moves the session to the end, so the front is always the oldest binding. That makes
     both bounds cheap: the LRU bound pops the front, and a sweep pops from the front
-    until it meets a binding younger than the TTL. A lookup checks the TTL itself, so
+    until it meets a binding idle past the TTL. A lookup checks the TTL itself, so
     expiry is exact whatever the sweep interval. Each binding keeps the endpoint's
     ``(row, generation)`` handle, so a lookup costs no name resolution, and the table's
     removal listener drops the bindings of a departing endpoint before its row is
@@ -303,33 +416,52 @@ class SessionAffinityFilter:
     """
 
     type: ClassVar[str]
-    Params = SessionAffinityFilterParams
+    stability: ClassVar[str] = "alpha"
+    Params = SessionAffinityParams
 
-    def __init__(self, name: str, params: SessionAffinityFilterParams, handle: Handle) -> None:
+    def __init__(self, name: str, params: SessionAffinityParams, handle: Handle) -> None:
         self.name = name
+        self.params = params
         self._table = handle.table
         self._clock = handle.clock
-        self._is_session_id = params.strategy == SESSION_ID
-        self._header = params.session_header.strip().lower()
-        self._ttl_s = float(params.eviction_ttl_seconds)
-        self._sweep_s = float(params.eviction_sweep_seconds)
+        self.strategy = params.resolved_strategy()
+        """The strategy in effect."""
+        self._is_session_id = self.strategy == SESSION_ID_STRATEGY
+        self.token_header = _normalize_header(
+            params.encoded_endpoint_header_config.header, HEADER_SESSION_TOKEN
+        )
+        """The encoded strategy's request / response header."""
+        self.sources = params.sources()
+        """The session id sources in effect (session_id strategy)."""
+        self._source_keys = tuple(
+            (_normalize_header(s.header, HEADER_SESSION_ID), None)
+            if s.header.strip()
+            else (None, s)
+            for s in self.sources
+        )
+        self._ttl_s = params.ttl_s()
+        self._sweep_s = params.sweep_s()
         self._max_sessions = params.max_sessions
         self._max_id_bytes = params.max_session_id_bytes
         self._max_bytes = params.max_session_bytes
         self._profile_name = params.profile_name
-        self._tokens = _TokenCounters()
+        self._presence_key = _PRESENCE_KEY + name
         self._lock = threading.Lock()
+        self._tokens: dict[TokenStatus, int] = {"ok": 0, "empty": 0, "malformed": 0, "unknown": 0}
         self._bindings: collections.OrderedDict[_SessionKey, _Binding] = collections.OrderedDict()
         self._bytes = 0
         self._last_sweep_s = self._clock()
         self.num_hits = 0
-        """Requests narrowed to their bound (or token-named) endpoint."""
+        """Requests whose bound (or token-named) endpoint was a candidate."""
         self.num_misses = 0
         """Requests with a session id but no live binding (new or expired session)."""
         self.num_fail_open = 0
         """Requests whose endpoint was not a candidate: every candidate kept."""
         self.num_rebound = 0
-        """Sessions moved to another endpoint by PreRequest (after a fail-open)."""
+        """Sessions moved to another endpoint by PreRequest (bound endpoint was absent)."""
+        self.num_kept_binding = 0
+        """PreRequest picks that differed from a binding whose endpoint was a candidate:
+        the binding stays (llm-d migrates only on a confirmed absence)."""
         self.num_evicted_ttl = 0
         """Bindings forgotten after ``evictionTtlSeconds`` unused."""
         self.num_evicted_lru = 0
@@ -354,21 +486,26 @@ class SessionAffinityFilter:
         return self._bytes
 
     @property
+    def num_matched_tokens(self) -> int:
+        """encoded_endpoint_header: tokens that named an endpoint of the table."""
+        return self._tokens["ok"]
+
+    @property
     def num_malformed_tokens(self) -> int:
         """encoded_endpoint_header: tokens that were not base64 of UTF-8 text."""
-        return self._tokens.counts["malformed"]
+        return self._tokens["malformed"]
 
     @property
     def num_unknown_tokens(self) -> int:
         """encoded_endpoint_header: tokens that named no endpoint of the table."""
-        return self._tokens.counts["unknown"]
+        return self._tokens["unknown"]
 
     def binding(self, session_id: str) -> str | None:
         """The endpoint name ``session_id`` is bound to, if live (does not refresh it)."""
         key = self._key(session_id)
         with self._lock:
             bound = self._bindings.get(key)
-            if bound is None or self._clock() - bound.last_used_s >= self._ttl_s:
+            if bound is None or self._is_expired(bound, self._clock()):
                 return None
             return bound.name
 
@@ -379,6 +516,22 @@ class SessionAffinityFilter:
             keys = list(self._bindings)
         return [k if isinstance(k, str) else f"<xxh3-128 {k.hex()}>" for k in keys]
 
+    def session_id(self, cycle: CycleState, request: Request) -> str | None:
+        """The request's session id: the first non-empty (trimmed) value of the sources."""
+        headers = request.headers
+        for header, source in self._source_keys:
+            if header is not None:
+                value: Any = headers.get(header)
+            elif source is not None and source.attribute.strip() == SESSION_ID:
+                value = read_session_id(cycle, source.producer)
+            else:
+                assert source is not None, "a source is a header or an attribute"
+                value = cycle.read(source.key())
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+        return None
+
+    # ------------------------------------------------------------- lookups
     def _key(self, session_id: str) -> _SessionKey:
         """The id as held: itself, or its 16-byte digest past ``maxSessionIdBytes``."""
         if len(session_id) * 4 <= self._max_id_bytes:  # UTF-8: at most 4 bytes a char
@@ -388,39 +541,33 @@ class SessionAffinityFilter:
             return session_id
         return bytes(xxhash.xxh3_128_digest(raw))
 
-    # ------------------------------------------------------------- filtering
-    def filter(
-        self,
-        cycle: CycleState,
-        request: Request,
-        table: EndpointTable,
-        candidates: Candidates,
-    ) -> Candidates:
-        """The bound candidate alone, or every candidate when there is none."""
-        if self._is_session_id:
-            row = self._bound_row(request, table)
-        else:
-            row = self._tokens.resolve_row(request, table)
-        if row is None:
-            return candidates
-        kept: Candidates = candidates[candidates == row]
-        with self._lock:
-            if len(kept) == 0:
-                self.num_fail_open += 1
-                return candidates
-            self.num_hits += 1
-        return kept
+    def _is_expired(self, bound: _Binding, now: float) -> bool:
+        return now - bound.last_used_s > self._ttl_s  # llm-d: expired past the TTL
 
-    def _bound_row(self, request: Request, table: EndpointTable) -> int | None:
-        session_id = request.headers.get(self._header)
-        if not session_id:
+    def _token_row(self, request: Request, table: EndpointTable) -> int | None:
+        """Table row of the endpoint the request's token names, if any."""
+        status, name = resolve_session_token(request.headers.get(self.token_header), table)
+        with self._lock:
+            self._tokens[status] += 1
+        if name is None:
+            if status not in ("empty",):
+                log.debug("%s: request %s: %s session token", self.name, request.request_id, status)
+            return None
+        try:
+            return table.row(name)
+        except KeyError:  # removed since the lookup; as if unknown
+            return None
+
+    def _bound_row(self, cycle: CycleState, request: Request, table: EndpointTable) -> int | None:
+        session_id = self.session_id(cycle, request)
+        if session_id is None:
             return None
         key = self._key(session_id)
         with self._lock:
             now = self._clock()
             self._sweep(now)
             bound = self._bindings.get(key)
-            if bound is not None and now - bound.last_used_s >= self._ttl_s:
+            if bound is not None and self._is_expired(bound, now):
                 self._forget(key)
                 self.num_evicted_ttl += 1
                 bound = None
@@ -430,21 +577,51 @@ class SessionAffinityFilter:
             self._bindings[key] = bound._replace(last_used_s=now)  # refresh on use
             self._bindings.move_to_end(key)
         if not table.is_current(bound.handle):
-            return -1  # no candidate has row -1: fail open
+            return -1  # no candidate has row -1: absent
         return bound.handle.row
 
+    def _chosen(
+        self, cycle: CycleState, request: Request, table: EndpointTable, candidates: Candidates
+    ) -> npt.NDArray[np.bool_] | None:
+        """Mask of ``candidates`` equal to the session's endpoint, None when the request
+        names none; records whether it was present (for PreRequest) and counts."""
+        if self._is_session_id:
+            row = self._bound_row(cycle, request, table)
+        else:
+            row = self._token_row(request, table)
+        if row is None:
+            return None
+        mask: npt.NDArray[np.bool_] = candidates == row
+        present = bool(mask.any())
+        if self._is_session_id:
+            cycle.write(self._presence_key, present)
+        with self._lock:
+            if present:
+                self.num_hits += 1
+            else:
+                self.num_fail_open += 1
+        return mask if present else None
+
     # ------------------------------------------------------------- lifecycle
+    def _target(self, result: SchedulingResult) -> tuple[int, Endpoint] | None:
+        """(row, endpoint) of the pick of ``profileName`` (empty: the primary profile)."""
+        run = result.profile_results.get(self._profile_name or result.primary_profile_name)
+        if run is None or not run.rows or not run.endpoints:
+            return None
+        return int(run.rows[0]), run.endpoints[0]
+
     def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
-        """Bind the session to the pick of ``profileName`` (empty: the primary profile)."""
+        """session_id: bind a new session to the pick of ``profileName``; move a bound
+        session to a different pick only when its endpoint was not a candidate."""
         if not self._is_session_id:
             return
-        session_id = request.headers.get(self._header)
-        if not session_id:
+        session_id = self.session_id(cycle, request)
+        if session_id is None:
             return
-        run = result.profile_results.get(self._profile_name or result.primary_profile_name)
-        if run is None or not run.rows:
+        target = self._target(result)
+        if target is None:
             return
-        row, endpoint = int(run.rows[0]), run.endpoints[0]
+        row, endpoint = target
         table = self._table
         if table.endpoint_or_none(row) is not endpoint:
             return  # removed (or its row reused) between the pick and now
@@ -454,11 +631,19 @@ class SessionAffinityFilter:
             now = self._clock()
             self._sweep(now)
             previous = self._bindings.get(key)
+            if previous is not None and self._is_expired(previous, now):
+                self._forget(key)
+                self.num_evicted_ttl += 1
+                previous = None
             if previous is None:
                 self._bytes += _held_bytes(key)
                 if isinstance(key, bytes):
                     self.num_hashed_ids += 1
             elif previous.name != endpoint.name:
+                if cycle.read(self._presence_key) is not False:
+                    # No confirmed absence (present, or not looked up this cycle).
+                    self.num_kept_binding += 1
+                    return
                 self.num_rebound += 1
             self._bindings[key] = _Binding(endpoint.name, handle, now)
             self._bindings.move_to_end(key)
@@ -469,19 +654,29 @@ class SessionAffinityFilter:
                 self._forget_oldest()
                 self.num_evicted_bytes += 1
 
+    def _set_token(self, response: Response, result: SchedulingResult) -> None:
+        endpoint = None
+        if self._profile_name:
+            endpoint = result.picked(self._profile_name)
+        if endpoint is None:  # llm-d: the served endpoint
+            endpoint = result.picked(result.primary_profile_name)
+        if endpoint is not None:
+            response.set_headers[self.token_header] = encode_session_token(endpoint.name)
+
     def response_received(
         self, request: Request, response: Response, result: SchedulingResult
     ) -> None:
-        """encoded_endpoint_header: set ``x-session-token`` with the response headers."""
+        """encoded_endpoint_header: set the token header already with the response
+        headers, where a gateway can still send it."""
         if not self._is_session_id:
-            _set_token(response, result)
+            self._set_token(response, result)
 
     def response_complete(
         self, request: Request, response: Response, result: SchedulingResult
     ) -> None:
-        """encoded_endpoint_header: set ``x-session-token`` to the primary pick's token."""
+        """encoded_endpoint_header: set the token header (llm-d: end of stream)."""
         if not self._is_session_id:
-            _set_token(response, result)
+            self._set_token(response, result)
 
     # ------------------------------------------------------------- eviction
     def _sweep(self, now: float) -> None:
@@ -492,7 +687,7 @@ class SessionAffinityFilter:
         bindings = self._bindings
         while bindings:
             oldest = next(iter(bindings.values()))
-            if now - oldest.last_used_s < self._ttl_s:
+            if not self._is_expired(oldest, now):
                 break
             self._forget_oldest()
             self.num_evicted_ttl += 1
@@ -516,7 +711,68 @@ class SessionAffinityFilter:
             self.num_dropped_on_removal += len(gone)
 
 
+# ---------------------------------------------------------------- scorer
+@register("session-affinity-scorer")
+class SessionAffinityScorer(_SessionAffinity):
+    """1.0 for the session's endpoint when it is a candidate, 0 for the others (all 0
+    when the request names none)."""
+
+    category: ClassVar[ScorerCategory] = "Affinity"
+
+    def score(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+        out: npt.NDArray[np.float32],
+    ) -> None:
+        """1.0 at the session's endpoint if it is a candidate, 0 elsewhere."""
+        n = len(candidates)
+        mask = self._chosen(cycle, request, table, candidates)
+        if mask is None:
+            out[:n] = 0.0
+            return
+        out[:n] = mask
+
+
+_scorer: type[Scorer] = SessionAffinityScorer
+_scorer_pre: type[PreRequest] = SessionAffinityScorer
+_scorer_received: type[ResponseReceived] = SessionAffinityScorer
+_scorer_complete: type[ResponseComplete] = SessionAffinityScorer
+
+
+# ---------------------------------------------------------------- filter
+@register("session-affinity-filter")
+class SessionAffinityFilter(_SessionAffinity):
+    """Keeps only the session's endpoint while it is a candidate; otherwise every
+    candidate (fail open: never empty)."""
+
+    def filter(
+        self,
+        cycle: CycleState,
+        request: Request,
+        table: EndpointTable,
+        candidates: Candidates,
+    ) -> Candidates:
+        """The session's candidate alone, or every candidate when there is none."""
+        mask = self._chosen(cycle, request, table, candidates)
+        if mask is None:
+            return candidates
+        kept: Candidates = candidates[mask]
+        return kept
+
+
 _filter: type[Filter] = SessionAffinityFilter
 _filter_pre: type[PreRequest] = SessionAffinityFilter
 _filter_received: type[ResponseReceived] = SessionAffinityFilter
 _filter_complete: type[ResponseComplete] = SessionAffinityFilter
+
+
+@register("multicluster-session-affinity-filter")
+class MulticlusterSessionAffinityFilter(SessionAffinityFilter):
+    """``session-affinity-filter`` under llm-d-router's multicluster type name: the
+    endpoints are peer clusters / gateways (llm-d-router, same parameters)."""
+
+
+_multicluster_filter: type[Filter] = MulticlusterSessionAffinityFilter

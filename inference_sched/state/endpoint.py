@@ -50,7 +50,7 @@ class Role(enum.IntEnum):
         """Map a ``llm-d.ai/role`` label value (``None`` = no label) to a role."""
         if value is None:
             return cls.UNSET
-        return _ROLE_BY_LABEL.get(value.strip().lower(), cls.OTHER)
+        return _ROLE_BY_LABEL.get(value, cls.OTHER)  # exact, as llm-d-router matches it
 
     @property
     def label(self) -> str | None:

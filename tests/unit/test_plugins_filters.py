@@ -1,5 +1,6 @@
-"""Role filters and the label-selector filter (llm-d/llm-d-inference-scheduler,
-``pkg/plugins/filter/``; ``docs/plugins/decode-filter.md`` and siblings)."""
+"""Role filters and the label-selector filter (llm-d-router,
+``pkg/epp/framework/plugins/scheduling/filter/bylabel/``; ``docs/plugins/decode-filter.md``
+and siblings)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from inference_sched.errors import ParameterError
 from inference_sched.framework import registry
 from inference_sched.framework.handle import PluginHandle
-from inference_sched.framework.types import ROLE_LABEL, CycleState, Endpoint, Request
+from inference_sched.framework.types import ROLE_LABEL, CycleState, Endpoint, Request, Role
 from inference_sched.params import NoParams, parse_params
 from inference_sched.plugins.filters import (
     ByLabel,
@@ -115,8 +116,9 @@ def test_role_filter_surface(plugin_type: str, cls: Any, summary: str) -> None:
     assert cls.type == plugin_type
     assert cls.Params is NoParams
     assert cls.is_batch_invariant is True
-    assert cls.__doc__.splitlines()[0] == summary
-    assert "Kept roles:" in cls.__doc__
+    doc = cls.__doc__ or ""
+    assert doc.splitlines()[0] == summary
+    assert "Kept roles:" in doc
 
 
 def test_role_filters_follow_relabeling() -> None:
@@ -126,12 +128,64 @@ def test_role_filters_follow_relabeling() -> None:
     assert _filter(decode, table, [0, 1]) == [0, 1]
 
 
-def test_role_label_is_read_case_insensitively() -> None:
-    # types.Role.from_label normalises case and whitespace; llm-d compares exactly.
+@pytest.mark.parametrize(
+    ("label", "decode", "prefill", "encode"),
+    [
+        pytest.param("decode", True, False, False, id="decode"),
+        pytest.param(" decode", False, False, False, id="leading-space"),
+        pytest.param("decode ", False, False, False, id="trailing-space"),
+        pytest.param("Decode", False, False, False, id="upper-case"),
+        pytest.param("PREFILL", False, False, False, id="upper-prefill"),
+        pytest.param("Encode", False, False, False, id="upper-encode"),
+        pytest.param("", False, False, False, id="empty-is-a-value"),
+        pytest.param(None, True, False, False, id="absent"),
+    ],
+)
+def test_role_label_is_matched_exactly(
+    label: str | None, decode: bool, prefill: bool, encode: bool
+) -> None:
+    # llm-d-router bylabel: a map lookup of the raw label value, no case folding or trim.
     table = EndpointTable()
-    table.add(Endpoint("e0", "10.0.0.1", 8000, labels={ROLE_LABEL: " Decode"}))
-    decode = DecodeFilter("decode", NoParams(), PluginHandle(table))
-    assert _filter(decode, table, [0]) == [0]
+    table.add(Endpoint("e0", "10.0.0.1", 8000, labels={} if label is None else {ROLE_LABEL: label}))
+    handle = PluginHandle(table)
+    assert _filter(DecodeFilter("d", NoParams(), handle), table, [0]) == ([0] if decode else [])
+    assert _filter(PrefillFilter("p", NoParams(), handle), table, [0]) == ([0] if prefill else [])
+    assert _filter(EncodeFilter("e", NoParams(), handle), table, [0]) == ([0] if encode else [])
+
+
+@pytest.mark.parametrize(
+    ("role", "decode", "prefill", "encode"),
+    [
+        pytest.param(Role.DECODE, True, False, False, id="decode"),
+        pytest.param(Role.PREFILL, False, True, False, id="prefill"),
+        pytest.param(Role.ENCODE_PREFILL, False, True, True, id="encode-prefill"),
+        pytest.param(Role.UNSET, True, False, False, id="unset"),
+        pytest.param(Role.OTHER, False, False, False, id="other"),
+    ],
+)
+def test_role_given_without_a_label(role: Role, decode: bool, prefill: bool, encode: bool) -> None:
+    # Endpoint(role=...) with no label: judged by the role's label spelling.
+    table = EndpointTable()
+    table.add(Endpoint("e0", "10.0.0.1", 8000, role=role))
+    handle = PluginHandle(table)
+    assert _filter(DecodeFilter("d", NoParams(), handle), table, [0]) == ([0] if decode else [])
+    assert _filter(PrefillFilter("p", NoParams(), handle), table, [0]) == ([0] if prefill else [])
+    assert _filter(EncodeFilter("e", NoParams(), handle), table, [0]) == ([0] if encode else [])
+
+
+@pytest.mark.parametrize(
+    ("plugin_type", "stability"),
+    [
+        ("decode-filter", "beta"),
+        ("prefill-filter", "beta"),
+        ("encode-filter", "beta"),
+        ("label-selector-filter", "beta"),
+        ("by-label-selector", "beta"),
+        ("by-label", "beta"),
+    ],
+)
+def test_filter_stability(plugin_type: str, stability: str) -> None:
+    assert registry.get(plugin_type).stability == stability
 
 
 # ---------------------------------------------------------------- label selector

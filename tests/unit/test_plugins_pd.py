@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference_sched.errors import SchedulingError
+from inference_sched.errors import ParameterError, SchedulingError
+from inference_sched.framework.contracts import (
+    PREFIX_CACHE_MATCH_INFO,
+    TOKENIZED_PROMPT,
+    PrefixCacheMatchInfo,
+    TokenizedRequest,
+)
 from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.scheduler import Scheduler
 from inference_sched.framework.types import (
@@ -25,11 +31,13 @@ from inference_sched.plugins.pd import (
     PREFILLER_HEADER,
     AlwaysDisaggMultimodalDecider,
     PrefixBasedPDDecider,
+    input_tokens,
 )
-from inference_sched.plugins.prefix import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
 from inference_sched.state.table import EndpointTable
 
 pytestmark = pytest.mark.unit
+
+NC, PT = "nonCachedTokens", "promptTokens"
 
 
 def _decider(threshold: int) -> PrefixBasedPDDecider:
@@ -70,16 +78,84 @@ def test_prefix_based_decider_counts_real_uncached_tokens(
     assert _decider(threshold).decide(_cycle(matched), request, _decode(row)) is expected
 
 
-def test_prefix_based_decider_estimates_chars_over_four_without_token_ids() -> None:
-    decider = _decider(100)
-    prompt = "y" * 800  # 200 estimated tokens
+def _decider_with(raw: dict[str, Any]) -> PrefixBasedPDDecider:
+    params = parse_params(PrefixBasedPDDecider.Params, raw, "plugins[0].parameters")
+    return PrefixBasedPDDecider("d", params, PluginHandle(EndpointTable()))
+
+
+def _tokenized(cycle: CycleState, *lengths: int) -> CycleState:
+    prompts = tuple(np.arange(n, dtype=np.uint32) for n in lengths)
+    cycle.write(TOKENIZED_PROMPT, TokenizedRequest(prompts))
+    return cycle
+
+
+@pytest.mark.parametrize(
+    ("raw", "tokens", "matched", "expected"),
+    [
+        # promptTokens 0: no minimum; 320 - 10 * 16 = 160 >= 100
+        pytest.param({NC: 100}, 320, 10.0, True, id="no-minimum"),
+        # input 320 < promptTokens 400: no, however little is cached
+        pytest.param({NC: 100, PT: 400}, 320, 0.0, False, id="under-prompt-minimum"),
+        pytest.param({NC: 100, PT: 320}, 320, 0.0, True, id="at-prompt-minimum"),
+        # 320 - 14 * 16 = 96 < 100
+        pytest.param({NC: 100, PT: 320}, 320, 14.0, False, id="minimum-but-cached"),
+        pytest.param({NC: 100, PT: 50}, 99, 0.0, False, id="under-non-cached"),
+        pytest.param({NC: 100, PT: 50}, 100, 0.0, True, id="at-non-cached"),
+        # nonCachedTokens 0 disables the decider, whatever promptTokens says
+        pytest.param({NC: 0, PT: 10}, 5000, 0.0, False, id="disabled"),
+        # exactly at the threshold: 356 - 16 * 16 = 100 >= 100
+        pytest.param({NC: 100}, 356, 16.0, True, id="uncached-equal"),
+        pytest.param({NC: 100}, 355, 16.0, False, id="uncached-one-short"),
+    ],
+)  # fmt: skip
+def test_prefix_based_decider_rule(
+    raw: dict[str, Any], tokens: int, matched: float, expected: bool
+) -> None:
+    cycle = _tokenized(_cycle([matched]), tokens)
+    assert _decider_with(raw).decide(cycle, Request.create("m", prompt="p"), _decode(0)) is expected
+
+
+def test_prefix_based_decider_counts_every_prompt() -> None:
+    # TokenizedRequest.token_count(): 150 + 170 = 320 over two prompts; 320 - 160 = 160
+    cycle = _tokenized(_cycle([10.0]), 150, 170)
+    assert _decider(160).decide(cycle, Request.create("m", prompt="p"), _decode(0))
+    assert not _decider(161).decide(cycle, Request.create("m", prompt="p"), _decode(0))
+
+
+def test_prefix_based_decider_prefers_the_tokenized_request() -> None:
+    # The cycle's TokenizedRequest (64 tokens) wins over the request's own ids (320).
+    request = Request.create("m", prompt="p", token_ids=np.arange(320))
+    assert not _decider(100).decide(_tokenized(_cycle([0.0]), 64), request, _decode(0))
+    assert _decider(100).decide(_cycle([0.0]), request, _decode(0))  # fallback: 320 ids
+
+
+def test_prefix_based_decider_without_token_counts_never_disaggregates() -> None:
+    # llm-d-router: TokenCount() is 0 without a TokenizedRequest (no chars / 4 estimate).
+    prompt = "y" * 4000
     request = Request.create("m", prompt=prompt, body={"prompt": prompt})
-    assert decider.decide(_cycle([6.0]), request, _decode(0))  # 200 - 96 = 104
-    assert not decider.decide(_cycle([7.0]), request, _decode(0))  # 200 - 112 = 88
-    chat = Request.create("m", body={"messages": [{"role": "user", "content": "z" * 600}]})
-    # len('[{"role":"user","content":"zzz..."}]') = 627 -> 156 tokens
-    assert decider.decide(_cycle([3.0]), chat, _decode(0))  # 156 - 48 = 108
-    assert not decider.decide(_cycle([4.0]), chat, _decode(0))  # 156 - 64 = 92
+    assert not _decider(1).decide(_cycle([0.0]), request, _decode(0))
+    assert input_tokens(_cycle(None), request) == 0
+
+
+def test_prefix_based_decider_params() -> None:
+    params = parse_params(PrefixBasedPDDecider.Params, None, "p")
+    assert (params.non_cached_tokens, params.prompt_tokens) == (0, 0)
+    assert PrefixBasedPDDecider.stability == "beta"
+    assert PrefixBasedPDDecider.consumes == frozenset({PREFIX_CACHE_MATCH_INFO})
+    with pytest.raises(
+        ParameterError,
+        match=r"^plugins\[0\]\.parameters\.promptTokens: expected int >= 0, got -1 \(int\)$",
+    ):
+        _decider_with({"promptTokens": -1})
+    with pytest.raises(
+        ParameterError,
+        match=r"^plugins\[0\]\.parameters\.nonCachedTokens: expected int, got True \(bool\)$",
+    ):
+        _decider_with({"nonCachedTokens": True})
+    with pytest.raises(
+        ParameterError, match=r"unknown key 'promptToken' \(did you mean 'promptTokens'\?\)"
+    ):
+        _decider_with({"promptToken": 5})
 
 
 def test_multimodal_decider() -> None:

@@ -262,3 +262,17 @@ def test_pd_profile_handler_with_the_header_plugin_in_a_scheduler() -> None:
     assert dict(result.request_headers) == {HEADER_PREFILLER: "10.0.0.1:8000"}
     assert result.dropped_request_headers == (HEADER_PREFILLER, HEADER_ENCODER)
     assert dict(scheduler.plugins["pd-profile-handler"].decisions) == {"prefill-decode": 1}
+
+
+def test_stability_is_beta() -> None:
+    assert PdProfileHandler.stability == "beta"
+    assert DisaggHeadersHandler.stability == "beta"
+    assert PrefillHeaderHandler.stability == "beta"
+
+
+def test_prefix_match_info_producer_name_is_checked() -> None:
+    params = parse_params(PdProfileHandler.Params, {"prefixMatchInfoProducerName": "pfx"}, "p")
+    assert params.producer_references() == {
+        "prefixMatchInfoProducerName": ("pfx", "PrefixCacheMatchInfo")
+    }
+    assert parse_params(PdProfileHandler.Params, None, "p").producer_references() == {}

@@ -92,6 +92,32 @@ def test_defaults() -> None:
     c = parse_params(ConcurrencyDetectorParams, None, PATH)
     assert (c.concurrency_mode, c.max_concurrency) == ("requests", 100)
     assert (c.max_token_concurrency, c.headroom) == (1_000_000, 0.0)
+    assert c.in_flight_load_producer_name == ""
+    assert c.producer_references() == {}
+
+
+def test_stability() -> None:
+    assert UtilizationDetector.stability == "beta"
+    assert ConcurrencyDetector.stability == "beta"
+
+
+def test_in_flight_load_producer_name_must_name_a_producer() -> None:
+    table = make_table(2)
+    ok = (
+        "plugins:\n"
+        "- {name: load, type: inflight-load-producer}\n"
+        "- {type: concurrency-detector, parameters: {inFlightLoadProducerName: load}}\n"
+        "saturationDetector: {pluginRef: concurrency-detector}\n"
+    )
+    scheduler = Scheduler.from_config(ok, table, seed=0)
+    assert isinstance(scheduler.saturation_detector, ConcurrencyDetector)
+    bad = (
+        "plugins:\n"
+        "- {type: concurrency-detector, parameters: {inFlightLoadProducerName: nope}}\n"
+        "saturationDetector: {pluginRef: concurrency-detector}\n"
+    )
+    with pytest.raises(ConfigError, match=r"inFlightLoadProducerName.*undefined plugin 'nope'"):
+        Scheduler.from_config(bad, table, seed=0)
 
 
 # ---------------------------------------------------------------- utilization: saturation
@@ -209,6 +235,34 @@ CONCURRENCY_CASES = [
     ),
     pytest.param({"headroom": 1.0}, [100], None, [0], 1.0, id="headroom-ignored"),
     pytest.param({}, [5], None, [], 1.0, id="empty-capacity-0"),
+    # hybrid: mean over endpoints of max(requests / 100, tokens / 1000)
+    # e0: max(0.5, 0.1) = 0.5; e1: max(0.1, 0.9) = 0.9; e2: max(0, 0) = 0
+    pytest.param(
+        {"concurrencyMode": "hybrid", "maxTokenConcurrency": 1000},
+        [50, 10, 0],
+        [100, 900, 0],
+        [0, 1, 2],
+        (0.5 + 0.9 + 0.0) / 3,
+        id="hybrid-max-per-endpoint",
+    ),
+    # not Σ/Σ: Σ requests / 200 = 0.3, Σ tokens / 2000 = 0.5, but the mean of maxima is 0.7
+    pytest.param(
+        {"concurrencyMode": "hybrid", "maxTokenConcurrency": 1000},
+        [50, 10],
+        [100, 900],
+        [0, 1],
+        0.7,
+        id="hybrid-is-mean-of-maxima",
+    ),
+    pytest.param(
+        {"concurrencyMode": "hybrid", "maxConcurrency": 4, "maxTokenConcurrency": 8},
+        [6, 0],
+        [0, 0],
+        [0],
+        1.5,
+        id="hybrid-over-capacity",
+    ),
+    pytest.param({"concurrencyMode": "hybrid"}, [5], [5], [], 1.0, id="hybrid-empty"),
 ]
 
 
@@ -240,6 +294,32 @@ CONCURRENCY_FILTER_CASES = [
         [0, 1, 2],
         [0, 2],
         id="tokens",
+    ),
+    # hybrid: requests < int(10 * 1.25) = 12 and tokens < int(100 * 1.25) = 125
+    pytest.param(
+        {"concurrencyMode": "hybrid", "maxConcurrency": 10, "maxTokenConcurrency": 100, "headroom": 0.25},
+        [11, 12, 0, 0, 11],
+        [124, 0, 125, 0, 124],
+        [4, 3, 2, 1, 0],
+        [4, 3, 0],
+        id="hybrid-both-limits",
+    ),
+    # int(3 * 1.5) = 4 and int(5 * 1.5) = int(7.5) = 7: truncated like Go
+    pytest.param(
+        {"concurrencyMode": "hybrid", "maxConcurrency": 3, "maxTokenConcurrency": 5, "headroom": 0.5},
+        [3, 4, 3],
+        [6, 6, 7],
+        [0, 1, 2],
+        [0],
+        id="hybrid-truncated",
+    ),
+    pytest.param(
+        {"concurrencyMode": "hybrid", "maxConcurrency": 1, "maxTokenConcurrency": 1},
+        [0, 1],
+        [1, 0],
+        [0, 1],
+        [],
+        id="hybrid-may-be-empty",
     ),
 ]  # fmt: skip
 
@@ -291,8 +371,9 @@ PARAM_ERRORS = [
     pytest.param(UtilizationDetectorParams, {"metricsStalenessThreshold": "2 seconds"}, r"\.metricsStalenessThreshold: expected a positive duration such as '200ms', got '2 seconds' \(str\)$", id="staleness-text"),
     pytest.param(UtilizationDetectorParams, {"headroom": -0.1}, r"^plugins\[0\]\.parameters\.headroom: expected number >= 0\.0, got -0\.1 \(float\)$", id="u-headroom-negative"),
     pytest.param(UtilizationDetectorParams, {"queueDepthTreshold": 5}, r"^plugins\[0\]\.parameters: unknown key 'queueDepthTreshold' \(did you mean 'queueDepthThreshold'\?\)", id="u-typo"),
-    pytest.param(ConcurrencyDetectorParams, {"concurrencyMode": "token"}, r"^plugins\[0\]\.parameters\.concurrencyMode: expected one of 'requests', 'tokens' \(did you mean 'tokens'\?\), got 'token' \(str\)$", id="mode-typo"),
-    pytest.param(ConcurrencyDetectorParams, {"concurrencyMode": "hybrid"}, r"\.concurrencyMode: expected one of 'requests', 'tokens', got 'hybrid' \(str\)$", id="mode-unknown"),
+    pytest.param(ConcurrencyDetectorParams, {"concurrencyMode": "token"}, r"^plugins\[0\]\.parameters\.concurrencyMode: expected one of 'requests', 'tokens', 'hybrid' \(did you mean 'tokens'\?\), got 'token' \(str\)$", id="mode-typo"),
+    pytest.param(ConcurrencyDetectorParams, {"concurrencyMode": "both"}, r"\.concurrencyMode: expected one of 'requests', 'tokens', 'hybrid', got 'both' \(str\)$", id="mode-unknown"),
+    pytest.param(ConcurrencyDetectorParams, {"inFlightLoadProducerName": 3}, r"^plugins\[0\]\.parameters\.inFlightLoadProducerName: expected str, got 3 \(int\)$", id="producer-name-int"),
     pytest.param(ConcurrencyDetectorParams, {"maxConcurrency": 0}, r"^plugins\[0\]\.parameters\.maxConcurrency: expected int >= 1, got 0 \(int\)$", id="max-zero"),
     pytest.param(ConcurrencyDetectorParams, {"maxTokenConcurrency": -5}, r"^plugins\[0\]\.parameters\.maxTokenConcurrency: expected int >= 1, got -5 \(int\)$", id="max-tokens-negative"),
     pytest.param(ConcurrencyDetectorParams, {"maxConcurrency": "100"}, r"\.maxConcurrency: expected int, got '100' \(str\)$", id="max-str"),

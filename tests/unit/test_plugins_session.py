@@ -1,4 +1,7 @@
-"""session-affinity-scorer (llm-d) and session-affinity-filter (llm-d-router)."""
+"""session-affinity-scorer, session-affinity-filter and multicluster-session-affinity-filter
+(llm-d-router ``pkg/epp/framework/plugins/scheduling/{filter,scorer}/sessionaffinity/``)."""
+
+# ruff: noqa: E501  (the tables keep one case per line: parameters, then the expected error)
 
 from __future__ import annotations
 
@@ -10,9 +13,12 @@ from typing import Any
 import attrs
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import inference_sched.plugins.session  # noqa: F401 - registers the session plugins
-from inference_sched.errors import ParameterError
+from inference_sched.errors import ConfigError, ParameterError
+from inference_sched.framework import registry
 from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.scheduler import Scheduler
 from inference_sched.framework.types import (
@@ -23,11 +29,14 @@ from inference_sched.framework.types import (
     Response,
     SchedulingResult,
 )
-from inference_sched.params import NoParams, parse_params
+from inference_sched.params import parse_params
 from inference_sched.plugins.session import (
+    MulticlusterSessionAffinityFilter,
     SessionAffinityFilter,
     SessionAffinityFilterParams,
+    SessionAffinityParams,
     SessionAffinityScorer,
+    SessionIdSource,
     encode_session_token,
     resolve_session_token,
 )
@@ -120,8 +129,9 @@ def test_encoded_empty_identity_is_malformed() -> None:
 
 
 # ====================================================================== scorer
-def _scorer(table: EndpointTable) -> SessionAffinityScorer:
-    return SessionAffinityScorer("session", NoParams(), PluginHandle(table))
+def _scorer(table: EndpointTable, **raw: Any) -> SessionAffinityScorer:
+    params = parse_params(SessionAffinityParams, raw, PATH)
+    return SessionAffinityScorer("session", params, PluginHandle(table))
 
 
 def _score(
@@ -199,6 +209,9 @@ def test_response_set_headers_is_per_instance_and_outside_equality() -> None:
 
 # ====================================================================== filter
 def _filter(table: EndpointTable, clock: Clock, **raw: Any) -> SessionAffinityFilter:
+    """A filter; ``session_id`` unless ``strategy`` says otherwise (the default is
+    ``encoded_endpoint_header``, tested on its own)."""
+    raw.setdefault("strategy", "session_id")
     params = parse_params(SessionAffinityFilterParams, raw, PATH)
     return SessionAffinityFilter("sticky", params, PluginHandle(table, clock=clock))
 
@@ -227,15 +240,25 @@ def table(clock: Clock) -> EndpointTable:
 def test_params_defaults() -> None:
     params = parse_params(SessionAffinityFilterParams, None, PATH)
     assert attrs.asdict(params) == {
-        "strategy": "session_id",
-        "session_header": "x-session-id",
-        "eviction_ttl_seconds": 300.0,
-        "eviction_sweep_seconds": 10.0,
+        "strategy": None,
+        "profile_name": "",
+        "encoded_endpoint_header_config": {"header": "x-session-token"},
+        "session_id_config": {
+            "sources": None,
+            "eviction_ttl_seconds": None,
+            "eviction_sweep_seconds": None,
+        },
+        "session_header": None,
+        "eviction_ttl_seconds": None,
+        "eviction_sweep_seconds": None,
         "max_sessions": 100_000,
         "max_session_id_bytes": 128,
         "max_session_bytes": 64 * 1024 * 1024,
-        "profile_name": "",
     }
+    assert params.resolved_strategy() == "encoded_endpoint_header"
+    assert params.sources() == (SessionIdSource(header="x-session-id"),)
+    assert (params.ttl_s(), params.sweep_s()) == (300.0, 10.0)
+    assert params.producer_references() == {}
 
 
 @pytest.mark.parametrize(
@@ -247,9 +270,9 @@ def test_params_defaults() -> None:
             id="strategy",
         ),
         pytest.param(
-            {"evictionTtlSeconds": 0},
-            r"parameters\.evictionTtlSeconds: expected a number > 0, got 0 \(int\)",
-            id="ttl-zero",
+            {"evictionTtlSeconds": -1},
+            r"parameters\.evictionTtlSeconds: expected a number >= 0 \(0: default\), got -1",
+            id="ttl-negative",
         ),
         pytest.param(
             {"evictionSweepSeconds": "10s"},
@@ -324,7 +347,8 @@ def test_session_header_is_configurable_and_case_insensitive(
     [
         pytest.param(0.0, "e1", id="fresh"),
         pytest.param(299.9, "e1", id="just-under-ttl"),
-        pytest.param(300.0, None, id="at-ttl"),
+        pytest.param(300.0, "e1", id="at-ttl"),  # llm-d: expired only past the TTL
+        pytest.param(300.5, None, id="past-ttl"),
         pytest.param(1e6, None, id="long-gone"),
     ],
 )
@@ -340,7 +364,7 @@ def test_ttl_eviction(table: EndpointTable, clock: Clock, idle_s: float, bound: 
 def test_expired_lookup_counts_and_forgets(table: EndpointTable, clock: Clock) -> None:
     flt = _filter(table, clock, evictionSweepSeconds=1e9)  # no sweep: the lookup evicts
     _bind(flt, table, "s1", "e1")
-    clock.now += 300.0
+    clock.now += 300.5
     assert _run(flt, table, _request(x_session_id="s1")) == [0, 1, 2, 3]
     assert (flt.num_evicted_ttl, flt.num_misses, flt.num_sessions) == (1, 1, 0)
 
@@ -351,7 +375,7 @@ def test_use_refreshes_the_ttl(table: EndpointTable, clock: Clock) -> None:
     for _ in range(5):  # 5 x 90 s = 450 s > TTL, but never 100 s idle
         clock.now += 90.0
         assert _run(flt, table, _request(x_session_id="s1")) == [1]
-    clock.now += 100.0
+    clock.now += 100.5
     assert _run(flt, table, _request(x_session_id="s1")) == [0, 1, 2, 3]
 
 
@@ -493,10 +517,11 @@ def test_fail_open_when_bound_endpoint_is_unhealthy(table: EndpointTable, clock:
     _bind(flt, table, "s1", "e1")
     table.set_healthy("e1", False)
     request = _request(x_session_id="s1")
-    assert _run(flt, table, request) == [0, 2, 3]
+    cycle = _cycle()
+    assert flt.filter(cycle, request, table, table.candidates()).tolist() == [0, 2, 3]
     assert flt.num_fail_open == 1
-    # The new pick takes the session over.
-    flt.pre_request(_cycle(), request, _result(table, ("default", "e3")))
+    # The new pick takes the session over: this cycle saw the bound endpoint absent.
+    flt.pre_request(cycle, request, _result(table, ("default", "e3")))
     assert (flt.binding("s1"), flt.num_rebound) == ("e3", 1)
     table.set_healthy("e1", True)
     assert _run(flt, table, request) == [3]
@@ -507,8 +532,27 @@ def test_fail_open_when_an_earlier_filter_dropped_the_endpoint(
 ) -> None:
     flt = _filter(table, clock)
     _bind(flt, table, "s1", "e1")
-    assert _run(flt, table, _request(x_session_id="s1"), 0, 2) == [0, 2]
+    cycle = _cycle()
+    request = _request(x_session_id="s1")
+    assert flt.filter(cycle, request, table, _rows(0, 2)).tolist() == [0, 2]
     assert flt.num_fail_open == 1
+    flt.pre_request(cycle, request, _result(table, ("default", "e2")))
+    assert (flt.binding("s1"), flt.num_rebound) == ("e2", 1)
+
+
+def test_a_different_pick_keeps_a_present_binding(table: EndpointTable, clock: Clock) -> None:
+    # llm-d: the session moves only when its endpoint was absent from the candidates.
+    flt = _filter(table, clock)
+    _bind(flt, table, "s1", "e1")
+    cycle = _cycle()
+    request = _request(x_session_id="s1")
+    assert flt.filter(cycle, request, table, table.candidates()).tolist() == [1]
+    # A later filter / the picker chose e3 anyway: the binding stays on e1.
+    flt.pre_request(cycle, request, _result(table, ("default", "e3")))
+    assert (flt.binding("s1"), flt.num_rebound, flt.num_kept_binding) == ("e1", 0, 1)
+    # No lookup in this cycle (the instance is in a profile that did not run): kept too.
+    flt.pre_request(_cycle(), request, _result(table, ("default", "e3")))
+    assert (flt.binding("s1"), flt.num_kept_binding) == ("e1", 2)
 
 
 def test_pick_removed_before_pre_request_is_not_bound(table: EndpointTable, clock: Clock) -> None:
@@ -666,7 +710,266 @@ def test_scheduler_with_session_affinity_filter() -> None:
     table.update_metrics(np.asarray([table.row(moved)]), waiting=[50.0])
     assert route("chat-1") == moved
     # Idle beyond the TTL: the binding is gone and load decides again.
-    clock.now += 60.0
+    clock.now += 60.5
     assert route("chat-1") != moved
     assert flt.num_dropped_on_removal == 1
     assert all(s.errors == 0 for s in scheduler.stats())
+
+
+# ====================================================================== llm-d-router drift
+def test_default_strategy_is_the_encoded_endpoint_header(table: EndpointTable) -> None:
+    flt = SessionAffinityFilter(
+        "sticky", parse_params(SessionAffinityParams, None, PATH), PluginHandle(table)
+    )
+    assert flt.strategy == "encoded_endpoint_header"
+    assert _run(flt, table, _request(x_session_token=_b64("default/e2"))) == [2]
+    # an x-session-id alone means nothing by default, and nothing is remembered
+    flt.pre_request(_cycle(), _request(x_session_id="s1"), _result(table, ("default", "e1")))
+    assert _run(flt, table, _request(x_session_id="s1")) == [0, 1, 2, 3]
+    assert flt.sessions() == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "strategy"),
+    [
+        pytest.param({}, "encoded_endpoint_header", id="none"),
+        pytest.param({"sessionHeader": "x-chat"}, "session_id", id="gie-session-header"),
+        pytest.param({"evictionTtlSeconds": 60}, "session_id", id="gie-ttl"),
+        pytest.param({"evictionSweepSeconds": 5}, "session_id", id="gie-sweep"),
+        # llm-d-router: only the block matching the strategy is used
+        pytest.param({"sessionIdConfig": {"evictionTtlSeconds": 5}}, "encoded_endpoint_header", id="block-alone"),
+        pytest.param({"strategy": "encoded_endpoint_header", "sessionHeader": "x"}, "encoded_endpoint_header", id="explicit-wins"),
+    ],
+)  # fmt: skip
+def test_strategy_resolution(raw: dict[str, Any], strategy: str) -> None:
+    assert parse_params(SessionAffinityParams, raw, PATH).resolved_strategy() == strategy
+
+
+def test_gie_era_keys_keep_working(table: EndpointTable, clock: Clock) -> None:
+    # No strategy: the GIE-era keys still mean session_id, with their values.
+    params = parse_params(
+        SessionAffinityParams,
+        {"sessionHeader": "X-Chat", "evictionTtlSeconds": 50, "evictionSweepSeconds": 7},
+        PATH,
+    )
+    assert params.sources() == (SessionIdSource(header="X-Chat"),)
+    assert (params.ttl_s(), params.sweep_s()) == (50.0, 7.0)
+    flt = SessionAffinityFilter("sticky", params, PluginHandle(table, clock=clock))
+    request = Request.create("m", headers={"x-chat": "c1"})
+    flt.pre_request(_cycle(), request, _result(table, ("default", "e3")))
+    assert _run(flt, table, request) == [3]
+    clock.now += 50.5
+    assert _run(flt, table, request) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("raw", "ttl_s", "sweep_s"),
+    [
+        pytest.param({}, 300.0, 10.0, id="defaults"),
+        pytest.param({"sessionIdConfig": {"evictionTtlSeconds": 0, "evictionSweepSeconds": 0}}, 300.0, 10.0, id="zero-is-default"),
+        pytest.param({"sessionIdConfig": {"evictionTtlSeconds": 1.5, "evictionSweepSeconds": 0.25}}, 1.5, 0.25, id="nested"),
+        pytest.param({"evictionTtlSeconds": 20}, 20.0, 10.0, id="gie-top-level"),
+    ],
+)  # fmt: skip
+def test_eviction_schedule(raw: dict[str, Any], ttl_s: float, sweep_s: float) -> None:
+    params = parse_params(SessionAffinityParams, raw, PATH)
+    assert (params.ttl_s(), params.sweep_s()) == (ttl_s, sweep_s)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        pytest.param({"strategy": "session_id_header"}, r"^plugins\[0\]\.parameters\.strategy: expected one of 'encoded_endpoint_header', 'session_id' \(did you mean 'session_id'\?\), got 'session_id_header' \(str\)$", id="old-scorer-algorithm"),
+        pytest.param({"encodedEndpointHeaderConfig": {"header": " "}}, r"^plugins\[0\]\.parameters\.encodedEndpointHeaderConfig\.header: expected a non-empty header name, got ' ' \(str\)$", id="blank-token-header"),
+        pytest.param({"encodedEndpointHeaderConfig": {"headr": "x"}}, r"^plugins\[0\]\.parameters\.encodedEndpointHeaderConfig\.headr: expected one of the keys header \(did you mean 'header'\?\)", id="token-header-typo"),
+        pytest.param({"encodedEndpointHeaderConfig": "x"}, r"\.encodedEndpointHeaderConfig: expected a mapping with keys header, got 'x' \(str\)$", id="config-not-a-mapping"),
+        pytest.param({"sessionIdConfig": {"sources": [{"header": "a", "attribute": "b"}]}}, r"^plugins\[0\]\.parameters\.sessionIdConfig\.sources\[0\]\.header: expected exactly one of header and attribute", id="both"),
+        pytest.param({"sessionIdConfig": {"sources": [{"header": "a"}, {}]}}, r"\.sessionIdConfig\.sources\[1\]\.header: expected exactly one of header and attribute", id="neither"),
+        pytest.param({"sessionIdConfig": {"sources": [{"header": "  "}]}}, r"\.sessionIdConfig\.sources\[0\]\.header: expected exactly one of header and attribute", id="blank"),
+        pytest.param({"sessionIdConfig": {"sources": [{"header": "a", "producer": "p"}]}}, r"\.sessionIdConfig\.sources\[0\]\.producer: expected only with attribute, got 'p' \(str\)$", id="producer-with-header"),
+        pytest.param({"sessionIdConfig": {"sources": [{"cookie": "a"}]}}, r"\.sessionIdConfig\.sources\[0\]\.cookie: expected one of the keys header, attribute, producer", id="unknown-source-key"),
+        pytest.param({"sessionIdConfig": {"sources": "x-session-id"}}, r"\.sessionIdConfig\.sources: expected a list of \{header\} or \{attribute, producer\}, got 'x-session-id' \(str\)$", id="sources-not-a-list"),
+        pytest.param({"sessionIdConfig": {"sources": [{"header": 3}]}}, r"\.sessionIdConfig\.sources\[0\]\.header: expected str, got 3 \(int\)$", id="header-int"),
+        pytest.param({"sessionIdConfig": {"evictionSweepSeconds": -2}}, r"\.sessionIdConfig\.evictionSweepSeconds: expected a number >= 0 \(0: default\), got -2 \(int\)$", id="sweep-negative"),
+        pytest.param({"sessionIdConfig": {"evictionTtlSeconds": True}}, r"\.sessionIdConfig\.evictionTtlSeconds: expected a finite number, got True \(bool\)$", id="ttl-bool"),
+        pytest.param({"sessionHeader": "x", "sessionIdConfig": {"sources": [{"header": "y"}]}}, r"^plugins\[0\]\.parameters\.sessionHeader: expected not with sessionIdConfig\.sources \(use one\), got 'x' \(str\)$", id="header-twice"),
+        pytest.param({"evictionTtlSeconds": 5, "sessionIdConfig": {"evictionTtlSeconds": 6}}, r"^plugins\[0\]\.parameters\.evictionTtlSeconds: expected not with sessionIdConfig\.evictionTtlSeconds \(use one\), got 5 \(int\)$", id="ttl-twice"),
+    ],
+)  # fmt: skip
+def test_drift_params_rejected(raw: dict[str, Any], match: str) -> None:
+    with pytest.raises(ParameterError, match=match):
+        parse_params(SessionAffinityParams, raw, PATH)
+
+
+def _sid_filter(table: EndpointTable, clock: Clock, sources: list[Any]) -> SessionAffinityFilter:
+    raw = {"strategy": "session_id", "sessionIdConfig": {"sources": sources}}
+    params = parse_params(SessionAffinityParams, raw, PATH)
+    return SessionAffinityFilter("sticky", params, PluginHandle(table, clock=clock))
+
+
+def test_session_id_sources_first_non_empty_wins(table: EndpointTable, clock: Clock) -> None:
+    flt = _sid_filter(
+        table,
+        clock,
+        [
+            {"header": "X-Conversation"},
+            {"attribute": "SessionID", "producer": "sid"},
+            {"attribute": "agent-identity"},
+            {"attribute": "SessionID"},
+        ],
+    )
+    cycle = _cycle()
+    request = _request(x_conversation="  ")  # blank: skipped
+    assert flt.session_id(cycle, request) is None
+    cycle.write("SessionID", " shared ")
+    assert flt.session_id(cycle, request) == "shared"
+    cycle.write("agent-identity", "agent-7")
+    assert flt.session_id(cycle, request) == "agent-7"
+    cycle.write("SessionID/other", "not-read")
+    cycle.write("SessionID/sid", "from-sid")
+    assert flt.session_id(cycle, request) == "from-sid"
+    assert flt.session_id(cycle, _request(x_conversation=" c9 ")) == "c9"
+
+
+def test_non_string_attribute_is_skipped(table: EndpointTable, clock: Clock) -> None:
+    flt = _sid_filter(table, clock, [{"attribute": "agent-identity"}, {"header": "x-session-id"}])
+    cycle = _cycle()
+    cycle.write("agent-identity", 42)
+    assert flt.session_id(cycle, _request(x_session_id="s1")) == "s1"
+
+
+def test_session_id_from_a_producer_end_to_end(clock: Clock) -> None:
+    table = _table(clock)
+    config = """
+plugins:
+- {name: sid, type: session-id-producer, parameters: {headerName: x-user}}
+- type: session-affinity-filter
+  parameters:
+    strategy: session_id
+    sessionIdConfig: {sources: [{attribute: SessionID, producer: sid}]}
+- {type: queue-scorer}
+- {type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: session-affinity-filter}
+  - {pluginRef: queue-scorer}
+  - {pluginRef: max-score-picker}
+"""
+    scheduler = Scheduler.from_config(config, table, seed=0)
+    _waiting(table, 3, 0, 3, 3)
+    assert scheduler.schedule(Request.create("m", headers={"x-user": "u1"})).endpoint.name == "e1"
+    _waiting(table, 0, 9, 0, 0)
+    assert scheduler.schedule(Request.create("m", headers={"x-user": "u1"})).endpoint.name == "e1"
+    assert scheduler.schedule(Request.create("m", headers={"x-user": "u2"})).endpoint.name != "e1"
+    assert all(s.errors == 0 for s in scheduler.stats())
+
+
+def test_attribute_producer_must_produce_it(clock: Clock) -> None:
+    table = _table(clock)
+    config = """
+plugins:
+- {type: queue-scorer}
+- type: session-affinity-filter
+  parameters:
+    strategy: session_id
+    sessionIdConfig: {sources: [{attribute: SessionID, producer: %s}]}
+- {type: max-score-picker}
+schedulingProfiles:
+- name: default
+  plugins:
+  - {pluginRef: session-affinity-filter}
+  - {pluginRef: queue-scorer}
+  - {pluginRef: max-score-picker}
+"""
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.producer.*undefined plugin 'nope'"):
+        Scheduler.from_config(config % "nope", table, seed=0)
+    with pytest.raises(ConfigError, match=r"does not produce 'SessionID'"):
+        Scheduler.from_config(config % "queue-scorer", table, seed=0)
+
+
+def test_scorer_session_id_strategy(table: EndpointTable, clock: Clock) -> None:
+    params = parse_params(SessionAffinityParams, {"strategy": "session_id"}, PATH)
+    scorer = SessionAffinityScorer("s", params, PluginHandle(table, clock=clock))
+    request = _request(x_session_id="s1")
+    assert _score(scorer, table, request, 0, 1, 2) == [0.0, 0.0, 0.0]  # unbound: all 0
+    scorer.pre_request(_cycle(), request, _result(table, ("default", "e2")))
+    assert _score(scorer, table, request, 0, 1, 2) == [0.0, 0.0, 1.0]
+    assert _score(scorer, table, request, 2, 0) == [1.0, 0.0]
+    # absent from the candidates: all 0, and this cycle's pick takes the session over
+    cycle = _cycle()
+    out = np.zeros(2, dtype=np.float32)
+    scorer.score(cycle, request, table, _rows(0, 1), out)
+    assert out.tolist() == [0.0, 0.0]
+    scorer.pre_request(cycle, request, _result(table, ("default", "e1")))
+    assert (scorer.binding("s1"), scorer.num_rebound) == ("e1", 1)
+    # the scorer sets no response header with session_id
+    response = Response("r", is_end_of_stream=True)
+    scorer.response_complete(request, response, _result(table, ("default", "e1")))
+    assert response.set_headers == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "header", "token_of"),
+    [
+        pytest.param({}, "x-session-token", "e3", id="primary"),
+        pytest.param({"profileName": "prefill"}, "x-session-token", "e0", id="profile-pick"),
+        pytest.param({"profileName": "encode"}, "x-session-token", "e3", id="profile-not-run"),
+        pytest.param({"encodedEndpointHeaderConfig": {"header": " X-Token-Prefill "}, "profileName": "prefill"}, "x-token-prefill", "e0", id="custom-header"),
+    ],
+)  # fmt: skip
+def test_encoded_response_header(
+    table: EndpointTable, raw: dict[str, Any], header: str, token_of: str
+) -> None:
+    result = _result(table, ("prefill", "e0"), ("decode", "e3"), primary="decode")
+    for plugin in (_scorer(table, **raw), _filter(table, Clock(), strategy=None, **raw)):
+        response = Response("r", is_end_of_stream=True)
+        plugin.response_complete(_request(), response, result)
+        assert response.set_headers == {header: _b64(token_of)}
+
+
+def test_encoded_custom_header_is_read(table: EndpointTable) -> None:
+    raw = {"encodedEndpointHeaderConfig": {"header": "X-Token-Prefill"}}
+    scorer = _scorer(table, **raw)
+    assert _score(scorer, table, _request(x_token_prefill=_b64("e1")), 0, 1) == [0.0, 1.0]
+    assert _score(scorer, table, _request(x_session_token=_b64("e1")), 0, 1) == [0.0, 0.0]
+
+
+def test_multicluster_session_affinity_filter(table: EndpointTable, clock: Clock) -> None:
+    assert registry.get("multicluster-session-affinity-filter") is MulticlusterSessionAffinityFilter
+    assert MulticlusterSessionAffinityFilter.type == "multicluster-session-affinity-filter"
+    assert SessionAffinityFilter.type == "session-affinity-filter"
+    assert issubclass(MulticlusterSessionAffinityFilter, SessionAffinityFilter)
+    flt = MulticlusterSessionAffinityFilter(
+        "mc", parse_params(SessionAffinityParams, None, PATH), PluginHandle(table)
+    )
+    assert _run(flt, table, _request(x_session_token=_b64("ns/e1"))) == [1]
+    assert registry.kinds_of(MulticlusterSessionAffinityFilter) == registry.kinds_of(
+        SessionAffinityFilter
+    )
+
+
+@pytest.mark.parametrize(
+    "plugin_type",
+    ["session-affinity-filter", "session-affinity-scorer", "multicluster-session-affinity-filter"],
+)
+def test_session_affinity_types_are_alpha(plugin_type: str) -> None:
+    assert registry.get(plugin_type).stability == "alpha"
+
+
+@settings(max_examples=200)
+@given(
+    picks=st.lists(st.integers(0, 5), min_size=0, max_size=6, unique=True),
+    token_row=st.one_of(st.none(), st.integers(0, 7)),
+)
+def test_filter_keeps_one_candidate_or_all(picks: list[int], token_row: int | None) -> None:
+    table = _table(Clock(), tuple(f"e{i}" for i in range(6)))
+    flt = SessionAffinityFilter(
+        "sticky", parse_params(SessionAffinityParams, None, PATH), PluginHandle(table)
+    )
+    token = "" if token_row is None else _b64(f"e{token_row}")
+    kept = _run(flt, table, _request(x_session_token=token), *picks) if picks else []
+    if token_row is not None and token_row in picks:
+        assert kept == [token_row]
+    else:
+        assert kept == picks  # fail open: every candidate, in order

@@ -360,7 +360,8 @@ def test_token_ids_are_uint32_and_checked() -> None:
         ("encode", Role.ENCODE),
         ("encode-prefill", Role.ENCODE_PREFILL),
         ("encode-prefill-decode", Role.ENCODE_PREFILL_DECODE),
-        (" Decode ", Role.DECODE),
+        (" Decode ", Role.OTHER),  # llm-d-router matches the value exactly
+        ("Decode", Role.OTHER),
         ("gpu", Role.OTHER),
     ],
 )
