@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from inference_sched.datalayer.discovery import FileDiscovery, StaticDiscovery, apply
+from inference_sched.datalayer.discovery import (
+    FileDiscovery,
+    StaticDiscovery,
+    apply,
+    discovery_from_config,
+)
+from inference_sched.datalayer.notifications import attach_notification_sources
 from inference_sched.datalayer.scraper import Scraper, scrapers_for
 from inference_sched.errors import ConfigError
 from inference_sched.framework.config import load_config, load_config_file
@@ -52,18 +58,26 @@ def add_parser(sub: Any) -> None:
 
 
 def _cmd_scrape(args: argparse.Namespace) -> int:
-    if not args.endpoint and args.endpoints_file is None:
-        raise ConfigError("give --endpoint HOST:PORT (repeatable) or --endpoints-file PATH")
     if not (args.interval > 0 and args.duration > 0):
         raise ConfigError("--interval and --duration must be > 0")
     config = load_config_file(args.config) if args.config else load_config(None)
     scheduler = Scheduler.from_config(config)
-    discovery = (
-        FileDiscovery(args.endpoints_file)
-        if args.endpoints_file is not None
-        else StaticDiscovery(args.endpoint)
-    )
-    apply(scheduler.table, discovery.endpoints())
+    attach_notification_sources(config, scheduler.table, plugins=scheduler.plugins)
+    if args.endpoint or args.endpoints_file is not None:
+        discovery = (
+            FileDiscovery(args.endpoints_file)
+            if args.endpoints_file is not None
+            else StaticDiscovery(args.endpoint)
+        )
+        apply(scheduler.table, discovery.endpoints())
+    else:  # the config's dataLayer.discovery.pluginRef (file-discovery), if any
+        runner = discovery_from_config(config, scheduler.table, plugins=scheduler.plugins)
+        if runner is None:
+            raise ConfigError(
+                "give --endpoint HOST:PORT (repeatable) or --endpoints-file PATH, or a "
+                "config with dataLayer.discovery.pluginRef"
+            )
+        runner.start()
     scrapers = scrapers_for(
         scheduler, interval_s=args.interval, request_families=args.request_families
     )

@@ -39,7 +39,9 @@ from inference_sched._yaml_limits import (
     check_nesting,
     check_node_graph,
 )
-from inference_sched.errors import ConfigError, DataError
+from inference_sched.errors import ConfigError, DataError, InferenceSchedError
+from inference_sched.framework.config import EndpointPickerConfig, load_config
+from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.types import Endpoint
 from inference_sched.params import describe
 from inference_sched.state.table import EndpointTable
@@ -49,7 +51,10 @@ __all__ = [
     "FileDiscovery",
     "StaticDiscovery",
     "SyncResult",
+    "DiscoveryRunner",
     "apply",
+    "discovery_from_config",
+    "load_document",
     "parse_endpoint",
     "parse_endpoints_document",
     "run_discovery",
@@ -216,7 +221,7 @@ def parse_endpoints_document(
         DataError: naming ``source``, the line when known, and the field
             (``endpoints[2].port``).
     """
-    data = _load(text, source, fmt)
+    data = load_document(text, source, fmt)
     lines = _entry_lines(text)
     if isinstance(data, Mapping):
         extra = sorted(str(k) for k in data if k != "endpoints")
@@ -252,9 +257,15 @@ def parse_endpoints_document(
     return [result[name] for name in sorted(result)]
 
 
-def _load(text: str, source: str, fmt: Literal["yaml", "json"]) -> Any:
-    """The document in ``text``; nesting deeper than the shared YAML limits, alias bombs
-    and huge integers are refused before anything recurses into, copies or renders them."""
+def load_document(text: str, source: str, fmt: Literal["yaml", "json"] = "yaml") -> Any:
+    """The YAML or JSON document in ``text``; nesting deeper than the shared YAML
+    limits, alias bombs and huge integers are refused before anything recurses into,
+    copies or renders them.
+
+    Raises:
+        DataError: empty text, invalid YAML/JSON or a limit exceeded (naming ``source``
+            and the line when known).
+    """
     if not text.strip():
         raise DataError(
             "empty document; write 'endpoints: []' to empty the pool on purpose", source=source
@@ -534,3 +545,124 @@ class FileDiscovery:
                 reported = ""
             if changed:
                 yield self.endpoints()
+
+
+# --------------------------------------------------------------------------- from config
+class DiscoveryRunner:
+    """Keeps a table equal to what a discovery plugin reports (``dataLayer.discovery``).
+
+    :meth:`start` does the first load and applies it (its errors are fatal, as
+    llm-d-router's ``Start``); :meth:`run` then applies every later snapshot until the
+    source ends or :meth:`stop` is called. Run it on the event loop of the scheduling
+    cycles (the table's concurrency contract).
+    """
+
+    def __init__(self, discovery: Discovery, table: EndpointTable, name: str = "") -> None:
+        self.discovery = discovery
+        self.table = table
+        self.name = name or type(discovery).__name__
+        self.last_sync: SyncResult | None = None
+        """What the latest applied snapshot changed."""
+        self._started = False
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether the first snapshot was applied (the plugin's readiness)."""
+        return self._started
+
+    def start(self) -> SyncResult:
+        """Apply the source's current endpoints (the first load, if not done yet).
+
+        Raises:
+            DataError: the first load failed (e.g. a missing or invalid endpoints file).
+        """
+        result = apply(self.table, self.discovery.endpoints())
+        self.last_sync = result
+        self._started = True
+        return result
+
+    async def run(self) -> None:
+        """Apply every snapshot of the source to the table until it ends or is stopped.
+
+        Raises:
+            DataError: the first load failed.
+        """
+        async for snapshot in self.discovery.watch():
+            result = apply(self.table, snapshot)
+            self.last_sync = result
+            self._started = True
+            if result.changed:
+                logger.info(
+                    "%s: endpoints +%d -%d ~%d (now %d)",
+                    self.name,
+                    len(result.added),
+                    len(result.removed),
+                    len(result.updated),
+                    len(self.table),
+                )
+
+    def stop(self) -> None:
+        """Make :meth:`run` end (at the source's next check)."""
+        stop = getattr(self.discovery, "stop", None)
+        if callable(stop):
+            stop()
+
+    async def close(self) -> None:
+        """Stop; the same shape as the scrapers' ``close``."""
+        self.stop()
+
+
+def discovery_from_config(
+    config: Any,
+    table: EndpointTable,
+    *,
+    plugins: Mapping[str, Any] | None = None,
+) -> DiscoveryRunner | None:
+    """The runner of the plugin ``dataLayer.discovery.pluginRef`` names, or ``None``
+    when the config sets none (endpoints then come from elsewhere: Kubernetes, the CLI).
+
+    Args:
+        config: a loaded :class:`~inference_sched.framework.config.EndpointPickerConfig`
+            or anything :func:`~inference_sched.framework.config.load_config` takes.
+        table: the table the runner keeps in sync.
+        plugins: instances already built, by name (a scheduler's ``plugins``); the
+            discovery plugin is taken from there when present, else built from its
+            ``plugins`` entry.
+
+    Raises:
+        ConfigError: the config is invalid, the reference names no plugin, the plugin
+            is not an endpoint discovery (no ``endpoints`` / ``watch``), or its
+            constructor failed (the error names its path).
+    """
+    if not isinstance(config, EndpointPickerConfig):
+        config = load_config(config)
+    section = config.data_layer or {}
+    entry = section.get("discovery")
+    if not entry:
+        return None
+    ref = entry["pluginRef"]
+    path = "dataLayer.discovery.pluginRef"
+    known = dict(plugins or {})
+    if ref in known:
+        instance = known[ref]
+    else:
+        try:
+            spec = config.plugin(ref)
+        except KeyError:
+            raise ConfigError(f"no plugin named {ref!r}", path=path, value=ref) from None
+        try:
+            instance = spec.cls(spec.name, spec.params, PluginHandle(table, known))
+        except InferenceSchedError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"plugin {spec.name!r} ({spec.type}) failed to start: {type(exc).__name__}: {exc}",
+                path=spec.path,
+            ) from exc
+    if not isinstance(instance, Discovery):
+        raise ConfigError(
+            f"plugin {ref!r} is not an endpoint discovery (it needs endpoints() and watch())",
+            path=path,
+            value=ref,
+        )
+    return DiscoveryRunner(instance, table, ref)
