@@ -16,6 +16,7 @@ __all__ = [
     "HEADER_DESTINATION_ENDPOINT",
     "HEADER_ENCODER",
     "HEADER_FAIRNESS_ID",
+    "HEADER_KV_CACHE_SOURCE",
     "HEADER_MODEL_REWRITE",
     "HEADER_OBJECTIVE",
     "HEADER_PREFILLER",
@@ -25,6 +26,7 @@ __all__ = [
     "HEADER_SLO_TPOT_MS",
     "HEADER_SLO_TTFT_MS",
     "HEADER_SUBSET_HINT",
+    "ROUTING_HEADERS",
 ]
 
 HEADER_DESTINATION_ENDPOINT: Final = "x-gateway-destination-endpoint"
@@ -51,5 +53,16 @@ HEADER_ENCODER: Final = "x-encoder-hosts-ports"
 """The encode picks' ``ip:port,ip:port`` (llm-d E/P/D)."""
 HEADER_DATA_PARALLEL: Final = "x-data-parallel-host-port"
 """The chosen data-parallel rank's ``ip:port`` (llm-d)."""
+HEADER_KV_CACHE_SOURCE: Final = "x-kv-cache-source-host-port"
+"""The peer to pull the prompt's KV blocks from (llm-d ``p2p-source-producer``)."""
+ROUTING_HEADERS: Final = (
+    HEADER_PREFILLER,
+    HEADER_ENCODER,
+    HEADER_DATA_PARALLEL,
+    HEADER_KV_CACHE_SOURCE,
+)
+"""Headers the EPP sets for the model server's sidecar: a client's own values must never
+reach it, so a gateway drops them from every request (whether or not a plugin sets
+them in this cycle)."""
 DEFAULT_FAIRNESS_ID: Final = "default-flow"
 """The flow of a request without :data:`HEADER_FAIRNESS_ID`."""

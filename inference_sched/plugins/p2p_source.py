@@ -30,6 +30,7 @@ from inference_sched.framework.contracts import (
     PrefixCacheMatchInfo,
     prefix_info_key,
 )
+from inference_sched.framework.headers import HEADER_KV_CACHE_SOURCE
 from inference_sched.framework.interfaces import DataProducer, Handle, PreRequest
 from inference_sched.framework.registry import register
 from inference_sched.framework.types import Candidates, CycleState, Request, SchedulingResult
@@ -37,7 +38,6 @@ from inference_sched.params import at_least, param, string
 from inference_sched.state.table import EndpointTable
 
 __all__ = [
-    "HEADER_KV_CACHE_SOURCE",
     "KV_CACHE_SOURCE",
     "KVCacheSource",
     "P2PSourceParams",
@@ -49,9 +49,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PLUGIN_TYPE: Final = "p2p-source-producer"
-HEADER_KV_CACHE_SOURCE: Final = "x-kv-cache-source-host-port"
-"""The chosen pull source's ``ip:port``, for the decode / prefill pod's sidecar (llm-d
-``routing.KVCacheSourceHeader``)."""
 KV_CACHE_SOURCE: Final = "KVCacheSource"
 """Cycle key of the chosen source (llm-d-router keeps it in a request attribute named
 ``p2p-source-producer/<name>/best-match``); also written as ``KVCacheSource/<name>``."""

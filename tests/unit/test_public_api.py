@@ -160,6 +160,7 @@ PUBLIC: dict[str, list[str]] = {
         "HEADER_DESTINATION_ENDPOINT",
         "HEADER_ENCODER",
         "HEADER_FAIRNESS_ID",
+        "HEADER_KV_CACHE_SOURCE",
         "HEADER_MODEL_REWRITE",
         "HEADER_OBJECTIVE",
         "HEADER_PREFILLER",
@@ -169,6 +170,7 @@ PUBLIC: dict[str, list[str]] = {
         "HEADER_SLO_TPOT_MS",
         "HEADER_SLO_TTFT_MS",
         "HEADER_SUBSET_HINT",
+        "ROUTING_HEADERS",
     ],
     "inference_sched.errors": [
         "AdmissionDeniedError",

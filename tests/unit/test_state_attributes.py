@@ -156,7 +156,9 @@ def test_screeners_each_see_every_candidate_and_the_cycle_keeps_the_intersection
 def test_screeners_that_remove_everything_fail_with_503() -> None:
     table = make_table(3)
     scheduler = _scheduler(table, _KeepRows("a", {0}), _KeepRows("b", {1}))
-    with pytest.raises(NoEndpointError, match="screeners eliminated all endpoint candidates") as info:
+    with pytest.raises(
+        NoEndpointError, match="screeners eliminated all endpoint candidates"
+    ) as info:
         scheduler.schedule(Request.create("m"))
     assert info.value.screened and info.value.http_status == 503
 
@@ -201,4 +203,4 @@ def test_known_alpha_types_are_marked() -> None:
     for plugin_type in ("utilization-filter", "topology-affinity-scorer", "agent-identity"):
         assert registry.stability_of(registry.get(plugin_type)) == "alpha"
     assert registry.stability_of(registry.get("probabilistic-admitter")) == "beta"
-    assert registry.stability_of(registry.get("queue-scorer")) == "stable"
+    assert registry.stability_of(registry.get("queue-scorer")) == "beta"

@@ -118,6 +118,15 @@ def test_make_cycle_subset_and_explicit_candidates() -> None:
 
 # ====================================================================== built-ins
 _PARAMS: dict[str, dict[str, Any]] = {
+    "burst-prefix-cache-producer": {"windowDurationMs": 1},  # each request waits the window
+    "endpoint-attribute-filter": {
+        "attribute": "q",
+        "algorithm": {"type": "threshold", "threshold": {"operator": "LessThan", "value": 3}},
+    },
+    "endpoint-attribute-scorer": {
+        "attributeKey": "q",
+        "algorithm": {"type": "linear_lower_is_better"},
+    },
     "by-label": {"label": "gpu", "validValues": ["h100"], "allowsNoLabel": True},
     "utilization-filter": {"conditions": [{"metric": "waiting-queue", "maxValue": 3}]},
     "header-label-affinity-scorer": {"headerName": "x-gpu", "labelKey": "gpu"},

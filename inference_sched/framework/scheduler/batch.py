@@ -133,7 +133,7 @@ def _package_shared(
         result = SchedulingResult({name: run}, name)
         if pre_request:
             cycle = CycleState(scheduler.rng, scheduler._clock())
-            scheduler._run_pre_request(cycle, request, result)
+            result = scheduler._run_pre_request(cycle, request, result)
         out.append(result)
     return out
 
@@ -222,9 +222,9 @@ def _package_joint(
             rows, tuple([endpoint_at(r) for r in rows]), tuple([-c for c in costs[: len(kept)]])
         )
         result = SchedulingResult({name: run}, name)
-        out[p.position] = result
         if scheduler._pre_request:  # in request order: ``prepared`` is
-            scheduler._run_pre_request(p.cycle, p.request, result)
+            result = scheduler._run_pre_request(p.cycle, p.request, result)
+        out[p.position] = result
 
 
 def _record(scheduler: Scheduler, elapsed_ns: int, n: int) -> None:

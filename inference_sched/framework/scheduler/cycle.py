@@ -228,7 +228,7 @@ class Scheduler:
             else:
                 result = self._run_static(cycle, request, candidates, profile)
             if self._pre_request:
-                self._run_pre_request(cycle, request, result)
+                result = self._run_pre_request(cycle, request, result)
             return result
         except AdmissionDeniedError:
             self.cycles -= 1  # denied before scheduling: not an attempt (see module doc)
@@ -461,8 +461,14 @@ class Scheduler:
 
     def _run_pre_request(
         self, cycle: CycleState, request: Request, result: SchedulingResult
-    ) -> None:
+    ) -> SchedulingResult:
+        """PreRequest hooks, in order; they may set headers in the answer's
+        ``request_headers``, which is made a fresh dict first when the handler answered
+        with a read-only mapping."""
+        if not isinstance(result.request_headers, dict):
+            result = result._replace(request_headers=dict(result.request_headers))
         _run_hooks(self._pre_request, "pre_request", (cycle, request, result))
+        return result
 
     def _schedule_or_error(self, request: Request) -> SchedulingResult | InferenceSchedError:
         try:
