@@ -1,9 +1,10 @@
 """Engine mappings: which Prometheus series hold each metric, per model-server engine.
 
-A mapping is data (an :class:`EngineSpec`), not code: GIE's ``core-metrics-extractor``
-picks one per endpoint from the pod label ``inference.networking.k8s.io/engine-type`` and
-its ``engineConfigs`` parameter replaces a built-in engine of the same name
-(``gateway-api-inference-extension``: ``pkg/epp/framework/plugins/datalayer/``).
+A mapping is data (an :class:`EngineSpec`), not code: ``core-metrics-extractor`` picks
+one per endpoint from the pod label ``llm-d.ai/engine-type`` (else the legacy GIE label
+``inference.networking.k8s.io/engine-type``) and its ``engineConfigs`` parameter replaces
+a built-in engine of the same name (``llm-d/llm-d-router``:
+``pkg/epp/framework/plugins/datalayer/extractor/metrics/factories.go``).
 
 Each field holds a *selector*, a PromQL instant selector without operators other than
 ``=``: ``name`` or ``name{label=value,...}``, label values quoted or not. The empty string
@@ -17,7 +18,10 @@ GIE's keys (``queuedRequestsSpec``, ``runningRequestsSpec``, ``kvUsageSpec``,
 the engines outside vLLM publish block geometry differently: ``kvUsageFallbackSpec``
 (vLLM's pre-v0.10 ``vllm:gpu_cache_usage_perc``), ``cacheInfoBlockSizeLabel`` /
 ``cacheInfoNumBlocksLabel`` (SGLang's ``page_size`` / ``num_pages``) and
-``blockSizeSpec`` / ``numBlocksSpec`` (TensorRT-LLM's gauges).
+``blockSizeSpec`` / ``numBlocksSpec`` (TensorRT-LLM's gauges). llm-d-router's spellings
+of those (``cacheBlockSizeLabelName``, ``cacheNumBlocksLabelName``, ``cacheBlockSizeSpec``,
+``cacheNumBlocksSpec``) are accepted too, and ``customMetrics`` (``[{attributeKey,
+metricSpec}]``) reads extra series into endpoint attributes.
 """
 
 from __future__ import annotations
@@ -33,9 +37,13 @@ from inference_sched.params import closest, describe
 
 __all__ = [
     "BUILTIN_ENGINES",
+    "CUSTOM_METRICS_PRODUCER",
     "DEFAULT_ENGINE",
     "ENGINE_CONFIG_KEYS",
     "ENGINE_LABEL_KEY",
+    "LEGACY_ENGINE_LABEL_KEY",
+    "RESERVED_ENGINE",
+    "CustomMetric",
     "EngineSpec",
     "Selector",
     "engine_from_config",
@@ -44,11 +52,17 @@ __all__ = [
     "resolve_engines",
 ]
 
-ENGINE_LABEL_KEY: Final = "inference.networking.k8s.io/engine-type"
-"""Pod label naming an endpoint's engine (GIE ``DefaultEngineTypeLabelKey``)."""
+ENGINE_LABEL_KEY: Final = "llm-d.ai/engine-type"
+"""Pod label naming an endpoint's engine (llm-d-router ``DefaultEngineTypeLabelKey``)."""
+LEGACY_ENGINE_LABEL_KEY: Final = "inference.networking.k8s.io/engine-type"
+"""GIE's engine label, read when the configured label is absent or empty."""
 DEFAULT_ENGINE: Final = "vllm"
 """Engine of endpoints without the label (GIE ``defaultEngine``)."""
-_RESERVED_ENGINE: Final = "default"  # GIE registers the default mapping under this name
+RESERVED_ENGINE: Final = "default"
+"""Names the default engine's mapping (GIE registers it under this name): no engine
+config may use it, and a pod labelled with it gets the default engine."""
+CUSTOM_METRICS_PRODUCER: Final = "core-metrics-extractor"
+"""Producer part of a custom metric's attribute key (``<attributeKey>/core-metrics-extractor``)."""
 
 _METRIC_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -177,6 +191,27 @@ def _selector(value: Selector | str | None) -> Selector | None:
 
 
 @attrs.frozen
+class CustomMetric:
+    """One ``customMetrics`` entry: the newest series ``selector`` matches becomes the
+    scalar attribute ``<attribute_key>/core-metrics-extractor`` (llm-d-router
+    ``ScalarMetricValue``)."""
+
+    attribute_key: str
+    """``attributeKey``: the attribute's data type."""
+    selector: Selector = attrs.field(converter=_selector)
+    """``metricSpec``: which series to read."""
+
+    @property
+    def table_key(self) -> str:
+        """The key written to ``table.attributes``."""
+        return f"{self.attribute_key}/{CUSTOM_METRICS_PRODUCER}"
+
+
+def _custom_metrics(value: Any) -> tuple[CustomMetric, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
 class EngineSpec:
     """Where one engine publishes each metric the scheduler reads.
 
@@ -207,6 +242,8 @@ class EngineSpec:
     """Gauge of tokens per block (``blockSizeSpec``; ours)."""
     num_blocks: Selector | None = attrs.field(default=None, converter=_selector)
     """Gauge of the number of KV blocks (``numBlocksSpec``; ours)."""
+    custom_metrics: tuple[CustomMetric, ...] = attrs.field(default=(), converter=_custom_metrics)
+    """Extra series read into scalar attributes (``customMetrics``; llm-d-router)."""
 
     @property
     def selectors(self) -> tuple[Selector, ...]:
@@ -220,6 +257,7 @@ class EngineSpec:
             self.cache_info,
             self.block_size,
             self.num_blocks,
+            *(c.selector for c in self.custom_metrics),
         )
         return tuple(s for s in fields if s is not None)
 
@@ -228,14 +266,19 @@ class EngineSpec:
         """Distinct sample names the engine reads (what a page must be searched for)."""
         return tuple(dict.fromkeys(s.name for s in self.selectors))
 
-    def to_config(self) -> dict[str, str]:
+    def to_config(self) -> dict[str, Any]:
         """The ``engineConfigs`` entry that builds this spec (GIE keys plus ours)."""
-        out = {"name": self.name}
+        out: dict[str, Any] = {"name": self.name}
         for key, attr in ENGINE_CONFIG_KEYS.items():
-            if attr == "name":
+            if attr in ("name", "custom_metrics"):
                 continue
             value = getattr(self, attr)
             out[key] = value if isinstance(value, str) else ("" if value is None else str(value))
+        if self.custom_metrics:
+            out["customMetrics"] = [
+                {"attributeKey": c.attribute_key, "metricSpec": str(c.selector)}
+                for c in self.custom_metrics
+            ]
         return out
 
 
@@ -251,8 +294,17 @@ ENGINE_CONFIG_KEYS: Final[Mapping[str, str]] = {
     "cacheInfoNumBlocksLabel": "cache_info_num_blocks_label",
     "blockSizeSpec": "block_size",
     "numBlocksSpec": "num_blocks",
+    "customMetrics": "custom_metrics",
 }
 """``engineConfigs`` keys → :class:`EngineSpec` fields."""
+
+ENGINE_CONFIG_ALIASES: Final[Mapping[str, str]] = {
+    "cacheBlockSizeLabelName": "cacheInfoBlockSizeLabel",
+    "cacheNumBlocksLabelName": "cacheInfoNumBlocksLabel",
+    "cacheBlockSizeSpec": "blockSizeSpec",
+    "cacheNumBlocksSpec": "numBlocksSpec",
+}
+"""llm-d-router's spelling → ours (both accepted; not both in one entry)."""
 
 _TRITON_REQ: Final = "nv_trt_llm_request_metrics"
 _TRITON_KV: Final = "nv_trt_llm_kv_cache_block_metrics"
@@ -294,6 +346,12 @@ BUILTIN_ENGINES: Final[Mapping[str, EngineSpec]] = {
             block_size=f"{_TRITON_KV}{{kv_cache_block_type=tokens_per}}",
             num_blocks=f"{_TRITON_KV}{{kv_cache_block_type=max}}",
         ),
+        # Triton Inference Server without an LLM backend (llm-d-router: no KV metrics).
+        EngineSpec(
+            "triton",
+            waiting="nv_inference_pending_request_count",
+            running="nv_inference_exec_count",
+        ),
     )
 }
 """GIE's engine table (``gateway-api-inference-extension``:
@@ -317,13 +375,24 @@ def engine_from_config(entry: Any, *, path: str = "engineConfigs[0]") -> EngineS
             value=entry,
         )
     kwargs: dict[str, Any] = {}
+    known = [*ENGINE_CONFIG_KEYS, *ENGINE_CONFIG_ALIASES]
     for key, value in entry.items():
-        attr = ENGINE_CONFIG_KEYS.get(key) if isinstance(key, str) else None
+        canonical = ENGINE_CONFIG_ALIASES.get(key, key) if isinstance(key, str) else key
+        attr = ENGINE_CONFIG_KEYS.get(canonical) if isinstance(canonical, str) else None
+        if attr is not None and attr in kwargs:
+            raise ConfigError(
+                f"{key} and {canonical} set the same field; give one of them",
+                path=f"{path}.{key}",
+                value=value,
+            )
+        if attr == "custom_metrics":
+            kwargs[attr] = _parse_custom_metrics(value, f"{path}.{key}")
+            continue
         if attr is None:
-            near = closest(str(key), list(ENGINE_CONFIG_KEYS))
+            near = closest(str(key), known)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(
-                f"unknown key {key!r}{hint}; known keys: {', '.join(ENGINE_CONFIG_KEYS)}",
+                f"unknown key {key!r}{hint}; known keys: {', '.join(known)}",
                 path=path,
                 value=key,
             )
@@ -344,13 +413,73 @@ def engine_from_config(entry: Any, *, path: str = "engineConfigs[0]") -> EngineS
     name = kwargs.pop("name", "")
     if not name:
         raise ConfigError("an engine config needs a non-empty name", path=f"{path}.name")
-    if name == _RESERVED_ENGINE:
+    if name == RESERVED_ENGINE:
         raise ConfigError(
             f"engine name {name!r} is reserved (GIE uses it for the default engine)",
             path=f"{path}.name",
             value=name,
         )
     return EngineSpec(name, **kwargs)
+
+
+_CUSTOM_METRIC_KEYS: Final = ("attributeKey", "metricSpec")
+
+
+def _parse_custom_metrics(raw: Any, path: str) -> tuple[CustomMetric, ...]:
+    """``customMetrics``: a list of ``{attributeKey, metricSpec}``, keys unique."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
+        raise ConfigError(
+            f"customMetrics must be a list of {{attributeKey, metricSpec}}, got {describe(raw)}",
+            path=path,
+            value=raw,
+        )
+    out: list[CustomMetric] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(
+                f"a custom metric is a mapping {{attributeKey, metricSpec}}, got {describe(item)}",
+                path=where,
+                value=item,
+            )
+        for key in item:
+            if key not in _CUSTOM_METRIC_KEYS:
+                near = closest(str(key), list(_CUSTOM_METRIC_KEYS))
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ConfigError(
+                    f"unknown key {key!r}{hint}; known keys: attributeKey, metricSpec",
+                    path=where,
+                    value=key,
+                )
+        key = item.get("attributeKey")
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(
+                f"attributeKey must be a non-empty string, got {describe(key)}",
+                path=f"{where}.attributeKey",
+                value=key,
+            )
+        if key in seen:
+            raise ConfigError(
+                f"attributeKey {key!r} is given twice", path=f"{where}.attributeKey", value=key
+            )
+        seen.add(key)
+        spec = item.get("metricSpec")
+        if not isinstance(spec, str):
+            raise ConfigError(
+                f"metricSpec must be a metric selector string, got {describe(spec)}",
+                path=f"{where}.metricSpec",
+                value=spec,
+            )
+        selector = parse_selector(spec, path=f"{where}.metricSpec")
+        if selector is None:
+            raise ConfigError(
+                "metricSpec must not be empty", path=f"{where}.metricSpec", value=spec
+            )
+        out.append(CustomMetric(key, selector))
+    return tuple(out)
 
 
 def resolve_engines(

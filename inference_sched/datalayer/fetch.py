@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, NamedTuple, TypeAlias
@@ -43,6 +44,7 @@ __all__ = [
     "BodyTooLarge",
     "HttpConnection",
     "is_supported",
+    "tls_context",
 ]
 
 DEFAULT_MAX_BYTES: Final = 8 * 1024 * 1024
@@ -96,6 +98,34 @@ class BodyTooLarge(FetchError):
     """The body is larger than the cap."""
 
     reason = "too-large"
+
+
+def tls_context(
+    *,
+    verify: bool,
+    ca_cert_path: str = "",
+    client_cert_path: str = "",
+    client_key_path: str = "",
+) -> ssl.SSLContext:
+    """The TLS settings of an ``https://`` source (llm-d-router
+    ``pkg/epp/framework/plugins/datalayer/source/http/datasource.go``, ``TLSOptions``):
+    verify the server against ``ca_cert_path`` (a PEM bundle) or the default CA set
+    (certifi's, as httpx), or not at all (``verify=False``, which ignores the CA path);
+    present ``client_cert_path`` / ``client_key_path`` for mTLS.
+
+    Raises:
+        OSError: a file cannot be read.
+        ssl.SSLError: a file holds no usable certificate or key.
+    """
+    import httpx  # the https path is httpx's; the plain-http scraper never needs it
+
+    if verify and ca_cert_path:
+        context = ssl.create_default_context(cafile=ca_cert_path)
+    else:
+        context = httpx.create_ssl_context(verify=verify)
+    if client_cert_path or client_key_path:
+        context.load_cert_chain(client_cert_path, client_key_path or None)
+    return context
 
 
 def is_supported(url: str) -> bool:

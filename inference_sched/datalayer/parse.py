@@ -48,8 +48,11 @@ __all__ = [
     "MAX_LINE_CHARS",
     "EndpointSample",
     "Page",
+    "Series",
     "Span",
     "extract",
+    "page_text",
+    "read_series",
 ]
 
 MAX_LINE_CHARS: Final = 64 * 1024
@@ -139,11 +142,14 @@ class EndpointSample(NamedTuple):
     """Waiting LoRA adapters."""
     missing: tuple[str, ...] = ()
     """Configured selectors that matched no series (GIE logs these as errors)."""
+    attributes: Mapping[str, float] | None = None
+    """The engine's ``customMetrics`` found on the page: attribute key
+    (``<attributeKey>/core-metrics-extractor``) → value; ``None`` when it has none."""
 
     @property
     def is_empty(self) -> bool:
         """No field was found (GIE does not bump ``UpdateTime`` then)."""
-        return self[:8] == _NOTHING
+        return self[:8] == _NOTHING and not self.attributes
 
 
 _NOTHING: Final = (None,) * 8
@@ -201,6 +207,42 @@ def _careful_sample(
         reader.collect_all(engine.metric_names)  # lines of the families read, with numbers
         reader.check_duplicates(families)
     return _Fields(reader, engine).sample()
+
+
+class Series(NamedTuple):
+    """One sample line of a family: labels, value, timestamp (0 when absent) and the
+    1-based line number."""
+
+    labels: Mapping[str, str]
+    value: float
+    timestamp: float
+    line: int
+
+
+def page_text(page: Page) -> str:
+    """A page as text (UTF-8, undecodable bytes replaced)."""
+    if isinstance(page, str):
+        return page
+    if isinstance(page, Span):
+        return str(page.buffer[page.start : page.end], "utf-8", "replace")
+    return str(page, "utf-8", "replace")
+
+
+def read_series(page: Page, name: str, *, endpoint: str) -> list[Series]:
+    """Every sample line of family ``name`` (the sample name, as selectors use it), in
+    page order; the rest of the page is not parsed. For extractors of other exporters
+    than model servers (DCGM, peer EPPs).
+
+    Raises:
+        DataError: a malformed line of the family, a line over :data:`MAX_LINE_CHARS`, or
+            the same series twice; the message names the endpoint and the line.
+    """
+    reader = _Reader(page_text(page), endpoint)
+    text = reader.text
+    return [
+        Series(s.labels, s.value, s.timestamp, text.count("\n", 0, s.offset) + 1)
+        for s in reader.series(name)
+    ]
 
 
 class _Fallback(DataError):
@@ -397,6 +439,13 @@ def _fast_sample(
         gauge = int_value(engine.num_blocks, 0)
         if gauge is not None:
             num_blocks = gauge
+    attributes: dict[str, float] | None = None
+    if engine.custom_metrics:
+        attributes = {}
+        for custom in engine.custom_metrics:
+            hit = pick(custom.selector)
+            if hit is not None:
+                attributes[custom.table_key] = hit[2]
     return EndpointSample(
         waiting,
         running,
@@ -407,6 +456,7 @@ def _fast_sample(
         running_adapters,
         waiting_adapters,
         tuple(missing),
+        attributes,
     )
 
 
@@ -777,6 +827,13 @@ class _Fields:
             )
         gauge_block_size = self.int_value(engine.block_size, 1)
         gauge_num_blocks = self.int_value(engine.num_blocks, 0)
+        attributes: dict[str, float] | None = None
+        if engine.custom_metrics:
+            attributes = {}
+            for custom in engine.custom_metrics:
+                found = self.pick(custom.selector)
+                if found is not None:
+                    attributes[custom.table_key] = found.value
         return EndpointSample(
             waiting=waiting,
             running=running,
@@ -787,6 +844,7 @@ class _Fields:
             running_adapters=running_adapters,
             waiting_adapters=waiting_adapters,
             missing=tuple(self.missing),
+            attributes=attributes,
         )
 
 

@@ -360,7 +360,12 @@ class Scraper:
         client = self._clients.get(name)
         if not isinstance(client, httpx.AsyncClient):
             if self._ssl is None:  # built once: loading CA certificates takes ms
-                self._ssl = httpx.create_ssl_context(verify=not self.source.insecure_skip_verify)
+                make_ssl = getattr(self.source, "ssl_context", None)  # CA bundle, mTLS
+                self._ssl = (
+                    make_ssl()
+                    if callable(make_ssl)
+                    else httpx.create_ssl_context(verify=not self.source.insecure_skip_verify)
+                )
             client = httpx.AsyncClient(
                 timeout=self.timeout_s,
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
@@ -664,6 +669,8 @@ class Scraper:
         for o in good:
             sample = o.sample
             assert sample is not None
+            if sample.attributes:  # the engine's customMetrics
+                table.attributes.put_many(o.handle.row, sample.attributes)
             running = sample.running_adapters
             if running is None:
                 continue
@@ -736,33 +743,41 @@ def scrapers_from_config(
     *,
     plugins: Mapping[str, Any] | None = None,
     **options: Any,
-) -> list[Scraper]:
-    """One :class:`Scraper` per ``dataLayer`` source of ``config``, writing into ``table``:
-    the data layer of a config without a :class:`~inference_sched.framework.scheduler.
-    Scheduler` (an embedder with its own scheduling, a metrics sidecar, a test).
+) -> list[Any]:
+    """The runners of ``config``'s ``dataLayer`` sources, writing into ``table``: the data
+    layer of a config without a :class:`~inference_sched.framework.scheduler.Scheduler`
+    (an embedder with its own scheduling, a metrics sidecar, a test).
 
-    Each source names a ``metrics-data-source``-like plugin and its extractor (GIE's
-    default config adds ``metrics-data-source`` + ``core-metrics-extractor``). They are
+    Per source: a :class:`Scraper` for its metrics extractor (``extract``, e.g.
+    ``core-metrics-extractor``: the fast path into the metric columns), and an
+    :class:`~inference_sched.datalayer.attribute_poller.AttributePoller` for its
+    attribute extractors (``extract_attributes``: ``dcgm-extractor``,
+    ``models-data-extractor``, ...; several may share it). A source with both gets both
+    (its page is then fetched by each). Scrapers come first in the list. Plugins are
     taken from ``plugins`` when it holds them by name, else built from their entries in
     ``config`` with a :class:`~inference_sched.framework.handle.PluginHandle` over
-    ``table`` (an instance used by two sources is built once). ``options`` go to every
-    scraper (``interval_s``: GIE's ``--refresh-metrics-interval``, 50 ms; ``timeout_s``,
-    ``max_concurrency``, ``request_families``, ...). Run them with ``scraper.run()``; an
-    empty list means the config collects no metrics (the embedder writes the table
-    itself).
+    ``table`` (an instance used twice is built once). ``options`` go to every runner
+    (``interval_s``: GIE's ``--refresh-metrics-interval``, 50 ms; ``timeout_s``,
+    ``max_concurrency``, ``request_families``, ...); a source's own ``interval``
+    parameter replaces ``interval_s`` for its runners. Every runner has ``run()``,
+    ``stop()``, ``aclose()``, ``scrape_once()`` and ``status(name)``. An empty list
+    means the config collects nothing (the embedder writes the table itself).
 
     Args:
         config: a loaded config, or anything :func:`~inference_sched.framework.config.
             load_config` takes (YAML text, a path, a parsed mapping; ``None`` is GIE's
             default, whose data layer scrapes vLLM's ``/metrics``).
-        table: the endpoint table the scrapers read endpoints from and write metrics to.
+        table: the endpoint table the runners read endpoints from and write to.
         plugins: instances already built, by name (a scheduler's ``plugins``).
 
     Raises:
-        ConfigError: the config is invalid; a source has no extractor or several (one
-            page, one extractor here); a referenced plugin lacks ``url_for`` /
-            ``extract``, or its constructor failed (the error names its path).
+        ConfigError: the config is invalid; a source has no extractor or two metrics
+            extractors; a plugin is not a source / extractor; an extractor reads
+            another page format than its source serves; a constructor failed (the error
+            names its path).
     """
+    from inference_sched.datalayer.attribute_poller import AttributePoller
+
     if not isinstance(config, EndpointPickerConfig):
         config = load_config(config)
     section = config.data_layer
@@ -791,34 +806,59 @@ def scrapers_from_config(
         handle.add_plugin(ref, built)
         return built
 
-    scrapers = []
+    scrapers: list[Any] = []
+    pollers: list[Any] = []
     for i, entry in enumerate(section.get("sources") or ()):
         path = f"dataLayer.sources[{i}]"
         refs = [e["pluginRef"] for e in entry.get("extractors") or ()]
-        if len(refs) != 1:
+        if not refs:
             raise ConfigError(
-                f"expected exactly one extractor per source, got {len(refs)}",
-                path=f"{path}.extractors",
+                "expected at least one extractor per source, got 0", path=f"{path}.extractors"
             )
         source = instance(entry["pluginRef"], f"{path}.pluginRef")
-        extractor = instance(refs[0], f"{path}.extractors[0].pluginRef")
         if not isinstance(source, MetricsSource):
             raise ConfigError(
-                f"plugin {entry['pluginRef']!r} is not a metrics source "
+                f"plugin {entry['pluginRef']!r} is not a data source "
                 "(it needs url_for and insecure_skip_verify)",
                 path=f"{path}.pluginRef",
             )
-        if not isinstance(extractor, MetricsExtractor):
+        fmt = getattr(source, "page_format", "prometheus")
+        metrics: list[Any] = []
+        attributes: list[Any] = []
+        for k, ref in enumerate(refs):
+            where = f"{path}.extractors[{k}].pluginRef"
+            extractor = instance(ref, where)
+            wants = getattr(extractor, "page_format", "prometheus")
+            if wants != fmt:
+                raise ConfigError(
+                    f"extractor {ref!r} reads {wants} pages but source "
+                    f"{entry['pluginRef']!r} serves {fmt} pages",
+                    path=where,
+                )
+            if callable(getattr(extractor, "extract_attributes", None)):
+                attributes.append(extractor)
+            elif isinstance(extractor, MetricsExtractor):
+                metrics.append(extractor)
+            else:
+                raise ConfigError(f"plugin {ref!r} is not an extractor (no extract)", path=where)
+        if len(metrics) > 1:
             raise ConfigError(
-                f"plugin {refs[0]!r} is not a metrics extractor (no extract)",
-                path=f"{path}.extractors[0].pluginRef",
+                f"expected at most one metrics extractor per source, got {len(metrics)}",
+                path=f"{path}.extractors",
             )
-        scrapers.append(Scraper(table, source, extractor, **options))
-    return scrapers
+        own = dict(options)
+        interval_s = getattr(source, "interval_s", None)
+        if interval_s:
+            own["interval_s"] = interval_s
+        if metrics:
+            scrapers.append(Scraper(table, source, metrics[0], **own))
+        if attributes:
+            pollers.append(AttributePoller(table, source, attributes, **own))
+    return scrapers + pollers
 
 
-def scrapers_for(scheduler: Scheduler, **options: Any) -> list[Scraper]:
-    """One :class:`Scraper` per ``dataLayer`` source of the scheduler's config.
+def scrapers_for(scheduler: Scheduler, **options: Any) -> list[Any]:
+    """The runners of the ``dataLayer`` sources of the scheduler's config.
 
     :func:`scrapers_from_config` with the config the scheduler was built from
     (``scheduler.config``), its table and the instances it built. An empty list means

@@ -139,6 +139,19 @@ def test_builtin_engine_table_is_gie_7_2() -> None:
             "blockSizeSpec": 'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="tokens_per"}',
             "numBlocksSpec": 'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="max"}',
         },
+        "triton": {  # llm-d-router: Triton without an LLM backend, no KV metrics
+            "name": "triton",
+            "queuedRequestsSpec": "nv_inference_pending_request_count",
+            "runningRequestsSpec": "nv_inference_exec_count",
+            "kvUsageSpec": "",
+            "kvUsageFallbackSpec": "",
+            "loraSpec": "",
+            "cacheInfoSpec": "",
+            "cacheInfoBlockSizeLabel": "block_size",
+            "cacheInfoNumBlocksLabel": "num_gpu_blocks",
+            "blockSizeSpec": "",
+            "numBlocksSpec": "",
+        },
     }
 
 
@@ -153,7 +166,7 @@ def test_engine_config_replaces_the_builtin_entirely() -> None:
     assert engines["vllm"] == EngineSpec("vllm", waiting="my_queue")
     assert engines["vllm"].kv_usage is None  # left out = disabled, as in GIE
     assert engines["sglang"] is BUILTIN_ENGINES["sglang"]
-    assert list(engines) == ["vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm"]
+    assert list(engines) == ["vllm", "sglang", "trtllm-serve", "triton-tensorrt-llm", "triton"]
 
 
 @pytest.mark.parametrize(
@@ -187,7 +200,8 @@ def test_engine_config_replaces_the_builtin_entirely() -> None:
             [3],
             "engineConfigs[0]: an engine config is a mapping with keys name, queuedRequestsSpec, "
             "runningRequestsSpec, kvUsageSpec, kvUsageFallbackSpec, loraSpec, cacheInfoSpec, "
-            "cacheInfoBlockSizeLabel, cacheInfoNumBlocksLabel, blockSizeSpec, numBlocksSpec",
+            "cacheInfoBlockSizeLabel, cacheInfoNumBlocksLabel, blockSizeSpec, numBlocksSpec, "
+            "customMetrics",
         ),
     ],
 )

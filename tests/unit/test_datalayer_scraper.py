@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -398,7 +398,7 @@ def test_unknown_engine_label_fails_that_endpoint(
     assert (report.written, report.failed) == (1, ("odd",))
     assert scraper.status("odd").last_error == (
         f"odd: label {ENGINE_LABEL_KEY}='tgi' names no known engine "
-        "(known: sglang, triton-tensorrt-llm, trtllm-serve, vllm); add it to engineConfigs"
+        "(known: sglang, triton, triton-tensorrt-llm, trtllm-serve, vllm); add it to engineConfigs"
     )
 
 
@@ -580,7 +580,7 @@ dataLayer:
         (
             "{defaultEngine: nope}",
             "plugins[0].parameters.defaultEngine: expected one of 'vllm', 'sglang', "
-            "'trtllm-serve', 'triton-tensorrt-llm', got 'nope' (str)",
+            "'trtllm-serve', 'triton-tensorrt-llm', 'triton', got 'nope' (str)",
         ),
         (
             "{engineLabelKey: ''}",
@@ -746,6 +746,9 @@ def test_request_families_needs_an_extractor_that_names_them(
     plugins: ModuleType, servers: list[LoopbackServer]
 ) -> None:
     class Plain:
+        type: ClassVar[str] = "plain"
+        name = "plain"
+
         def extract(self, text: str, endpoint: Endpoint) -> EndpointSample:
             return EndpointSample(waiting=1.0)
 
@@ -818,7 +821,7 @@ dataLayer:
     with pytest.raises(ConfigError) as info:
         scrapers_for(two)
     assert str(info.value) == (
-        "dataLayer.sources[0].extractors: expected exactly one extractor per source, got 2"
+        "dataLayer.sources[0].extractors: expected at most one metrics extractor per source, got 2"
     )
 
 
