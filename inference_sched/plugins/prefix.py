@@ -1,21 +1,17 @@
-"""Prefix-cache affinity (GIE ``gateway-api-inference-extension``:
-``pkg/epp/framework/plugins/scheduling/scorer/prefix/plugin.go``; llm-d-router).
+"""Prefix-cache affinity (llm-d-router ``dataproducer/approximateprefix/plugin.go``,
+``scorer/prefix/plugin.go``, ``filter/prefixcacheaffinity/plugin.go``; docs/plugins/).
 
-* ``approx-prefix-cache-producer`` hashes the request's prompt into chained blocks,
+* ``approx-prefix-cache-producer`` hashes the tokenized prompts into chained blocks,
   matches them against its :class:`~inference_sched.prefix.index.PrefixIndex` and writes
-  :class:`PrefixCacheMatchInfo` to the cycle; PreRequest queues the blocks as cached on
-  the primary pick (and on the ``prefill`` profile's pick), ``run_deferred`` applies them.
-* ``prefix-cache-scorer`` turns the match into ``matched / total`` blocks per candidate.
-* ``prefix-cache-affinity-filter`` keeps the candidates whose match clears a threshold.
-* ``no-hit-lru-scorer`` (llm-d) spreads cold requests (no candidate holds any block)
-  over the least recently used endpoints.
+  :class:`PrefixCacheMatchInfo`; PreRequest queues the blocks as cached on the primary
+  (and ``prefill``) pick, ``run_deferred`` applies them.
+* ``prefix-cache-scorer`` scores the match; ``prefix-cache-affinity-filter`` keeps the
+  candidates whose match clears a threshold; ``no-hit-lru-scorer`` (llm-d) spreads cold
+  requests over the least recently used endpoints. ``multicluster-*`` are aliases.
 
-All four meet through the cycle key ``PrefixCacheMatchInfo``; config loading creates the
-producer when a profile consumes the key and nobody produces it, with the parameters
-placed on ``prefix-cache-scorer`` (GIE's documentation puts them there).
-
-With a ``redis`` parameter the producer shares its index with the pool's other scheduler
-replicas (:mod:`inference_sched.state.redis`, ``docs/redis.md``).
+All meet through the cycle key ``PrefixCacheMatchInfo`` (and ``…/<producer>``); config
+loading creates the producer when nobody produces the key, with the producer parameters
+placed on ``prefix-cache-scorer``. With ``redis`` the index is shared (docs/redis.md).
 """
 
 from __future__ import annotations
@@ -27,7 +23,6 @@ import itertools
 import logging
 import math
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, NamedTuple
 
@@ -36,14 +31,19 @@ import numpy as np
 import numpy.typing as npt
 
 from inference_sched.framework.contracts import (
+    IN_FLIGHT_LOAD,
+    LATENCY_PREDICTION_INFO,
     NO_HASHES,
     PREFIX_CACHE_MATCH_INFO,
+    TOKENIZED_PROMPT,
+    LatencyPredictionInfo,
     PrefixCacheMatchInfo,
     cache_salt,
     first_picks,
     prefix_info_key,
-    read_latency_info,
     read_prefix_info,
+    read_tokenized,
+    request_token_ids,
 )
 from inference_sched.framework.interfaces import (
     DataProducer,
@@ -73,7 +73,12 @@ from inference_sched.params import (
     param,
     string,
 )
-from inference_sched.prefix.hashing import BYTES_PER_TOKEN, block_hashes, token_block_hashes
+from inference_sched.prefix.hashing import (
+    BYTES_PER_TOKEN,
+    pack_prompt_bytes,
+    request_seed,
+    token_block_hashes,
+)
 from inference_sched.prefix.index import PrefixIndex
 from inference_sched.state.redis import RedisPrefixIndex, RedisPrefixParams, Unavailable
 from inference_sched.state.redis.params import redis_field, redis_forwarded
@@ -82,6 +87,8 @@ from inference_sched.state.table import EndpointTable
 __all__ = [
     "MATCH_LENGTH_BUCKETS",
     "ApproxPrefixCacheProducer",
+    "MulticlusterApproxPrefixCacheProducer",
+    "MulticlusterPrefixCacheScorer",
     "NoHitLruScorer",
     "PrefixCacheAffinityFilter",
     "PrefixCacheScorer",
@@ -102,128 +109,132 @@ _MAX_LRU_CAPACITY: Final = 2**31 - 1
 
 # ====================================================================== producer
 DEFAULT_BLOCK_SIZE_TOKENS: Final = 16
+MIN_BLOCK_SIZE_TOKENS: Final = 64
+"""llm-d-router's request-time floor on the block size (``minBlockSizeTokens``)."""
 MAX_BLOCK_SIZE_TOKENS: Final = 65536
 """Largest block size accepted, configured or scraped (vLLM's are 16 to 256 tokens)."""
+DEFAULT_LRU_CAPACITY: Final = 31250
+"""Blocks remembered per endpoint when neither autoTune nor lruCapacityPerServer says."""
+UNLIMITED_BLOCKS: Final = 2**62
+"""The block cap when maxPrefixTokensToMatch and maxPrefixBlocksToMatch are both 0."""
 
 _LEGACY_BLOCK_SIZE: Final = (
-    "deprecated: characters per block, ignored; blockSizeTokens (tokens, 4 characters "
-    "each) sets the block size"
+    "deprecated: use blockSizeTokens; while blockSizeTokens is at its default (16) this "
+    "value becomes blockSizeTokens (taken as tokens)"
 )
 
 
 @attrs.frozen
 class ApproxPrefixCacheProducerParams:
-    """Parameters of ``approx-prefix-cache-producer`` (GIE's keys and defaults)."""
+    """Parameters of ``approx-prefix-cache-producer`` (llm-d-router's keys and defaults)."""
 
     auto_tune: bool = param(True, alias="autoTune", check=boolean)
     """Take the block size and LRU capacity from the endpoints' cache metrics when known."""
     block_size_tokens: int = param(
-        DEFAULT_BLOCK_SIZE_TOKENS,
-        alias="blockSizeTokens",
-        check=integer,
+        DEFAULT_BLOCK_SIZE_TOKENS, alias="blockSizeTokens", check=integer
     )
-    """Tokens per hashed block (4 bytes each) when not auto-tuned, and while no endpoint
-    reports its block size; 0 (GIE: only with autoTune) means "the endpoints' block size",
-    with 16 until one reports it."""
-    max_prefix_blocks_to_match: int = param(256, alias="maxPrefixBlocksToMatch", check=at_least(0))
-    """Longest prefix hashed and matched, in blocks."""
-    max_prefix_tokens_to_match: int = param(0, alias="maxPrefixTokensToMatch", check=at_least(0))
-    """When > 0, overrides maxPrefixBlocksToMatch: this many tokens // block size."""
-    lru_capacity_per_server: int = param(31250, alias="lruCapacityPerServer", check=at_least(1))
-    """Blocks remembered per endpoint when its num_gpu_blocks is unknown or autoTune is off."""
+    """Tokens per hashed block when not auto-tuned, and while no endpoint reports its
+    block size; raised to 64 at request time (a startup warning says so when < 64)."""
+    max_prefix_blocks_to_match: int = param(
+        2048,
+        alias="maxPrefixBlocksToMatch",
+        check=at_least(0),
+        deprecated="deprecated: use maxPrefixTokensToMatch, which wins when > 0",
+    )
+    """Deprecated: longest prefix hashed, in blocks, used only when maxPrefixTokensToMatch
+    is 0; both 0: unlimited."""
+    max_prefix_tokens_to_match: int = param(
+        131072, alias="maxPrefixTokensToMatch", check=at_least(0)
+    )
+    """When > 0, the longest prefix hashed: this many tokens // block size blocks."""
+    lru_capacity_per_server: int = param(
+        DEFAULT_LRU_CAPACITY, alias="lruCapacityPerServer", check=at_least(0)
+    )
+    """Blocks remembered per endpoint when autoTune is off or its num_gpu_blocks is
+    unknown; 0: 31250."""
     match_mode: str = param("counting", alias="matchMode", check=one_of("counting", "prefix"))
     """Ours: 'counting' (GIE) or 'prefix' (each endpoint's own consecutive leading run)."""
     block_size: int = param(0, alias="blockSize", check=integer, deprecated=_LEGACY_BLOCK_SIZE)
-    """Deprecated (GIE): characters per block; ignored."""
-    hash_block_size: int = param(
-        0, alias="hashBlockSize", check=integer, deprecated=_LEGACY_BLOCK_SIZE
-    )
-    """Deprecated (GIE v1.0 scorer key): characters per block; ignored."""
+    """Deprecated: when > 0 and blockSizeTokens is 16, becomes blockSizeTokens."""
     # redis_field returns an attrs field specifier, as param() does (RUF009 cannot tell).
     redis: RedisPrefixParams | None = redis_field(RedisPrefixParams)  # noqa: RUF009
     """Ours: share the index with the pool's other scheduler replicas through Redis, an
     object {address, namespace, timeoutMs, endpointTtlMs} (docs/redis.md); absent: in-process."""
 
+    @property
+    def configured_block_size_tokens(self) -> int:
+        """blockSizeTokens after llm-d-router's mapping of the deprecated blockSize."""
+        if self.block_size > 0 and self.block_size_tokens == DEFAULT_BLOCK_SIZE_TOKENS:
+            return self.block_size
+        return self.block_size_tokens
+
     def __attrs_post_init__(self) -> None:
-        # GIE's validation (scorer/prefix/plugin.go): the migration guard first, then autoTune.
-        if (self.block_size > 0 or self.hash_block_size > 0) and self.block_size_tokens <= 0:
-            raise ParamCheck(
-                "blockSizeTokens",
-                "int >= 1 when the deprecated blockSize/hashBlockSize (characters) is set; "
-                "give the block size in tokens",
-                self.block_size_tokens,
-            )
-        if not self.auto_tune and self.block_size_tokens <= 0:
-            raise ParamCheck(
-                "blockSizeTokens", "int >= 1 when autoTune is false", self.block_size_tokens
-            )
         if not 0 <= self.block_size_tokens <= MAX_BLOCK_SIZE_TOKENS:
             raise ParamCheck(
                 "blockSizeTokens", f"int in [0, {MAX_BLOCK_SIZE_TOKENS}]", self.block_size_tokens
             )
+        if self.block_size > MAX_BLOCK_SIZE_TOKENS:
+            raise ParamCheck("blockSize", f"int <= {MAX_BLOCK_SIZE_TOKENS}", self.block_size)
+        if not self.auto_tune and self.configured_block_size_tokens <= 0:
+            raise ParamCheck(
+                "blockSizeTokens", "int >= 1 when autoTune is false", self.block_size_tokens
+            )
 
 
 class _PrefixState(NamedTuple):
-    """What PrepareRequestData leaves in the cycle for PreRequest (a tuple: built on
-    every decision)."""
+    """What PrepareRequestData leaves in the cycle for PreRequest."""
 
-    hashes: npt.NDArray[np.uint64]
+    per_prompt: tuple[npt.NDArray[np.uint64], ...]
     info: PrefixCacheMatchInfo
 
 
 @register(PRODUCER_TYPE, default_producer_for=(PREFIX_CACHE_MATCH_INFO,))
 class ApproxPrefixCacheProducer:
-    """Approximate prefix cache: chained block hashes matched against an index of what
-    the scheduler routed where.
+    """Approximate prefix cache: llm-d-router's chained token-block hashes matched
+    against an index of what the scheduler routed where.
+
+    Input: each prompt of the cycle's ``TokenizedRequest``; without one, the request's
+    token ids, else its ``prompt`` bytes packed four per uint32 as the estimate backend
+    packs them. Each prompt's chain starts at the seed; matched and total blocks are
+    summed over prompts.
 
     Design note: the index is *optimistic*, as GIE's: PreRequest assumes every routed
-    prompt becomes cached on the pick, and nothing corrects it from the model server.
-    Per-endpoint LRUs are bounded (capacity: the endpoint's ``num_gpu_blocks`` when
-    auto-tuned and known, else ``lruCapacityPerServer``). The index is only safe with one
-    writer and no concurrent reader, so every index call holds ``self._lock`` (a few
-    hundred nanoseconds against tens of microseconds of hashing and matching).
-
-    PreRequest does not touch the index: like GIE, which adds the blocks in a goroutine,
-    it queues the update, and :meth:`run_deferred` (``Scheduler.run_deferred``) applies
-    it once the answer is out. Unlike GIE it never races: the next match, an endpoint
-    removal and :attr:`index` apply whatever is still queued first, so every decision
-    sees every earlier pick, whether or not the embedder calls ``run_deferred``. An
-    update costs more than the rest of the decision with a large index (cache misses
-    on evictions and LRU moves), so this is what keeps it off the gateway's wait.
-
-    With ``redis`` set, the index is shared (:class:`~inference_sched.state.redis.
-    RedisPrefixIndex`, keyed by endpoint name) and the local index becomes a
-    write-through copy: every update goes to both, a match asks Redis (the queued
-    updates travel in the same round trip) and falls back to the local copy when Redis
-    does not answer within ``timeoutMs`` (this replica's own picks only: the in-process
-    behaviour). A table removal drops the local entries only; the shared ones expire
-    once no replica has the endpoint (``endpointTtlMs``).
+    prompt becomes cached on the pick. Every index call holds ``self._lock`` (one writer,
+    no concurrent reader); hashing runs outside it. PreRequest only queues the update,
+    :meth:`run_deferred` applies it once the answer is out, and the next match, an
+    endpoint removal and :attr:`index` apply whatever is still queued first, so every
+    decision sees every earlier pick. With ``redis`` the local index is a write-through
+    copy of the shared one (keyed by endpoint name) that answers when Redis does not.
     """
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     produces: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO})
-    consumes: ClassVar[frozenset[str]] = frozenset()
+    consumes: ClassVar[frozenset[str]] = frozenset({TOKENIZED_PROMPT})
     Params = ApproxPrefixCacheProducerParams
+    min_block_size_tokens: ClassVar[int] = MIN_BLOCK_SIZE_TOKENS
+    """The request-time floor (llm-d-router keeps it a package variable tests lower)."""
 
     def __init__(self, name: str, params: ApproxPrefixCacheProducerParams, handle: Handle) -> None:
         self.name = name
         self.params = params
         self._table = handle.table
-        self._state_key = f"{PRODUCER_TYPE}/{name}"
+        self._state_key = f"{self.type}/{name}"
         self._info_key = prefix_info_key(name)
         self._counting = params.match_mode == "counting"
-        self._untuned_warned_s = -math.inf
+        self._block_size_tokens = params.configured_block_size_tokens
+        if 0 < self._block_size_tokens < MIN_BLOCK_SIZE_TOKENS:
+            msg = "%s: blockSizeTokens %d is below the minimum; hashing with %d tokens per block"
+            log.warning(msg, name, self._block_size_tokens, MIN_BLOCK_SIZE_TOKENS)
         self._lock = threading.Lock()
         self._index = PrefixIndex()
         # PreRequest's index updates, applied by run_deferred or before the next match:
-        # (hashes, row, LRU capacity) in pick order.
+        # (hashes, row, LRU capacity) in pick order, one entry per prompt.
         self._pending: list[tuple[npt.NDArray[np.uint64], int, int]] = []
-        self.hit_bytes = 0
-        """Cumulative estimated bytes of prompt found cached on the primary pick."""
-        self.total_bytes = 0
-        """Cumulative estimated bytes of prompt hashed (requests that got a primary pick)."""
-        self.last_match_blocks = 0
-        """Blocks of the last request found on its primary pick."""
+        self.hit_bytes = 0  # estimated prompt bytes found cached on primary picks
+        self.total_bytes = 0  # estimated prompt bytes hashed (requests with a primary pick)
+        self.last_match_blocks = 0  # blocks of the last request found on its primary pick
         self._histogram = [0] * len(MATCH_LENGTH_BUCKETS)
         self._table.on_remove(self._on_remove)
         # The shared index's queued updates, by endpoint name (a table removal does not
@@ -247,103 +258,100 @@ class ApproxPrefixCacheProducer:
     # ------------------------------------------------------------------ cycle
     def block_size_tokens(self, table: EndpointTable, candidates: Candidates) -> int:
         """Effective block size: the first candidate's cache block size when auto-tuned
-        and known (> 0), else ``blockSizeTokens``."""
+        and known (> 0), else ``blockSizeTokens``; at least :attr:`min_block_size_tokens`."""
+        block = self._block_size_tokens
         if self.params.auto_tune and len(candidates) > 0:
             scraped = float(table.block_size_tokens[candidates[0]])
             if 0 < scraped <= MAX_BLOCK_SIZE_TOKENS:
-                return int(scraped)
-        if self.params.block_size_tokens > 0:
-            return self.params.block_size_tokens
-        self._warn_untuned()
-        return DEFAULT_BLOCK_SIZE_TOKENS
-
-    def _warn_untuned(self) -> None:
-        now = time.monotonic()
-        if now - self._untuned_warned_s >= _WARN_INTERVAL_S:
-            self._untuned_warned_s = now
-            log.warning(
-                "%s: blockSizeTokens is 0 (auto-tune) but the candidates report no cache "
-                "block size; hashing with %d tokens per block until they do",
-                self.name,
-                DEFAULT_BLOCK_SIZE_TOKENS,
-            )
+                block = int(scraped)
+        return max(block, self.min_block_size_tokens)
 
     def max_blocks(self, block_size_tokens: int) -> int:
-        """``maxPrefixTokensToMatch // block size`` when set, else ``maxPrefixBlocksToMatch``."""
+        """``maxPrefixTokensToMatch // block size`` when set, else
+        ``maxPrefixBlocksToMatch``; both 0: :data:`UNLIMITED_BLOCKS`."""
         tokens = self.params.max_prefix_tokens_to_match
-        if tokens > 0:
-            return tokens // block_size_tokens if block_size_tokens > 0 else 0
-        return self.params.max_prefix_blocks_to_match
+        if tokens > 0 and block_size_tokens > 0:
+            return tokens // block_size_tokens
+        blocks = self.params.max_prefix_blocks_to_match
+        return blocks if blocks > 0 else UNLIMITED_BLOCKS
 
-    def hashes(self, request: Request, block_size_tokens: int) -> npt.NDArray[np.uint64]:
-        """The request's chained block hashes: over its token ids when it has some, else
-        over its prompt bytes; none without either (what the match hashes)."""
-        max_blocks = self.max_blocks(block_size_tokens)
-        if block_size_tokens <= 0 or max_blocks <= 0:
-            return NO_HASHES
-        salt = cache_salt(request)
-        model = request.target_model
-        if request.token_ids is not None and len(request.token_ids) > 0:
-            return token_block_hashes(request.token_ids, model, salt, block_size_tokens, max_blocks)
+    def prompts(self, cycle: CycleState, request: Request) -> tuple[npt.NDArray[np.uint32], ...]:
+        """The token ids hashed, one array per non-empty prompt (see the class docs)."""
+        tokenized = read_tokenized(cycle)
+        if tokenized is not None:
+            return tuple(p for p in tokenized.prompts if len(p) > 0)
+        ids = request_token_ids(request, cycle)
+        if ids is not None and len(ids) > 0:
+            return (ids,)
         if request.prompt:
-            return block_hashes(request.prompt, model, salt, block_size_tokens, max_blocks)
-        return NO_HASHES
+            return (pack_prompt_bytes(request.prompt),)
+        return ()
 
-    def _hash_and_match(
-        self, request: Request, block_size_tokens: int, counts: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.uint64]:
-        """:meth:`hashes` and the match into ``counts``, fused (one kernel call)."""
+    def hashes(
+        self, cycle: CycleState, request: Request, block_size_tokens: int
+    ) -> list[npt.NDArray[np.uint64]]:
+        """Each prompt's chained block hashes (prompts that yield none are dropped)."""
+        prompts = self.prompts(cycle, request)
+        if not prompts:
+            return []
         max_blocks = self.max_blocks(block_size_tokens)
-        if block_size_tokens <= 0 or max_blocks <= 0:
-            return NO_HASHES
+        seed = request_seed(request.target_model, cache_salt(request))
+        per_prompt = [token_block_hashes(p, block_size_tokens, seed, max_blocks) for p in prompts]
+        return [h for h in per_prompt if len(h) > 0]
+
+    def _match(
+        self, per_prompt: list[npt.NDArray[np.uint64]], counts: npt.NDArray[np.float64]
+    ) -> None:
+        """Matched blocks per row into ``counts``, summed over prompts."""
         if self.shared is not None:
-            return self._shared_match(request, block_size_tokens, counts)
-        salt = cache_salt(request)
-        model = request.target_model
-        strict = not self._counting
-        tokens = request.token_ids
-        prompt = request.prompt
+            self._shared_match(per_prompt, counts)
+            return
+        if not per_prompt:
+            return
         with self._lock:
             if self._pending:
                 self._apply_pending()
-            if tokens is not None and len(tokens) > 0:
-                return self._index.match_tokens(
-                    tokens, model, salt, block_size_tokens, max_blocks, counts, strict=strict
-                )
-            if prompt:
-                return self._index.match_prompt(
-                    prompt, model, salt, block_size_tokens, max_blocks, counts, strict=strict
-                )
-        return NO_HASHES
+            self._match_local(per_prompt, counts)
+
+    def _match_local(
+        self, per_prompt: list[npt.NDArray[np.uint64]], counts: npt.NDArray[np.float64]
+    ) -> None:
+        """The local index's match; the caller holds the lock."""
+        match = self._index.match_counting if self._counting else self._index.match_prefix
+        match(per_prompt[0], counts)
+        if len(per_prompt) > 1:
+            scratch = np.empty_like(counts)
+            for hashes in per_prompt[1:]:
+                match(hashes, scratch)
+                counts += scratch
 
     def _shared_match(
-        self, request: Request, block_size_tokens: int, counts: npt.NDArray[np.float64]
-    ) -> npt.NDArray[np.uint64]:
-        """Hash locally, match in Redis (queued updates first, same round trip); the
-        local copy answers when Redis does not."""
+        self, per_prompt: list[npt.NDArray[np.uint64]], counts: npt.NDArray[np.float64]
+    ) -> None:
+        """Match in Redis (queued updates first, same round trip); the local copy
+        answers when Redis does not."""
         assert self.shared is not None
-        hashes = self.hashes(request, block_size_tokens)
         strict = not self._counting
         with self._lock:
             if self._pending:
                 self._apply_pending()
             remote, self._remote_pending = self._remote_pending, []
-            if len(hashes) == 0 and not remote:
-                return hashes
+            if not per_prompt and not remote:
+                return
             try:
-                matched = self.shared.add_and_match(remote, hashes, strict=strict)
+                answers = [
+                    self.shared.add_and_match(remote if i == 0 else [], hashes, strict=strict)
+                    for i, hashes in enumerate(per_prompt or [NO_HASHES])
+                ]
             except Unavailable:
-                if len(hashes) > 0:
-                    if strict:
-                        self._index.match_prefix(hashes, counts)
-                    else:
-                        self._index.match_counting(hashes, counts)
-                return hashes
+                if per_prompt:
+                    self._match_local(per_prompt, counts)
+                return
         table = self._table
-        for name, count in matched.items():
-            if name in table:  # names other replicas know and this one does not: skip
-                counts[table.row(name)] = count
-        return hashes
+        for matched in answers:
+            for name, count in matched.items():
+                if name in table:  # names other replicas know and this one does not: skip
+                    counts[table.row(name)] += count
 
     def prepare_request_data(
         self,
@@ -352,17 +360,21 @@ class ApproxPrefixCacheProducer:
         table: EndpointTable,
         candidates: Candidates,
     ) -> None:
-        """Hash the prompt, match it, write ``PrefixCacheMatchInfo`` (counts by row)."""
+        """Hash the prompts, match them, write ``PrefixCacheMatchInfo`` (counts by row)."""
         block_tokens = self.block_size_tokens(table, candidates)
+        per_prompt = self.hashes(cycle, request, block_tokens)
         counts = np.zeros(max(table.capacity, 1))  # float64
-        hashes = self._hash_and_match(request, block_tokens, counts)
+        self._match(per_prompt, counts)
+        hashes = per_prompt[0] if len(per_prompt) == 1 else NO_HASHES
+        if len(per_prompt) > 1:
+            hashes = np.concatenate(per_prompt)
         info = PrefixCacheMatchInfo(counts, len(hashes), block_tokens, hashes)
         cycle.write(PREFIX_CACHE_MATCH_INFO, info)
         cycle.write(self._info_key, info)
-        cycle.write(self._state_key, _PrefixState(hashes, info))
+        cycle.write(self._state_key, _PrefixState(tuple(per_prompt), info))
 
     def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
-        """Queue the request's blocks as cached on the primary (and ``prefill``) pick
+        """Queue every prompt's blocks as cached on the primary (and ``prefill``) pick
         (applied by :meth:`run_deferred`), and record the primary pick's hit."""
         state = cycle.read(self._state_key)
         if not isinstance(state, _PrefixState):
@@ -376,14 +388,15 @@ class ApproxPrefixCacheProducer:
         primary_row = picks[0][0]
         matched = int(info.match_blocks[primary_row]) if primary_row < len(info.match_blocks) else 0
         with self._lock:
-            if len(state.hashes) > 0:
+            if state.per_prompt:
                 for row, endpoint in picks:
                     if table.endpoint_or_none(row) is not endpoint:
                         continue  # removed (or its row reused) since the pick
                     capacity = self._capacity(row)
-                    self._pending.append((state.hashes, row, capacity))
-                    if self.shared is not None:
-                        self._remote_pending.append((state.hashes, endpoint.name, capacity))
+                    for hashes in state.per_prompt:
+                        self._pending.append((hashes, row, capacity))
+                        if self.shared is not None:
+                            self._remote_pending.append((hashes, endpoint.name, capacity))
                 if len(self._pending) >= _MAX_PENDING:
                     self._apply_pending()  # nobody runs the deferred work: bound the queue
                     self._flush_remote()
@@ -395,11 +408,15 @@ class ApproxPrefixCacheProducer:
                 self._histogram[bisect.bisect_left(MATCH_LENGTH_BUCKETS, matched)] += 1
 
     def _capacity(self, row: int) -> int:
+        """llm-d-router's ``makeserver``: num_gpu_blocks (autoTune, known), else
+        lruCapacityPerServer (> 0), else 31250."""
         if self.params.auto_tune:
             blocks = float(self._table.kv_blocks_total[row])
             if blocks >= 1:
                 return min(int(blocks), _MAX_LRU_CAPACITY)
-        return min(self.params.lru_capacity_per_server, _MAX_LRU_CAPACITY)
+        if self.params.lru_capacity_per_server > 0:
+            return min(self.params.lru_capacity_per_server, _MAX_LRU_CAPACITY)
+        return DEFAULT_LRU_CAPACITY
 
     def run_deferred(self) -> None:
         """Apply the queued index updates (GIE's asynchronous ``indexer.Add``); with
@@ -500,14 +517,29 @@ class PrefixCacheScorerParams:
     match_mode: str | None = _forwarded("matchMode", string)
     """For the auto-created producer: matchMode."""
     block_size: int | None = _forwarded("blockSize", integer)
-    """For the auto-created producer: the deprecated blockSize (characters)."""
-    hash_block_size: int | None = _forwarded("hashBlockSize", integer)
-    """For the auto-created producer: the deprecated v1.0 hashBlockSize (characters)."""
+    """For the auto-created producer: the deprecated blockSize."""
     redis: Mapping[str, Any] | None = redis_forwarded(RedisPrefixParams)
     """For the auto-created producer: redis (ours; docs/redis.md)."""
     prefix_match_info_producer_name: str | None = _forwarded("prefixMatchInfoProducerName", string)
     """The scorer's own (llm-d-router): the producer plugin whose ``PrefixCacheMatchInfo``
     it reads (None or "": the cycle's shared one, whichever producer wrote it)."""
+    match_length_weight: float | None = _forwarded("matchLengthWeight", in_range(0, 1))
+    """The scorer's own (llm-d-router): weight ``w`` of the match-length term, in [0, 1];
+    absent or 0 scores the matched fraction alone."""
+    match_length_scale_tokens: int | None = _forwarded("matchLengthScaleTokens", integer)
+    """The scorer's own (llm-d-router): matched tokens at which the match-length term
+    saturates at 1 (absent: 8192); must be > 0 when matchLengthWeight > 0."""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.match_length_weight or 0) > 0 and self.scale_tokens <= 0:
+            raise ParamCheck(
+                "matchLengthScaleTokens", "int >= 1 when matchLengthWeight > 0", self.scale_tokens
+            )
+
+    @property
+    def scale_tokens(self) -> int:
+        """matchLengthScaleTokens, 8192 when absent."""
+        return 8192 if self.match_length_scale_tokens is None else self.match_length_scale_tokens
 
     def producer_parameters(self) -> dict[str, Any]:
         """The keys given here, by GIE key, as ``approx-prefix-cache-producer`` takes them."""
@@ -524,12 +556,17 @@ class PrefixCacheScorerParams:
         return {"prefixMatchInfoProducerName": (name, PREFIX_CACHE_MATCH_INFO)} if name else {}
 
 
-_SCORER_OWN: Final = frozenset({"prefix_match_info_producer_name"})
+_SCORER_OWN: Final = frozenset(
+    {"prefix_match_info_producer_name", "match_length_weight", "match_length_scale_tokens"}
+)
 
 
 @register("prefix-cache-scorer")
 class PrefixCacheScorer:
-    """Scores ``match_blocks / total_blocks`` from the cycle's ``PrefixCacheMatchInfo``.
+    """Scores the prefix match from the cycle's ``PrefixCacheMatchInfo`` (llm-d-router
+    ``scorer/prefix/plugin.go``): with ``m`` matched and ``t`` total blocks,
+    ``w * min(1, m * blockSizeTokens / matchLengthScaleTokens)**2 + (1 - w) * m / t``
+    (``w = matchLengthWeight``; the default 0 scores ``m / t``).
 
     With ``prefixMatchInfoProducerName``, the match that producer wrote under its own key
     (``PrefixCacheMatchInfo/<name>``; config loading checks it names a producer of
@@ -537,6 +574,8 @@ class PrefixCacheScorer:
     there. 0 for every candidate when the request has no blocks, and when no producer
     wrote the data (logged at most once a minute).
     """
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     category: ClassVar[ScorerCategory] = "Affinity"
@@ -548,6 +587,8 @@ class PrefixCacheScorer:
         self.producer_name = params.prefix_match_info_producer_name or ""
         """The producer read (``prefixMatchInfoProducerName``; "": the shared key)."""
         self._key = prefix_info_key(self.producer_name) if self.producer_name else None
+        self._weight = float(params.match_length_weight or 0.0)
+        self._scale_tokens = float(params.scale_tokens)
         self._clock = handle.clock
         self._last_warning_s = -math.inf
 
@@ -559,7 +600,7 @@ class PrefixCacheScorer:
         candidates: Candidates,
         out: npt.NDArray[np.float32],
     ) -> None:
-        """Matched fraction of the request's prefix blocks per candidate."""
+        """The weighted match score per candidate (see the class docs)."""
         info = None if self._key is None else cycle.read(self._key)
         if info is None:  # unnamed, or a producer that writes only the shared key
             info = cycle.read(PREFIX_CACHE_MATCH_INFO)
@@ -571,67 +612,126 @@ class PrefixCacheScorer:
         if info.total_blocks <= 0:
             out[:n] = 0.0
             return
-        scoring.divided(info.match_blocks, candidates, float(info.total_blocks), out)
+        if self._weight <= 0.0:
+            scoring.divided(info.match_blocks, candidates, float(info.total_blocks), out)
+            return
+        matched = info.match_blocks[candidates]
+        ratio = matched / float(info.total_blocks)
+        length = np.zeros(n)
+        if info.block_size_tokens > 0 and self._scale_tokens > 0:
+            length = np.minimum(1.0, matched * info.block_size_tokens / self._scale_tokens) ** 2
+        out[:n] = self._weight * length + (1.0 - self._weight) * ratio
 
     def _warn_missing(self, info: object) -> None:
         now = self._clock()
         if now - self._last_warning_s < _WARN_INTERVAL_S:
             return
         self._last_warning_s = now
-        if info is None:
-            log.warning(
-                "%s: no %s in the cycle (is a prefix producer configured?); scoring 0",
-                self.name,
-                PREFIX_CACHE_MATCH_INFO,
-            )
-        else:
-            log.warning(
-                "%s: %s holds %s, not PrefixCacheMatchInfo; scoring 0",
-                self.name,
-                PREFIX_CACHE_MATCH_INFO,
-                type(info).__name__,
-            )
+        key = PREFIX_CACHE_MATCH_INFO
+        what = f"no {key} in the cycle (is a prefix producer configured?)" if info is None else ""
+        what = what or f"{key} holds {type(info).__name__}, not PrefixCacheMatchInfo"
+        log.warning("%s: %s; scoring 0", self.name, what)
 
 
 _prefix_cache_scorer: type[Scorer] = PrefixCacheScorer
 
 
 # ====================================================================== filter
+TTFT_SOURCES: Final = ("prefillThroughput", "latencyPredictor")
+
+
+@attrs.frozen
+class PrefixCacheAffinityFilterParams:
+    """Parameters of ``prefix-cache-affinity-filter`` (llm-d-router's keys and defaults)."""
+
+    affinity_threshold: float = param(0.80, alias="affinityThreshold", check=in_range(0, 1))
+    """Prefix score (matched / total blocks) an endpoint needs to be sticky; 0 disables."""
+    exploration_probability: float = param(
+        0.0, alias="explorationProbability", check=in_range(0, 1)
+    )
+    """Probability of skipping the filter for a request (explore non-sticky endpoints)."""
+    max_ttft_penalty_ms: float = param(
+        18000.0, alias="maxTTFTPenaltyMs", check=at_least(0, kind="number")
+    )
+    """Keep all candidates when the best sticky TTFT exceeds the best other TTFT by more
+    than this (ms); 0 always sticks."""
+    ttft_source: str = param("prefillThroughput", alias="ttftSource", check=one_of(*TTFT_SOURCES))
+    """Per-endpoint TTFT: 'prefillThroughput' (in-flight tokens / peakPrefillThroughput)
+    or 'latencyPredictor' (predicted-latency-producer; no prediction: +inf)."""
+    peak_prefill_throughput: float = param(
+        15928.0, alias="peakPrefillThroughput", check=at_least(0, kind="number")
+    )
+    """Prompt tokens per second one endpoint prefills (ttftSource prefillThroughput); must
+    be > 0 there while maxTTFTPenaltyMs > 0."""
+    prefix_match_info_producer_name: str = param(
+        "", alias="prefixMatchInfoProducerName", check=string
+    )
+    """The producer whose PrefixCacheMatchInfo is read ("": the cycle's shared one)."""
+    latency_prediction_info_producer_name: str = param(
+        "", alias="latencyPredictionInfoProducerName", check=string
+    )
+    """The producer whose LatencyPredictionInfo is read ("": the cycle's shared one)."""
+    in_flight_load_producer_name: str = param("", alias="inFlightLoadProducerName", check=string)
+    """Checked to name an in-flight producer; the counters live in the endpoint table,
+    one set per table."""
+
+    def __attrs_post_init__(self) -> None:
+        if (
+            self.ttft_source == "prefillThroughput"
+            and self.max_ttft_penalty_ms > 0
+            and self.peak_prefill_throughput <= 0
+        ):
+            raise ParamCheck(
+                "peakPrefillThroughput",
+                "number > 0 when ttftSource is prefillThroughput and maxTTFTPenaltyMs > 0",
+                self.peak_prefill_throughput,
+            )
+
+    def producer_references(self) -> dict[str, tuple[str, str]]:
+        """Config loading checks these: parameter key → (plugin name, data key)."""
+        pairs = (
+            ("prefixMatchInfoProducerName", PREFIX_CACHE_MATCH_INFO),
+            ("latencyPredictionInfoProducerName", LATENCY_PREDICTION_INFO),
+            ("inFlightLoadProducerName", IN_FLIGHT_LOAD),
+        )
+        names = (
+            self.prefix_match_info_producer_name,
+            self.latency_prediction_info_producer_name,
+            self.in_flight_load_producer_name,
+        )
+        return {key: (n, k) for (key, k), n in zip(pairs, names, strict=True) if n}
+
+
 @register("prefix-cache-affinity-filter")
 class PrefixCacheAffinityFilter:
     """Keeps the candidates holding at least ``affinityThreshold`` of the prefix
-    (none do: all); skipped with probability ``explorationProbability``.
+    (none do: all); skipped with probability ``explorationProbability``
+    (llm-d-router ``filter/prefixcacheaffinity/plugin.go``).
 
-    TTFT gate (GIE): when ``maxTTFTPenaltyMs > 0``, a ``LatencyPredictionInfo`` with
-    predictions is in the cycle (``predicted-latency-producer``) and some candidates are
-    not sticky, all candidates are kept if the best predicted TTFT among the sticky ones
-    exceeds the best among the others by more than ``maxTTFTPenaltyMs``. The filter does
-    not declare the prediction in ``consumes``: without a producer it works as before."""
+    TTFT gate: when ``maxTTFTPenaltyMs > 0`` and some candidates are not sticky, all are
+    kept if ``min TTFT(sticky) - min TTFT(others) > maxTTFTPenaltyMs``. TTFT is
+    ``inFlightTokens / peakPrefillThroughput * 1000`` ms (``prefillThroughput``, the
+    table's in-flight token counters) or the predicted TTFT (``latencyPredictor``; no
+    prediction reads +inf, and inf - inf never breaks stickiness)."""
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
-    consumes: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO})
+    consumes: ClassVar[frozenset[str]] = frozenset({PREFIX_CACHE_MATCH_INFO, IN_FLIGHT_LOAD})
+    Params = PrefixCacheAffinityFilterParams
 
-    @attrs.frozen
-    class Params:
-        """Parameters of ``prefix-cache-affinity-filter``."""
-
-        affinity_threshold: float = param(0.80, alias="affinityThreshold", check=in_range(0, 1))
-        """Prefix score (matched / total blocks) an endpoint needs to be sticky; 0 disables."""
-        exploration_probability: float = param(
-            0.01, alias="explorationProbability", check=in_range(0, 1)
-        )
-        """Probability of skipping the filter for a request (explore non-sticky endpoints)."""
-        max_ttft_penalty_ms: float = param(
-            5000.0, alias="maxTTFTPenaltyMs", check=at_least(0, kind="number")
-        )
-        """Keep all candidates when sticking costs more than this predicted TTFT (ms);
-        0 disables the gate, which also needs predicted-latency-producer."""
-
-    def __init__(self, name: str, params: PrefixCacheAffinityFilter.Params, handle: Handle) -> None:
+    def __init__(self, name: str, params: PrefixCacheAffinityFilterParams, handle: Handle) -> None:
         self.name = name
         self._threshold = float(params.affinity_threshold)
         self._explore = float(params.exploration_probability)
         self._max_penalty_ms = float(params.max_ttft_penalty_ms)
+        self._use_predictor = params.ttft_source == "latencyPredictor"
+        self._peak_tokens_per_s = float(params.peak_prefill_throughput)
+        prefix_name = params.prefix_match_info_producer_name
+        self._prefix_key = prefix_info_key(prefix_name) if prefix_name else None
+        named = params.latency_prediction_info_producer_name
+        own = (f"{LATENCY_PREDICTION_INFO}/{named}",) if named else ()
+        self._latency_keys = (*own, LATENCY_PREDICTION_INFO)
 
     def filter(
         self,
@@ -645,34 +745,56 @@ class PrefixCacheAffinityFilter:
             return candidates
         if self._explore > 0 and cycle.rng.random() < self._explore:
             return candidates
-        info = read_prefix_info(cycle)
+        info = None if self._prefix_key is None else cycle.read(self._prefix_key)
+        if not isinstance(info, PrefixCacheMatchInfo):
+            info = read_prefix_info(cycle)
         if info is None or info.total_blocks <= 0:
             return candidates  # every score is 0: nobody is sticky
         sticky = info.match_blocks[candidates] / info.total_blocks >= self._threshold
         if not sticky.any():
             return candidates
-        if (
-            self._max_penalty_ms > 0
-            and not sticky.all()
-            and self._ttft_penalty_too_high(cycle, candidates, sticky)
-        ):
-            return candidates
+        if self._max_penalty_ms > 0 and not sticky.all():
+            ttft = self._ttft_ms(cycle, table, candidates)
+            penalty = float(ttft[sticky].min()) - float(ttft[~sticky].min())
+            if penalty > self._max_penalty_ms:  # NaN (inf - inf) never breaks it
+                return candidates
         return candidates[sticky]
 
-    def _ttft_penalty_too_high(
-        self, cycle: CycleState, candidates: Candidates, sticky: npt.NDArray[np.bool_]
-    ) -> bool:
-        """``bestTTFT(sticky) - bestTTFT(others) > maxTTFTPenaltyMs`` (no prediction: no)."""
-        latency = read_latency_info(cycle)
-        if latency is None or not latency.has_prediction:
-            return False
-        ttft = latency.ttft_ms[candidates]
-        best_sticky = float(ttft[sticky].min())
-        best_other = float(ttft[~sticky].min())
-        return best_sticky - best_other > self._max_penalty_ms
+    def _ttft_ms(
+        self, cycle: CycleState, table: EndpointTable, candidates: Candidates
+    ) -> npt.NDArray[np.float64]:
+        """Each candidate's TTFT (ms) from the configured source."""
+        if not self._use_predictor:
+            tokens = table.inflight_tokens[candidates]
+            return np.asarray(tokens / self._peak_tokens_per_s * 1000.0, dtype=np.float64)
+        for key in self._latency_keys:
+            latency = cycle.read(key)
+            if isinstance(latency, LatencyPredictionInfo):
+                break
+        else:
+            return np.full(len(candidates), math.inf)
+        if not latency.has_prediction:
+            return np.full(len(candidates), math.inf)
+        ttft = np.asarray(latency.ttft_ms[candidates], dtype=np.float64)
+        return np.where(np.isnan(ttft), math.inf, ttft)
 
 
 _affinity_filter: type[Filter] = PrefixCacheAffinityFilter
+
+
+# ====================================================================== multicluster
+@register("multicluster-approx-prefix-cache-producer")
+class MulticlusterApproxPrefixCacheProducer(ApproxPrefixCacheProducer):
+    """``approx-prefix-cache-producer`` under its multicluster name (keys: cluster endpoints)."""
+
+    stability: ClassVar[str] = "alpha"
+
+
+@register("multicluster-prefix-cache-scorer")
+class MulticlusterPrefixCacheScorer(PrefixCacheScorer):
+    """``prefix-cache-scorer`` under llm-d-router's multicluster type name."""
+
+    stability: ClassVar[str] = "alpha"
 
 
 # ====================================================================== no-hit LRU
@@ -680,6 +802,8 @@ _affinity_filter: type[Filter] = PrefixCacheAffinityFilter
 class NoHitLruScorer:
     """llm-d: spreads cold requests (no candidate holds a block) over the least recently
     used endpoints; a warm request scores 0.5 everywhere."""
+
+    stability: ClassVar[str] = "beta"
 
     type: ClassVar[str]
     category: ClassVar[ScorerCategory] = "Distribution"

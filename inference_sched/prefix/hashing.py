@@ -1,15 +1,22 @@
-"""GIE's prefix-cache block hashes, at the Python boundary.
+"""Prefix-cache block hashes, at the Python boundary: GIE's and llm-d-router's chains.
 
-GIE hashes prompts in ``hashPrompt`` (gateway-api-inference-extension:
-``pkg/epp/framework/plugins/requestcontrol/dataproducer/approximateprefix/hashing.go``).
+GIE hashes prompt *bytes* in ``hashPrompt`` (gateway-api-inference-extension:
+``pkg/epp/framework/plugins/requestcontrol/dataproducer/approximateprefix/hashing.go``):
+``h_i = xxh64(block_i ‖ le64(h_{i-1}))``, and prompts shorter than one block get none
+(:func:`block_hashes`, :func:`gie_token_block_hashes`). llm-d-router hashes *token ids*
+in ``computeBlockHashes`` (llm-d/llm-d-router:
+``pkg/epp/framework/plugins/requestcontrol/dataproducer/prefixhash/hashing.go``):
+``h_i = xxh64(le64(xxh64(ids_i as uint32 LE)) ‖ le64(h_{i-1}))``, and the last, partial
+block always counts (:func:`token_block_hashes`). Both chains start at
+``xxh64(target_model ‖ cache_salt)`` (:func:`seed_hash`, :func:`request_seed`).
 
-:func:`seed_hash` is the chain's first parent, ``xxh64(target_model + cache_salt)``;
-:func:`block_hashes` and :func:`token_block_hashes` validate, convert once to the pinned
-dtypes, allocate ``out`` and call one kernel of :mod:`inference_sched.kernels.hashing`
-for the whole prompt. Inputs reach the kernels as read-only views (prompt ``bytes`` are
-immutable, and a copy of a 400 KB prompt would cost a tenth of its hashing), so each
-kernel compiles one signature whatever the caller passes. Hashes are :data:`BlockHash`
-values (64-bit unsigned ints) one by one, and ``uint64`` arrays in bulk.
+The wrappers validate, convert once to the pinned dtypes, allocate ``out`` and call one
+kernel (:mod:`inference_sched.kernels.hashing`,
+:mod:`inference_sched.kernels.token_hashing`) for the whole prompt. Inputs reach the
+kernels as read-only views (prompt ``bytes`` are immutable, and a copy of a 400 KB prompt
+would cost a tenth of its hashing), so each kernel compiles one signature whatever the
+caller passes. Hashes are :data:`BlockHash` values (64-bit unsigned ints) one by one, and
+``uint64`` arrays in bulk.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy.typing as npt
 import xxhash
 
 from inference_sched.kernels.hashing import chained_block_hashes, chained_token_block_hashes
+from inference_sched.kernels.token_hashing import chained_token_content_hashes
 
 __all__ = [
     "BYTES_PER_TOKEN",
@@ -30,8 +38,11 @@ __all__ = [
     "as_token_ids",
     "block_hashes",
     "chain_seed",
+    "gie_token_block_hashes",
     "num_block_hashes",
+    "pack_prompt_bytes",
     "readonly",
+    "request_seed",
     "seed_hash",
     "token_block_hashes",
 ]
@@ -45,6 +56,7 @@ BYTES_PER_TOKEN = 4
 """GIE's characters-per-token estimate: a block of ``n`` tokens is ``4 * n`` bytes."""
 
 _UINT8: Final = np.dtype(np.uint8)
+_UINT32: Final = np.dtype("<u4")
 _UINT64: Final = np.dtype(np.uint64)
 
 
@@ -120,7 +132,7 @@ def block_hashes(
     return out[:count]
 
 
-def token_block_hashes(
+def gie_token_block_hashes(
     tokens: npt.ArrayLike,
     model: str,
     cache_salt: str = "",
@@ -139,3 +151,65 @@ def token_block_hashes(
     seed = chain_seed(model, cache_salt)
     count = chained_token_block_hashes(ids, block_tokens, int(max_blocks), seed, out)
     return out[:count]
+
+
+def request_seed(target_model: str, cache_salt: str = "") -> int:
+    """llm-d-router's chain seed: ``xxh64(target_model ‖ cache_salt)`` of their UTF-8 bytes.
+
+    The salt is appended only when non-empty (``computeBlockHashes``,
+    llm-d/llm-d-router ``pkg/epp/framework/plugins/requestcontrol/dataproducer/prefixhash/
+    hashing.go``); the value equals :func:`seed_hash`'s, as a plain int in [0, 2**64).
+    """
+    return int(chain_seed(target_model, cache_salt))
+
+
+def token_block_hashes(
+    token_ids: npt.ArrayLike, block_size: int, seed: int, max_blocks: int
+) -> npt.NDArray[np.uint64]:
+    """llm-d-router's chained hashes of one prompt's token ids, bit-exact.
+
+    The ids are cut into blocks of ``block_size`` ids, the last one possibly partial (so
+    any non-empty prompt gets at least one hash); at most ``max_blocks`` blocks are hashed.
+    With ``prev = seed`` (see :func:`request_seed`), block ``i`` hashes to
+    ``h_i = xxh64(le64(xxh64(ids_i as uint32 LE)) ‖ le64(prev))`` and ``prev = h_i``
+    (llm-d/llm-d-router ``pkg/epp/framework/plugins/requestcontrol/dataproducer/
+    prefixhash/hashing.go``). As there, ``block_size <= 0``, ``max_blocks <= 0`` or no
+    ids give no hashes; a caller wanting "unlimited" passes a large ``max_blocks``.
+
+    Args:
+        token_ids: the prompt's token ids (converted once to read-only uint32).
+        block_size: block size in tokens (``blockSizeTokens``).
+        seed: the first parent, an int in [0, 2**64).
+        max_blocks: most blocks to hash.
+
+    Returns:
+        uint64 (count,), ``count = min(ceil(len(token_ids) / block_size), max_blocks)``.
+
+    Raises:
+        ValueError: ``seed`` is outside [0, 2**64).
+    """
+    if not 0 <= int(seed) < 1 << 64:
+        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
+    ids = as_token_ids(token_ids)
+    block = int(block_size)
+    limit = int(max_blocks)
+    n = ids.shape[0]
+    count = 0 if block <= 0 or limit <= 0 or n == 0 else min(-(-n // block), limit)
+    out = np.empty(count, _UINT64)
+    if count == 0:
+        return out
+    # Clamped so both fit the kernel's int64: a block longer than the prompt is the prompt.
+    written = chained_token_content_hashes(ids, min(block, n), count, np.uint64(seed), out)
+    return out[:written]
+
+
+def pack_prompt_bytes(prompt: bytes) -> npt.NDArray[np.uint32]:
+    """``prompt`` as llm-d-router's estimate backend's token ids: its bytes packed four
+    per uint32, little-endian, the last one zero-padded (a read-only array).
+
+    A prompt whose length is a multiple of four is viewed in place, without a copy.
+    """
+    assert sys.byteorder == "little", "packed ids are read as little-endian bytes"
+    pad = -len(prompt) % BYTES_PER_TOKEN
+    data = prompt if pad == 0 else bytes(prompt) + bytes(pad)
+    return readonly(np.frombuffer(data, _UINT32))

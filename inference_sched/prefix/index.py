@@ -274,7 +274,7 @@ class PrefixIndex:
         strict: bool = False,
     ) -> npt.NDArray[np.uint64]:
         """:meth:`match_prompt` over token ids (as
-        :func:`~inference_sched.prefix.hashing.token_block_hashes` hashes them)."""
+        :func:`~inference_sched.prefix.hashing.gie_token_block_hashes` hashes them)."""
         data = as_token_ids(tokens).view(_UINT8)  # each id as 4 little-endian bytes
         return self._hash_match(
             data, block_size_tokens, model, cache_salt, max_blocks, out_counts, strict

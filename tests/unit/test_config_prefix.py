@@ -32,21 +32,23 @@ def _producer_fields(cfg: EndpointPickerConfig, name: str = PRODUCER) -> tuple[o
 @pytest.mark.parametrize(
     ("parameters", "expected"),
     [
-        pytest.param("{}", (True, 16, 256, 0, 31250, "counting"), id="defaults"),
+        pytest.param("{}", (True, 16, 2048, 131072, 31250, "counting"), id="defaults"),
         pytest.param(
             "{autoTune: false, blockSizeTokens: 32, maxPrefixBlocksToMatch: 512, "
             "lruCapacityPerServer: 40000}",
-            (False, 32, 512, 0, 40000, "counting"),
+            (False, 32, 512, 131072, 40000, "counting"),
             id="gie-docs-keys",
         ),
         pytest.param(
             "{maxPrefixTokensToMatch: 4096, matchMode: prefix}",
-            (True, 16, 256, 4096, 31250, "prefix"),
+            (True, 16, 2048, 4096, 31250, "prefix"),
             id="tokens-and-mode",
         ),
     ],
 )
-def test_scorer_parameters_build_the_auto_producer(parameters: str, expected: tuple) -> None:
+def test_scorer_parameters_build_the_auto_producer(
+    parameters: str, expected: tuple[object, ...]
+) -> None:
     cfg = _load(f"plugins: [{{type: prefix-cache-scorer, parameters: {parameters}}}]\n")
     spec = cfg.plugin(PRODUCER)
     assert (spec.is_auto, spec.path) == (True, AUTO_PATH)
@@ -81,8 +83,9 @@ def test_forwarded_match_mode_is_checked() -> None:
 def test_forwarded_deprecated_key_warns_once_with_the_scorer_path() -> None:
     cfg = _load("plugins: [{type: prefix-cache-scorer, parameters: {blockSize: 64}}]\n")
     assert [w for w in cfg.warnings if "blockSize" in w] == [
-        "plugins[0].parameters.blockSize: deprecated: characters per block, ignored; "
-        "blockSizeTokens (tokens, 4 characters each) sets the block size"
+        "plugins[0].parameters.blockSize: deprecated: use blockSizeTokens; while "
+        "blockSizeTokens is at its default (16) this value becomes blockSizeTokens (taken as "
+        "tokens)"
     ]
 
 
@@ -101,7 +104,7 @@ def test_explicit_producer_wins_and_the_scorer_parameters_are_ignored_with_a_war
         """
     )
     assert [s.name for s in cfg.plugins if s.type == PRODUCER] == ["pfx"]
-    assert _producer_fields(cfg, "pfx") == (True, 8, 256, 0, 31250, "counting")
+    assert _producer_fields(cfg, "pfx") == (True, 8, 2048, 131072, 31250, "counting")
     assert (
         "plugins[0].parameters: blockSizeTokens, lruCapacityPerServer ignored: 'pfx' "
         "(approx-prefix-cache-producer, plugins[1]) produces the data of "

@@ -1,4 +1,4 @@
-"""prefix-cache-scorer (GIE, scorer side)."""
+"""prefix-cache-scorer (llm-d-router ``scorer/prefix/plugin.go``, row 1), multicluster alias."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inference_sched.errors import ParameterError
+from inference_sched.framework.contracts import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
 from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.types import CycleState, Request
 from inference_sched.params import parse_params
 from inference_sched.plugins.prefix import (
-    PREFIX_CACHE_MATCH_INFO,
-    PrefixCacheMatchInfo,
+    MulticlusterPrefixCacheScorer,
     PrefixCacheScorer,
 )
 from tests.helpers import make_table
@@ -31,9 +33,9 @@ class _Clock:
         return self.now
 
 
-def _scorer(clock: _Clock | None = None) -> PrefixCacheScorer:
+def _scorer(clock: _Clock | None = None, **raw: Any) -> PrefixCacheScorer:
     table = make_table(4)
-    params = parse_params(PrefixCacheScorer.Params, None, PATH)
+    params = parse_params(PrefixCacheScorer.Params, raw or None, PATH)
     return PrefixCacheScorer("prefix", params, PluginHandle(table, clock=clock or _Clock()))
 
 
@@ -47,8 +49,8 @@ def _score(scorer: PrefixCacheScorer, info: Any, candidates: list[int]) -> np.nd
     return out
 
 
-def _info(match: list[float], total: int) -> PrefixCacheMatchInfo:
-    return PrefixCacheMatchInfo(np.asarray(match, dtype=np.float64), total, 16)
+def _info(match: list[float], total: int, block: int = 16) -> PrefixCacheMatchInfo:
+    return PrefixCacheMatchInfo(np.asarray(match, dtype=np.float64), total, block)
 
 
 @pytest.mark.parametrize(
@@ -105,6 +107,72 @@ def test_metadata() -> None:
     assert PrefixCacheScorer.type == "prefix-cache-scorer"
     assert PrefixCacheScorer.category == "Affinity"
     assert PrefixCacheScorer.consumes == frozenset({"PrefixCacheMatchInfo"})
+    assert PrefixCacheScorer.stability == "beta"
+    assert MulticlusterPrefixCacheScorer.type == "multicluster-prefix-cache-scorer"
+    assert MulticlusterPrefixCacheScorer.stability == "alpha"
+    assert issubclass(MulticlusterPrefixCacheScorer, PrefixCacheScorer)
+    params = parse_params(PrefixCacheScorer.Params, None, PATH)
+    assert (params.match_length_weight, params.scale_tokens) == (None, 8192)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match", "total", "block", "expected"),
+    [
+        # w=0.5, scale 8192: m=2 of 8 blocks of 1024 tokens: len=(2048/8192)^2=0.0625
+        pytest.param(
+            {"matchLengthWeight": 0.5}, [2, 8, 0], 8, 1024, [0.15625, 1.0, 0.0], id="half"
+        ),
+        # w=1: only the length term; saturates at scale
+        pytest.param(
+            {"matchLengthWeight": 1.0, "matchLengthScaleTokens": 100},
+            [1, 2, 5],
+            10,
+            64,
+            [0.4096, 1.0, 1.0],
+            id="length-only",
+        ),
+        # w=0.25, scale 4096, block 64: m=32 -> len=(2048/4096)^2=0.25, ratio 32/64
+        pytest.param(
+            {"matchLengthWeight": 0.25, "matchLengthScaleTokens": 4096},
+            [32, 0, 64],
+            64,
+            64,
+            [0.4375, 0.0, 1.0],
+            id="quarter",
+        ),
+        pytest.param({"matchLengthWeight": 0.5}, [2, 8, 0], 0, 1024, [0.0] * 3, id="no-blocks"),
+        pytest.param(
+            {"matchLengthWeight": 0.5}, [2, 4, 0], 4, 0, [0.25, 0.5, 0.0], id="no-block-size"
+        ),
+    ],
+)
+def test_match_length_term(
+    raw: dict[str, Any], match: list[float], total: int, block: int, expected: list[float]
+) -> None:
+    """Row 1: ``w * min(1, m * bs / scale)**2 + (1 - w) * m / t``."""
+    out = _score(_scorer(**raw), _info(match, total, block), [0, 1, 2])
+    np.testing.assert_allclose(out, np.asarray(expected, dtype=np.float32), rtol=1e-6)
+
+
+@given(
+    weight=st.floats(0, 1),
+    matched=st.integers(0, 100),
+    extra=st.integers(0, 100),
+    block=st.integers(1, 4096),
+    scale=st.integers(1, 1 << 20),
+)
+def test_score_is_in_unit_interval_and_matches_the_formula(
+    weight: float, matched: int, extra: int, block: int, scale: int
+) -> None:
+    total = matched + extra
+    scorer = _scorer(matchLengthWeight=weight, matchLengthScaleTokens=scale)
+    (got,) = _score(scorer, _info([matched], total, block), [0])
+    if total == 0:
+        assert got == 0.0
+        return
+    expected = weight * min(1.0, matched * block / scale) ** 2 + (1 - weight) * matched / total
+    assert 0.0 <= got <= 1.0
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -122,9 +190,9 @@ def test_metadata() -> None:
             id="more-keys",
         ),
         pytest.param(
-            {"blockSize": 64, "hashBlockSize": 64},
-            {"blockSize": 64, "hashBlockSize": 64},
-            id="deprecated-keys-forwarded",
+            {"blockSize": 64, "matchLengthWeight": 0.5},
+            {"blockSize": 64},
+            id="deprecated-key-forwarded-own-kept",
         ),
     ],
 )
@@ -147,9 +215,30 @@ def test_producer_parameters_are_forwarded(
         ),
         pytest.param({"autoTune": 1}, r"\.autoTune: expected bool, got 1 \(int\)$", id="bad-bool"),
         pytest.param(
-            {"hashBlockSise": 64},
-            r"unknown key 'hashBlockSise' \(did you mean 'hashBlockSize'",
+            {"blockSise": 64},
+            r"unknown key 'blockSise' \(did you mean 'blockSize'",
             id="typo",
+        ),
+        pytest.param(
+            {"hashBlockSize": 64},
+            r"^plugins\[0\]\.parameters: unknown key 'hashBlockSize'",
+            id="v1-key-removed",
+        ),
+        pytest.param(
+            {"matchLengthWeight": 1.5},
+            r"^plugins\[0\]\.parameters\.matchLengthWeight: expected a number in \[0, 1\]",
+            id="weight-above-1",
+        ),
+        pytest.param(
+            {"matchLengthWeight": 0.5, "matchLengthScaleTokens": 0},
+            r"^plugins\[0\]\.parameters\.matchLengthScaleTokens: expected int >= 1 when "
+            r"matchLengthWeight > 0, got 0 \(int\)$",
+            id="scale-zero-with-weight",
+        ),
+        pytest.param(
+            {"matchLengthScaleTokens": 1.5},
+            r"^plugins\[0\]\.parameters\.matchLengthScaleTokens: expected int",
+            id="scale-not-int",
         ),
     ],
 )

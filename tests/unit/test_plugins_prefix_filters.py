@@ -1,4 +1,4 @@
-"""prefix-cache-affinity-filter (GIE) and no-hit-lru-scorer (llm-d)."""
+"""prefix-cache-affinity-filter (llm-d-router row 18) and no-hit-lru-scorer (llm-d)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from inference_sched.errors import ParameterError
+from inference_sched.framework.contracts import PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo
 from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.types import CycleState, ProfileRunResult, Request, SchedulingResult
 from inference_sched.params import parse_params
 from inference_sched.plugins.prefix import (
-    PREFIX_CACHE_MATCH_INFO,
     NoHitLruScorer,
     PrefixCacheAffinityFilter,
-    PrefixCacheMatchInfo,
 )
 from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
@@ -42,8 +41,15 @@ def _filter(**raw: Any) -> PrefixCacheAffinityFilter:
     return PrefixCacheAffinityFilter("affinity", params, PluginHandle(make_table(1)))
 
 
-def _run(flt: PrefixCacheAffinityFilter, cycle: CycleState, candidates: list[int]) -> list[int]:
-    return flt.filter(cycle, REQUEST, make_table(1), _rows(*candidates)).tolist()
+def _run(
+    flt: PrefixCacheAffinityFilter,
+    cycle: CycleState,
+    candidates: list[int],
+    table: EndpointTable | None = None,
+) -> list[int]:
+    table = make_table(4) if table is None else table
+    kept: list[int] = flt.filter(cycle, REQUEST, table, _rows(*candidates)).tolist()
+    return kept
 
 
 @pytest.mark.parametrize(
@@ -101,7 +107,7 @@ def test_exploration_rate_over_many_cycles() -> None:
     for _ in range(4000):
         cycle = CycleState(rng)
         cycle.write(PREFIX_CACHE_MATCH_INFO, PrefixCacheMatchInfo(np.array([10.0, 0.0]), 10, 16))
-        explored += len(flt.filter(cycle, REQUEST, make_table(1), _rows(0, 1))) == 2
+        explored += len(flt.filter(cycle, REQUEST, make_table(2), _rows(0, 1))) == 2
     assert explored == 1001  # seeded: about a quarter of 4000
 
 
@@ -111,9 +117,78 @@ def test_affinity_defaults_and_metadata() -> None:
         params.affinity_threshold,
         params.exploration_probability,
         params.max_ttft_penalty_ms,
-    ) == (0.8, 0.01, 5000.0)
+        params.ttft_source,
+        params.peak_prefill_throughput,
+        params.prefix_match_info_producer_name,
+        params.latency_prediction_info_producer_name,
+        params.in_flight_load_producer_name,
+    ) == (0.8, 0.0, 18000.0, "prefillThroughput", 15928.0, "", "", "")
     assert PrefixCacheAffinityFilter.type == "prefix-cache-affinity-filter"
-    assert PrefixCacheAffinityFilter.consumes == frozenset({"PrefixCacheMatchInfo"})
+    assert PrefixCacheAffinityFilter.stability == "beta"
+    assert PrefixCacheAffinityFilter.consumes == frozenset({"PrefixCacheMatchInfo", "InFlightLoad"})
+    assert params.producer_references() == {}
+    named = parse_params(
+        PrefixCacheAffinityFilter.Params,
+        {"prefixMatchInfoProducerName": "p", "inFlightLoadProducerName": "i"},
+        PATH,
+    )
+    assert named.producer_references() == {
+        "prefixMatchInfoProducerName": ("p", "PrefixCacheMatchInfo"),
+        "inFlightLoadProducerName": ("i", "InFlightLoad"),
+    }
+
+
+def _inflight_table(tokens: list[float]) -> EndpointTable:
+    table = make_table(len(tokens))
+    table.inflight_tokens[: len(tokens)] = tokens  # the in-flight producer's counters
+    return table
+
+
+# rows 0, 1 sticky (10/10, 9/10), row 2 not; in-flight tokens per row; peak 1000 tok/s
+THROUGHPUT_CASES = [
+    ("within-penalty", 5000, [900, 800, 100], [0, 1]),  # (800 - 100) / 1000 s = 700 ms
+    ("penalty-exceeded", 699, [900, 800, 100], [0, 1, 2]),  # 700 ms > 699
+    ("penalty-equal", 700, [900, 800, 100], [0, 1]),  # strict >
+    ("gate-off", 0, [90000, 80000, 0], [0, 1]),
+    ("idle-sticky", 1, [0, 5, 0], [0, 1]),
+]
+
+
+@pytest.mark.parametrize(
+    ("penalty", "inflight", "expected"),
+    [c[1:] for c in THROUGHPUT_CASES],
+    ids=[c[0] for c in THROUGHPUT_CASES],
+)
+def test_ttft_gate_from_prefill_throughput(
+    penalty: float, inflight: list[float], expected: list[int]
+) -> None:
+    """TTFT = inFlightTokens / peakPrefillThroughput * 1000 ms (the default source)."""
+    flt = _filter(maxTTFTPenaltyMs=penalty, peakPrefillThroughput=1000)
+    table = _inflight_table(inflight)
+    assert _run(flt, _cycle([10, 9, 0]), [0, 1, 2], table) == expected
+
+
+def test_ttft_gate_default_peak_throughput() -> None:
+    """18000 ms at 15928 tok/s: sticking costs too much past 286704 queued tokens."""
+    table = _inflight_table([286705, 0])
+    assert _run(_filter(), _cycle([10, 0]), [0, 1], table) == [0, 1]
+    table = _inflight_table([286704, 0])
+    assert _run(_filter(), _cycle([10, 0]), [0, 1], table) == [0]
+
+
+def test_latency_predictor_source_without_producer_keeps_sticky() -> None:
+    """No prediction reads +inf everywhere: inf - inf never breaks stickiness."""
+    flt = _filter(ttftSource="latencyPredictor", maxTTFTPenaltyMs=1)
+    assert _run(flt, _cycle([10, 0, 0]), [0, 1, 2]) == [0]
+
+
+def test_named_prefix_producer_is_read() -> None:
+    cycle = _cycle([0, 10])  # the shared key says row 1
+    info = PrefixCacheMatchInfo(np.asarray([10.0, 0.0]), 10, 16)
+    cycle.write(f"{PREFIX_CACHE_MATCH_INFO}/mine", info)
+    flt = _filter(prefixMatchInfoProducerName="mine")
+    assert _run(flt, cycle, [0, 1]) == [0]
+    assert _run(_filter(), cycle, [0, 1]) == [1]
 
 
 @pytest.mark.parametrize(
@@ -134,6 +209,23 @@ def test_affinity_defaults_and_metadata() -> None:
             {"maxTTFTPenaltyMs": -1},
             r"^plugins\[0\]\.parameters\.maxTTFTPenaltyMs: expected number >= 0, got -1 \(int\)$",
             id="penalty",
+        ),
+        pytest.param(
+            {"ttftSource": "predictor"},
+            r"^plugins\[0\]\.parameters\.ttftSource: expected one of 'prefillThroughput', "
+            r"'latencyPredictor'",
+            id="ttft-source",
+        ),
+        pytest.param(
+            {"peakPrefillThroughput": 0},
+            r"^plugins\[0\]\.parameters\.peakPrefillThroughput: expected number > 0 when "
+            r"ttftSource is prefillThroughput and maxTTFTPenaltyMs > 0, got 0 \(int\)$",
+            id="peak-zero",
+        ),
+        pytest.param(
+            {"peakPrefillThroughput": -1, "maxTTFTPenaltyMs": 0},
+            r"^plugins\[0\]\.parameters\.peakPrefillThroughput: expected number >= 0",
+            id="peak-negative",
         ),
         pytest.param(
             {"affinityTreshold": 0.5},
