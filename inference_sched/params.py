@@ -96,7 +96,11 @@ def describe(value: object) -> str:
 def closest(word: str, choices: Sequence[str]) -> list[str]:
     """Close matches of ``word`` among ``choices`` (case-insensitive), best first."""
     lowered = {c.lower(): c for c in choices}
-    hits = difflib.get_close_matches(word.lower(), list(lowered), n=3, cutoff=0.6)
+    key = word.lower()
+    hits = difflib.get_close_matches(key, list(lowered), n=3, cutoff=0.6)
+    if len(hits) > 1:  # keep only the matches about as close as the best one
+        ratios = [difflib.SequenceMatcher(None, key, h).ratio() for h in hits]
+        hits = [h for h, r in zip(hits, ratios, strict=True) if r >= ratios[0] - 0.1]
     return [lowered[h] for h in hits]
 
 

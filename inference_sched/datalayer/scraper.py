@@ -816,6 +816,8 @@ def scrapers_from_config(
                 "expected at least one extractor per source, got 0", path=f"{path}.extractors"
             )
         source = instance(entry["pluginRef"], f"{path}.pluginRef")
+        if callable(getattr(source, "attach", None)) and not isinstance(source, MetricsSource):
+            continue  # a notification source: attach_notification_sources runs it
         if not isinstance(source, MetricsSource):
             raise ConfigError(
                 f"plugin {entry['pluginRef']!r} is not a data source "

@@ -280,18 +280,13 @@ def gpu_utilization(page: Page, *, endpoint: str, pod: str = "") -> float:
 
 # ====================================================================== extractors
 class _AttributeExtractorBase:
-    """``extract`` is the framework's extractor method (so a ``dataLayer`` source may
-    reference the plugin); it returns what :meth:`extract_attributes` returns."""
+    """An attribute extractor (``extract_attributes``) and the page format it reads."""
 
     name: str
     page_format: ClassVar[str] = "prometheus"
 
     def extract_attributes(self, page: Any, endpoint: Endpoint) -> Mapping[str, Any]:
         raise NotImplementedError
-
-    def extract(self, text: str, endpoint: Endpoint) -> Any:
-        """Same as :meth:`extract_attributes`."""
-        return self.extract_attributes(text, endpoint)
 
 
 @register("models-data-extractor")

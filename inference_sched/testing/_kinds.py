@@ -22,9 +22,10 @@ import numpy.typing as npt
 from inference_sched.errors import AdmissionDeniedError, DataError
 from inference_sched.framework import registry
 from inference_sched.framework.scheduler import Scheduler
-from inference_sched.framework.types import ProfileRunResult, Request, SchedulingResult
+from inference_sched.framework.types import Endpoint, ProfileRunResult, Request, SchedulingResult
 from inference_sched.state.table import EndpointTable
 from inference_sched.testing.cycles import DEFAULT_PROMPT, FakeCycle, make_cycle
+from inference_sched.testing.tables import make_table
 
 __all__ = ["SCORER_CATEGORIES", "KindChecks", "fail_check"]
 
@@ -420,6 +421,77 @@ class KindChecks:
                     "for a bad page)",
                 )
         self.checked.append("extractor: reads a vLLM page; a malformed one is a DataError")
+
+    def exercise_screener(self, kind: str) -> None:
+        for i, size in enumerate((None, 1)):
+            fake = self.fake(i)
+            candidates = fake.candidates if size is None else fake.candidates[:size]
+            before = candidates.copy()
+            kept = self.call(
+                kind,
+                "screen()",
+                self.instance.screen,
+                fake.cycle,
+                fake.request,
+                fake.table,
+                candidates,
+            )
+            _unchanged(self, kind, "screen()", before, candidates)
+            rows = np.asarray(kept)
+            if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+                self.fail(kind, f"screen() returned {kept!r}: expected a 1-D int array of rows")
+            if not set(rows.tolist()) <= set(before.tolist()):
+                self.fail(
+                    kind,
+                    f"screen() returned rows {rows.tolist()} from {before.tolist()}: expected "
+                    "a subset of its input",
+                )
+        self.checked.append("screener: an int subset of its input (4 and 1 candidates)")
+
+    def exercise_attribute_extractor(self, kind: str) -> None:
+        endpoint = next(iter(self.table))
+        for page in (_VLLM_PAGE, b"\x00{not a page"):
+            try:
+                found = self.instance.extract_attributes(page, endpoint)
+            except DataError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - reported as the check's failure
+                self.fail(
+                    kind,
+                    f"extract_attributes() raised {type(exc).__name__}: {exc} (raise "
+                    "DataError for a page it cannot read)",
+                )
+            if not isinstance(found, Mapping) or not all(isinstance(k, str) for k in found):
+                self.fail(kind, f"extract_attributes() returned {found!r}: expected a Mapping")
+        self.checked.append("attribute-extractor: a str-keyed Mapping, or DataError")
+
+    def exercise_endpoint_extractor(self, kind: str) -> None:
+        for endpoint in self.table:
+            found = self.call(
+                kind, "extract_endpoint()", self.instance.extract_endpoint, endpoint
+            )
+            if not isinstance(found, Mapping) or not all(isinstance(k, str) for k in found):
+                self.fail(kind, f"extract_endpoint() returned {found!r}: expected a Mapping")
+        self.checked.append("endpoint-extractor: a str-keyed Mapping for every endpoint")
+
+    def exercise_notification_source(self, kind: str) -> None:
+        # Attach to a private table: the plugin's events must not reach the check's table.
+        self.call(kind, "attach()", self.instance.attach, make_table(2), [])
+        for method in ("close", "stop"):
+            stop = getattr(self.instance, method, None)
+            if callable(stop):
+                self.call(kind, f"{method}()", stop)
+                break
+        self.checked.append("notification-source: attaches to a table")
+
+    def exercise_endpoint_discovery(self, kind: str) -> None:
+        found = self.call(kind, "endpoints()", self.instance.endpoints)
+        if not isinstance(found, list) or not all(isinstance(e, Endpoint) for e in found):
+            self.fail(kind, f"endpoints() returned {found!r}: expected a list of Endpoint")
+        names = [e.name for e in found]
+        if names != sorted(names):
+            self.fail(kind, f"endpoints() returned {names}: expected them sorted by name")
+        self.checked.append("endpoint-discovery: a sorted list of Endpoint")
 
 
 def _unchanged(

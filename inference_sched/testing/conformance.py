@@ -85,8 +85,21 @@ _ISOLATED_POINTS: Final = {
     "response-streaming": "ResponseStreaming",
     "response-complete": "ResponseComplete",
     "admitter": "Admitter",
+    "screener": "Screener",
 }
 """Kind → the extension point the scheduler counts its errors under."""
+
+_DATA_LAYER_KINDS: Final = frozenset(
+    {
+        "data-source",
+        "extractor",
+        "attribute-extractor",
+        "endpoint-extractor",
+        "notification-source",
+        "endpoint-discovery",
+    }
+)
+"""Kinds the data layer drives (scrapers, pollers, notification sources, discovery)."""
 
 
 class InjectedFailure(RuntimeError):
@@ -429,10 +442,10 @@ class _Checker(KindChecks):
         assert self.scheduler is not None
         scheduler = self.scheduler
         methods = registry.KINDS[kind][1]
-        if kind in ("data-source", "extractor"):
+        if kind in _DATA_LAYER_KINDS:
             self.skipped.append(
-                f"isolation of {kind}: not called by the Scheduler (the data layer's Scraper "
-                "isolates it)"
+                f"isolation of {kind}: not called by the Scheduler (the data layer's runners "
+                "isolate it)"
             )
             return
         request = self.request(0, priority=-1 if kind == "saturation-detector" else 0)

@@ -30,10 +30,10 @@ from inference_sched.kernels._jit import is_jit_enabled
 from inference_sched.kernels._twins import hashing as reference
 from inference_sched.prefix.hashing import (
     block_hashes,
+    gie_token_block_hashes,
     num_block_hashes,
     readonly,
     seed_hash,
-    token_block_hashes,
 )
 
 Impl = Mapping[str, Callable[..., Any]]
@@ -297,9 +297,9 @@ def test_block_hash_vectors(
 def test_token_block_hash_vector() -> None:
     # ids 1..40, uint32 little-endian, blocks of 16 tokens: 16 + 16 + a tail of 8
     expected = [0xEA0298C387A272ED, 0x1206DE8529D06134, 0xFD54BEA1813FC838]
-    hashes = token_block_hashes(list(range(1, 41)), "m", block_size_tokens=16)
+    hashes = gie_token_block_hashes(list(range(1, 41)), "m", block_size_tokens=16)
     assert [int(h) for h in hashes] == expected
-    assert token_block_hashes(list(range(1, 16)), "m", block_size_tokens=16).tolist() == []
+    assert gie_token_block_hashes(list(range(1, 16)), "m", block_size_tokens=16).tolist() == []
 
 
 @pytest.mark.parametrize(
@@ -317,7 +317,9 @@ def test_wrappers_accept_writable_and_readonly_inputs() -> None:
     # bytearray gives a writable buffer; the wrapper still passes a read-only view.
     assert block_hashes(bytearray(HELLO), "m").tolist() == block_hashes(HELLO, "m").tolist()
     ids = np.arange(1, 41, dtype=np.int64)
-    assert token_block_hashes(ids, "m").tolist() == token_block_hashes(list(ids), "m").tolist()
+    assert (
+        gie_token_block_hashes(ids, "m").tolist() == gie_token_block_hashes(list(ids), "m").tolist()
+    )
 
 
 # --------------------------------------------------------------------------- signatures

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.unit
 PREFIX_QUEUE = """
 plugins:
 - type: prefix-cache-scorer
-  parameters: {blockSizeTokens: 16, autoTune: false}
+  parameters: {blockSizeTokens: 64, autoTune: false}
 - type: queue-scorer
 - type: max-score-picker
 schedulingProfiles:
@@ -90,16 +90,17 @@ def test_sequential_default_herds_the_burst_onto_one_endpoint() -> None:
     # Every request sees the same scraped queues; the first pick's prefix then pulls the
     # rest of its group, and a new group's first request goes to the shortest queue.
     scheduler = joint_scheduler(PREFIX_QUEUE, WAITING, 6.3)
-    assert picks(scheduler.schedule_batch(burst({"A": 640, "B": 640, "C": 640}))) == ["e0"] * 12
+    assert picks(scheduler.schedule_batch(burst({"A": 2560, "B": 2560, "C": 2560}))) == ["e0"] * 12
 
 
 def test_three_groups_each_co_locate_when_recompute_costs_more_than_queueing() -> None:
-    # 10 blocks per prompt at credit 6.3: recompute 63 blocks; a member adds 25 blocks;
+    # 10 blocks per prompt (2560 bytes: 640 tokens in 64-token blocks) at credit 6.3:
+    # recompute 63 blocks; a member adds 25 blocks;
     # queues cost 25 blocks each: base loads 0, 25, 75, 100, 150, 200.
     # A: e0 at 63, then 25, 50, 75 (e1 would be 88). B: e1 88 (e0 163), then 50, 75,
     # 100 (e2 138). C: e2 138, then 100, 125, 150 (e0 and e3: 163).
     scheduler = joint_scheduler(PREFIX_QUEUE, WAITING, 6.3, k=2)
-    results = scheduler.schedule_batch(burst({"A": 640, "B": 640, "C": 640}), joint=True)
+    results = scheduler.schedule_batch(burst({"A": 2560, "B": 2560, "C": 2560}), joint=True)
     assert picks(results) == ["e0", "e1", "e2"] * 4
     first = results[0]
     assert isinstance(first, SchedulingResult)
@@ -113,7 +114,7 @@ def test_identical_prompts_split_once_co_location_stops_paying() -> None:
     # each group keeps two members together, then the load added there outweighs the
     # recompute and the next two members start a second copy elsewhere.
     scheduler = joint_scheduler(PREFIX_QUEUE, WAITING, 2.5)
-    requests = burst({"A": 640, "B": 704, "C": 832})
+    requests = burst({"A": 2560, "B": 2816, "C": 3328})
     results = scheduler.schedule_batch(requests, joint=True)
     assert picks(results) == ["e1", "e0", "e0", "e1", "e0", "e0"] + ["e3", "e2", "e1"] * 2
     by_group = Counter((r.request_id[0], p) for r, p in zip(requests, picks(results), strict=True))
@@ -122,7 +123,7 @@ def test_identical_prompts_split_once_co_location_stops_paying() -> None:
 
 def test_without_prefix_credit_the_burst_only_balances_load() -> None:
     scheduler = joint_scheduler(PREFIX_QUEUE, WAITING, 0.0)
-    results = scheduler.schedule_batch(burst({"A": 640, "B": 640, "C": 640}), joint=True)
+    results = scheduler.schedule_batch(burst({"A": 2560, "B": 2560, "C": 2560}), joint=True)
     # Loads in blocks: 0, 25, 75, 100, 150, 200 plus 25 per request: 12 requests level
     # them at 200 (e0 8, e1 7, ... e5 0 would exceed 12): e0 takes 5, e1 4, e2 2, e3 1.
     counts = Counter(picks(results))
@@ -143,25 +144,28 @@ def test_a_herd_the_sequential_default_sends_to_one_endpoint_spreads() -> None:
 
 def test_in_flight_load_and_prefix_index_see_the_whole_batch_afterwards() -> None:
     scheduler = joint_scheduler(WITH_INFLIGHT, WAITING, 6.3)
-    results = scheduler.schedule_batch(burst({"A": 640, "B": 640, "C": 640}), joint=True)
+    results = scheduler.schedule_batch(burst({"A": 2560, "B": 2560, "C": 2560}), joint=True)
     assert picks(results) == ["e0", "e1", "e2"] * 4
     table = scheduler.table
-    # PreRequest ran once per request: in-flight +1 request, +400 tokens on each pick.
+    # PreRequest ran once per request: in-flight +1 request and, per llm-d-router, the
+    # request's uncached prompt tokens (640: nothing was cached when the batch was
+    # prepared; no output estimate without addEstimatedOutputTokens) on each pick.
     assert table.inflight_requests[:6].tolist() == [4.0, 4.0, 4.0, 0.0, 0.0, 0.0]
-    assert table.inflight_tokens[:6].tolist() == [1600.0, 1600.0, 1600.0, 0.0, 0.0, 0.0]
+    assert table.inflight_tokens[:6].tolist() == [2560.0, 2560.0, 2560.0, 0.0, 0.0, 0.0]
     # The prefix index recorded the picks: the next A goes back to e0 sequentially.
-    nxt = scheduler.schedule(Request.create("m", prompt="A" * 640))
+    nxt = scheduler.schedule(Request.create("m", prompt="A" * 2560))
     assert nxt.endpoint.name == "e0"
-    # A second joint burst starts from max(in-flight, queue x 400 tokens): e0 2000
-    # tokens (125 blocks), e1 max(1600, 400), e2 max(1600, 1200), e3 max(0, 1600): 100
-    # blocks each, e4 150, e5 200. A new prompt D pays 63 + load: e1, e2 or e3 (a tie).
-    second = scheduler.schedule_batch(burst({"D": 640}, members=1), joint=True)
-    assert picks(second)[0] in {"e1", "e2", "e3"}
-    assert second[0].primary.scores[0] == -163.0  # type: ignore[union-attr]
+    # (That request was fully cached on e0: it added no uncached tokens.) A second
+    # joint burst starts from max(in-flight, queue x 1600 tokens), in 64-token blocks:
+    # e0 max(2560, 0) and e1 max(2560, 1600) are 40 blocks, e2 75, e3 100, e4 150, e5
+    # 200. A new prompt D pays 63 (10 blocks x 6.3) + load: e0 or e1 (a tie), 103.
+    second = scheduler.schedule_batch(burst({"D": 2560}, members=1), joint=True)
+    assert picks(second)[0] in {"e0", "e1"}
+    assert second[0].primary.scores[0] == -103.0  # type: ignore[union-attr]
 
 
 def test_same_seed_same_assignment_and_seeds_break_ties() -> None:
-    requests = burst({"A": 640, "B": 640}, members=3)
+    requests = burst({"A": 2560, "B": 2560}, members=3)
     runs = {
         seed: picks(
             joint_scheduler(PREFIX_QUEUE, [0.0] * 6, 1.0, seed).schedule_batch(requests, joint=True)
@@ -189,7 +193,7 @@ def test_a_filter_that_empties_one_request_fails_that_request_only() -> None:
     config = """
 plugins:
 - type: prefix-cache-scorer
-  parameters: {blockSizeTokens: 16, autoTune: false}
+  parameters: {blockSizeTokens: 64, autoTune: false}
 - type: prefix-cache-affinity-filter
   parameters: {affinityThreshold: 0.5, explorationProbability: 0}
 - type: max-score-picker
@@ -219,7 +223,7 @@ schedulingProfiles:
 
 
 def test_default_mode_still_equals_sequential_schedule() -> None:
-    requests = burst({"A": 640, "B": 704, "C": 832})
+    requests = burst({"A": 2560, "B": 2816, "C": 3328})
     batch = joint_scheduler(PREFIX_QUEUE, WAITING, 6.3, seed=4).schedule_batch(requests)
     sequential = joint_scheduler(PREFIX_QUEUE, WAITING, 6.3, seed=4)
     assert picks(batch) == [sequential.schedule(r).endpoint.name for r in requests]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference_sched.prefix.hashing import block_hashes, token_block_hashes
+from inference_sched.prefix.hashing import block_hashes, gie_token_block_hashes
 from inference_sched.sim.prompts import (
     ID_MASK,
     block_token_ids,
@@ -158,7 +158,7 @@ def test_scheduler_hashes_see_the_id_prefix() -> None:
     hb = block_hashes(prompt_bytes(b, 9 * 16), "m")
     assert common_ids(ha, hb) == 6
     # The token-id path hashes the very same bytes.
-    assert np.array_equal(token_block_hashes(prompt_token_ids(a, 125), "m"), ha)
+    assert np.array_equal(gie_token_block_hashes(prompt_token_ids(a, 125), "m"), ha)
 
 
 @given(

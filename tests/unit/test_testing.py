@@ -136,6 +136,7 @@ _PARAMS: dict[str, dict[str, Any]] = {
     # Needs exactly one source; the conformance requests carry x-session-id.
     "session-id-producer": {"headerName": "x-session-id"},
     "agent-identity": {"additionalSessionHeaders": ["x-session-id"]},
+    "k8s-notification-source": {"version": "v1", "kind": "Pod"},
 }
 _PROFILES: dict[str, tuple[str, ...]] = {
     "disagg-profile-handler": ("decode", "prefill"),
@@ -159,6 +160,14 @@ def _tokenizer_file(directory: Path) -> Path:
 @pytest.mark.parametrize("plugin_type", sorted(BUILTIN_PLUGINS))
 def test_every_builtin_plugin_passes(plugin_type: str, tmp_path: Path) -> None:
     params = _PARAMS.get(plugin_type)
+    if plugin_type in ("file-discovery", "multicluster-file-discovery"):
+        endpoints = tmp_path / "endpoints.yaml"
+        endpoints.write_text(
+            "endpoints:\n"
+            "- {name: b, address: 10.0.0.2, port: '8000'}\n"
+            "- {name: a, address: 10.0.0.1, port: '8000'}\n"
+        )
+        params = {"path": str(endpoints)}
     if plugin_type in ("token-producer", "tokenizer"):
         pytest.importorskip(
             "tokenizers",

@@ -92,6 +92,14 @@ __all__ = ["debug_once", "default_config", "load_config", "load_config_file", "l
 
 log = logging.getLogger(__name__)
 
+
+_ACCEPTED_KINDS: Final[dict[str, frozenset[str]]] = {
+    "data-source": frozenset({"data-source", "notification-source"}),
+    "extractor": frozenset({"extractor", "attribute-extractor", "endpoint-extractor"}),
+}
+"""A ``dataLayer`` source may be polled or a notification source; its extractors may
+fill the metric columns, or write attributes from a page or from endpoint events."""
+
 DEFAULT_DOCUMENT: Final[Mapping[str, Any]] = types.MappingProxyType(
     {
         "apiVersion": API_VERSION,
@@ -578,7 +586,7 @@ class Loader(FlowChecker):
         """Whether ``entry`` implements ``ref.kind``: by the registry's Protocol once it
         defines the kind, else by llm-d-router's types of that kind (if known)."""
         if ref.kind in registry.KINDS:
-            return ref.kind in entry.kinds
+            return bool(_ACCEPTED_KINDS.get(ref.kind, {ref.kind}) & set(entry.kinds))
         return ref.known is None or entry.type in ref.known
 
     def undefined_refs_only(self, profiles: list[RawProfile], sections: Sections) -> None:

@@ -71,6 +71,7 @@ from inference_sched.kernels._twins.scoring import (
     weighted_sum,
     weighted_sum_batch,
 )
+from inference_sched.kernels._twins.token_hashing import chained_token_content_hashes
 
 __all__ = [
     # scoring
@@ -100,6 +101,7 @@ __all__ = [
     "xxh64",
     "chained_block_hashes",
     "chained_token_block_hashes",
+    "chained_token_content_hashes",
     # cost
     "kv_cost_scores",
     "softmax_sample_keys",
