@@ -79,7 +79,6 @@ _KNOWN_KEYS: Final = ("name", "namespace", "address", "port", "labels")
 # A file modified this recently may be rewritten within the same mtime tick with the
 # same size, so (mtime, size) cannot prove it unchanged: hash it (git's "racy clean").
 _RACY_S: Final = 2.0
-_HAS_METRICS_ADDRESS: Final = "metrics_address" in attrs.fields_dict(Endpoint)
 
 
 # --------------------------------------------------------------------------- results
@@ -108,10 +107,9 @@ class FileEntry:
         if self.metrics_address is None:
             return endpoint
         metrics_port = self.port if self.metrics_port is None else self.metrics_port
-        changes: dict[str, Any] = {"metrics_port": metrics_port}
-        if _HAS_METRICS_ADDRESS:
-            changes["metrics_address"] = self.metrics_address
-        return attrs.evolve(endpoint, **changes)
+        return attrs.evolve(
+            endpoint, metrics_port=metrics_port, metrics_address=self.metrics_address
+        )
 
 
 @attrs.frozen

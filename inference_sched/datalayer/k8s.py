@@ -284,7 +284,13 @@ def pod_endpoints(
     separate_metrics = metrics_port if len(target_ports) == 1 else None
     return [
         Endpoint(
-            endpoint_name(pod.metadata.name, i), ip, port, labels, metrics_port=separate_metrics
+            endpoint_name(pod.metadata.name, i),
+            ip,
+            port,
+            labels,
+            metrics_port=separate_metrics,
+            node_address=getattr(pod.status, "host_ip", None) or None,
+            pod_name=pod.metadata.name,
         )
         for i, port in enumerate(target_ports)
         if port in active

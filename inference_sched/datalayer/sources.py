@@ -245,7 +245,7 @@ def _kind(value: Any) -> str:
 def pod_name_of(endpoint: Endpoint) -> str:
     """The pod an endpoint belongs to: its ``pod_name`` when it has one, else its name
     without GIE's ``-rank-<n>`` suffix."""
-    explicit = getattr(endpoint, "pod_name", None)
+    explicit = endpoint.pod_name
     if explicit:
         return str(explicit)
     return _RANK_SUFFIX.sub("", endpoint.name)

@@ -89,6 +89,11 @@ class Endpoint:
         labels: pod labels (read-only mapping).
         role: disaggregation role; derived from the ``llm-d.ai/role`` label unless given.
         metrics_port: port serving ``/metrics`` when it differs from ``port``.
+        metrics_address: host serving ``/metrics`` when it differs from ``address``
+            (``multicluster-file-discovery``'s ``metricsAddress`` label).
+        node_address: the node's IP (pod ``status.hostIP``): where node-level exporters
+            such as DCGM answer (``dcgm-data-source`` ``useNodeAddress``).
+        pod_name: the pod's name when the endpoint name is not it (``<pod>-rank-<n>``).
     """
 
     name: str
@@ -99,6 +104,9 @@ class Endpoint:
         default=attrs.Factory(_role_from_labels, takes_self=True), converter=Role
     )
     metrics_port: int | None = None
+    metrics_address: str | None = None
+    node_address: str | None = None
+    pod_name: str | None = None
 
     @property
     def hostport(self) -> str:
@@ -111,7 +119,7 @@ class Endpoint:
     def metrics_hostport(self) -> str:
         """``ip:port`` of the metrics server."""
         port = self.port if self.metrics_port is None else self.metrics_port
-        return Endpoint(self.name, self.address, port).hostport
+        return Endpoint(self.name, self.metrics_address or self.address, port).hostport
 
 
 def strip_port(hostport: str) -> str:

@@ -120,9 +120,22 @@ def test_ready_pod_gives_one_endpoint_per_target_port() -> None:
     pod = make_pod("vllm-0", "10.0.0.5", labels={"app": "vllm", "llm-d.ai/role": "decode"})
     endpoints = pod_endpoints(pod, PORTS)
     assert endpoints == [
-        Endpoint("vllm-0-rank-0", "10.0.0.5", 8000, {"app": "vllm", "llm-d.ai/role": "decode"}),
-        Endpoint("vllm-0-rank-1", "10.0.0.5", 8001, {"app": "vllm", "llm-d.ai/role": "decode"}),
+        Endpoint(
+            "vllm-0-rank-0",
+            "10.0.0.5",
+            8000,
+            {"app": "vllm", "llm-d.ai/role": "decode"},
+            pod_name="vllm-0",
+        ),
+        Endpoint(
+            "vllm-0-rank-1",
+            "10.0.0.5",
+            8001,
+            {"app": "vllm", "llm-d.ai/role": "decode"},
+            pod_name="vllm-0",
+        ),
     ]
+    assert endpoints[0].node_address is None  # the fake pod has no status.hostIP
     assert [e.role for e in endpoints] == [Role.DECODE, Role.DECODE]
     assert endpoints[0].metrics_port is None
 
@@ -464,7 +477,7 @@ def test_stream_drives_the_table_and_its_removal_listeners() -> None:
         (1, "vllm-0-rank-1"),
     ]
     assert table.get("vllm-2-rank-0") == Endpoint(
-        "vllm-2-rank-0", "10.0.0.12", 8000, {"app": "vllm"}
+        "vllm-2-rank-0", "10.0.0.12", 8000, {"app": "vllm"}, pod_name="vllm-2"
     )
 
 
