@@ -141,6 +141,7 @@ BUILTIN_DEFAULT_PRODUCERS: Final[Mapping[str, str]] = MappingProxyType(
         "PrefixCacheMatchInfo": "approx-prefix-cache-producer",
         "LatencyPredictionInfo": "predicted-latency-producer",
         "MultiModalEncoderCacheMatchInfo": "mm-embeddings-cache-producer",
+        "TokenizedPrompt": "token-producer",
     }
 )
 """Data key → the built-in plugin type GIE creates when a profile consumes the key and

@@ -43,9 +43,9 @@ apply as if it had not been there.
 (:class:`PrecisePrefixCacheScorer`).
 
 Token ids: the match needs the prompt's token ids: ``Request.token_ids`` (the gateway's),
-the body's ``prompt_token_ids``, or ``TokenizedPrompt`` from a ``token-producer``. A
-request without them gets no prefix information (scores 0), as in llm-d without a token
-producer.
+the body's ``prompt_token_ids``, or ``TokenizedPrompt`` from a ``token-producer`` (the
+default one estimates: ids that never match engine blocks; with only those and
+``indexerConfig.tokenizersPoolConfig.vllm``, that server renders the request). None: 0.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from typing import Any, ClassVar, Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.errors import SchedulingError
+from inference_sched.errors import DataError, SchedulingError
 from inference_sched.framework.contracts import (
     PREFIX_CACHE_MATCH_INFO,
     TOKENIZED_PROMPT,
@@ -70,6 +70,7 @@ from inference_sched.framework.contracts import (
     cache_salt,
     first_picks,
     prefix_info_key,
+    read_tokenized,
     request_token_ids,
 )
 from inference_sched.framework.interfaces import DataProducer, Handle, Scorer
@@ -92,6 +93,7 @@ from inference_sched.prefix.precise.params import (
     PrecisePrefixParams,
 )
 from inference_sched.state.table import EndpointTable
+from inference_sched.tokenize.render import RenderError, client_for
 
 __all__ = [
     "PRECISE_PRODUCER_TYPE",
@@ -171,6 +173,8 @@ class PrecisePrefixCacheProducer:
             speculative_ttl_s=params.speculative_ttl_s,
         )
         self._seed = params.token_processor_config.hash_seed
+        pool = getattr(params.indexer_config, "tokenizers_pool_config", None)  # (docs)
+        self._render = client_for(getattr(pool, "vllm", None), getattr(pool, "model_name", ""))
         # Waiting events by endpoint (pod), oldest endpoint first; guarded by _qlock,
         # taken briefly by every producer and applier. _queued counts the events.
         self._pending: dict[str, _PodQueue] = {}
@@ -584,7 +588,7 @@ class PrecisePrefixCacheProducer:
             self._follow_table()
         block_tokens = self.index.block_size_tokens
         counts = np.zeros(max(table.capacity, 1))
-        tokens = request_token_ids(request, cycle)
+        tokens = self._token_ids(request, cycle)
         keys = _NO_KEYS
         total = 0
         with self._lock:
@@ -615,6 +619,22 @@ class PrecisePrefixCacheProducer:
         cycle.write(self._info_key, info)
         if self.params.speculative_indexing and len(keys):
             cycle.write(self._state_key, _Match(keys, info))
+
+    def _token_ids(self, request: Request, cycle: CycleState) -> npt.NDArray[np.uint32] | None:
+        """The request's ids; rendered by ``tokenizersPoolConfig.vllm`` when all there is
+        are estimated ids (a failed render falls back to them, counted)."""
+        produced, body = read_tokenized(cycle), request.body or {}
+        skip = self._render is None or not body or request.token_ids is not None
+        if skip or "prompt_token_ids" in body or not getattr(produced, "estimated", True):
+            return request_token_ids(request, cycle)
+        try:
+            rendered = self._render.render(body, request.headers)  # type: ignore[union-attr]
+        except (RenderError, DataError) as exc:
+            with self._qlock:
+                self.stats["render_failures"] += 1
+            self._warn("render", "precise prefix: render failed (%s); using estimated ids", exc)
+            return request_token_ids(request, cycle)
+        return np.concatenate(rendered.prompts) if rendered.prompts else None
 
     def pre_request(self, cycle: CycleState, request: Request, result: SchedulingResult) -> None:
         """Speculative indexing: queue the request's blocks for the pick(s), inserted by
