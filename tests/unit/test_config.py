@@ -475,6 +475,7 @@ def test_empty_source_is_gie_default(source: str | None) -> None:
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
+        ("token-producer", "token-producer", True),
     ]
     assert cfg.scheduling_profiles == (
         ProfileSpec(
@@ -546,6 +547,7 @@ def test_gie_full_shape_example() -> None:
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
+        ("token-producer", "token-producer", True),
     ]
     assert cfg.plugin("my-prefix").parameters == {}
     assert cfg.scheduling_profiles == (
@@ -616,6 +618,7 @@ def test_gie_15a_with_the_producer() -> None:
     assert [p.name for p in cfg.plugins if p.is_auto] == [
         "single-profile-handler",
         *SECTION_DEFAULTS,
+        "token-producer",  # the producer consumes TokenizedPrompt (llm-d-router)
     ]
 
 
@@ -632,6 +635,7 @@ def test_gie_15a_without_the_producer() -> None:
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
         ("approx-prefix-cache-producer", "approx-prefix-cache-producer", True),
+        ("token-producer", "token-producer", True),
     ]
     assert cfg.plugin("max-score-picker").params.max_num_of_endpoints == 2
     assert cfg.scheduling_profiles[0].plugins == (
@@ -944,6 +948,7 @@ def test_system_defaults_are_added_when_registered(system_stubs: None) -> None:
         "metrics-data-source",
         "core-metrics-extractor",
         "approx-prefix-cache-producer",
+        "token-producer",
     ]
     assert cfg.parsers == (
         "openai-parser",
@@ -1116,7 +1121,11 @@ def test_default_producer_is_added_for_consumed_key() -> None:
 
 def test_builtin_inflight_load_producer_is_auto_added() -> None:
     cfg = _load("plugins: [{type: token-load-scorer}]\n")
-    assert _types(cfg)[-1] == ("inflight-load-producer", "inflight-load-producer", True)
+    # The producer consumes TokenizedPrompt (llm-d-router), so token-producer follows it.
+    assert _types(cfg)[-2:] == [
+        ("inflight-load-producer", "inflight-load-producer", True),
+        ("token-producer", "token-producer", True),
+    ]
 
 
 def test_declared_producer_is_not_duplicated() -> None:
@@ -1188,13 +1197,21 @@ def test_to_dict_shape() -> None:
             {
                 "name": "metrics-data-source",
                 "type": "metrics-data-source",
-                "parameters": {"scheme": "http", "path": "/metrics", "insecureSkipVerify": True},
+                "parameters": {
+                    "scheme": "http",
+                    "path": "/metrics",
+                    "port": 0,
+                    "insecureSkipVerify": True,
+                    "caCertPath": "",
+                    "clientCertPath": "",
+                    "clientKeyPath": "",
+                },
             },
             {
                 "name": "core-metrics-extractor",
                 "type": "core-metrics-extractor",
                 "parameters": {
-                    "engineLabelKey": "inference.networking.k8s.io/engine-type",
+                    "engineLabelKey": "llm-d.ai/engine-type",
                     "defaultEngine": "vllm",
                     "engineConfigs": [],
                 },

@@ -43,11 +43,13 @@ def test_put_get_delete_and_scalars() -> None:
     store.put_many(2, {"q": 1.5, "topo": ("h1",)})
     assert store.get(0, "q") == 3
     assert store.get(1, "q", "absent") == "absent"
-    assert store.has(2, "topo") and not store.has(0, "topo")
+    assert store.has(2, "topo")
+    assert not store.has(0, "topo")
     np.testing.assert_array_equal(store.scalars("q", [0, 1, 2]), [3.0, np.nan, 1.5])
     np.testing.assert_array_equal(store.scalars("topo", [2]), [np.nan])  # not a number
     assert list(store.keys()) == ["q", "topo"]
-    assert store.delete(2, "q") and not store.delete(2, "q")
+    assert store.delete(2, "q")
+    assert not store.delete(2, "q")
     assert store.of(2) == {"topo": ("h1",)}
 
 
@@ -56,7 +58,8 @@ def test_versions_change_only_with_their_key() -> None:
     store.put(0, "a", 1.0)
     a, b, total = store.key_version("a"), store.key_version("b"), store.version
     store.put(0, "b", 2.0)
-    assert store.key_version("a") == a and store.key_version("b") == b + 1
+    assert store.key_version("a") == a
+    assert store.key_version("b") == b + 1
     assert store.version == total + 1
     value = ("same",)
     store.put(1, "c", value)
@@ -148,7 +151,8 @@ def test_screeners_each_see_every_candidate_and_the_cycle_keeps_the_intersection
     first, second = _KeepRows("first", {1, 2, 3}), _KeepRows("second", {0, 2, 3})
     scheduler = _scheduler(table, first, second, _Broken())
     result = scheduler.schedule(Request.create("m"))
-    assert first.seen == [[0, 1, 2, 3]] and second.seen == [[0, 1, 2, 3]]
+    assert first.seen == [[0, 1, 2, 3]]
+    assert second.seen == [[0, 1, 2, 3]]
     assert {e.name for e in result.profile_results["default"].endpoints} <= {"e2", "e3"}
     assert result.endpoint.name in {"e2", "e3"}
 
@@ -160,7 +164,8 @@ def test_screeners_that_remove_everything_fail_with_503() -> None:
         NoEndpointError, match="screeners eliminated all endpoint candidates"
     ) as info:
         scheduler.schedule(Request.create("m"))
-    assert info.value.screened and info.value.http_status == 503
+    assert info.value.screened
+    assert info.value.http_status == 503
 
 
 def test_a_broken_screener_is_ignored() -> None:
@@ -196,7 +201,8 @@ def test_stability_defaults_to_stable_and_reads_the_class() -> None:
 
 def test_deprecated_types_name_a_registered_replacement() -> None:
     for old, new in BUILTIN_DEPRECATED.items():
-        assert old in BUILTIN_PLUGINS and new in BUILTIN_PLUGINS, (old, new)
+        assert old in BUILTIN_PLUGINS, old
+        assert new in BUILTIN_PLUGINS, (old, new)
 
 
 def test_known_alpha_types_are_marked() -> None:
