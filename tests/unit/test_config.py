@@ -308,7 +308,7 @@ ERRORS = [
     E("plugin: []\n", ConfigError, r"^unknown key 'plugin' \(did you mean 'plugins'\?\); known keys: apiVersion, ", id="top-plugin"),
     E("schedulingprofiles: []\n", ConfigError, r"^unknown key 'schedulingprofiles' \(did you mean 'schedulingProfiles'\?\)", id="top-case"),
     E("1: x\n", ConfigError, r"^unknown key 1; known keys", id="top-int-key"),
-    E("apiVersion: v1\n", ConfigError, r"^apiVersion: expected one of 'llm-d\.ai/v1alpha1', 'inference\.networking\.x-k8s\.io/v1alpha1', got 'v1' \(str\)$", id="apiversion-unknown"),
+    E("apiVersion: v1\n", ConfigError, r"^apiVersion: expected one of 'llm-d\.ai/v1alpha1', 'llm-d\.ai/v1', 'inference\.networking\.x-k8s\.io/v1alpha1', got 'v1' \(str\)$", id="apiversion-unknown"),
     E("apiVersion: inference.networking.x-k8s.io/v1alpha2\n", ConfigError, r"^apiVersion: .*\(did you mean 'inference\.networking\.x-k8s\.io/v1alpha1'\?\)$", id="apiversion-near"),
     E("apiVersion: 1\n", ConfigError, r"^apiVersion: .*got 1 \(int\)$", id="apiversion-int"),
     E("kind: EndpointPickerConfiguration\n", ConfigError, r"^kind: expected 'EndpointPickerConfig', got 'EndpointPickerConfiguration' \(str\) \(did you mean 'EndpointPickerConfig'\?\)$", id="kind-wrong"),
@@ -353,7 +353,6 @@ ERRORS = [
     E(BASE + f"schedulingProfiles: [{{name: a, plugins: [{{pluginRef: queue-scorer, weight: {10**400}}}]}}]\n", ConfigError, r"^schedulingProfiles\[a\]\.plugins\[0\]\.weight: expected a finite number, got 1000", id="weight-huge-int"),
     E("plugins: [{type: queue-scorer}, {name: prefix, type: prefix-cache-scorer}]\nschedulingProfiles: [{name: default, plugins: [{pluginRef: queue-scorer}, {pluginRef: pfx}]}]\n", ConfigError, r"^schedulingProfiles\[default\]\.plugins\[1\] references undefined plugin 'pfx' \(did you mean 'prefix'\?\)$", id="ref-undefined"),
     E("plugins: [{type: queue-scorr}]\nschedulingProfiles: [{name: a, plugins: [{pluginRef: nope}]}]\n", ConfigError, r"^2 problems.*\n  plugins\[0\]\.type: unknown plugin type .*\n  schedulingProfiles\[a\]\.plugins\[0\] references undefined plugin 'nope'$", id="ref-undefined-while-types-fail"),
-    E(BASE + "schedulingProfiles: [{name: a, plugins: [{pluginRef: single-profile-handler}]}]\n", ConfigError, r"^schedulingProfiles\[a\]\.plugins\[0\]: plugin 'single-profile-handler' \(single-profile-handler, added by default\) is a profile-handler; a profile takes only filters, scorers and pickers$", id="ref-not-profile-kind"),
     E("plugins: [{type: max-score-picker, name: a}, {type: random-picker, name: b}]\nschedulingProfiles: [{name: p, plugins: [{pluginRef: a}, {pluginRef: b}]}]\n", ConfigError, r"^schedulingProfiles\[p\]\.plugins\[1\]: second picker 'b' in schedulingProfiles\[p\] \(first: 'a'\); a profile has exactly one picker$", id="second-picker"),
     E("plugins: [{type: max-score-picker, name: a}, {type: random-picker, name: b}]\n", ConfigError, r"^plugins\[1\]: second picker 'b' in the implicit 'default' profile \(first: 'a'\); a profile has exactly one picker; declare schedulingProfiles to choose$", id="second-picker-implicit-profile"),
     E(BASE + "schedulingProfiles: [{name: a}, {name: b}]\n", ConfigError, r"^plugins: no profile handler configured: 2 profiles need a profile-handler plugin", id="no-handler"),
@@ -1329,3 +1328,22 @@ def test_gie_15c_sglang_data_layer() -> None:
     extractor = cfg.plugin("core-metrics-extractor")
     assert extractor.params.default_engine == "sglang"
     assert cfg.plugin("metrics-data-source").params.path == "/metrics"
+
+
+def test_a_profile_reference_to_a_non_profile_plugin_is_dropped_with_a_warning() -> None:
+    # llm-d-router's AddPlugins skips it; its guides list producers in profiles.
+    cfg = _load(
+        "plugins: [{type: queue-scorer}]\n"
+        "schedulingProfiles: [{name: a, plugins: [{pluginRef: single-profile-handler}, "
+        "{pluginRef: queue-scorer}]}]\n"
+    )
+    assert [r.plugin_ref for r in cfg.scheduling_profiles[0].plugins] == [
+        "queue-scorer",
+        "max-score-picker",
+    ]
+    assert (
+        "schedulingProfiles[a].plugins[0]: plugin 'single-profile-handler' "
+        "(single-profile-handler, added by default) is a profile-handler, not a filter, "
+        "scorer or picker; dropped from the profile (it runs at its own extension points)"
+        in cfg.warnings
+    )

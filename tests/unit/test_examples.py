@@ -69,6 +69,10 @@ WARNINGS: Mapping[str, tuple[str, ...]] = {
         "plugins[1]: 'kv-cache-utilization-scorer' (kv-cache-utilization-scorer) is not "
         "used by any profile",
         "plugins[2]: 'prefix-cache-scorer' (prefix-cache-scorer) is not used by any profile",
+        "schedulingProfiles[default].plugins[0]: plugin 'predicted-latency-producer' "
+        "(predicted-latency-producer, plugins[5]) is a data-producer/pre-request/"
+        "response-streaming/response-complete, not a filter, scorer or "
+        "picker; dropped from the profile (it runs at its own extension points)",
     ),
     "flow-control": (
         "flowControl: the flow-control policy plugins (fcfs-ordering-policy, "
@@ -88,10 +92,6 @@ REJECTED: Mapping[str, str] = {
     "wide-ep": (
         "disagg-profile-handler rejects the legacy flat key deciderPluginName, which "
         "llm-d-router maps to deciders.prefill with a deprecation notice"
-    ),
-    "slo-aware": (
-        "the loader rejects a profile reference to a data producer "
-        "('predicted-latency-producer'), which llm-d-router ignores"
     ),
     "flow-control": (
         "round-robin-fairness-policy and fcfs-ordering-policy are not registered plugin "
@@ -119,7 +119,6 @@ ADAPTED: Mapping[str, tuple[tuple[str, str], ...]] = {
             "    deciders: {prefill: always-disagg-pd-decider}",
         ),
     ),
-    "slo-aware": (("  - pluginRef: predicted-latency-producer\n", ""),),
     "flow-control": (("- type: round-robin-fairness-policy\n- type: fcfs-ordering-policy\n", ""),),
 }
 """Edits (old text, new text) that make a rejected example load, for the other tests."""
@@ -167,12 +166,6 @@ def test_adapted_example_loads_and_names_the_gap(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["pd-disaggregation", "pd-topology", "flow-control"])
-@pytest.mark.xfail(
-    raises=ConfigError,
-    strict=True,
-    reason="the guides write apiVersion llm-d.ai/v1 (llm-d-router after the spec's commit "
-    "ebab6879); our loader accepts llm-d.ai/v1alpha1 and GIE's only",
-)
 def test_example_loads_with_the_guides_api_version(name: str) -> None:
     text = example_text(name).replace("apiVersion: llm-d.ai/v1alpha1", "apiVersion: llm-d.ai/v1")
     load_config(text)

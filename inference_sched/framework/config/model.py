@@ -69,7 +69,10 @@ API_VERSION: Final = "llm-d.ai/v1alpha1"
 pkg/epp/config/loader/defaults.go``, ``loadDefaultConfig``)."""
 GIE_API_VERSION: Final = "inference.networking.x-k8s.io/v1alpha1"
 """GIE's apiVersion: the same schema, accepted with a deprecation warning."""
-API_VERSIONS: Final = (API_VERSION, GIE_API_VERSION)
+LLMD_V1_API_VERSION: Final = "llm-d.ai/v1"
+"""The apiVersion of llm-d-router releases after the spec's commit (same schema; its
+guides write it)."""
+API_VERSIONS: Final = (API_VERSION, LLMD_V1_API_VERSION, GIE_API_VERSION)
 """Accepted apiVersions, the current one first."""
 KIND: Final = "EndpointPickerConfig"
 FEATURE_GATE_DEFAULTS: Final[Mapping[str, bool]] = types.MappingProxyType(

@@ -461,11 +461,12 @@ class Loader(FlowChecker):
                 continue
             kinds = set(entry.kinds)
             if not kinds & PROFILE_KINDS:
-                self.error(
-                    raw.path,
-                    f"plugin {entry.describe()} is a {'/'.join(entry.kinds) or 'plugin'}; a "
-                    "profile takes only filters, scorers and pickers",
-                    raw.plugin_ref,
+                # llm-d-router's AddPlugins skips such references (the plugin still runs
+                # at its own extension points); its guides list producers in profiles.
+                self.warn(
+                    f"{raw.path}: plugin {entry.describe()} is a "
+                    f"{'/'.join(entry.kinds) or 'plugin'}, not a filter, scorer or picker; "
+                    "dropped from the profile (it runs at its own extension points)"
                 )
                 continue
             if raw.plugin_ref in seen:
