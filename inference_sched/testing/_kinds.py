@@ -467,9 +467,7 @@ class KindChecks:
 
     def exercise_endpoint_extractor(self, kind: str) -> None:
         for endpoint in self.table:
-            found = self.call(
-                kind, "extract_endpoint()", self.instance.extract_endpoint, endpoint
-            )
+            found = self.call(kind, "extract_endpoint()", self.instance.extract_endpoint, endpoint)
             if not isinstance(found, Mapping) or not all(isinstance(k, str) for k in found):
                 self.fail(kind, f"extract_endpoint() returned {found!r}: expected a Mapping")
         self.checked.append("endpoint-extractor: a str-keyed Mapping for every endpoint")

@@ -29,7 +29,7 @@ from inference_sched.kernels import precise_index as kernels
 from inference_sched.kernels._jit import is_jit_enabled
 from inference_sched.kernels._twins import precise_index as reference
 from inference_sched.kernels.prefix_index import _M_SHIFT
-from inference_sched.prefix.hashing import chain_seed, readonly, token_block_hashes
+from inference_sched.prefix.hashing import chain_seed, gie_token_block_hashes, readonly
 from inference_sched.prefix.precise import EventBatchBuilder, PreciseIndex
 from tests.oracles.prefix_index_model import PreciseIndexModel
 
@@ -83,7 +83,9 @@ def test_without_mixes_the_chain_is_the_token_chain_over_full_blocks(
     out = np.empty(num_full, dtype=np.uint64)
     no_mixes = np.zeros(0, dtype=np.uint64)
     count = kernels._chain_block_keys(tokens, block_tokens, 10**6, chain_seed(model), no_mixes, out)
-    expected = token_block_hashes(tokens[: num_full * block_tokens], model, "", block_tokens, 10**6)
+    expected = gie_token_block_hashes(
+        tokens[: num_full * block_tokens], model, "", block_tokens, 10**6
+    )
     assert count == num_full
     assert out.tolist() == expected.tolist()
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference_sched.prefix.hashing import block_hashes, token_block_hashes
+from inference_sched.prefix.hashing import block_hashes, gie_token_block_hashes
 from inference_sched.prefix.index import PrefixIndex
 
 MODEL = "m"
@@ -75,7 +75,7 @@ def test_match_tokens_equals_token_block_hashes_then_match(
     held: list[tuple[int, int, int]],
     strict: bool,
 ) -> None:
-    expected_hashes = token_block_hashes(tokens, MODEL, "", block_tokens, max_blocks)
+    expected_hashes = gie_token_block_hashes(tokens, MODEL, "", block_tokens, max_blocks)
     index = _index_holding(expected_hashes, held)
     expected = np.full(NUM_ROWS, -1.0)
     (index.match_prefix if strict else index.match_counting)(expected_hashes, expected)

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import pytest
 
 from inference_sched.kernels._twins import precise_index as reference
-from inference_sched.prefix.hashing import chain_seed, seed_hash, token_block_hashes
+from inference_sched.prefix.hashing import chain_seed, gie_token_block_hashes, seed_hash
 from inference_sched.prefix.precise import (
     STATUS_INVALID,
     STATUS_MISALIGNED_PARENT,
@@ -35,7 +35,7 @@ Index = PreciseIndex | PreciseIndexModel
 B = 4
 ROOT = "m"
 TOKENS = np.arange(100, 124, dtype=np.uint32)  # 6 index blocks
-KEYS = [int(k) for k in token_block_hashes(TOKENS, ROOT, "", B, 100)]
+KEYS = [int(k) for k in gie_token_block_hashes(TOKENS, ROOT, "", B, 100)]
 
 IMPLS: dict[str, Callable[..., Index]] = {
     "numba": lambda **kw: PreciseIndex(block_size_tokens=B, **kw),
@@ -87,7 +87,7 @@ def stored(
 
 def test_request_keys_are_the_token_chain_over_full_blocks(index: Index) -> None:
     tokens = np.arange(1000, 1030, dtype=np.uint32)  # 7 full blocks and a 2-token tail
-    expected = token_block_hashes(tokens[:28], "lora-a", "salt", B, 100)
+    expected = gie_token_block_hashes(tokens[:28], "lora-a", "salt", B, 100)
     assert list(index.request_keys(tokens, "lora-a", "salt")) == [int(k) for k in expected]
     assert list(index.request_keys(tokens, "lora-a", "salt", 3)) == [int(k) for k in expected[:3]]
     assert list(index.request_keys(tokens[:3], "lora-a")) == []
@@ -230,7 +230,9 @@ def test_an_unknown_parent_drops_the_event(index: Index) -> None:
 
 def test_root_level_keys_include_the_root_and_the_salt(index: Index) -> None:
     index.block_stored(0, u64([1]), None, TOKENS[:4], B, root_name="lora-x", cache_salt="s")
-    assert index.lru_order(0, "gpu") == [int(token_block_hashes(TOKENS[:4], "lora-x", "s", B)[0])]
+    assert index.lru_order(0, "gpu") == [
+        int(gie_token_block_hashes(TOKENS[:4], "lora-x", "s", B)[0])
+    ]
     assert matched(index, KEYS[:1], 1) == [0.0]
 
 
@@ -244,7 +246,7 @@ def test_engine_blocks_larger_than_ours_map_to_several_keys(index: Index) -> Non
     # A child of engine block 23 continues after key 5.
     more = np.arange(124, 132, dtype=np.uint32)
     assert index.block_stored(0, u64([24]), 23, more, 2 * B, root_name=ROOT) == 2
-    expected = token_block_hashes(np.concatenate([TOKENS, more]), ROOT, "", B, 100)
+    expected = gie_token_block_hashes(np.concatenate([TOKENS, more]), ROOT, "", B, 100)
     assert index.lru_order(0, "gpu")[-2:] == [int(k) for k in expected[6:8]]
 
 
