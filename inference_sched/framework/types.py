@@ -294,6 +294,9 @@ class Response:
     time_s: float = 0.0
     # Mutable on purpose (the hooks write it); left out of eq and hash.
     set_headers: dict[str, str] = attrs.field(factory=dict, eq=False)
+    dynamic_metadata: dict[str, dict[str, float]] = attrs.field(factory=dict, eq=False)
+    """Envoy dynamic metadata the response hooks return (``{namespace: {key: value}}``,
+    GIE's ``Response.DynamicMetadata``); the gateway attaches it to the response."""
 
 
 class ProfileRunResult(NamedTuple):

@@ -137,6 +137,19 @@ _PARAMS: dict[str, dict[str, Any]] = {
     "session-id-producer": {"headerName": "x-session-id"},
     "agent-identity": {"additionalSessionHeaders": ["x-session-id"]},
     "k8s-notification-source": {"version": "v1", "kind": "Pod"},
+    # Revision gating on an unlabelled table keeps nothing: gating off.
+    "disaggregatedset-rollout-screener": {
+        "scope": {"labelSelector": "app=x"},
+        "revisionGating": {"mode": "disabled"},
+    },
+    "request-attribute-reporter": {
+        "attributes": [
+            {
+                "key": {"name": "x-cost"},
+                "expression": "usage.prompt_tokens + usage.completion_tokens",
+            }
+        ]
+    },
 }
 _PROFILES: dict[str, tuple[str, ...]] = {
     "disagg-profile-handler": ("decode", "prefill"),

@@ -326,6 +326,7 @@ class Scheduler:
             out += profile.stats()
         for hooks in (
             self._admitters,
+            self._screeners,
             self._pre_request,
             self._deferred,
             self._received,
