@@ -14,7 +14,7 @@ from inference_sched.cli import main
 def test_plugins_lists_types_kinds_and_sources(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["TYPE", "KINDS", "SOURCE"]
+    assert out.splitlines()[0].split() == ["TYPE", "KINDS", "STABILITY", "SOURCE"]
     line = next(line for line in out.splitlines() if line.startswith("inflight-load-producer "))
     assert "data-producer,pre-request,response-streaming,response-complete" in line
     assert "inference-sched (built-in)" in line
