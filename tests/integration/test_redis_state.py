@@ -50,6 +50,17 @@ NAMES = ["e0", "e1", "e2", "e3"]
 MODEL = "m"
 SYSTEM = b"You are a helpful assistant. " * 40  # 1160 bytes: 18 full blocks of 64
 
+_GIE_ERA_0 = (
+    "expected in-flight tokens are GIE's estimate (input + 1.5x output); "
+    "inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue "
+    "14): the expected values must be recomputed"
+)
+
+_GIE_ERA_1 = (
+    "expected block counts assume 16-token blocks; the approximate producer now "
+    "floors blocks at 64 tokens (llm-d-router, issue 14): recompute"
+)
+
 
 # ====================================================================== fixtures
 @pytest.fixture(scope="module")
@@ -221,7 +232,7 @@ def test_the_server_restarts_on_its_port_without_data() -> None:
 
 
 # ====================================================================== two replicas
-@pytest.mark.xfail(strict=True, reason="expected in-flight tokens are GIE's estimate (input + 1.5x output); inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue 14): the expected values must be recomputed")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_a_pick_on_one_replica_is_a_prefix_hit_and_a_load_on_the_other(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -245,7 +256,7 @@ def test_a_pick_on_one_replica_is_a_prefix_hit_and_a_load_on_the_other(
     assert all(link.num_errors == 0 for link in (*a.links(), *b.links()))
 
 
-@pytest.mark.xfail(strict=True, reason="expected in-flight tokens are GIE's estimate (input + 1.5x output); inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue 14): the expected values must be recomputed")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_release_happens_on_the_picking_replica_and_counters_converge(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -268,7 +279,7 @@ def test_release_happens_on_the_picking_replica_and_counters_converge(
     assert b.counters.link.command("EXISTS", b.counters.link.prefix + b"inflight") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="expected in-flight tokens are GIE's estimate (input + 1.5x output); inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue 14): the expected values must be recomputed")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_prefill_share_is_released_on_the_first_chunk_everywhere(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -316,7 +327,7 @@ def test_sync_interval_serves_the_last_read_plus_own_changes(
     lazy.complete(own_request, own)
 
 
-@pytest.mark.xfail(strict=True, reason='expected block counts assume 16-token blocks; the approximate producer now floors blocks at 64 tokens (llm-d-router, issue 14): recompute')
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_1)
 def test_a_table_removal_keeps_the_shared_entries_until_no_replica_sees_the_endpoint(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -345,7 +356,7 @@ def test_a_table_removal_keeps_the_shared_entries_until_no_replica_sees_the_endp
     )
 
 
-@pytest.mark.xfail(strict=True, reason='expected block counts assume 16-token blocks; the approximate producer now floors blocks at 64 tokens (llm-d-router, issue 14): recompute')
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_1)
 def test_forget_endpoint_drops_it_for_every_replica(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -456,7 +467,7 @@ def test_same_lru_and_matches_as_prefix_index(
 
 
 # ====================================================================== failures
-@pytest.mark.xfail(strict=True, reason="expected in-flight tokens are GIE's estimate (input + 1.5x output); inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue 14): the expected values must be recomputed")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_redis_killed_mid_run_degrades_then_recovers(
     own_server: RedisServer,
     namespace: str,
@@ -536,7 +547,7 @@ def test_a_replica_starting_while_redis_is_down_starts_degraded(
     wait_for("the first connection", lambda: all(lk.is_healthy for lk in a.links()))
 
 
-@pytest.mark.xfail(strict=True, reason="expected in-flight tokens are GIE's estimate (input + 1.5x output); inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue 14): the expected values must be recomputed")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_flushed_scripts_are_reloaded(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -550,7 +561,7 @@ def test_flushed_scripts_are_reloaded(
 
 
 # ====================================================================== leases
-@pytest.mark.xfail(strict=True, reason="expected in-flight tokens are GIE's estimate (input + 1.5x output); inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue 14): the expected values must be recomputed")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_lease_expiry_reaps_a_dead_replicas_share(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -567,7 +578,7 @@ def test_lease_expiry_reaps_a_dead_replicas_share(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="expected in-flight tokens are GIE's estimate (input + 1.5x output); inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue 14): the expected values must be recomputed")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_a_replica_reaped_while_alive_puts_its_share_back(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -587,7 +598,7 @@ def test_a_replica_reaped_while_alive_puts_its_share_back(
     assert b.synced_load(picked) == (0.0, 0.0)
 
 
-@pytest.mark.xfail(strict=True, reason="expected in-flight tokens are GIE's estimate (input + 1.5x output); inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue 14): the expected values must be recomputed")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_closing_a_replica_withdraws_its_share_at_once(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:

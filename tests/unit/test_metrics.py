@@ -34,6 +34,12 @@ NOW = 101.0
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
+_GIE_ERA_0 = (
+    "expected counts assume GIE's 16-token blocks and no token-producer; the default "
+    "config now auto-creates token-producer and floors blocks at 64 tokens (issue "
+    "14): recompute"
+)
+
 
 def scrape(registry: CollectorRegistry) -> tuple[dict[str, str], Samples]:
     """Family types by name, and every sample by (name, labels)."""
@@ -103,7 +109,7 @@ def test_scheduler_attempts_and_e2e(scheduled: Scheduler) -> None:
     assert scheduled.e2e_ns > 0
 
 
-@pytest.mark.xfail(strict=True, reason="expected counts assume GIE's 16-token blocks and no token-producer; the default config now auto-creates token-producer and floors blocks at 64 tokens (issue 14): recompute")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_plugin_durations_and_errors(scheduled: Scheduler) -> None:
     types, samples = scrape(registry_for(scheduled, clock=lambda: NOW))
     assert types["inference_extension_plugin_duration_seconds"] == "histogram"
@@ -160,7 +166,7 @@ def test_plugin_errors_are_counted() -> None:
     assert calls[scorer] == 2.0
 
 
-@pytest.mark.xfail(strict=True, reason="expected counts assume GIE's 16-token blocks and no token-producer; the default config now auto-creates token-producer and floors blocks at 64 tokens (issue 14): recompute")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_prefix_indexer(scheduled: Scheduler) -> None:
     types, samples = scrape(registry_for(scheduled, clock=lambda: NOW))
     # Request 1 found nothing and was indexed on its pick (3 blocks); 2 and 3 found all
@@ -183,7 +189,7 @@ def test_prefix_indexer(scheduled: Scheduler) -> None:
     }
 
 
-@pytest.mark.xfail(strict=True, reason="expected counts assume GIE's 16-token blocks and no token-producer; the default config now auto-creates token-producer and floors blocks at 64 tokens (issue 14): recompute")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_prefix_size_counts_queued_updates_too() -> None:
     scheduler = Scheduler.from_config(None, pool_table(), seed=0)
     scheduler.schedule(Request.create("m", prompt=PROMPT))  # no run_deferred
@@ -293,7 +299,7 @@ class BadValues:
         return ["not", "a", "mapping"]
 
 
-@pytest.mark.xfail(strict=True, reason="expected counts assume GIE's 16-token blocks and no token-producer; the default config now auto-creates token-producer and floors blocks at 64 tokens (issue 14): recompute")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_plugins_lacking_or_breaking_optional_methods(
     scheduled: Scheduler, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -33,6 +33,11 @@ TOTAL_BLOCKS = 10
 MATCH_BLOCKS = [2.0, 5.0, 8.0, 0.0]
 INFLIGHT_TOKENS = [10.0 * BLOCK, 5.0 * BLOCK, 9.0 * BLOCK, 0.0]
 
+_GIE_ERA_0 = (
+    "expected spread computed under GIE-era prefix defaults; the default config now "
+    "auto-creates token-producer and floors blocks at 64 tokens (issue 14): recompute"
+)
+
 
 def _make(cls: Any, table: EndpointTable, raw: dict[str, Any] | None = None) -> Any:
     return cls("p", parse_params(cls.Params, raw, PATH), PluginHandle(table))
@@ -298,7 +303,7 @@ def _burst(config: str | None, seed: int) -> tuple[list[str], Scheduler]:
     return picks, scheduler
 
 
-@pytest.mark.xfail(strict=True, reason="expected spread computed under GIE-era prefix defaults; the default config now auto-creates token-producer and floors blocks at 64 tokens (issue 14): recompute")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_burst_spreads_round_robin_at_temperature_zero() -> None:
     picks, scheduler = _burst(COST_CONFIG, seed=0)
     # Request 1 ties everywhere (cost 4 = 4 uncached blocks) and takes e0. From then on a
@@ -314,7 +319,7 @@ def test_burst_spreads_round_robin_at_temperature_zero() -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="expected spread computed under GIE-era prefix defaults; the default config now auto-creates token-producer and floors blocks at 64 tokens (issue 14): recompute")
+@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_burst_spreads_with_temperature_for_a_seed() -> None:
     picks, _ = _burst(COST_CONFIG.replace("temperature: 0", "temperature: 0.5"), seed=0)
     counts = collections.Counter(picks)
