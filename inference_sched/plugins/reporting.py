@@ -30,6 +30,7 @@ expression), and the last result is memoised per usage value.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -132,14 +133,20 @@ def _compile(celpy: Any, source: str, where: str) -> Any:
         raise ParamCheck(where, "a non-empty CEL expression", source)
     if len(source) > MAX_EXPRESSION_CHARS:
         raise ParamCheck(where, f"a CEL expression of at most {MAX_EXPRESSION_CHARS} chars", source)
-    env = celpy.Environment()
+    # celpy.Environment() raises the interpreter's recursion limit for the whole process
+    # (sys.setrecursionlimit(2500)); a plugin must not change global state, so put it back.
+    limit = sys.getrecursionlimit()
     try:
-        tree = env.compile(source)
-    except Exception as exc:  # noqa: BLE001 - celpy raises several parser error types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ParamCheck(where, f"a valid CEL expression ({first})", source) from None
-    _static_check(tree, where, source)
-    return env.program(tree)
+        env = celpy.Environment()
+        try:
+            tree = env.compile(source)
+        except Exception as exc:  # noqa: BLE001 - celpy raises several parser error types
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ParamCheck(where, f"a valid CEL expression ({first})", source) from None
+        _static_check(tree, where, source)
+        return env.program(tree)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 # ====================================================================== parameters

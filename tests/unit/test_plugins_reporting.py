@@ -293,3 +293,14 @@ def test_a_bad_expression_in_yaml_names_the_plugin_path() -> None:
     bad = CONFIG.replace(f'expression: "{TOTAL}"', 'expression: "usage.prompt_tokens +"')
     with pytest.raises(ConfigError, match=r"plugins\[0\]\.parameters\.attributes\[0\]\.expression"):
         Scheduler.from_config(bad, make_table(2))
+
+
+def test_building_leaves_the_process_recursion_limit_alone() -> None:
+    # celpy.Environment() sets sys.setrecursionlimit(2500) for the whole process; other
+    # code (json's depth errors, the trace loaders' "nested too deep") relies on the
+    # interpreter's limit, so the plugin restores it.
+    import sys
+
+    before = sys.getrecursionlimit()
+    _reporter(TOTAL, "usage.prompt_tokens > 0")
+    assert sys.getrecursionlimit() == before
