@@ -96,6 +96,8 @@ schedulingProfiles:
 plugins:
 - type: kv-cost-scorer
   parameters: {overlapScoreWeight: 4.0}
+- type: inflight-load-producer  # kv-cost's load term needs the output estimate
+  parameters: {addEstimatedOutputTokens: true}
 - type: prefix-cache-scorer
 - type: queue-scorer
 - type: kv-cache-utilization-scorer

@@ -28,17 +28,11 @@ from inference_sched.state.table import EndpointTable
 from tests.helpers import make_table
 
 # 160 bytes = 3 blocks of 16 tokens x 4 bytes (the last one partial): 192 bytes hashed.
-PROMPT = b"abcd" * 40
-BLOCK_BYTES = 64
+PROMPT = b"abcd" * 192  # 192 estimated tokens: three 64-token blocks (llm-d-router)
+BLOCK_BYTES = 256
 NOW = 101.0
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-_GIE_ERA_0 = (
-    "expected counts assume GIE's 16-token blocks and no token-producer; the default "
-    "config now auto-creates token-producer and floors blocks at 64 tokens (issue "
-    "14): recompute"
-)
 
 
 def scrape(registry: CollectorRegistry) -> tuple[dict[str, str], Samples]:
@@ -109,7 +103,6 @@ def test_scheduler_attempts_and_e2e(scheduled: Scheduler) -> None:
     assert scheduled.e2e_ns > 0
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_plugin_durations_and_errors(scheduled: Scheduler) -> None:
     types, samples = scrape(registry_for(scheduled, clock=lambda: NOW))
     assert types["inference_extension_plugin_duration_seconds"] == "histogram"
@@ -126,6 +119,7 @@ def test_plugin_durations_and_errors(scheduled: Scheduler) -> None:
         key("ProfilePicker", handler): 0.0,
         key("ProcessProfilesResults", handler): 0.0,
         key("PrepareData", producer): 3.0,
+        key("PrepareData", "token-producer"): 3.0,  # auto-created for TokenizedPrompt
         key("Scorer", "queue-scorer"): 3.0,
         key("Scorer", "kv-cache-utilization-scorer"): 3.0,
         key("Scorer", "prefix-cache-scorer"): 3.0,
@@ -166,7 +160,6 @@ def test_plugin_errors_are_counted() -> None:
     assert calls[scorer] == 2.0
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_prefix_indexer(scheduled: Scheduler) -> None:
     types, samples = scrape(registry_for(scheduled, clock=lambda: NOW))
     # Request 1 found nothing and was indexed on its pick (3 blocks); 2 and 3 found all
@@ -189,7 +182,6 @@ def test_prefix_indexer(scheduled: Scheduler) -> None:
     }
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_prefix_size_counts_queued_updates_too() -> None:
     scheduler = Scheduler.from_config(None, pool_table(), seed=0)
     scheduler.schedule(Request.create("m", prompt=PROMPT))  # no run_deferred
@@ -299,7 +291,6 @@ class BadValues:
         return ["not", "a", "mapping"]
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_plugins_lacking_or_breaking_optional_methods(
     scheduled: Scheduler, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -323,7 +314,7 @@ def test_plugins_lacking_or_breaking_optional_methods(
         lab(plugin_name=producer): 3.0
     }
     assert series(samples, "inference_extension_prefix_indexer_lookup_bytes_total") == {
-        lab(plugin_name=producer): 576.0
+        lab(plugin_name=producer): 3 * 3 * BLOCK_BYTES
     }
     warned = sorted(tuple(map(str, cast(tuple[object, ...], r.args)[:2])) for r in caplog.records)
     assert warned == [

@@ -33,11 +33,6 @@ TOTAL_BLOCKS = 10
 MATCH_BLOCKS = [2.0, 5.0, 8.0, 0.0]
 INFLIGHT_TOKENS = [10.0 * BLOCK, 5.0 * BLOCK, 9.0 * BLOCK, 0.0]
 
-_GIE_ERA_0 = (
-    "expected spread computed under GIE-era prefix defaults; the default config now "
-    "auto-creates token-producer and floors blocks at 64 tokens (issue 14): recompute"
-)
-
 
 def _make(cls: Any, table: EndpointTable, raw: dict[str, Any] | None = None) -> Any:
     return cls("p", parse_params(cls.Params, raw, PATH), PluginHandle(table))
@@ -281,6 +276,8 @@ plugins:
 - type: softmax-picker
   parameters:
     temperature: 0
+- type: inflight-load-producer
+  parameters: {addEstimatedOutputTokens: true}
 schedulingProfiles:
 - name: default
   plugins:
@@ -289,7 +286,7 @@ schedulingProfiles:
 
 NUM_ENDPOINTS = 8
 NUM_REQUESTS = 32
-PROMPT_TOKENS = np.arange(64, dtype=np.uint32)  # 4 blocks of 16 tokens, same for all
+PROMPT_TOKENS = np.arange(64, dtype=np.uint32)  # one 64-token block, same for all
 
 
 def _burst(config: str | None, seed: int) -> tuple[list[str], Scheduler]:
@@ -303,23 +300,23 @@ def _burst(config: str | None, seed: int) -> tuple[list[str], Scheduler]:
     return picks, scheduler
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_burst_spreads_round_robin_at_temperature_zero() -> None:
     picks, scheduler = _burst(COST_CONFIG, seed=0)
-    # Request 1 ties everywhere (cost 4 = 4 uncached blocks) and takes e0. From then on a
-    # holder of the prefix costs 0 + 10 blocks in flight per request it holds (64 prompt +
-    # 96 estimated output tokens = 160 tokens = 10 blocks) against 4 for a cold endpoint:
-    # every endpoint gets one request before any gets a second, and so on.
+    # 64 prompt tokens are one 64-token block (llm-d-router's block floor). Request 1
+    # ties everywhere (cost 1 uncached block) and takes e0, which then holds 64 uncached
+    # + 96 estimated output tokens (2.5 blocks; addEstimatedOutputTokens: the load term
+    # needs the output estimate, or a cached request would add nothing). A holder costs
+    # 0 + its in-flight blocks against 1 for a cold endpoint: every endpoint gets one
+    # request before any gets a second; each later (cached) request adds 96 tokens.
     assert picks == [f"e{i % NUM_ENDPOINTS}" for i in range(NUM_REQUESTS)]
     producers = [p for p in scheduler.plugins.values() if isinstance(p, InflightLoadProducer)]
     assert len(producers) == 1
     assert producers[0].num_tracked_requests() == NUM_REQUESTS
     np.testing.assert_array_equal(
-        scheduler.table.inflight_tokens[:NUM_ENDPOINTS], [4 * 160.0] * NUM_ENDPOINTS
+        scheduler.table.inflight_tokens[:NUM_ENDPOINTS], [160.0 + 3 * 96.0] * NUM_ENDPOINTS
     )
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_burst_spreads_with_temperature_for_a_seed() -> None:
     picks, _ = _burst(COST_CONFIG.replace("temperature: 0", "temperature: 0.5"), seed=0)
     counts = collections.Counter(picks)
