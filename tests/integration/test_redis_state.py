@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from inference_sched.framework.contracts import TOKENIZED_PROMPT, TokenizedRequest
 from inference_sched.framework.scheduler import Scheduler
 from inference_sched.framework.types import (
     CycleState,
@@ -30,7 +31,7 @@ from inference_sched.framework.types import (
 )
 from inference_sched.plugins.load import InflightLoadProducer
 from inference_sched.plugins.prefix import ApproxPrefixCacheProducer
-from inference_sched.prefix.hashing import block_hashes
+from inference_sched.prefix.hashing import pack_prompt_bytes, request_seed, token_block_hashes
 from inference_sched.prefix.index import PrefixIndex
 from inference_sched.state.redis import (
     RedisInflightCounters,
@@ -48,18 +49,9 @@ if os.environ.get("CI") != "true":  # CI installs the [redis] extra: missing the
 DEADLINE_S = 10.0
 NAMES = ["e0", "e1", "e2", "e3"]
 MODEL = "m"
-SYSTEM = b"You are a helpful assistant. " * 40  # 1160 bytes: 18 full blocks of 64
-
-_GIE_ERA_0 = (
-    "expected in-flight tokens are GIE's estimate (input + 1.5x output); "
-    "inflight-load-producer now counts llm-d-router's uncached prompt tokens (issue "
-    "14): the expected values must be recomputed"
-)
-
-_GIE_ERA_1 = (
-    "expected block counts assume 16-token blocks; the approximate producer now "
-    "floors blocks at 64 tokens (llm-d-router, issue 14): recompute"
-)
+SYSTEM = b"You are a helpful assistant. " * 40  # 1160 bytes = 290 estimated tokens
+BLOCK = 64  # tokens per block: llm-d-router's floor
+SHARED_BLOCKS = 4  # SYSTEM + any short suffix share SYSTEM's 4 full blocks (1024 bytes)
 
 
 # ====================================================================== fixtures
@@ -205,10 +197,27 @@ def wait_for(what: str, predicate: Callable[[], bool]) -> None:
         time.sleep(0.02)
 
 
-def estimate(prompt: bytes) -> float:
-    """GIE's token estimate of a prompt-only request (input + 1.5x output)."""
-    n = max(1, round(len(prompt) / 4))
-    return float(n + round(n * 1.5 + 1e-9))
+def tokens(prompt: bytes) -> int:
+    """The estimate backend's token count: the prompt's bytes packed four per id."""
+    return -(-len(prompt) // 4)
+
+
+def blocks(prompt: bytes) -> int:
+    """llm-d-router's block count: the last partial block included."""
+    return -(-tokens(prompt) // BLOCK)
+
+
+def uncached(prompt: bytes, matched: int = 0) -> float:
+    """What inflight-load-producer adds for ``prompt`` on an endpoint holding ``matched``
+    of its blocks (llm-d-router: ``(t - m) * bs + max(0, input - t * bs)``; no output
+    estimate without ``addEstimatedOutputTokens``)."""
+    t = blocks(prompt)
+    return float((t - matched) * BLOCK + max(0, tokens(prompt) - t * BLOCK))
+
+
+def producer_hashes(prompt: bytes) -> np.ndarray:
+    """The block hashes approx-prefix-cache-producer indexes for a body-less ``prompt``."""
+    return token_block_hashes(pack_prompt_bytes(prompt), BLOCK, request_seed(MODEL), 2048)
 
 
 # ====================================================================== the fixture
@@ -232,7 +241,6 @@ def test_the_server_restarts_on_its_port_without_data() -> None:
 
 
 # ====================================================================== two replicas
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_a_pick_on_one_replica_is_a_prefix_hit_and_a_load_on_the_other(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -242,34 +250,36 @@ def test_a_pick_on_one_replica_is_a_prefix_hit_and_a_load_on_the_other(
     picked = first.endpoint.name
     assert a.table.row(picked) != b.table.row(picked)
     assert a.prefix.last_match_blocks == 0  # cold
-    b.eventually(picked, (1.0, estimate(SYSTEM + b"question 0")))
+    b.eventually(picked, (1.0, uncached(SYSTEM + b"question 0")))
     for name in NAMES:
         if name != picked:
             assert b.load(name) == (0.0, 0.0)
 
     _, second = b.schedule(SYSTEM + b"question 1")
     assert second.endpoint.name == picked  # B never saw the first request: Redis told it
-    assert b.prefix.last_match_blocks == 18  # the system prompt's full blocks
-    assert second.primary.scores[0] == pytest.approx(2 * 1.0 + 2 * 0.5 + 3 * 18 / 19)
-    a.eventually(picked, (2.0, 2 * estimate(SYSTEM + b"question 0")))  # and B's pick
+    assert b.prefix.last_match_blocks == SHARED_BLOCKS  # the system prompt's full blocks
+    total = blocks(SYSTEM + b"question 1")
+    assert second.primary.scores[0] == pytest.approx(2 * 1.0 + 2 * 0.5 + 3 * 4 / total)
+    both = uncached(SYSTEM + b"question 0") + uncached(SYSTEM + b"question 1", SHARED_BLOCKS)
+    a.eventually(picked, (2.0, both))  # and B's pick, which found most of it cached
     assert (a.errors(), b.errors()) == (0, 0)
     assert all(link.num_errors == 0 for link in (*a.links(), *b.links()))
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_release_happens_on_the_picking_replica_and_counters_converge(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
     a = replicas(server.url, namespace, NAMES)
     b = replicas(server.url, namespace, NAMES[::-1])
-    prompt = b"x" * 400  # 100 input tokens: estimate 250
+    prompt = b"x" * 400  # 100 input tokens in 2 blocks: 128 uncached tokens when cold
+    load = uncached(prompt)
     request, result = a.schedule(prompt)
     picked = result.endpoint.name
-    assert a.synced_load(picked) == (1.0, 250.0)  # a replica's sync carries its own changes
-    b.eventually(picked, (1.0, 250.0))
+    assert a.synced_load(picked) == (1.0, load)  # a replica's sync carries its own changes
+    b.eventually(picked, (1.0, load))
     b.complete(request, result)  # B holds nothing for it: a no-op
     assert b.inflight.num_tracked_requests() == 0
-    assert b.synced_load(picked) == (1.0, 250.0)
+    assert b.synced_load(picked) == (1.0, load)
     a.complete(request, result)
     assert a.synced_load(picked) == (0.0, 0.0)  # at once: the sync published the release
     assert b.synced_load(picked) == (0.0, 0.0)
@@ -279,13 +289,12 @@ def test_release_happens_on_the_picking_replica_and_counters_converge(
     assert b.counters.link.command("EXISTS", b.counters.link.prefix + b"inflight") == 0
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_prefill_share_is_released_on_the_first_chunk_everywhere(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
     a = replicas(server.url, namespace, NAMES)
     b = replicas(server.url, namespace, NAMES[::-1])
-    request = Request.create(MODEL, request_size_bytes=400)
+    request = Request.create(MODEL, prompt=b"x" * 400)
     result = SchedulingResult(
         {
             "decode": _run(a.table, "e1"),
@@ -293,13 +302,18 @@ def test_prefill_share_is_released_on_the_first_chunk_everywhere(
         },
         "decode",
     )
-    a.inflight.pre_request(CycleState(np.random.default_rng(0)), request, result)
-    b.eventually("e1", (1.0, 250.0))
-    b.eventually("e2", (1.0, 250.0))
+    cycle = CycleState(np.random.default_rng(0))
+    # What token-producer would have written: 100 ids, no prefix match (all uncached).
+    cycle.write(TOKENIZED_PROMPT, TokenizedRequest((pack_prompt_bytes(b"x" * 400),)))
+    a.inflight.pre_request(cycle, request, result)
+    b.eventually("e1", (1.0, 100.0))
+    b.eventually("e2", (1.0, 100.0))
     chunk = Response(request.request_id, is_start_of_stream=True)
     a.scheduler.response_streaming(request, chunk, result)
+    # llm-d-router without addEstimatedOutputTokens: at the first chunk the prefill hold
+    # goes entirely and the decode hold keeps its request but drops its tokens.
     b.eventually("e2", (0.0, 0.0))
-    assert b.synced_load("e1") == (1.0, 250.0)
+    b.eventually("e1", (1.0, 0.0))
 
 
 def _run(table: EndpointTable, name: str) -> Any:
@@ -327,7 +341,6 @@ def test_sync_interval_serves_the_last_read_plus_own_changes(
     lazy.complete(own_request, own)
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_1)
 def test_a_table_removal_keeps_the_shared_entries_until_no_replica_sees_the_endpoint(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -337,7 +350,7 @@ def test_a_table_removal_keeps_the_shared_entries_until_no_replica_sees_the_endp
     b = replicas(server.url, namespace, NAMES[::-1], endpointTtlMs=2000)
     _, result = a.schedule(SYSTEM + b"q")
     picked = result.endpoint.name
-    hashes = block_hashes(SYSTEM + b"q", MODEL)
+    hashes = producer_hashes(SYSTEM + b"q")
     a.table.remove(picked)
     assert a.prefix.index.size() == 0  # the local copy dropped it
     assert b.index.holders(int(hashes[0])) == {picked}  # B still routes there
@@ -356,7 +369,6 @@ def test_a_table_removal_keeps_the_shared_entries_until_no_replica_sees_the_endp
     )
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_1)
 def test_forget_endpoint_drops_it_for_every_replica(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -364,9 +376,9 @@ def test_forget_endpoint_drops_it_for_every_replica(
     b = replicas(server.url, namespace, NAMES[::-1])
     _, result = a.schedule(SYSTEM + b"q")
     picked = result.endpoint.name
-    assert a.index.forget_endpoint(picked) == 19
+    assert a.index.forget_endpoint(picked) == blocks(SYSTEM + b"q")
     assert b.index.endpoints() == []
-    assert b.index.match(block_hashes(SYSTEM + b"q", MODEL)) == {}
+    assert b.index.match(producer_hashes(SYSTEM + b"q")) == {}
 
 
 # ====================================================================== LRU semantics
@@ -467,7 +479,6 @@ def test_same_lru_and_matches_as_prefix_index(
 
 
 # ====================================================================== failures
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_redis_killed_mid_run_degrades_then_recovers(
     own_server: RedisServer,
     namespace: str,
@@ -478,13 +489,13 @@ def test_redis_killed_mid_run_degrades_then_recovers(
     b = replicas(own_server.url, namespace, NAMES[::-1])
     held_request, held = a.schedule(SYSTEM + b"held")  # stays in flight throughout
     picked = held.endpoint.name
-    b.eventually(picked, (1.0, estimate(SYSTEM + b"held")))
+    b.eventually(picked, (1.0, uncached(SYSTEM + b"held")))
 
     own_server.stop()
     for i in range(5):  # every decision succeeds, on local state
         _, result = a.schedule(SYSTEM + f"down {i}".encode())
         assert result.endpoint.name == picked  # the local copy still has A's own pick
-        assert a.prefix.last_match_blocks == 18
+        assert a.prefix.last_match_blocks == SHARED_BLOCKS
     assert all(link.num_errors >= 1 for link in a.links())
     assert a.counters.link.num_skipped >= 1  # later calls skipped: the circuit is open
     assert a.load(picked)[0] == 6.0  # A's own share: the held request and five more
@@ -547,7 +558,6 @@ def test_a_replica_starting_while_redis_is_down_starts_degraded(
     wait_for("the first connection", lambda: all(lk.is_healthy for lk in a.links()))
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_flushed_scripts_are_reloaded(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -555,13 +565,12 @@ def test_flushed_scripts_are_reloaded(
     a.schedule(SYSTEM + b"1")
     a.index.link.command("SCRIPT", "FLUSH")
     _, result = a.schedule(SYSTEM + b"2")
-    assert a.prefix.last_match_blocks == 18
+    assert a.prefix.last_match_blocks == SHARED_BLOCKS
     assert all(link.num_errors == 0 for link in a.links())
     assert result.endpoint is not None
 
 
 # ====================================================================== leases
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_lease_expiry_reaps_a_dead_replicas_share(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -569,7 +578,7 @@ def test_lease_expiry_reaps_a_dead_replicas_share(
     b = replicas(server.url, namespace, NAMES[::-1], leaseTtlMs=300)
     _, result = a.schedule(b"w" * 400)
     picked = result.endpoint.name
-    b.eventually(picked, (1.0, 250.0))
+    b.eventually(picked, (1.0, uncached(b"w" * 400)))
     a.counters.link.close()  # a crash: no heartbeat, no withdrawal
     # B's janitor counts the reap after Redis ran it: wait for the count as well.
     wait_for(
@@ -578,7 +587,6 @@ def test_lease_expiry_reaps_a_dead_replicas_share(
     )
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_a_replica_reaped_while_alive_puts_its_share_back(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
@@ -588,23 +596,22 @@ def test_a_replica_reaped_while_alive_puts_its_share_back(
     b = replicas(server.url, namespace, NAMES[::-1], leaseTtlMs=300)
     request, result = a.schedule(b"w" * 400)
     picked = result.endpoint.name
-    b.eventually(picked, (1.0, 250.0))
+    b.eventually(picked, (1.0, uncached(b"w" * 400)))
     a.counters.link.stop_thread()  # frozen: its lease lapses
     wait_for("B's janitor to reap A", lambda: b.synced_load(picked) == (0.0, 0.0))
     a.counters.heartbeat_now()  # A wakes up: the heartbeat republishes its share
-    assert b.synced_load(picked) == (1.0, 250.0)
+    assert b.synced_load(picked) == (1.0, uncached(b"w" * 400))
     a.complete(request, result)
     assert a.counters.flush()  # A's thread is stopped: publish on this thread
     assert b.synced_load(picked) == (0.0, 0.0)
 
 
-@pytest.mark.xfail(strict=True, reason=_GIE_ERA_0)
 def test_closing_a_replica_withdraws_its_share_at_once(
     server: RedisServer, namespace: str, replicas: Callable[..., Replica]
 ) -> None:
     a = replicas(server.url, namespace, NAMES)
     b = replicas(server.url, namespace, NAMES[::-1])
     _, result = a.schedule(b"w" * 400)
-    b.eventually(result.endpoint.name, (1.0, 250.0))
+    b.eventually(result.endpoint.name, (1.0, uncached(b"w" * 400)))
     a.inflight.close()
     assert b.synced_load(result.endpoint.name) == (0.0, 0.0)
