@@ -16,7 +16,13 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.framework.types import CycleState, Endpoint, Request, SchedulingResult
+from inference_sched.framework.types import (
+    Candidates,
+    CycleState,
+    Endpoint,
+    Request,
+    SchedulingResult,
+)
 
 if TYPE_CHECKING:
     from inference_sched.state.table import EndpointTable
@@ -32,6 +38,8 @@ __all__ = [
     "TOKENIZED_PROMPT",
     "MultiModalFeature",
     "TokenizedRequest",
+    "UNCACHED_REQUEST_TOKENS",
+    "UncachedRequestTokens",
     "InFlightLoad",
     "LatencyPredictionInfo",
     "MM_ENCODER_CACHE_MATCH_INFO",
@@ -49,8 +57,11 @@ __all__ = [
     "read_prefix_info",
     "read_session_id",
     "read_tokenized",
+    "read_uncached_tokens",
     "request_token_ids",
     "session_id_key",
+    "uncached_input_tokens",
+    "uncached_tokens_key",
 ]
 
 PREFILL_PROFILE: Final = "prefill"
@@ -194,6 +205,70 @@ def estimate_tokens(request: Request) -> int:
     else:
         return 0
     return num_input + _go_round(num_input * _OUTPUT_RATIO)
+
+
+# ------------------------------------------------------------------ uncached request tokens
+UNCACHED_REQUEST_TOKENS: Final = "UncachedRequestTokens"
+"""Cycle key of this request's tokens per endpoint (llm-d-router
+``UncachedRequestTokensDataKey``), written by ``inflight-load-producer`` under this key
+and under :func:`uncached_tokens_key` of its own name."""
+
+
+def uncached_tokens_key(producer: str) -> str:
+    """``UncachedRequestTokens/<producer>``: one producer's own key."""
+    return f"{UNCACHED_REQUEST_TOKENS}/{producer}"
+
+
+def uncached_input_tokens(
+    info: PrefixCacheMatchInfo | None, input_tokens: int, rows: Candidates
+) -> npt.NDArray[np.float64]:
+    """The prompt tokens each endpoint (table ``rows``) must compute:
+    ``max(0, (t - m) * bs) + max(0, input - t * bs)`` with ``t`` the request's blocks,
+    ``m`` the endpoint's matched blocks and ``bs`` the block size of ``info``; ``input``
+    everywhere when there is no match info (llm-d-router ``uncachedInputTokens``). The
+    second term is the tail the prefix index did not hash (``maxPrefixTokensToMatch``)."""
+    n = len(rows)
+    base = float(max(input_tokens, 0))
+    if info is None or info.block_size_tokens <= 0:
+        return np.full(n, base)
+    block = float(info.block_size_tokens)
+    indexed = float(info.total_blocks) * block
+    matched = np.zeros(n)
+    known = rows < len(info.match_blocks)
+    matched[known] = info.match_blocks[rows[known]]
+    uncached: npt.NDArray[np.float64] = np.maximum(indexed - matched * block, 0.0)
+    uncached += max(float(input_tokens) - indexed, 0.0)
+    return uncached
+
+
+@attrs.frozen(eq=False)
+class UncachedRequestTokens:
+    """This request's tokens on each endpoint (llm-d-router ``UncachedRequestTokens``):
+    what ``inflight-load-producer`` adds to an endpoint it is sent to.
+
+    The per-endpoint part reads the cycle's prefix match when asked (after every data
+    producer ran), so the value does not depend on the order of the producers.
+    """
+
+    input_tokens: int
+    """The request's prompt tokens (``TokenizedRequest.token_count()``, 0 if none)."""
+    output_tokens: int
+    """Estimated output tokens added to every endpoint (0 unless
+    ``addEstimatedOutputTokens``)."""
+    prefix_info: Callable[[], PrefixCacheMatchInfo | None] = attrs.field(repr=False)
+    """Reads the prefix match the producer is bound to (``prefixMatchInfoProducerName``)."""
+
+    def tokens(self, rows: Candidates) -> npt.NDArray[np.float64]:
+        """Uncached prompt tokens plus the output estimate, per table row in ``rows``."""
+        out = uncached_input_tokens(self.prefix_info(), self.input_tokens, rows)
+        out += self.output_tokens
+        return out
+
+
+def read_uncached_tokens(cycle: CycleState, producer: str = "") -> UncachedRequestTokens | None:
+    """The request's tokens written by ``producer`` (``""``: by whichever producer)."""
+    value = cycle.read(uncached_tokens_key(producer) if producer else UNCACHED_REQUEST_TOKENS)
+    return value if isinstance(value, UncachedRequestTokens) else None
 
 
 # ------------------------------------------------------------------ tokenized prompt
