@@ -60,6 +60,13 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate_multicluster(args: argparse.Namespace) -> int:
+    from inference_sched.sim import multicluster  # the simulator loads only when asked
+
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return multicluster.main(rest)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         config = load_config(sys.stdin.read()) if args.file == "-" else load_config_file(args.file)
@@ -192,6 +199,14 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_cmd_validate)
 
     sim_cli.add_parser(sub)
+    multicluster = sub.add_parser(
+        "simulate-multicluster",
+        help="two clusters behind a cluster-level EPP: multicluster scorers vs random and "
+        "round-robin (options: simulate-multicluster --help)",
+        add_help=False,
+    )
+    multicluster.add_argument("args", nargs=argparse.REMAINDER)
+    multicluster.set_defaults(func=_cmd_simulate_multicluster)
     datalayer_cli.add_parser(sub)
 
     plugins = sub.add_parser("plugins", help="list every plugin type, its kinds and its source")
@@ -202,6 +217,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``inference-sched`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate-multicluster"]:  # its own parser takes the options
+        argv = ["simulate-multicluster", "--", *argv[1:]]
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)

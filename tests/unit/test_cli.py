@@ -25,6 +25,24 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str]) -> None:
     rows = {row["type"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["max-score-picker"]["kinds"] == ["picker"]
     assert rows["queue-scorer"]["error"] is None
+    assert rows["topology-affinity-filter"]["stability"] == "alpha"
+    assert rows["by-label"]["replaced_by"] == "label-selector-filter"
+    assert rows["by-label"]["deprecated"] is True
+    assert rows["disaggregatedset-rollout-screener"]["kinds"] == ["response-received", "screener"]
+    assert rows["file-discovery"]["kinds"] == ["endpoint-discovery"]
+
+
+def test_simulate_multicluster_runs_its_own_options(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    argv = ["simulate-multicluster", "--duration", "2", "--rate", "10", "--policy", "random"]
+    assert main([*argv, "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("random ")
+    done = out.split("completed ", 1)[1].split()[0].split("/")
+    assert done[0] == done[1]  # every request of the (Poisson) workload completed
+    assert json.loads(report.read_text())
 
 
 def test_validate_prints_the_effective_config(
