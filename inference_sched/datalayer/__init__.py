@@ -7,8 +7,10 @@ written into the :class:`~inference_sched.state.table.EndpointTable` in bulk, as
 data layer does (``gateway-api-inference-extension: pkg/epp/datalayer``;
 ``docs/datalayer.md``, ``docs/discovery.md``).
 
-Without a scheduler, :func:`scrapers_from_config` builds the scrapers a config's
-``dataLayer`` section asks for over any table. The names below load on first use:
+Without a scheduler, :func:`scrapers_from_config` builds the runners a config's
+``dataLayer`` sources ask for over any table (metrics scrapers and attribute pollers),
+:func:`attach_notification_sources` its notification sources, and
+:func:`discovery_from_config` its ``dataLayer.discovery`` plugin. The names below load on first use:
 importing this package imports neither httpx nor prometheus-client nor kubernetes.
 """
 
@@ -18,14 +20,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from inference_sched.datalayer.attribute_poller import AttributePoller
     from inference_sched.datalayer.discovery import (
         Discovery,
+        DiscoveryRunner,
         FileDiscovery,
         StaticDiscovery,
         SyncResult,
+        discovery_from_config,
         run_discovery,
     )
+    from inference_sched.datalayer.file_discovery import (
+        FileDiscoveryPlugin,
+        MulticlusterFileDiscoveryPlugin,
+    )
     from inference_sched.datalayer.k8s import PodDiscovery
+    from inference_sched.datalayer.notifications import Topology, attach_notification_sources
     from inference_sched.datalayer.parse import EndpointSample
     from inference_sched.datalayer.scraper import (
         EndpointStatus,
@@ -39,9 +49,25 @@ if TYPE_CHECKING:
 
 _LAZY: dict[str, str] = {
     **dict.fromkeys(
-        ("Discovery", "FileDiscovery", "StaticDiscovery", "SyncResult", "run_discovery"),
+        (
+            "Discovery",
+            "DiscoveryRunner",
+            "FileDiscovery",
+            "StaticDiscovery",
+            "SyncResult",
+            "discovery_from_config",
+            "run_discovery",
+        ),
         "inference_sched.datalayer.discovery",
     ),
+    **dict.fromkeys(
+        ("FileDiscoveryPlugin", "MulticlusterFileDiscoveryPlugin"),
+        "inference_sched.datalayer.file_discovery",
+    ),
+    **dict.fromkeys(
+        ("Topology", "attach_notification_sources"), "inference_sched.datalayer.notifications"
+    ),
+    "AttributePoller": "inference_sched.datalayer.attribute_poller",
     "PodDiscovery": "inference_sched.datalayer.k8s",
     "EndpointSample": "inference_sched.datalayer.parse",
     **dict.fromkeys(
@@ -61,11 +87,19 @@ _LAZY: dict[str, str] = {
 __all__ = [
     # discovery
     "Discovery",
+    "DiscoveryRunner",
     "FileDiscovery",
+    "FileDiscoveryPlugin",
+    "MulticlusterFileDiscoveryPlugin",
     "PodDiscovery",
     "StaticDiscovery",
     "SyncResult",
+    "discovery_from_config",
     "run_discovery",
+    # endpoint notifications and attributes
+    "AttributePoller",
+    "Topology",
+    "attach_notification_sources",
     # metrics
     "EndpointSample",
     "EndpointStatus",
