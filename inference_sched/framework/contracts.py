@@ -51,6 +51,7 @@ __all__ = [
     "cache_salt",
     "estimate_tokens",
     "first_picks",
+    "latency_info_key",
     "prefix_info_key",
     "read_encoder_cache_info",
     "read_latency_info",
@@ -381,9 +382,18 @@ class LatencyPredictionInfo:
     tpot_slo_ms: float = 0.0
 
 
-def read_latency_info(cycle: CycleState) -> LatencyPredictionInfo | None:
-    """The cycle's prediction, or ``None`` when no producer wrote one."""
-    info = cycle.read(LATENCY_PREDICTION_INFO)
+def latency_info_key(producer: str) -> str:
+    """``LatencyPredictionInfo/<producer>``: one producer's own prediction key."""
+    return f"{LATENCY_PREDICTION_INFO}/{producer}"
+
+
+def read_latency_info(cycle: CycleState, producer: str = "") -> LatencyPredictionInfo | None:
+    """The cycle's prediction, or ``None`` when no producer wrote one: ``producer``'s own
+    (``latencyPredictionInfoProducerName``; else the shared key, which a producer that
+    writes only that one fills), or whichever producer's (``""``)."""
+    info = cycle.read(latency_info_key(producer)) if producer else None
+    if info is None:
+        info = cycle.read(LATENCY_PREDICTION_INFO)
     return info if isinstance(info, LatencyPredictionInfo) else None
 
 

@@ -38,8 +38,10 @@ from inference_sched.framework.contracts import (
     TOKENIZED_PROMPT,
     LatencyPredictionInfo,
     PrefixCacheMatchInfo,
+    latency_info_key,
     prefix_info_key,
     read_encoder_cache_info,
+    read_latency_info,
     read_tokenized,
 )
 from inference_sched.framework.interfaces import (
@@ -89,9 +91,7 @@ __all__ = [
     "LatencySloAdmitter",
     "PredictedLatencyProducer",
     "SloHeadroomTierFilter",
-    "latency_info_key",
     "prompt_tokens",
-    "read_latency_info_of",
     "slo_ms",
 ]
 
@@ -146,20 +146,6 @@ def input_tokens(cycle: CycleState, request: Request) -> float:
     if tokenized is not None:
         return float(tokenized.token_count())
     return prompt_tokens(request)
-
-
-def latency_info_key(producer: str) -> str:
-    """``LatencyPredictionInfo/<producer>``: one producer's own prediction key."""
-    return f"{LATENCY_PREDICTION_INFO}/{producer}"
-
-
-def read_latency_info_of(cycle: CycleState, producer: str = "") -> LatencyPredictionInfo | None:
-    """The prediction of ``producer`` (its own key, else the shared one: a producer that
-    writes only the shared key), or of whichever producer wrote it (``""``)."""
-    info = cycle.read(latency_info_key(producer)) if producer else None
-    if info is None:
-        info = cycle.read(LATENCY_PREDICTION_INFO)
-    return info if isinstance(info, LatencyPredictionInfo) else None
 
 
 def _latency_references(name: str) -> dict[str, tuple[str, str]]:
@@ -271,6 +257,13 @@ class PredictedLatencyProducerParams:
                 MM_ENCODER_CACHE_MATCH_INFO,
             )
         return refs
+
+    def extra_consumes(self) -> frozenset[str]:
+        """Keys these parameters make the producer consume (config loading creates their
+        default producers): the encoder-cache match with ``useEncoderCacheFeatures``."""
+        if self.use_encoder_cache_features:
+            return frozenset({MM_ENCODER_CACHE_MATCH_INFO})
+        return frozenset()
 
 
 @attrs.define
@@ -721,7 +714,7 @@ class LatencyScorer:
     ) -> None:
         """Headroom scores of one partition (others 0), or the composite fallback."""
         n = len(candidates)
-        info = read_latency_info_of(cycle, self.params.latency_prediction_info_producer_name)
+        info = read_latency_info(cycle, self.params.latency_prediction_info_producer_name)
         if info is None or not info.has_prediction:
             out[:n] = self._composite(cycle, table, candidates)
             return
@@ -816,7 +809,7 @@ class SloHeadroomTierFilter:
         candidates: Candidates,
     ) -> Candidates:
         """One tier when both are present (positive: 1 - epsilon), else all."""
-        info = read_latency_info_of(cycle, self._producer)
+        info = read_latency_info(cycle, self._producer)
         if info is None or not info.has_prediction:
             return candidates
         positive = (info.ttft_headroom_ms[candidates] >= 0) & (
@@ -880,7 +873,7 @@ class LatencySloAdmitter:
             and slo_ms(request, HEADER_SLO_TPOT_MS)[0] <= 0
         ):
             return  # no SLO: nothing to judge against
-        info = read_latency_info_of(cycle, self._producer)
+        info = read_latency_info(cycle, self._producer)
         if info is None or not info.has_prediction:
             return  # no endpoint carries a prediction: fail open
         if bool((info.ttft_valid[candidates] & info.tpot_valid[candidates]).any()):

@@ -25,6 +25,7 @@ from inference_sched.framework.contracts import (
     LatencyPredictionInfo,
     PrefixCacheMatchInfo,
     TokenizedRequest,
+    read_latency_info,
 )
 from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.profile import PluginStats
@@ -50,7 +51,6 @@ from inference_sched.plugins.slo import (
     bucket_scores,
     input_tokens,
     prompt_tokens,
-    read_latency_info_of,
     slo_ms,
 )
 from inference_sched.state.table import EndpointTable
@@ -956,7 +956,7 @@ def test_training_only_mode_publishes_no_prediction() -> None:
     _warm(producer, table)
     cycle = _cycle()
     producer.prepare_request_data(cycle, Request("r", "m", headers=SLO), table, _rows(0, 1))
-    info = read_latency_info_of(cycle)
+    info = read_latency_info(cycle)
     assert info is not None
     assert not info.has_prediction
     assert np.isnan(info.ttft_ms[:2]).all()
@@ -972,8 +972,8 @@ def test_prediction_is_written_under_the_producers_own_key() -> None:
     producer.prepare_request_data(cycle, Request("r", "m", headers=SLO), table, _rows(0, 1))
     shared = cycle.read(LATENCY_PREDICTION_INFO)
     assert cycle.read("LatencyPredictionInfo/plp") is shared
-    assert read_latency_info_of(cycle, "plp") is shared
-    assert read_latency_info_of(cycle, "other") is shared  # falls back to the shared key
+    assert read_latency_info(cycle, "plp") is shared
+    assert read_latency_info(cycle, "other") is shared  # falls back to the shared key
     assert isinstance(shared, LatencyPredictionInfo)
     np.testing.assert_array_equal(shared.ttft_headroom_ms[:2], [0.0, -200.0])
 
@@ -1049,3 +1049,15 @@ def test_encoder_cache_features() -> None:
     end = Response("r", is_end_of_stream=True, time_s=0.5)
     producer.response_complete(REQUEST, end, result)
     assert producer.predictor.ttft.num_samples == 1
+
+
+def test_encoder_cache_features_bring_their_default_producer() -> None:
+    # useEncoderCacheFeatures makes this instance consume the encoder-cache match, so
+    # config loading creates mm-embeddings-cache-producer (and only then).
+    from inference_sched.framework.config import load_config
+
+    base = "plugins:\n- type: predicted-latency-producer\n{params}- type: latency-scorer\n"
+    on = load_config(base.format(params="  parameters: {useEncoderCacheFeatures: true}\n"))
+    off = load_config(base.format(params=""))
+    assert on.plugin("mm-embeddings-cache-producer").is_auto
+    assert "mm-embeddings-cache-producer" not in [p.name for p in off.plugins]

@@ -147,6 +147,7 @@ PUBLIC: dict[str, list[str]] = {
         "cache_salt",
         "estimate_tokens",
         "first_picks",
+        "latency_info_key",
         "prefix_info_key",
         "read_encoder_cache_info",
         "read_latency_info",

@@ -611,7 +611,7 @@ class Loader(FlowChecker):
         while i < len(entries):  # auto-added producers may consume keys themselves
             consumer = entries[i]
             i += 1
-            for key in sorted(data_keys(consumer.cls, "consumes") - produced):
+            for key in sorted(_consumes(consumer) - produced):
                 producer_type = registry.default_producer_for(key)
                 source = self.producer_parameter_source(key)
                 if producer_type is None or not self.add_auto(
@@ -640,7 +640,10 @@ class Loader(FlowChecker):
                 entries.append(added)
         self.warn_ignored_producer_parameters()
         self.check_producer_references()
-        nodes = [DataNode.of(e.name, e.cls) for e in self.entries.values()]
+        nodes = [
+            DataNode(e.name, data_keys(e.cls, "produces"), _consumes(e))
+            for e in self.entries.values()
+        ]
         cycle = dependency_order(nodes).cycle
         if cycle:
             steps = ", ".join(
@@ -737,6 +740,16 @@ def _producer_parameters(entry: Entry | None) -> dict[str, Any] | None:
     params = entry.spec.params if entry is not None and entry.spec is not None else None
     method = getattr(params, "producer_parameters", None)
     return (dict(method()) or None) if callable(method) else None
+
+
+def _consumes(entry: Entry) -> frozenset[str]:
+    """The keys ``entry`` consumes: its class's ``consumes``, plus what its parameters
+    switch on (a Params ``extra_consumes()``, e.g. ``predicted-latency-producer``'s
+    ``useEncoderCacheFeatures``), so their default producers are created too."""
+    keys = data_keys(entry.cls, "consumes")
+    params = entry.spec.params if entry.spec is not None else None
+    extra = getattr(params, "extra_consumes", None)
+    return keys | frozenset(extra()) if callable(extra) else keys
 
 
 def _producer_references(entry: Entry) -> dict[str, tuple[str, str]]:
