@@ -26,9 +26,7 @@ The object has the :class:`~inference_sched.datalayer.scraper.Scraper`'s life cy
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -42,6 +40,7 @@ from inference_sched.datalayer.fetch import (
     is_supported,
 )
 from inference_sched.datalayer.scraper import EndpointStatus, ScrapeReport
+from inference_sched.datalayer.ticks import run_ticks
 from inference_sched.errors import DataError
 from inference_sched.framework.interfaces import AttributeExtractor, DataSource
 from inference_sched.framework.types import Endpoint
@@ -148,16 +147,7 @@ class AttributePoller:
     async def run(self) -> None:
         """Tick every ``interval_s`` until :meth:`stop`; then close the clients."""
         try:
-            next_tick = time.monotonic()
-            while not self._stop.is_set():
-                self._start_polls()
-                next_tick += self.interval_s
-                delay = next_tick - time.monotonic()
-                if delay < 0:  # a slow cycle: don't try to catch up with a burst
-                    next_tick, delay = time.monotonic(), 0.0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                self._reap()
+            await run_ticks(self.interval_s, self._stop, self._start_polls, self._reap)
         finally:
             self._stop.clear()
             await self.aclose()

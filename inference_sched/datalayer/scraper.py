@@ -27,14 +27,12 @@ so discovery may change the table from another thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
 import mmap
 import os
 import ssl
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -54,6 +52,7 @@ from inference_sched.datalayer.fetch import (
     is_supported,
 )
 from inference_sched.datalayer.parse import EndpointSample, Page, Span
+from inference_sched.datalayer.ticks import run_ticks
 from inference_sched.errors import ConfigError, DataError, InferenceSchedError
 from inference_sched.framework.config import EndpointPickerConfig, load_config
 from inference_sched.framework.handle import PluginHandle
@@ -300,16 +299,7 @@ class Scraper:
     async def run(self) -> None:
         """Tick every ``interval_s`` until :meth:`stop`; then close the client."""
         try:
-            next_tick = time.monotonic()
-            while not self._stop.is_set():
-                self._start_fetches()
-                next_tick += self.interval_s
-                delay = next_tick - time.monotonic()
-                if delay < 0:  # a slow cycle: don't try to catch up with a burst
-                    next_tick, delay = time.monotonic(), 0.0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                self._flush()
+            await run_ticks(self.interval_s, self._stop, self._start_fetches, self._flush)
         finally:
             self._stop.clear()
             await self.aclose()
