@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from inference_sched.errors import InferenceSchedError
 from inference_sched.framework.config import EndpointPickerConfig
@@ -356,39 +357,9 @@ class _Fleet:
         target.submit(sim, sim.arrival_s)
 
     def result(self, label: str, wall_s: float) -> RunResult:
-        if self.samples:
-            sample_s = np.array([s[0] for s in self.samples])
-            running = np.array([s[1] for s in self.samples])
-            waiting = np.array([s[2] for s in self.samples])
-            kv = np.array([s[3] for s in self.samples])
-        else:
-            sample_s = np.empty(0)
-            running = waiting = kv = np.empty((0, len(self.servers)))
-        decisions = np.array(self.decision_ns, dtype=np.float64)
-        return RunResult(
-            config=label,
-            endpoint_names=self.names,
-            arrival_s=np.array([r.arrival_s for r in self.requests], dtype=np.float64),
-            scheduled_s=self.scheduled_s,
-            first_token_s=self.first_token_s,
-            finish_s=self.finish_s,
-            prompt_tokens=np.array([r.prompt_tokens for r in self.requests], dtype=np.int64),
-            output_tokens=np.array([r.output_tokens for r in self.requests], dtype=np.int64),
-            cached_tokens=self.cached_tokens,
-            preemptions=self.preemptions,
-            endpoint=self.endpoint,
-            status=self.status,
-            sample_s=sample_s,
-            sample_running=running,
-            sample_waiting=waiting,
-            sample_kv_usage=kv,
-            duration_s=self.last_event_s,
-            wall_s=wall_s,
-            decision_us_p50=float(np.percentile(decisions, 50)) / 1e3
-            if decisions.size
-            else math.nan,
-            prefill_endpoint=self.prefill_endpoint if self.fleet.prefill_servers else None,
-        )
+        """The run's :class:`RunResult`."""
+        prefill = self.prefill_endpoint if self.fleet.prefill_servers else None
+        return run_result(self, label, wall_s, prefill_endpoint=prefill)
 
 
 def _headers(sim: SimRequest) -> dict[str, str] | None:
@@ -479,3 +450,41 @@ def simulate(
     if progress is not None:
         progress(total, total)
     return state.result(label, time.perf_counter() - t0)
+
+
+def run_result(
+    run: Any, label: str, wall_s: float, *, prefill_endpoint: npt.NDArray[np.int32] | None = None
+) -> RunResult:
+    """The :class:`RunResult` of a finished simulation ``run`` (a fleet or a multicluster
+    run: its requests, per-request times, decisions and samples)."""
+    if run.samples:
+        sample_s = np.array([s[0] for s in run.samples])
+        running = np.array([s[1] for s in run.samples])
+        waiting = np.array([s[2] for s in run.samples])
+        kv = np.array([s[3] for s in run.samples])
+    else:
+        sample_s = np.empty(0)
+        running = waiting = kv = np.empty((0, len(run.servers)))
+    decisions = np.array(run.decision_ns, dtype=np.float64)
+    return RunResult(
+        config=label,
+        endpoint_names=run.names,
+        arrival_s=np.array([r.arrival_s for r in run.requests], dtype=np.float64),
+        scheduled_s=run.scheduled_s,
+        first_token_s=run.first_token_s,
+        finish_s=run.finish_s,
+        prompt_tokens=np.array([r.prompt_tokens for r in run.requests], dtype=np.int64),
+        output_tokens=np.array([r.output_tokens for r in run.requests], dtype=np.int64),
+        cached_tokens=run.cached_tokens,
+        preemptions=run.preemptions,
+        endpoint=run.endpoint,
+        status=run.status,
+        sample_s=sample_s,
+        sample_running=running,
+        sample_waiting=waiting,
+        sample_kv_usage=kv,
+        duration_s=run.last_event_s,
+        wall_s=wall_s,
+        decision_us_p50=float(np.percentile(decisions, 50)) / 1e3 if decisions.size else math.nan,
+        prefill_endpoint=prefill_endpoint,
+    )

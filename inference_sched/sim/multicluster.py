@@ -48,6 +48,7 @@ from inference_sched.framework.scheduler import Scheduler
 from inference_sched.framework.types import Endpoint, Request, Response, SchedulingResult, Usage
 from inference_sched.sim import latency as latency_models
 from inference_sched.sim.engine import Server
+from inference_sched.sim.fleet import run_result
 from inference_sched.sim.presets import resolve_config
 from inference_sched.sim.prompts import prompt_bytes
 from inference_sched.sim.report import PERCENTILES, summarize
@@ -437,39 +438,8 @@ class _Multicluster:
         target.submit(sim, sim.arrival_s)
 
     def result(self, label: str, wall_s: float) -> RunResult:
-        n = len(self.servers)
-        if self.samples:
-            sample_s = np.array([s[0] for s in self.samples])
-            running = np.array([s[1] for s in self.samples])
-            waiting = np.array([s[2] for s in self.samples])
-            kv = np.array([s[3] for s in self.samples])
-        else:
-            sample_s = np.empty(0)
-            running = waiting = kv = np.empty((0, n))
-        decisions = np.array(self.decision_ns, dtype=np.float64)
-        return RunResult(
-            config=label,
-            endpoint_names=self.names,
-            arrival_s=np.array([r.arrival_s for r in self.requests], dtype=np.float64),
-            scheduled_s=self.scheduled_s,
-            first_token_s=self.first_token_s,
-            finish_s=self.finish_s,
-            prompt_tokens=np.array([r.prompt_tokens for r in self.requests], dtype=np.int64),
-            output_tokens=np.array([r.output_tokens for r in self.requests], dtype=np.int64),
-            cached_tokens=self.cached_tokens,
-            preemptions=self.preemptions,
-            endpoint=self.endpoint,
-            status=self.status,
-            sample_s=sample_s,
-            sample_running=running,
-            sample_waiting=waiting,
-            sample_kv_usage=kv,
-            duration_s=self.last_event_s,
-            wall_s=wall_s,
-            decision_us_p50=float(np.percentile(decisions, 50)) / 1e3
-            if decisions.size
-            else math.nan,
-        )
+        """The run's :class:`RunResult` (the servers of both clusters, in order)."""
+        return run_result(self, label, wall_s)
 
 
 def _policy_config(policy: str | EndpointPickerConfig | None) -> EndpointPickerConfig | None:
