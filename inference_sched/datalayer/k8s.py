@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from inference_sched.errors import ConfigError, DataError
 from inference_sched.framework.types import Endpoint
+from inference_sched.state.labels import LabelSelector
 
 __all__ = [
     "ACTIVE_PORTS_ANNOTATION",
@@ -394,8 +395,7 @@ class PodDiscovery:
 
     def convert(self, pod: Any) -> list[Endpoint]:
         """Endpoints of ``pod`` under this pool (``[]`` if it no longer matches)."""
-        labels = pod.metadata.labels or {}
-        if any(labels.get(k) != v for k, v in self.selector.items()):
+        if not LabelSelector.from_match_labels(self.selector).matches(pod.metadata.labels or {}):
             return []
         return pod_endpoints(
             pod,

@@ -10,17 +10,17 @@ labels match a Kubernetes label selector, and the deprecated ``by-label`` (llm-d
 ``docs/plugins/by-label.md``) those whose one label takes one of a list of values; both
 evaluate their predicate once per endpoint whenever the table's structure changes
 (``table.version``), cache the per-row result as a bool mask, and filter with one kernel
-call per request (:class:`_LabelMaskFilter`).
+call per request (:class:`_LabelMaskFilter`). Selector parsing and matching live in
+:mod:`inference_sched.state.labels` (re-exported here: :class:`LabelRequirement`,
+:class:`LabelSelectorParams`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
-import types
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final
 
 import attrs
 import numpy as np
@@ -32,6 +32,8 @@ from inference_sched.framework.types import Candidates, CycleState, Endpoint, Re
 from inference_sched.kernels import filtering
 from inference_sched.params import NoParams, ParamCheck, boolean, param
 from inference_sched.state.endpoint import ROLE_LABEL
+from inference_sched.state.labels import LabelRequirement, LabelSelectorParams
+from inference_sched.state.labels import Operator as Operator  # re-export (was defined here)
 from inference_sched.state.table import EndpointTable
 
 __all__ = [
@@ -47,136 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- label selector
-Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
-_OPERATORS: Final = ("In", "NotIn", "Exists", "DoesNotExist")
-
-# Kubernetes label syntax (apimachinery validation.IsQualifiedName / IsValidLabelValue).
-_NAME: Final = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_KEY_RE: Final = re.compile(rf"^(?:(?P<prefix>[a-z0-9.-]{{1,253}})/)?{_NAME}$")
-_PREFIX_RE: Final = re.compile(
-    r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$"
-)
-_VALUE_RE: Final = re.compile(rf"^(?:{_NAME})?$")
-
-
-@attrs.frozen
-class LabelRequirement:
-    """One ``matchExpressions`` entry: ``key``, ``operator`` and ``values``."""
-
-    key: str
-    operator: Operator
-    values: tuple[str, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Kubernetes semantics; ``NotIn`` also matches when the label is absent."""
-        if self.operator == "In":
-            return labels.get(self.key) in self.values
-        if self.operator == "NotIn":
-            return self.key not in labels or labels[self.key] not in self.values
-        if self.operator == "Exists":
-            return self.key in labels
-        return self.key not in labels
-
-
-def _check_key(where: str, key: Any) -> str:
-    if not isinstance(key, str):
-        raise ParamCheck(where, "a label key (str)", key)
-    match = _KEY_RE.match(key)
-    if match is None or (match["prefix"] is not None and not _PREFIX_RE.match(match["prefix"])):
-        raise ParamCheck(
-            where,
-            "a label key: [DNS-subdomain prefix/]name, the name at most 63 characters of "
-            "[A-Za-z0-9-_.] starting and ending alphanumeric",
-            key,
-        )
-    return key
-
-
-def _check_value(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not _VALUE_RE.match(value):
-        raise ParamCheck(
-            where,
-            "a label value: empty, or at most 63 characters of [A-Za-z0-9-_.] starting "
-            "and ending alphanumeric",
-            value,
-        )
-    return value
-
-
-def _parse_match_labels(raw: Any) -> Mapping[str, str]:
-    if not isinstance(raw, Mapping):
-        raise ParamCheck("matchLabels", "a mapping of label key to value", raw)
-    for key, value in raw.items():
-        _check_key("matchLabels", key)
-        _check_value(f"matchLabels.{key}", value)
-    return types.MappingProxyType(dict(raw))
-
-
-def _parse_requirement(i: int, raw: Any) -> LabelRequirement:
-    where = f"matchExpressions[{i}]"
-    if not isinstance(raw, Mapping):
-        raise ParamCheck(where, "a mapping with keys key, operator and values", raw)
-    unknown = sorted(set(raw) - {"key", "operator", "values"}, key=str)
-    if unknown:
-        raise ParamCheck(where, "only the keys key, operator and values", unknown[0])
-    if "key" not in raw:
-        raise ParamCheck(f"{where}.key", "a label key (required)", None)
-    key = _check_key(f"{where}.key", raw["key"])
-    operator = raw.get("operator")
-    if operator not in _OPERATORS:
-        raise ParamCheck(f"{where}.operator", "one of " + ", ".join(_OPERATORS), operator)
-    values = raw.get("values")
-    if values is None:
-        values = []
-    if not isinstance(values, list | tuple):
-        raise ParamCheck(f"{where}.values", "a list of str", values)
-    for j, value in enumerate(values):
-        _check_value(f"{where}.values[{j}]", value)
-    if operator in ("In", "NotIn") and not values:
-        raise ParamCheck(f"{where}.values", f"a non-empty list for operator {operator}", values)
-    if operator in ("Exists", "DoesNotExist") and values:
-        raise ParamCheck(f"{where}.values", f"no values for operator {operator}", values)
-    return LabelRequirement(key, operator, tuple(values))
-
-
-def _parse_match_expressions(raw: Any) -> tuple[LabelRequirement, ...]:
-    if not isinstance(raw, list | tuple):
-        raise ParamCheck("matchExpressions", "a list of {key, operator, values}", raw)
-    return tuple(_parse_requirement(i, item) for i, item in enumerate(raw))
-
-
-def _is_match_labels(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    _parse_match_labels(value)
-
-
-def _is_requirements(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, tuple) or not all(isinstance(r, LabelRequirement) for r in value):
-        raise ParamCheck("matchExpressions", "a tuple of LabelRequirement", value)
-
-
-def _empty_labels() -> Mapping[str, str]:
-    return types.MappingProxyType({})
-
-
-@attrs.frozen
-class LabelSelectorParams:
-    """A Kubernetes ``LabelSelector``; every requirement must hold (an empty one matches
-    every endpoint)."""
-
-    match_labels: Mapping[str, str] = param(
-        alias="matchLabels",
-        factory=_empty_labels,
-        parse=_parse_match_labels,
-        check=_is_match_labels,
-    )
-    """Labels an endpoint must carry with exactly these values."""
-    match_expressions: tuple[LabelRequirement, ...] = param(
-        (), alias="matchExpressions", parse=_parse_match_expressions, check=_is_requirements
-    )
-    """Requirements ``{key, operator: In|NotIn|Exists|DoesNotExist, values}``."""
 
 
 class _LabelMaskFilter:
@@ -318,15 +190,12 @@ class LabelSelectorFilter(_LabelMaskFilter):
 
     def __init__(self, name: str, params: LabelSelectorParams, handle: Handle) -> None:
         self.name = name
-        self._requirements = (
-            *(LabelRequirement(k, "In", (v,)) for k, v in params.match_labels.items()),
-            *params.match_expressions,
-        )
+        self._selector = params.selector()
         self._init_cache()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether an endpoint with ``labels`` passes the selector."""
-        return all(r.matches(labels) for r in self._requirements)
+        return self._selector.matches(labels)
 
 
 _label_selector_filter: type[Filter] = LabelSelectorFilter

@@ -87,6 +87,14 @@ class LabelSelector:
 
     requirements: tuple[LabelRequirement, ...] = ()
 
+    @classmethod
+    def from_match_labels(cls, match_labels: Mapping[str, str]) -> LabelSelector:
+        """The selector of a ``matchLabels`` map: one ``In`` requirement per pair, in order.
+
+        Keys and values are taken as given (not validated).
+        """
+        return cls(tuple(LabelRequirement(k, "In", (v,)) for k, v in match_labels.items()))
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether every requirement holds for ``labels``."""
         return all(r.matches(labels) for r in self.requirements)
@@ -197,12 +205,8 @@ class LabelSelectorParams:
 
     def selector(self) -> LabelSelector:
         """The equivalent :class:`LabelSelector` (``matchLabels`` first, as ``In``)."""
-        return LabelSelector(
-            (
-                *(LabelRequirement(k, "In", (v,)) for k, v in self.match_labels.items()),
-                *self.match_expressions,
-            )
-        )
+        from_labels = LabelSelector.from_match_labels(self.match_labels)
+        return LabelSelector((*from_labels.requirements, *self.match_expressions))
 
 
 # ---------------------------------------------------------------- string form

@@ -212,6 +212,15 @@ def test_pod_discovery_drops_pods_that_no_longer_match_the_selector() -> None:
     assert len(discovery.convert(make_pod("p"))) == 2
 
 
+def test_pod_discovery_matches_every_selector_label() -> None:
+    selector = {"app": "vllm", "tier": "gpu"}
+    discovery = PodDiscovery("llm", selector, PORTS, api=FakeCoreV1Api([], []))
+    assert discovery.convert(make_pod("p", labels={"app": "vllm"})) == []  # tier missing
+    assert discovery.convert(make_pod("p", labels={"app": "vllm", "tier": "cpu"})) == []
+    both = make_pod("p", labels={"app": "vllm", "tier": "gpu", "extra": "x"})
+    assert len(discovery.convert(both)) == 2
+
+
 # ------------------------------------------------------------------ configuration
 POOL = {
     "apiVersion": "inference.networking.k8s.io/v1",

@@ -573,3 +573,14 @@ def test_encode_filter_and_by_label_conformance() -> None:
     table = make_table(3, roles=[Role.ENCODE, Role.DECODE, Role.ENCODE_PREFILL], waiting=[0, 1, 2])
     check_plugin("encode-filter", table=table)
     check_plugin("by-label", {"label": "gpu", "validValues": ["h100"], "allowsNoLabel": True})
+
+
+def test_filters_reexports_the_shared_types() -> None:
+    """The selector types live in ``inference_sched.state.labels``; ``filters`` re-exports
+    them."""
+    from inference_sched.plugins import filters
+    from inference_sched.state import labels
+
+    assert filters.LabelRequirement is labels.LabelRequirement
+    assert filters.LabelSelectorParams is labels.LabelSelectorParams
+    assert filters.Operator is labels.Operator

@@ -120,6 +120,16 @@ def test_object_form_builds_the_same_selector() -> None:
     assert parse_params(LabelSelectorParams, None, "p").selector() == LabelSelector()
 
 
+def test_selector_from_match_labels() -> None:
+    selector = LabelSelector.from_match_labels({"app": "x", "tier": ""})
+    assert selector == LabelSelector(
+        (LabelRequirement("app", "In", ("x",)), LabelRequirement("tier", "In", ("",)))
+    )
+    assert selector.matches({"app": "x", "tier": "", "other": "1"})
+    assert not selector.matches({"app": "x"})
+    assert LabelSelector.from_match_labels({}) == LabelSelector()
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
