@@ -7,7 +7,9 @@ given the decode pick. The answer routes to the decode pick and carries the pref
 for the decode pod's sidecar in ``x-prefiller-host-port`` (the encode picks in
 ``x-encoder-hosts-ports``); the gateway must drop any client-supplied copy of those
 headers (:attr:`~inference_sched.framework.types.SchedulingResult.dropped_request_headers`), so a
-client cannot point a decode pod at a prefiller of its choice.
+client cannot point a decode pod at a prefiller of its choice. llm-d-router's deprecated
+flat keys (``decodeProfile``, ``deciderPluginName``, ...) map onto ``profiles`` /
+``deciders`` with a config warning (``docs/plugins/disagg-profile-handler.md``).
 
 Deciders: ``prefix-based-pd-decider`` (disaggregate when the prompt reaches
 ``promptTokens`` and its tokens the decode pick does not hold in cache reach
@@ -35,8 +37,9 @@ from inference_sched.framework.contracts import (
     read_tokenized,
     request_token_ids,
 )
+from inference_sched.framework.deciders import lookup_decider
 from inference_sched.framework.headers import HEADER_DATA_PARALLEL, HEADER_ENCODER, HEADER_PREFILLER
-from inference_sched.framework.interfaces import Handle
+from inference_sched.framework.interfaces import Decider, Handle
 from inference_sched.framework.registry import register
 from inference_sched.framework.types import CycleState, ProfileRunResult, Request, SchedulingResult
 from inference_sched.params import ParamCheck, at_least, in_range, param
@@ -199,26 +202,122 @@ def _names(raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, str]:
 
 
 _DEFAULT_PROFILES: Final = {"decode": "decode", "prefill": "prefill", "encode": "encode"}
+_DEPRECATED: Final = "deprecated: use {} (llm-d-router's old flat key)"
+
+# llm-d-router's deprecated flat keys (``legacyDisaggProfileHandlerParameters`` in
+# ``.../profilehandler/disagg/disagg_profile_handler.go``): flat key -> (nested key, stage).
+_FLAT_KEYS: Final = {
+    "decodeProfile": ("profiles", "decode"),
+    "prefillProfile": ("profiles", "prefill"),
+    "encodeProfile": ("profiles", "encode"),
+    "prefillDeciderPluginName": ("deciders", "prefill"),
+    "deciderPluginName": ("deciders", "prefill"),
+    "encodeDeciderPluginName": ("deciders", "encode"),
+}
 
 
 def _profiles(raw: Any) -> dict[str, str]:
-    return _DEFAULT_PROFILES | _names(raw, "profiles", tuple(_DEFAULT_PROFILES))
+    return _names(raw, "profiles", tuple(_DEFAULT_PROFILES))
 
 
 def _deciders(raw: Any) -> dict[str, str]:
     return _names(raw, "deciders", ("prefill", "encode"))
 
 
+def _flat(key: str) -> Any:
+    nested_key, stage = _FLAT_KEYS[key]
+
+    def check(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ParamCheck(key, "a non-empty str", value)
+
+    return param(
+        None, alias=key, check=check, deprecated=_DEPRECATED.format(f"{nested_key}.{stage}")
+    )
+
+
 @attrs.frozen
 class DisaggParams:
-    """Parameters of ``disagg-profile-handler`` (llm-d)."""
+    """Parameters of ``disagg-profile-handler`` (llm-d).
 
-    profiles: dict[str, str] = param(  # noqa: RUF009 - an attrs field
-        factory=lambda: dict(_DEFAULT_PROFILES), alias="profiles", parse=_profiles
-    )
-    """Profile names by stage (``decode``, ``prefill``, ``encode``)."""
+    The deprecated flat keys (``decodeProfile`` ... ``encodeDeciderPluginName``) are
+    llm-d-router's older form of ``profiles`` / ``deciders`` and map onto them
+    (:meth:`stage_profiles`, :meth:`stage_deciders`); a config uses one form or the
+    other, as llm-d-router requires.
+    """
+
+    profiles: dict[str, str] = param(factory=dict, alias="profiles", parse=_profiles)  # noqa: RUF009 - an attrs field
+    """Profile names by stage (``decode``, ``prefill``, ``encode``); a stage not named
+    here uses the profile of its own name (``{decode: decode, prefill: prefill, encode:
+    encode}``)."""
     deciders: dict[str, str] = param(factory=dict, alias="deciders", parse=_deciders)  # noqa: RUF009 - an attrs field
     """The decider plugin (by name) of each optional stage; a stage without one never runs."""
+    decode_profile: str | None = _flat("decodeProfile")
+    """Deprecated: ``profiles.decode``."""
+    prefill_profile: str | None = _flat("prefillProfile")
+    """Deprecated: ``profiles.prefill``."""
+    encode_profile: str | None = _flat("encodeProfile")
+    """Deprecated: ``profiles.encode``."""
+    prefill_decider_plugin_name: str | None = _flat("prefillDeciderPluginName")
+    """Deprecated: ``deciders.prefill``."""
+    decider_plugin_name: str | None = _flat("deciderPluginName")
+    """Deprecated (``pd-profile-handler``'s key): ``deciders.prefill``."""
+    encode_decider_plugin_name: str | None = _flat("encodeDeciderPluginName")
+    """Deprecated: ``deciders.encode``."""
+
+    def _flat_values(self) -> dict[str, str]:
+        values = {
+            "decodeProfile": self.decode_profile,
+            "prefillProfile": self.prefill_profile,
+            "encodeProfile": self.encode_profile,
+            "prefillDeciderPluginName": self.prefill_decider_plugin_name,
+            "deciderPluginName": self.decider_plugin_name,
+            "encodeDeciderPluginName": self.encode_decider_plugin_name,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    def __attrs_post_init__(self) -> None:
+        flat = self._flat_values()
+        if not flat:
+            return
+        given = [f"profiles.{s}" for s in self.profiles] + [f"deciders.{s}" for s in self.deciders]
+        if given:
+            # llm-d-router rejects any mix of the two forms. Name the nested key of the
+            # same stage when there is one, else the first nested key given.
+            key, value = next(iter(flat.items()))
+            same = "{}.{}".format(*_FLAT_KEYS[key])
+            other = same if same in given else given[0]
+            raise ParamCheck(
+                key,
+                f"not with {other} (the deprecated flat keys and profiles/deciders do not "
+                f"mix; write {same})",
+                value,
+            )
+        if "prefillDeciderPluginName" in flat and "deciderPluginName" in flat:
+            raise ParamCheck(
+                "deciderPluginName",
+                "not with prefillDeciderPluginName (both name deciders.prefill; use one)",
+                flat["deciderPluginName"],
+            )
+
+    def stage_profiles(self) -> dict[str, str]:
+        """The profile of every stage: ``profiles`` (or the flat keys), else the defaults."""
+        out = dict(_DEFAULT_PROFILES)
+        for key, value in self._flat_values().items():
+            nested_key, stage = _FLAT_KEYS[key]
+            if nested_key == "profiles":
+                out[stage] = value
+        return out | self.profiles
+
+    def stage_deciders(self) -> dict[str, tuple[str, str]]:
+        """The decider of each optional stage and the key that named it:
+        ``{stage: (plugin name, key)}`` from ``deciders`` (or the flat keys)."""
+        out = {stage: (ref, f"deciders.{stage}") for stage, ref in self.deciders.items()}
+        for key, value in self._flat_values().items():
+            nested_key, stage = _FLAT_KEYS[key]
+            if nested_key == "deciders":
+                out[stage] = (value, key)
+        return out
 
 
 @register("disagg-profile-handler")
@@ -234,20 +333,18 @@ class DisaggProfileHandler:
         self.name = name
         self.params = params
         self._handle = handle
-        self._deciders: dict[str, Any] = {}
+        self._profile_names = params.stage_profiles()
+        self._decider_refs = params.stage_deciders()
+        self._deciders: dict[str, Decider] = {}
 
-    def _decider(self, stage: str) -> Any | None:
-        ref = self.params.deciders.get(stage)
-        if ref is None:
+    def _decider(self, stage: str) -> Decider | None:
+        named = self._decider_refs.get(stage)
+        if named is None:
             return None
         decider = self._deciders.get(stage)
-        if decider is None:
-            try:
-                decider = self._handle.plugin(ref)
-            except KeyError as exc:
-                raise SchedulingError(f"{self.name}: deciders.{stage}: {exc.args[0]}") from None
-            if not callable(getattr(decider, "decide", None)):
-                raise SchedulingError(f"{self.name}: deciders.{stage}: {ref!r} is not a decider")
+        if decider is None:  # on first use: a decider may be declared after the handler
+            ref, key = named
+            decider = lookup_decider(self._handle, ref, self.name, key)
             self._deciders[stage] = decider
         return decider
 
@@ -259,7 +356,7 @@ class DisaggProfileHandler:
         results: Mapping[str, ProfileRunResult | None],
     ) -> Mapping[str, SchedulingProfile]:
         """Decode alone first; then the optional stages whose decider approves."""
-        names = self.params.profiles
+        names = self._profile_names
         decode = names["decode"]
         if decode not in profiles:
             raise SchedulingError(f"{self.name}: no profile named {decode!r} (profiles.decode)")
@@ -292,7 +389,7 @@ class DisaggProfileHandler:
             SchedulingError: decode found no endpoint ("failed to find available decode
                 workers", as llm-d).
         """
-        names = self.params.profiles
+        names = self._profile_names
         decoded = results.get(names["decode"])
         if decoded is None or not decoded.rows:
             raise SchedulingError("failed to find available decode workers")

@@ -29,8 +29,9 @@ import attrs
 
 from inference_sched.errors import SchedulingError
 from inference_sched.framework.contracts import PREFIX_CACHE_MATCH_INFO
+from inference_sched.framework.deciders import lookup_decider
 from inference_sched.framework.headers import HEADER_DATA_PARALLEL, HEADER_ENCODER, HEADER_PREFILLER
-from inference_sched.framework.interfaces import Handle, PreRequest, ProfileHandler
+from inference_sched.framework.interfaces import Decider, Handle, PreRequest, ProfileHandler
 from inference_sched.framework.registry import register
 from inference_sched.framework.types import CycleState, ProfileRunResult, Request, SchedulingResult
 from inference_sched.params import ParamCheck, integer, param, string
@@ -126,12 +127,12 @@ class PdProfileHandler:
         self.name = name
         self.params = params
         self._handle = handle
-        self._decider: Any = None
+        self._decider: Decider | None = None
         self.decisions: collections.Counter[str] = collections.Counter()
         """llm-d's ``pd_decision_total``: decisions by type (``prefill-decode``,
         ``decode-only``)."""
 
-    def decider(self) -> Any:
+    def decider(self) -> Decider:
         """The decider instance named by ``deciderPluginName`` (looked up on first use).
 
         Raises:
@@ -140,14 +141,7 @@ class PdProfileHandler:
         decider = self._decider
         if decider is None:
             ref = self.params.decider_plugin_name
-            try:
-                decider = self._handle.plugin(ref)
-            except KeyError as exc:
-                raise SchedulingError(f"{self.name}: deciderPluginName: {exc.args[0]}") from None
-            if not callable(getattr(decider, "decide", None)):
-                raise SchedulingError(
-                    f"{self.name}: deciderPluginName: {ref!r} is not a decider plugin"
-                )
+            decider = lookup_decider(self._handle, ref, self.name, "deciderPluginName")
             self._decider = decider
         return decider
 

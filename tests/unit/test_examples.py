@@ -61,7 +61,10 @@ WARNINGS: Mapping[str, tuple[str, ...]] = {
     "precise-prefix-cache": (GIE_DEPRECATED,),
     "pd-disaggregation": (),
     "pd-topology": (),
-    "wide-ep": (),
+    "wide-ep": (
+        "plugins[2].parameters.deciderPluginName: deprecated: use deciders.prefill "
+        "(llm-d-router's old flat key)",
+    ),
     "multimodal-epd": (),
     "slo-aware": (
         GIE_DEPRECATED,
@@ -89,10 +92,6 @@ REJECTED: Mapping[str, str] = {
         "the loader rejects a profile reference to a data producer ('tokenizer'), which "
         "llm-d-router ignores"
     ),
-    "wide-ep": (
-        "disagg-profile-handler rejects the legacy flat key deciderPluginName, which "
-        "llm-d-router maps to deciders.prefill with a deprecation notice"
-    ),
     "flow-control": (
         "round-robin-fairness-policy and fcfs-ordering-policy are not registered plugin "
         "types yet (flow-control policies: issue 16)"
@@ -111,12 +110,6 @@ ADAPTED: Mapping[str, tuple[tuple[str, str], ...]] = {
             "        tokenizersPoolConfig:\n          modelName: Qwen/Qwen3-32B\n"
             "          uds:\n            socketFile: /tmp/tokenizer/tokenizer-uds.socket\n",
             "",
-        ),
-    ),
-    "wide-ep": (
-        (
-            "    deciderPluginName: always-disagg-pd-decider",
-            "    deciders: {prefill: always-disagg-pd-decider}",
         ),
     ),
     "flow-control": (("- type: round-robin-fairness-policy\n- type: fcfs-ordering-policy\n", ""),),

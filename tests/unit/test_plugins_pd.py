@@ -3,10 +3,14 @@ handler's stages and headers, the data-parallel handler, and P/D in the simulato
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inference_sched.errors import ParameterError, SchedulingError
 from inference_sched.framework.contracts import (
@@ -30,6 +34,7 @@ from inference_sched.plugins.pd import (
     ENCODER_HEADER,
     PREFILLER_HEADER,
     AlwaysDisaggMultimodalDecider,
+    DisaggParams,
     PrefixBasedPDDecider,
     input_tokens,
 )
@@ -301,3 +306,196 @@ def test_the_prefill_stage_sees_the_decode_pick_as_its_peer() -> None:
     result = Scheduler.from_config(config, table).schedule(Request.create("m", prompt="p"))
     assert result.endpoint.name == "e3"
     assert result.picked("prefill").name == "e0"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------ disagg-profile-handler legacy keys
+_P = "plugins[2].parameters"
+_DEFAULTS = {"decode": "decode", "prefill": "prefill", "encode": "encode"}
+
+
+def _disagg(raw: dict[str, Any] | None, warned: list[str] | None = None) -> DisaggParams:
+    return parse_params(DisaggParams, raw, _P, warn=None if warned is None else warned.append)
+
+
+@pytest.mark.parametrize(
+    ("raw", "profiles", "deciders"),
+    [
+        pytest.param(None, _DEFAULTS, {}, id="defaults"),
+        pytest.param({"decodeProfile": "d2"}, _DEFAULTS | {"decode": "d2"}, {}, id="decodeProfile"),
+        pytest.param(
+            {"prefillProfile": "p2", "encodeProfile": "e2"},
+            _DEFAULTS | {"prefill": "p2", "encode": "e2"}, {}, id="prefill-and-encodeProfile",
+        ),
+        pytest.param(
+            {"deciderPluginName": "pd"}, _DEFAULTS, {"prefill": ("pd", "deciderPluginName")},
+            id="deciderPluginName",
+        ),
+        pytest.param(
+            {"prefillDeciderPluginName": "pd", "encodeDeciderPluginName": "mm"}, _DEFAULTS,
+            {"prefill": ("pd", "prefillDeciderPluginName"),
+             "encode": ("mm", "encodeDeciderPluginName")},
+            id="prefill-and-encodeDeciderPluginName",
+        ),
+        pytest.param(
+            {"profiles": {"prefill": "p3"}, "deciders": {"encode": "mm"}},
+            _DEFAULTS | {"prefill": "p3"}, {"encode": ("mm", "deciders.encode")}, id="nested",
+        ),
+        # llm-d-router: an empty nested mapping is "not given", so the flat key is no mix
+        pytest.param(
+            {"profiles": {}, "deciders": {}, "deciderPluginName": "pd"}, _DEFAULTS,
+            {"prefill": ("pd", "deciderPluginName")}, id="empty-nested-and-flat",
+        ),
+    ],
+)  # fmt: skip
+def test_disagg_flat_keys_map_to_profiles_and_deciders(
+    raw: dict[str, Any] | None, profiles: dict[str, str], deciders: dict[str, Any]
+) -> None:
+    params = _disagg(raw)
+    assert params.stage_profiles() == profiles
+    assert params.stage_deciders() == deciders
+
+
+def test_disagg_flat_keys_warn_with_their_replacement() -> None:
+    warned: list[str] = []
+    _disagg(
+        {
+            "decodeProfile": "d",
+            "prefillProfile": "p",
+            "encodeProfile": "e",
+            "prefillDeciderPluginName": "pd",
+            "encodeDeciderPluginName": "mm",
+        },
+        warned,
+    )
+    old = "(llm-d-router's old flat key)"
+    assert warned == [
+        f"{_P}.decodeProfile: deprecated: use profiles.decode {old}",
+        f"{_P}.prefillProfile: deprecated: use profiles.prefill {old}",
+        f"{_P}.encodeProfile: deprecated: use profiles.encode {old}",
+        f"{_P}.prefillDeciderPluginName: deprecated: use deciders.prefill {old}",
+        f"{_P}.encodeDeciderPluginName: deprecated: use deciders.encode {old}",
+    ]
+    nested: list[str] = []
+    _disagg({"profiles": {"decode": "d"}, "deciders": {"prefill": "pd"}}, nested)
+    assert nested == []
+
+
+_MIX = "the deprecated flat keys and profiles/deciders do not mix"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(
+            {"deciderPluginName": "a", "deciders": {"prefill": "b"}},
+            f"{_P}.deciderPluginName: expected not with deciders.prefill ({_MIX}; write "
+            "deciders.prefill), got 'a' (str)",
+            id="same-stage-decider",
+        ),
+        pytest.param(
+            {"decodeProfile": "x", "profiles": {"decode": "y"}},
+            f"{_P}.decodeProfile: expected not with profiles.decode ({_MIX}; write "
+            "profiles.decode), got 'x' (str)",
+            id="same-stage-profile",
+        ),
+        # llm-d-router rejects any mix, not only one stage given twice
+        pytest.param(
+            {"prefillProfile": "x", "deciders": {"prefill": "pd"}},
+            f"{_P}.prefillProfile: expected not with deciders.prefill ({_MIX}; write "
+            "profiles.prefill), got 'x' (str)",
+            id="other-stage",
+        ),
+        pytest.param(
+            {"deciderPluginName": "a", "prefillDeciderPluginName": "b"},
+            f"{_P}.deciderPluginName: expected not with prefillDeciderPluginName (both name "
+            "deciders.prefill; use one), got 'a' (str)",
+            id="two-flat-prefill-deciders",
+        ),
+        pytest.param(
+            {"deciderPluginName": ""},
+            f"{_P}.deciderPluginName: expected a non-empty str, got '' (str)",
+            id="empty",
+        ),
+        pytest.param(
+            {"encodeProfile": 3},
+            f"{_P}.encodeProfile: expected a non-empty str, got 3 (int)",
+            id="not-a-str",
+        ),
+        # pd-profile-handler's other keys are not disagg-profile-handler's (as llm-d-router's
+        # strict decoding)
+        pytest.param(
+            {"deciderPluginName": "pd", "primaryPort": 8080},
+            f"{_P}: unknown key 'primaryPort'",
+            id="pd-profile-handler-only-key",
+        ),
+    ],
+)  # fmt: skip
+def test_disagg_flat_key_errors_name_the_keys(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ParameterError, match="^" + re.escape(message)):
+        _disagg(raw)
+
+
+_NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=8)
+_FLAT_NESTED = {
+    "decodeProfile": ("profiles", "decode"),
+    "prefillProfile": ("profiles", "prefill"),
+    "encodeProfile": ("profiles", "encode"),
+    "prefillDeciderPluginName": ("deciders", "prefill"),
+    "deciderPluginName": ("deciders", "prefill"),
+    "encodeDeciderPluginName": ("deciders", "encode"),
+}
+
+
+@given(
+    flat=st.dictionaries(st.sampled_from(sorted(_FLAT_NESTED)), _NAMES).filter(
+        lambda d: not {"deciderPluginName", "prefillDeciderPluginName"} <= d.keys()
+    )
+)
+def test_disagg_flat_form_equals_its_nested_form(flat: dict[str, str]) -> None:
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in flat.items():
+        outer, stage = _FLAT_NESTED[key]
+        nested.setdefault(outer, {})[stage] = value
+    old, new = _disagg(flat), _disagg(nested)
+    assert old.stage_profiles() == new.stage_profiles()
+    assert {s: ref for s, (ref, _) in old.stage_deciders().items()} == {
+        s: ref for s, (ref, _) in new.stage_deciders().items()
+    }
+
+
+def test_the_wide_ep_guide_loads_with_its_flat_decider_key() -> None:
+    from inference_sched.framework.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "wide-ep.yaml"
+    config = load_config(path.read_text(encoding="utf-8"))
+    assert config.warnings == (
+        "plugins[2].parameters.deciderPluginName: deprecated: use deciders.prefill "
+        "(llm-d-router's old flat key)",
+    )
+
+
+def test_disagg_handler_with_flat_keys_schedules_as_the_nested_form() -> None:
+    flat = _pd_config("always-disagg-pd-decider").replace(
+        "parameters: {deciders: {prefill: pd-decider}}",
+        "parameters: {deciderPluginName: pd-decider, decodeProfile: decode}",
+    )
+    assert "deciderPluginName" in flat
+    result = Scheduler.from_config(flat, _pool()).schedule(Request.create("m", prompt="p"))
+    assert result.endpoint.name == "e3"
+    assert result.picked("prefill").name == "e1"  # type: ignore[union-attr]
+    assert dict(result.request_headers) == {PREFILLER_HEADER: "10.0.0.1:8000"}
+    broken = flat.replace("deciderPluginName: pd-decider", "deciderPluginName: nobody")
+    scheduler = Scheduler.from_config(broken, _pool())
+    with pytest.raises(SchedulingError, match=r"deciderPluginName: no plugin named 'nobody'"):
+        scheduler.schedule(Request.create("m", prompt="p"))
+
+
+def test_disagg_handler_names_a_plugin_that_is_not_a_decider() -> None:
+    broken = _pd_config("always-disagg-pd-decider").replace(
+        "deciders: {prefill: pd-decider}", "deciders: {prefill: queue-scorer}"
+    )
+    scheduler = Scheduler.from_config(broken, _pool())
+    with pytest.raises(
+        SchedulingError, match=r"deciders\.prefill: 'queue-scorer' is not a decider plugin"
+    ):
+        scheduler.schedule(Request.create("m", prompt="p"))
