@@ -43,6 +43,7 @@ import attrs
 
 from inference_sched.errors import ConfigError, InferenceSchedError
 from inference_sched.framework.config import EndpointPickerConfig, load_config
+from inference_sched.framework.contracts import Topology
 from inference_sched.framework.handle import PluginHandle
 from inference_sched.framework.interfaces import EndpointExtractor, Handle, NotificationSource
 from inference_sched.framework.registry import register
@@ -88,20 +89,6 @@ _K8S_HINT: Final = (
 
 # --------------------------------------------------------------------------- values
 @attrs.frozen
-class Topology:
-    """Where an endpoint runs (llm-d-router ``attribute/topology.Topology``); ``""`` is
-    unknown."""
-
-    hostname: str = ""
-    rack: str = ""
-    zone: str = ""
-    region: str = ""
-
-    def __bool__(self) -> bool:
-        return bool(self.hostname or self.rack or self.zone or self.region)
-
-
-@attrs.frozen
 class GroupVersionKind:
     """A Kubernetes object type; ``group`` is ``""`` for the core API."""
 
@@ -143,9 +130,9 @@ def is_object_ready(obj: Mapping[str, Any]) -> bool:
 
 
 def pod_name_of(endpoint: Endpoint) -> str:
-    """The pod an endpoint belongs to: its name without GIE's ``-rank-<i>`` suffix (one
-    pod serves one endpoint per target port)."""
-    return _RANK_SUFFIX.sub("", endpoint.name)
+    """The pod an endpoint belongs to: its ``pod_name`` when discovery set one, else its
+    name without GIE's ``-rank-<i>`` suffix (one pod serves one endpoint per port)."""
+    return endpoint.pod_name or _RANK_SUFFIX.sub("", endpoint.name)
 
 
 class _ErrorLog:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGENT_IDENTITY",
+    "DEFAULT_TOPOLOGY_PRODUCER",
     "IN_FLIGHT_LOAD",
     "LATENCY_PREDICTION_INFO",
     "PEER_ENDPOINT",
@@ -36,8 +37,10 @@ __all__ = [
     "PREFIX_CACHE_MATCH_INFO",
     "SESSION_ID",
     "TOKENIZED_PROMPT",
+    "TOPOLOGY_DATA_TYPE",
     "MultiModalFeature",
     "TokenizedRequest",
+    "Topology",
     "UNCACHED_REQUEST_TOKENS",
     "UncachedRequestTokens",
     "InFlightLoad",
@@ -434,6 +437,26 @@ MULTICLUSTER_QUEUE_SIZE: Final = "llm-d.ai/multicluster-queue-size"
 
 MULTICLUSTER_KV_CACHE_UTILIZATION: Final = "llm-d.ai/multicluster-kv-cache-utilization"
 """Endpoint attribute: a peer cluster's average KV-cache utilisation, 0..1."""
+
+TOPOLOGY_DATA_TYPE: Final = "Topology"
+"""Data type of the topology endpoint attribute; key ``Topology/<extractor name>``,
+written by ``topology-extractor``, read by the topology-affinity plugins."""
+DEFAULT_TOPOLOGY_PRODUCER: Final = "topology-extractor"
+"""Producer read when a consumer's ``topologyProducerName`` is empty."""
+
+
+@attrs.frozen
+class Topology:
+    """Where an endpoint runs (llm-d-router ``attribute/topology.Topology``); ``""`` is
+    unknown."""
+
+    hostname: str = ""
+    rack: str = ""
+    zone: str = ""
+    region: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.hostname or self.rack or self.zone or self.region)
 
 
 # ------------------------------------------------------------------ request attributes

@@ -37,7 +37,11 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from inference_sched.framework.contracts import (
+    DEFAULT_TOPOLOGY_PRODUCER as CONTRACT_DEFAULT_TOPOLOGY_PRODUCER,
+)
 from inference_sched.framework.contracts import PEER_ENDPOINT
+from inference_sched.framework.contracts import TOPOLOGY_DATA_TYPE as CONTRACT_TOPOLOGY_DATA_TYPE
 from inference_sched.framework.interfaces import Filter, Handle, Scorer
 from inference_sched.framework.registry import register
 from inference_sched.framework.types import (
@@ -82,9 +86,9 @@ LEVEL_SCORES: Final = (1.0, 0.20, 0.05, 0.02, 0.0)
 """Score per level code: host, rack, zone, region, none."""
 
 
-TOPOLOGY_DATA_TYPE: Final = "Topology"
+TOPOLOGY_DATA_TYPE: Final = CONTRACT_TOPOLOGY_DATA_TYPE
 """Data type of the topology attribute (llm-d-router ``attribute/topology``)."""
-DEFAULT_TOPOLOGY_PRODUCER: Final = "topology-extractor"
+DEFAULT_TOPOLOGY_PRODUCER: Final = CONTRACT_DEFAULT_TOPOLOGY_PRODUCER
 """Producer read when ``topologyProducerName`` is empty (the extractor's default name)."""
 TOPOLOGY_FIELDS: Final = ("hostname", "rack", "zone", "region")
 """The attribute value's field of each level, in :data:`LEVELS` order."""

@@ -430,3 +430,8 @@ def test_attach_configured_sources() -> None:
     assert [s.name for s in sources] == ["events"]
     table.add(Endpoint("e", "10.0.0.1", 80, {"my/zone": "z"}))
     assert attrs_of(table, "e") == {"Topology/topo": Topology(zone="z")}
+
+
+def test_pod_name_of_prefers_the_discovered_pod_name() -> None:
+    assert pod_name_of(Endpoint("vllm-0-rank-1", "10.0.0.1", 8001)) == "vllm-0"
+    assert pod_name_of(Endpoint("e2", "10.0.0.2", 8000, pod_name="pod-2")) == "pod-2"

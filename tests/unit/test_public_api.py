@@ -125,6 +125,7 @@ PUBLIC: dict[str, list[str]] = {
     "inference_sched.framework.interfaces": PROTOCOLS,
     "inference_sched.framework.contracts": [
         "AGENT_IDENTITY",
+        "DEFAULT_TOPOLOGY_PRODUCER",
         "EncoderCacheMatchInfo",
         "IN_FLIGHT_LOAD",
         "InFlightLoad",
@@ -141,7 +142,9 @@ PUBLIC: dict[str, list[str]] = {
         "SESSION_ID",
         "SessionID",
         "TOKENIZED_PROMPT",
+        "TOPOLOGY_DATA_TYPE",
         "TokenizedRequest",
+        "Topology",
         "UNCACHED_REQUEST_TOKENS",
         "UncachedRequestTokens",
         "cache_salt",
