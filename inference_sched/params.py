@@ -113,6 +113,7 @@ def param(
     deprecated: str | None = None,
     factory: Callable[[], Any] | None = None,
     redacted: bool = False,
+    secret: bool = False,
 ) -> Any:
     """Declare a parameter field.
 
@@ -125,6 +126,8 @@ def param(
         factory: default factory for mutable defaults.
         redacted: the value may hold credentials (a URL's password): ``repr`` shows it
             through :func:`~inference_sched.errors.redact`.
+        secret: the value is a credential (a token): ``repr`` shows ``'***'`` unless it
+            is empty (the printed effective config hides it by its key name).
     """
     checks = [check] if callable(check) else list(check)
     validator = attrs.validators.and_(*checks) if checks else None
@@ -133,7 +136,9 @@ def param(
         metadata[_PARSE] = parse
     if deprecated is not None:
         metadata[_DEPRECATED] = deprecated
-    shown: Callable[[Any], str] | bool = _redacted_repr if redacted else True
+    shown: Callable[[Any], str] | bool = (
+        _secret_repr if secret else _redacted_repr if redacted else True
+    )
     if factory is not None:
         return attrs.field(
             factory=factory, validator=validator, metadata=metadata, alias=alias, repr=shown
@@ -141,6 +146,10 @@ def param(
     return attrs.field(
         default=default, validator=validator, metadata=metadata, alias=alias, repr=shown
     )
+
+
+def _secret_repr(value: Any) -> str:
+    return "'***'" if value else repr(value)
 
 
 def _redacted_repr(value: Any) -> str:

@@ -91,6 +91,7 @@ from inference_sched.prefix.precise.index import (
 )
 from inference_sched.prefix.precise.params import (
     PrecisePrefixParams,
+    unsupported_settings,
 )
 from inference_sched.state.table import EndpointTable
 from inference_sched.tokenize.render import RenderError, client_for
@@ -156,12 +157,8 @@ class PrecisePrefixCacheProducer:
     def __init__(self, name: str, params: PrecisePrefixParams, handle: Handle) -> None:
         self.name = name
         self.params = params
-        if params.indexer_config.kv_block_index_config.cost_aware_memory_config is not None:
-            log.warning(
-                "plugin %r: indexerConfig.kvBlockIndexConfig.costAwareMemoryConfig.size is "
-                "not applied; the in-process index is bounded by entries per endpoint tier",
-                name,
-            )
+        for message in unsupported_settings(params):
+            log.warning("plugin %r: %s", name, message)
         self._table = handle.table
         self._clock = handle.clock
         self._state_key = f"{PRECISE_PRODUCER_TYPE}/{name}"
@@ -173,8 +170,8 @@ class PrecisePrefixCacheProducer:
             speculative_ttl_s=params.speculative_ttl_s,
         )
         self._seed = params.token_processor_config.hash_seed
-        pool = getattr(params.indexer_config, "tokenizers_pool_config", None)  # (docs)
-        self._render = client_for(getattr(pool, "vllm", None), getattr(pool, "model_name", ""))
+        pool = params.indexer_config.tokenizers_pool_config
+        self._render = None if pool is None else client_for(pool.vllm, pool.model_name)
         # Waiting events by endpoint (pod), oldest endpoint first; guarded by _qlock,
         # taken briefly by every producer and applier. _queued counts the events.
         self._pending: dict[str, _PodQueue] = {}
@@ -761,6 +758,7 @@ class PrecisePrefixCacheScorer(PrecisePrefixCacheProducer):
     """
 
     type: ClassVar[str]
+    stability: ClassVar[str] = "beta"
     category: ClassVar[ScorerCategory] = "Affinity"
 
     def __init__(self, name: str, params: PrecisePrefixParams, handle: Handle) -> None:

@@ -12,7 +12,10 @@ a ``TokenizedRequest`` (one id array per prompt and the multimodal items) under
 * ``vllm`` (or ``modelName`` alone): a vLLM server's render endpoints
   (:mod:`inference_sched.tokenize.render`), the model's real ids;
 * ``tokenizerFile`` (ours): a local Hugging Face ``tokenizer.json`` (``[tokenizer]``
-  extra) for completions prompts.
+  extra) for completions prompts;
+* ``udsTokenizerConfig.socketFile`` (llm-d's deprecated gRPC-over-UDS sidecar): accepted,
+  but the sidecar's protocol is not spoken here: the estimate backend runs instead, with
+  a warning when the plugin is built.
 
 Ids a request already carries (``Request.token_ids``, the body's ``prompt_token_ids``, a
 generate ``token_ids``, a completions / embeddings id list) pass through unchanged. A body
@@ -304,12 +307,47 @@ class VllmParams:
         )
 
 
+def _non_empty_path(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ParamCheck(attribute.alias or attribute.name, "a non-empty path string", value)
+
+
+def _str_map(raw: Any) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ParamCheck("modelTokenizerMap", "a mapping of model name to path", raw)
+    for model, path in raw.items():
+        if not isinstance(model, str) or not model:
+            raise ParamCheck("modelTokenizerMap", "non-empty str model names", model)
+        if not isinstance(path, str) or not path:
+            raise ParamCheck(f"modelTokenizerMap.{model}", "a non-empty path string", path)
+    return tuple(sorted(raw.items()))
+
+
 @attrs.frozen
 class UdsTokenizerParams:
-    """``udsTokenizerConfig`` (llm-d's deprecated gRPC tokenizer sidecar)."""
+    """``udsTokenizerConfig`` (llm-d-kv-cache ``tokenization.UdsTokenizerConfig``, llm-d's
+    deprecated gRPC tokenizer sidecar). Accepted; the sidecar is not spoken here: the
+    estimate backend runs instead, with a warning when the plugin is built."""
 
-    socket_file: str = param("", alias="socketFile", check=string)
-    """The sidecar's Unix socket; not supported here (see the page)."""
+    socket_file: str | None = param(None, alias="socketFile", check=_non_empty_path)
+    """The sidecar's Unix socket; set, it selects this backend (llm-d's ``IsEnabled``)."""
+    use_tcp: bool = param(False, alias="useTCP", check=boolean)
+    """llm-d: dial ``socketFile`` as host:port (tests only)."""
+    model_tokenizer_map: tuple[tuple[str, str], ...] = param(
+        (), alias="modelTokenizerMap", parse=_str_map
+    )
+    """llm-d: model name -> tokenizer directory or ``tokenizer.json`` for the sidecar."""
+    hugging_face_token: str = param("", alias="huggingFaceToken", check=string, secret=True)
+    """An older llm-d-kv-cache key (the sidecar's Hugging Face token)."""
+    tokenizers_cache_dir: str = param("", alias="tokenizersCacheDir", check=string)
+    """An older llm-d-kv-cache key (the sidecar's download directory)."""
+
+    @property
+    def enabled(self) -> bool:
+        """A socket is named: llm-d would use the sidecar."""
+        return self.socket_file is not None
 
 
 # ------------------------------------------------------------------ plugin parameters
@@ -331,26 +369,32 @@ class TokenProducerParams:
         alias="udsTokenizerConfig",
         parse=_optional(UdsTokenizerParams, "udsTokenizerConfig"),
     )
-    """llm-d's deprecated gRPC-over-UDS backend: rejected when ``socketFile`` is set."""
+    """llm-d's deprecated gRPC-over-UDS backend: accepted; the estimate backend runs in
+    its place (a warning when the plugin is built)."""
     tokenizer_file: str = param("", alias="tokenizerFile", check=_existing_path("tokenizerFile"))
     """Ours: a local Hugging Face ``tokenizer.json`` (completions prompts only)."""
     add_special_tokens: bool = param(True, alias="addSpecialTokens", check=boolean)
     """Ours, with ``tokenizerFile``: add BOS and the other special tokens."""
 
     def __attrs_post_init__(self) -> None:
-        uds = self.uds_tokenizer_config is not None and bool(self.uds_tokenizer_config.socket_file)
-        if uds:
+        uds = self.uds_enabled
+        if uds and (self.vllm is not None or self.estimate is not None or self.tokenizer_file):
             raise ParamCheck(
-                "udsTokenizerConfig.socketFile",
-                "no socket: the gRPC tokenizer sidecar is not supported here (llm-d "
-                "deprecated it too); use vllm (a render endpoint) or tokenizerFile",
-                self.uds_tokenizer_config.socket_file if self.uds_tokenizer_config else "",
+                "udsTokenizerConfig",
+                "only one of estimate, vllm, udsTokenizerConfig or tokenizerFile",
+                "udsTokenizerConfig",
+            )
+        if uds and not self.model_name:
+            raise ParamCheck(
+                "modelName", "a model name when udsTokenizerConfig is set", self.model_name
             )
         if self.tokenizer_file and (self.vllm is not None or self.estimate is not None):
             raise ParamCheck(
                 "tokenizerFile", "only one of estimate, vllm or tokenizerFile", self.tokenizer_file
             )
-        is_vllm = self.vllm is not None or (bool(self.model_name) and not self.tokenizer_file)
+        is_vllm = self.vllm is not None or (
+            bool(self.model_name) and not self.tokenizer_file and not uds
+        )
         if self.estimate is not None and is_vllm:
             key = "vllm" if self.vllm is not None else "modelName"
             raise ParamCheck(key, "only one of estimate, vllm (or modelName) or tokenizerFile", key)
@@ -358,10 +402,19 @@ class TokenProducerParams:
             raise ParamCheck("modelName", "a model name when vllm is set", self.model_name)
 
     @property
+    def uds_enabled(self) -> bool:
+        """``udsTokenizerConfig.socketFile`` is set (llm-d would use the sidecar)."""
+        return self.uds_tokenizer_config is not None and self.uds_tokenizer_config.enabled
+
+    @property
     def backend(self) -> str:
-        """``estimate``, ``vllm`` or ``tokenizerFile``."""
+        """``estimate``, ``vllm`` or ``tokenizerFile``: the backend that runs. llm-d's
+        order: ``estimate``, then ``udsTokenizerConfig`` (estimate here), then ``vllm``
+        (or ``modelName``); ``tokenizerFile`` is ours."""
         if self.tokenizer_file:
             return "tokenizerFile"
+        if self.estimate is not None or self.uds_enabled:
+            return "estimate"
         if self.vllm is not None or self.model_name:
             return "vllm"
         return "estimate"
@@ -435,6 +488,15 @@ class TokenProducer:
         self.name = name
         self.params = params = params if params is not None else TokenProducerParams()
         self.backend = params.backend
+        if params.uds_enabled:
+            uds = params.uds_tokenizer_config
+            log.warning(
+                "plugin %r: udsTokenizerConfig (socketFile %r): the gRPC-over-UDS tokenizer "
+                "sidecar is not supported here; using the estimate backend instead (its ids "
+                "never match engine KV blocks: set vllm: {url: ...} for the model's real ids)",
+                name,
+                uds.socket_file if uds is not None else "",
+            )
         self.stats: collections.Counter[str] = collections.Counter()
         """Requests produced by backend, passed through, already present, empty, failed."""
         self._estimator = make_estimator(params.estimate)

@@ -185,3 +185,21 @@ def test_validate_prints_no_password(tmp_path: pytest.TempPathFactory) -> None:
     assert out.returncode == 0, out.stderr
     assert "hunter2" not in out.stdout + out.stderr
     assert "***@10.0.0.5" in out.stdout
+
+
+def test_token_credentials_are_hidden_from_repr_and_the_printed_config() -> None:
+    config = load_config(
+        "plugins:\n"
+        "- type: token-producer\n"
+        "  parameters:\n"
+        "    modelName: m\n"
+        "    udsTokenizerConfig: {socketFile: /tmp/t.sock, huggingFaceToken: hf_SECRET}\n"
+        "- type: queue-scorer\n"
+    )
+    spec = config.plugin("token-producer")
+    assert "hf_SECRET" not in repr(spec)
+    assert "hf_SECRET" not in repr(spec.params)
+    assert "huggingFaceToken: '***'" in config.to_yaml()
+    assert "hf_SECRET" not in config.to_yaml()
+    # the machine-readable form keeps the value (what a program re-loads)
+    assert "hf_SECRET" in repr(config.to_dict())

@@ -58,7 +58,12 @@ NAMES = (
 
 WARNINGS: Mapping[str, tuple[str, ...]] = {
     "optimized-baseline": (GIE_DEPRECATED,),
-    "precise-prefix-cache": (GIE_DEPRECATED,),
+    "precise-prefix-cache": (
+        GIE_DEPRECATED,
+        "schedulingProfiles[default].plugins[1]: plugin 'tokenizer' (tokenizer, plugins[0]) "
+        "is a data-producer, not a filter, scorer or picker; dropped from the profile (it "
+        "runs at its own extension points)",
+    ),
     "pd-disaggregation": (),
     "pd-topology": (),
     "wide-ep": (
@@ -86,12 +91,6 @@ WARNINGS: Mapping[str, tuple[str, ...]] = {
 """The warnings each example loads with (for a rejected one: its adapted copy)."""
 
 REJECTED: Mapping[str, str] = {
-    "precise-prefix-cache": (
-        "token-producer rejects udsTokenizerConfig.socketFile (the guide's UDS tokenizer "
-        "sidecar); precise-prefix-cache-scorer rejects indexerConfig.tokenizersPoolConfig; "
-        "the loader rejects a profile reference to a data producer ('tokenizer'), which "
-        "llm-d-router ignores"
-    ),
     "flow-control": (
         "round-robin-fairness-policy and fcfs-ordering-policy are not registered plugin "
         "types yet (flow-control policies: issue 16)"
@@ -100,18 +99,6 @@ REJECTED: Mapping[str, str] = {
 """Guides our loader does not accept yet, and why (see the module docstring)."""
 
 ADAPTED: Mapping[str, tuple[tuple[str, str], ...]] = {
-    "precise-prefix-cache": (
-        ("      - pluginRef: tokenizer\n", ""),
-        (
-            "      udsTokenizerConfig:\n        socketFile: /tmp/tokenizer/tokenizer-uds.socket\n",
-            "",
-        ),
-        (
-            "        tokenizersPoolConfig:\n          modelName: Qwen/Qwen3-32B\n"
-            "          uds:\n            socketFile: /tmp/tokenizer/tokenizer-uds.socket\n",
-            "",
-        ),
-    ),
     "flow-control": (("- type: round-robin-fairness-policy\n- type: fcfs-ordering-policy\n", ""),),
 }
 """Edits (old text, new text) that make a rejected example load, for the other tests."""

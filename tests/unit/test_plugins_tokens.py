@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import attrs
 import numpy as np
 import pytest
 
@@ -29,7 +28,7 @@ from inference_sched.framework.contracts import (
 from inference_sched.framework.scheduler import Scheduler
 from inference_sched.framework.types import CycleState, Request
 from inference_sched.plugins.tokens import TokenProducer, TokenProducerParams
-from inference_sched.prefix.precise.params import IndexerConfig, PrecisePrefixParams
+from inference_sched.prefix.precise.params import PrecisePrefixParams
 from inference_sched.sim.kvcache import BlockStored
 from tests.helpers import make_table
 
@@ -189,10 +188,7 @@ def test_a_bad_body_is_counted_and_the_cycle_goes_on() -> None:
         ("{estimate: {}, vllm: {url: 'http://x'}, modelName: m}", r"vllm: expected only one of"),
         ("{estimate: {}, modelName: m}", r"modelName: expected only one of"),
         ("{vllm: {}}", r"modelName: expected a model name when vllm is set"),
-        (
-            "{udsTokenizerConfig: {socketFile: /tmp/s}, modelName: m}",
-            r"udsTokenizerConfig\.socketFile",
-        ),
+        ("{udsTokenizerConfig: {socketFile: ''}, modelName: m}", r"udsTokenizerConfig\.socketFile"),
         ("{estimate: {image: {mode: fixed}}}", r"estimate\.image\.mode: expected one of"),
         ("{estimate: {video: {frames: {mode: x}}}}", r"estimate\.video\.frames\.mode"),
         ("{estimate: {video: {maxVideoTokens: -1}}}", r"estimate\.video\.maxVideoTokens"),
@@ -353,29 +349,12 @@ def test_tokenizer_is_a_deprecated_alias_of_token_producer(
 def test_the_precise_producer_renders_when_it_only_has_estimated_ids(
     render_server: RenderServer,
 ) -> None:
-    from inference_sched.params import duration_s, nested, param, string
+    from inference_sched.params import parse_params
     from inference_sched.plugins.precise_prefix import PrecisePrefixCacheProducer
 
-    # The lead adds tokenizersPoolConfig to IndexerConfig; this stands in for it.
-    @attrs.frozen
-    class Vllm:
-        url: str = param("", alias="url", check=string)
-        timeout_s: float = param(2.0, alias="timeout", parse=duration_s("timeout"))
-        mm_timeout_s: float = param(2.0, alias="mmTimeout", parse=duration_s("mmTimeout"))
-
-    @attrs.frozen
-    class Pool:
-        model_name: str = ""
-        vllm: Vllm | None = None
-
-    @attrs.frozen
-    class Indexer(IndexerConfig):
-        tokenizers_pool_config: Pool | None = None
-
-    assert nested(Vllm, "vllm")({"url": render_server.url}).url == render_server.url
-    params = PrecisePrefixParams(  # type: ignore[call-arg]
-        indexerConfig=Indexer(tokenizers_pool_config=Pool("served", Vllm(render_server.url)))
-    )
+    pool = {"modelName": "served", "vllm": {"url": render_server.url, "timeout": "2s"}}
+    raw = {"indexerConfig": {"tokenizersPoolConfig": pool}}
+    params = parse_params(PrecisePrefixParams, raw, "plugins[0].parameters")
     table = make_table(2)
     from inference_sched.framework.handle import PluginHandle
 

@@ -13,6 +13,7 @@ of the package reads them.
 from __future__ import annotations
 
 import builtins
+import re
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -184,7 +185,9 @@ class PluginSpec:
     """The registered class; build with ``cls(name, params, handle)``."""
     path: str
     """Where it came from: ``plugins[3]``, or ``(default)`` when the pipeline added it."""
-    parameters: Mapping[str, Any] | None = attrs.field(default=None, repr=lambda v: redact(repr(v)))
+    parameters: Mapping[str, Any] | None = attrs.field(
+        default=None, repr=lambda v: redact(repr(_redacted(v)))
+    )
     """The raw ``parameters`` as given (``None`` when absent)."""
     is_auto: bool = False
     """Added by the defaulting pipeline rather than listed in the config."""
@@ -304,19 +307,31 @@ class EndpointPickerConfig:
         return document
 
     def to_yaml(self) -> str:
-        """:meth:`to_dict` as YAML text, for people: URL passwords (a Redis address) are
-        shown as ``***`` (:meth:`to_dict` keeps the real values)."""
+        """:meth:`to_dict` as YAML text, for people: URL passwords (a Redis address) and
+        the values of secret keys (``huggingFaceToken``, ``password``, ...) are shown as
+        ``***`` (:meth:`to_dict` keeps the real values)."""
         return yaml.safe_dump(_redacted(self.to_dict()), sort_keys=False, allow_unicode=True)
+
+
+_SECRET_KEY = re.compile(r"(?:^|[a-z])(?:token|password|secret|apikey|api_key)$", re.IGNORECASE)
+"""Parameter keys whose string values are credentials (``huggingFaceToken``)."""
 
 
 def _redacted(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
-    if isinstance(value, dict):
-        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, Mapping):
+        return {
+            k: "***" if isinstance(v, str) and v and _is_secret_key(k) else _redacted(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_redacted(v) for v in value]
     return value
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and _SECRET_KEY.search(key) is not None
 
 
 def _plugin_document(spec: PluginSpec) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Parameters of ``precise-prefix-cache-producer`` (and of the deprecated
 ``precise-prefix-cache-scorer``): llm-d's ``tokenProcessorConfig``, ``indexerConfig``
-(with llm-d-kv-cache's ``kvBlockIndexConfig``), ``kvEventsConfig`` and our own keys.
+(with llm-d-kv-cache's ``kvBlockIndexConfig`` and ``tokenizersPoolConfig``),
+``kvEventsConfig`` and our own keys.
 
 The plugin lives in :mod:`inference_sched.plugins.precise_prefix`; its page is
 ``docs/plugins/precise-prefix-cache-producer.md``.
@@ -9,7 +10,7 @@ The plugin lives in :mod:`inference_sched.plugins.precise_prefix`; its page is
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -28,13 +29,19 @@ from inference_sched.prefix.precise.index import DEFAULT_CAPACITY
 
 __all__ = [
     "CostAwareMemoryIndexConfig",
+    "HFTokenizerConfig",
     "IndexerConfig",
     "InMemoryIndexConfig",
     "KVBlockIndexConfig",
     "KVEventsConfig",
+    "LocalTokenizerConfig",
     "PodDiscoveryConfig",
     "PrecisePrefixParams",
     "TokenProcessorConfig",
+    "TokenizersPoolConfig",
+    "UdsTokenizerConfig",
+    "VllmRenderConfig",
+    "unsupported_settings",
 ]
 
 
@@ -169,6 +176,149 @@ class KVBlockIndexConfig:
         return min(self.in_memory_config.size, DEFAULT_CAPACITY)
 
 
+# ------------------------------------------------------------------ tokenizersPoolConfig
+def _optional(cls: type[Any], key: str) -> Callable[[Any], Any]:
+    """``nested(cls, key)``, with ``null`` meaning "not set" (Go's nil pointer)."""
+    parse = nested(cls, key)
+    return lambda raw: None if raw is None else parse(raw)
+
+
+def _non_empty_path(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ParamCheck(attribute.alias or attribute.name, "a non-empty path string", value)
+
+
+def _str_map(key: str) -> Callable[[Any], tuple[tuple[str, str], ...]]:
+    def parse(raw: Any) -> tuple[tuple[str, str], ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, Mapping):
+            raise ParamCheck(key, "a mapping of model name to path", raw)
+        for name, path in raw.items():
+            if not isinstance(name, str) or not name:
+                raise ParamCheck(key, "non-empty str model names", name)
+            if not isinstance(path, str) or not path:
+                raise ParamCheck(f"{key}.{name}", "a non-empty path string", path)
+        return tuple(sorted(raw.items()))
+
+    return parse
+
+
+@attrs.frozen
+class VllmRenderConfig:
+    """``tokenizersPoolConfig.vllm``: a vLLM server's render endpoints (the keys of
+    llm-d-router's token-producer ``vllm`` block)."""
+
+    url: str = param("http://localhost:8000", alias="url", check=_non_empty_path)
+    """Base URL of the render server."""
+    timeout_s: float = param(
+        5.0, alias="timeout", parse=duration_s("timeout"), check=at_least(1e-3, kind="number")
+    )
+    """Deadline of a completions or text-only chat render (``"5s"``)."""
+    mm_timeout_s: float = param(
+        30.0,
+        alias="mmTimeout",
+        parse=duration_s("mmTimeout"),
+        check=at_least(1e-3, kind="number"),
+    )
+    """Deadline of a chat render with content blocks (``"30s"``)."""
+
+
+@attrs.frozen
+class UdsTokenizerConfig:
+    """``tokenizersPoolConfig.uds`` (llm-d-kv-cache ``tokenization.UdsTokenizerConfig``):
+    the gRPC-over-UDS tokenizer sidecar. Accepted; not supported here (a warning)."""
+
+    socket_file: str | None = param(None, alias="socketFile", check=_non_empty_path)
+    """The sidecar's Unix socket (set: the backend is enabled, as llm-d)."""
+    use_tcp: bool = param(False, alias="useTCP", check=boolean)
+    """llm-d: dial ``socketFile`` as host:port (tests only)."""
+    model_tokenizer_map: tuple[tuple[str, str], ...] = param(
+        (), alias="modelTokenizerMap", parse=_str_map("modelTokenizerMap")
+    )
+    """llm-d: model name -> tokenizer directory or ``tokenizer.json`` for the sidecar."""
+    hugging_face_token: str = param("", alias="huggingFaceToken", check=string, secret=True)
+    """An older llm-d-kv-cache key (the sidecar's Hugging Face token)."""
+    tokenizers_cache_dir: str = param("", alias="tokenizersCacheDir", check=string)
+    """An older llm-d-kv-cache key (the sidecar's download directory)."""
+
+    @property
+    def enabled(self) -> bool:
+        """llm-d's ``IsEnabled``: a socket is named."""
+        return self.socket_file is not None
+
+
+@attrs.frozen
+class HFTokenizerConfig:
+    """``tokenizersPoolConfig.hf`` (llm-d-kv-cache ``HFTokenizerConfig``): download the
+    model's tokenizer from the Hugging Face Hub. Accepted; not implemented here."""
+
+    enabled: bool = param(True, alias="enabled", check=boolean)
+    """llm-d-kv-cache's default config enables it."""
+    hugging_face_token: str = param("", alias="huggingFaceToken", check=string, secret=True)
+    """Token for private models."""
+    tokenizers_cache_dir: str = param("", alias="tokenizersCacheDir", check=string)
+    """Download directory."""
+
+
+@attrs.frozen
+class LocalTokenizerConfig:
+    """``tokenizersPoolConfig.local`` (llm-d-kv-cache ``LocalTokenizerConfig``):
+    ``tokenizer.json`` files on disk. Accepted; not implemented here."""
+
+    auto_discovery_dir: str = param("", alias="autoDiscoveryDir", check=string)
+    """Directory searched for tokenizer files (llm-d: ``/mnt/models``)."""
+    auto_discovery_tokenizer_file_name: str = param(
+        "", alias="autoDiscoveryTokenizerFileName", check=string
+    )
+    """File name searched for (llm-d: ``tokenizer.json``)."""
+    model_tokenizer_map: tuple[tuple[str, str], ...] = param(
+        (), alias="modelTokenizerMap", parse=_str_map("modelTokenizerMap")
+    )
+    """Model name -> ``tokenizer.json`` path (non-empty: enabled, as llm-d)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Mappings given, or a directory to discover them in (llm-d fills the map from
+        it; enabled when the map is not empty)."""
+        return bool(self.model_tokenizer_map or self.auto_discovery_dir)
+
+
+@attrs.frozen
+class TokenizersPoolConfig:
+    """``indexerConfig.tokenizersPoolConfig`` (llm-d-kv-cache ``tokenization.Config``):
+    where the producer gets token ids for requests that only have estimated ones. Only
+    ``vllm`` (a render endpoint) is implemented; ``uds``, ``hf`` and ``local`` are
+    accepted and warned about at build time (:func:`unsupported_settings`)."""
+
+    model_name: str = param("", alias="modelName", check=string)
+    """The model written to render bodies (``""``: the request's)."""
+    workers_count: int = param(5, alias="workersCount", check=at_least(0))
+    """llm-d's tokenization workers. Accepted; renders run in the cycle here."""
+    min_prefix_overlap_ratio: float = param(
+        0.8, alias="minPrefixOverlapRatio", check=in_range(0.0, 1.0)
+    )
+    """llm-d's prefix-store reuse threshold. Accepted; there is no prefix store here."""
+    vllm: VllmRenderConfig | None = param(  # noqa: RUF009 - an attrs field
+        None, alias="vllm", parse=_optional(VllmRenderConfig, "vllm")
+    )
+    """A vLLM render endpoint for requests with only estimated ids."""
+    uds: UdsTokenizerConfig | None = param(  # noqa: RUF009 - an attrs field
+        None, alias="uds", parse=_optional(UdsTokenizerConfig, "uds")
+    )
+    """The gRPC-over-UDS sidecar: not supported (a warning when ``socketFile`` is set)."""
+    hf: HFTokenizerConfig | None = param(  # noqa: RUF009 - an attrs field
+        None, alias="hf", parse=_optional(HFTokenizerConfig, "hf")
+    )
+    """Hugging Face Hub tokenizers: not implemented (a warning when enabled)."""
+    local: LocalTokenizerConfig | None = param(  # noqa: RUF009 - an attrs field
+        None, alias="local", parse=_optional(LocalTokenizerConfig, "local")
+    )
+    """Local ``tokenizer.json`` files: not implemented (a warning when enabled)."""
+
+
 @attrs.frozen
 class IndexerConfig:
     """``indexerConfig`` (llm-d's kv-cache config): the tiers' weights, the index
@@ -184,6 +334,12 @@ class IndexerConfig:
         parse=nested(KVBlockIndexConfig, "kvBlockIndexConfig"),
     )
     """The index backend (llm-d-kv-cache): in-memory keys only."""
+    tokenizers_pool_config: TokenizersPoolConfig | None = param(  # noqa: RUF009
+        None,
+        alias="tokenizersPoolConfig",
+        parse=_optional(TokenizersPoolConfig, "tokenizersPoolConfig"),
+    )
+    """Token ids for requests with estimated ones: a vLLM render endpoint only."""
 
 
 @attrs.frozen
@@ -234,3 +390,40 @@ class PrecisePrefixParams:
         if config.block_size and config.block_size_tokens == 16:
             return config.block_size  # only the old key was given
         return config.block_size_tokens
+
+
+_FALLBACK: Final = (
+    "token ids come from the request, a token-producer, or tokenizersPoolConfig.vllm "
+    "(docs/plugins/precise-prefix-cache-producer.md)"
+)
+
+
+def unsupported_settings(params: PrecisePrefixParams) -> list[str]:
+    """What ``params`` asks for that is accepted but not done here, one message each
+    (the producer logs them as warnings when it is built)."""
+    out: list[str] = []
+    index = params.indexer_config.kv_block_index_config
+    if index.cost_aware_memory_config is not None:
+        out.append(
+            "indexerConfig.kvBlockIndexConfig.costAwareMemoryConfig.size is not applied; "
+            "the in-process index is bounded by entries per endpoint tier"
+        )
+    pool = params.indexer_config.tokenizers_pool_config
+    if pool is None:
+        return out
+    if pool.uds is not None and pool.uds.enabled:
+        out.append(
+            f"indexerConfig.tokenizersPoolConfig.uds (socketFile {pool.uds.socket_file!r}): "
+            "the gRPC-over-UDS tokenizer sidecar is not supported here; " + _FALLBACK
+        )
+    if pool.hf is not None and pool.hf.enabled:
+        out.append(
+            "indexerConfig.tokenizersPoolConfig.hf: Hugging Face Hub tokenizers are not "
+            "implemented here; " + _FALLBACK
+        )
+    if pool.local is not None and pool.local.enabled:
+        out.append(
+            "indexerConfig.tokenizersPoolConfig.local: local tokenizer files are not "
+            "implemented here (a token-producer with tokenizerFile reads one); " + _FALLBACK
+        )
+    return out
