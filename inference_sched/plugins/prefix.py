@@ -9,10 +9,9 @@
   candidates whose match clears a threshold; ``no-hit-lru-scorer`` (llm-d) spreads cold
   requests over the least recently used endpoints. ``multicluster-*`` are aliases.
 
-All meet through the cycle key ``PrefixCacheMatchInfo`` (and ``…/<producer>``); config
-loading creates the producer when nobody produces the key, with the producer parameters
-placed on ``prefix-cache-scorer``. With ``redis`` the index is shared (docs/redis.md).
-"""
+They meet through the cycle key ``PrefixCacheMatchInfo`` (and ``…/<producer>``); config
+loading creates a missing producer (producer keys on the scorer go to it). ``redis``
+shares the index (docs/redis.md)."""
 
 from __future__ import annotations
 
@@ -224,7 +223,8 @@ class ApproxPrefixCacheProducer:
         self._info_key = prefix_info_key(name)
         self._counting = params.match_mode == "counting"
         self._block_size_tokens = params.configured_block_size_tokens
-        if 0 < self._block_size_tokens < MIN_BLOCK_SIZE_TOKENS:
+        small = 0 < self._block_size_tokens < MIN_BLOCK_SIZE_TOKENS
+        if small and self._block_size_tokens != DEFAULT_BLOCK_SIZE_TOKENS:  # default: silent
             msg = "%s: blockSizeTokens %d is below the minimum; hashing with %d tokens per block"
             log.warning(msg, name, self._block_size_tokens, MIN_BLOCK_SIZE_TOKENS)
         self._lock = threading.Lock()

@@ -184,6 +184,7 @@ def test_small_configured_block_size_warns_at_startup(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="inference_sched.plugins.prefix"):
         _producer(make_table(1), blockSizeTokens=32)
         _producer(make_table(1), blockSizeTokens=64)
+        _producer(make_table(1))  # the default 16 (GIE's) is raised without a warning
     assert [r.getMessage() for r in caplog.records] == [
         "approx: blockSizeTokens 32 is below the minimum; hashing with 64 tokens per block"
     ]
