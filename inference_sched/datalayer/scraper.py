@@ -14,11 +14,12 @@ pool (``docs/datalayer.md``):
   is skipped by later ticks until it ends, so it never delays the others;
 * a failed scrape (timeout, refused, non-200, oversized or malformed page, no known
   metric on it) writes nothing: the row keeps its last good values and its
-  ``last_update_s`` ages, which is what *stale* means (:func:`is_stale`). The endpoint
-  stays in the table and its health is untouched (GIE's scorers use the last snapshot
-  whatever its age; the utilization detector treats old data as saturated). Each
-  failure bumps a per-endpoint counter; logs are written on state changes only (first
-  failure, recovery), as GIE does.
+  ``last_update_s`` ages, which is what *stale* means (:func:`is_stale`). Each failure
+  bumps a per-endpoint counter; logs are written on state changes only (first
+  failure, recovery), as GIE does;
+* unlike GIE, an endpoint that cannot be reached ``unhealthy_after`` times in a row, or
+  refuses the connection, leaves the candidate set until a scrape succeeds again
+  (:class:`~inference_sched.datalayer.health.EndpointHealth`, docs/datalayer.md).
 
 Thread safety: the scraper runs on one event loop; its table writes take ``table.lock``
 so discovery may change the table from another thread.
@@ -51,6 +52,7 @@ from inference_sched.datalayer.fetch import (
     Outcome,
     is_supported,
 )
+from inference_sched.datalayer.health import EndpointHealth, FailureKind, failure_kind
 from inference_sched.datalayer.parse import EndpointSample, Page, Span
 from inference_sched.datalayer.ticks import run_ticks
 from inference_sched.errors import ConfigError, DataError, InferenceSchedError
@@ -125,6 +127,7 @@ class _Outcome(NamedTuple):
     sample: EndpointSample | None
     error: str = ""
     unexpected: bool = False
+    kind: FailureKind = FailureKind.ANSWERED  # a failure's kind, for the health rule
 
 
 class _LeanFetch:
@@ -164,6 +167,8 @@ _INITIAL_ARENA_BYTES: Final = 1 << 20
 _MAX_ARENA_BYTES: Final = 64 * 1024 * 1024
 """Pages kept for one flush in the reused buffer; beyond, each gets its own bytes."""
 _SCRAPED_COLUMNS: Final = tuple(column for _, column in _SCRAPED_FIELDS)
+_UNREACHABLE: Final = FailureKind.UNREACHABLE
+_HEALTH_OPTIONS: Final = frozenset({"unhealthy_after", "unhealthy_on_refused", "health"})
 assert EndpointSample._fields[:_NUM_SCRAPED] == tuple(f for f, _ in _SCRAPED_FIELDS)
 
 
@@ -196,6 +201,11 @@ class Scraper:
             with ``families_for(endpoint)``; a server that ignores the parameters
             still works (whole page), and an endpoint whose filtered page has none
             of the families is asked for the whole page from then on.
+        unhealthy_after: consecutive failures that take an endpoint out of the
+            candidate set (0: never), unless ``health`` is given.
+        unhealthy_on_refused: a refused connection takes it out at once.
+        health: an :class:`EndpointHealth` shared with others (the gateway reports to
+            it too); its own thresholds apply. ``scraper.health`` is the one in use.
 
     Use ``async with Scraper(...) as scraper:`` (or call :meth:`aclose`) so the HTTP
     client is closed; :meth:`run` closes it itself when it ends.
@@ -215,6 +225,9 @@ class Scraper:
         transport: httpx.AsyncBaseTransport | None = None,
         polled: bool = True,
         request_families: bool = False,
+        unhealthy_after: int = 3,
+        unhealthy_on_refused: bool = True,
+        health: EndpointHealth | None = None,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
@@ -232,6 +245,9 @@ class Scraper:
         self.clock = clock or table.clock
         self._transport = transport
         self.polled = polled
+        self.health = health or EndpointHealth(
+            table, unhealthy_after=unhealthy_after, unhealthy_on_refused=unhealthy_on_refused
+        )
         self._clients: dict[str, httpx.AsyncClient | HttpConnection] = {}
         self._ssl: ssl.SSLContext | None = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -460,10 +476,9 @@ class Scraper:
         for fetch in expired:
             del lean[fetch.endpoint.name]
             fetch.conn.cancel()
+            timed_out = f"timed out after {self.timeout_s}s"
             self._results.append(
-                _Outcome(
-                    fetch.handle, fetch.endpoint.name, None, f"timed out after {self.timeout_s}s"
-                )
+                _Outcome(fetch.handle, fetch.endpoint.name, None, timed_out, kind=_UNREACHABLE)
             )
         self._send_queued()
         if lean and self._sweep is None:
@@ -481,9 +496,8 @@ class Scraper:
                 self._fetch(fetch.conn, fetch.url, fetch.handle, fetch.endpoint)
             )
         elif isinstance(outcome, FetchError):
-            self._results.append(
-                _Outcome(fetch.handle, name, None, f"{type(outcome).__name__}: {outcome}")
-            )
+            error = f"{type(outcome).__name__}: {outcome}"
+            self._results.append(_Outcome(fetch.handle, name, None, error, kind=_UNREACHABLE))
         else:
             # Parsed at the flush, all pages in one loop: interleaved with the socket
             # work, the interpreter ran with caches the kernel had just evicted (~2x).
@@ -578,13 +592,15 @@ class Scraper:
                     async with asyncio.timeout(self.timeout_s):
                         body = await self._get(client, url)
         except (TimeoutError, FetchTimeout):
-            return _Outcome(handle, endpoint.name, None, f"timed out after {self.timeout_s}s")
+            timed_out = f"timed out after {self.timeout_s}s"
+            return _Outcome(handle, endpoint.name, None, timed_out, kind=_UNREACHABLE)
         except (httpx.HTTPError, FetchError) as exc:
-            return _Outcome(handle, endpoint.name, None, f"{type(exc).__name__}: {exc}")
-        except (DataError, OSError) as exc:
-            return _Outcome(handle, endpoint.name, None, str(exc))
+            error = f"{type(exc).__name__}: {exc}"
+            return _Outcome(handle, endpoint.name, None, error, kind=failure_kind(exc))
+        except (DataError, OSError) as exc:  # non-200 or oversized (httpx), socket errors
+            return _Outcome(handle, endpoint.name, None, str(exc), kind=failure_kind(exc))
         except Exception as exc:  # noqa: BLE001 - one endpoint must never stop the loop
-            return _Outcome(
+            return _Outcome(  # likely our bug, not the endpoint's: not counted for health
                 handle, endpoint.name, None, f"{type(exc).__name__}: {exc}", unexpected=True
             )
         return self._extract(body, handle, endpoint)
@@ -634,6 +650,7 @@ class Scraper:
                     good.append(outcome)
             if good:
                 self._write(good, now)
+                self.health.scrape_succeeded(o.name for o in good)
             self._forget_removed()
         for outcome in good:
             self._succeeded(outcome, now)
@@ -690,6 +707,7 @@ class Scraper:
             )
         else:
             log.debug("metrics scrape of %s failed again: %s", outcome.name, outcome.error)
+        self.health.scrape_failed(outcome.name, outcome.kind, outcome.error)
 
     def _succeeded(self, outcome: _Outcome, now: float) -> None:
         assert outcome.sample is not None
@@ -748,10 +766,11 @@ def scrapers_from_config(
     ``config`` with a :class:`~inference_sched.framework.handle.PluginHandle` over
     ``table`` (an instance used twice is built once). ``options`` go to every runner
     (``interval_s``: GIE's ``--refresh-metrics-interval``, 50 ms; ``timeout_s``,
-    ``max_concurrency``, ``request_families``, ...); a source's own ``interval``
-    parameter replaces ``interval_s`` for its runners. Every runner has ``run()``,
-    ``stop()``, ``aclose()``, ``scrape_once()`` and ``status(name)``. An empty list
-    means the config collects nothing (the embedder writes the table itself).
+    ``max_concurrency``, ``request_families``, ``unhealthy_after``, ...); a source's own
+    ``interval`` parameter replaces ``interval_s`` for its runners. The scrapers share
+    one :class:`EndpointHealth` (``health``, built from ``unhealthy_*`` when not given).
+    Every runner has ``run()``, ``stop()``, ``aclose()``, ``scrape_once()`` and
+    ``status(name)``. An empty list means the config collects nothing.
 
     Args:
         config: a loaded config, or anything :func:`~inference_sched.framework.config.
@@ -775,6 +794,11 @@ def scrapers_from_config(
         return []
     handle = PluginHandle(table, plugins)
     spec_config = config
+    options = dict(options)
+    if options.get("health") is None:  # one health for the pool, whatever the sources
+        keys = ("unhealthy_after", "unhealthy_on_refused")
+        kwargs = {k: options.pop(k) for k in keys if k in options}
+        options["health"] = EndpointHealth(table, **kwargs)
 
     def instance(ref: str, path: str) -> Any:
         known = handle.plugins()
@@ -844,7 +868,8 @@ def scrapers_from_config(
             own["interval_s"] = interval_s
         if metrics:
             scrapers.append(Scraper(table, source, metrics[0], **own))
-        if attributes:
+        if attributes:  # health is the scraper's alone: one place decides it
+            own = {k: v for k, v in own.items() if k not in _HEALTH_OPTIONS}
             pollers.append(AttributePoller(table, source, attributes, **own))
     return scrapers + pollers
 

@@ -37,6 +37,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from inference_sched._version import __version__
+from inference_sched.datalayer.health import EndpointHealth
 from inference_sched.framework.profile import PluginStats
 from inference_sched.framework.scheduler import Scheduler
 from inference_sched.framework.stats import DEFAULT_DURATION_BUCKETS_S, DurationHistogram, le_label
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_DURATION_BUCKETS_S",
     "DEFAULT_STALENESS_THRESHOLD_S",
     "DurationHistogram",
+    "HealthCollector",
     "SchedulerCollector",
     "ScraperCollector",
     "expose",
@@ -76,6 +78,8 @@ POOL_AVG_RUNNING: Final = "inference_pool_average_running_requests"
 POOL_READY: Final = "inference_pool_ready_pods"
 POOL_HEALTHY: Final = "inference_pool_healthy_endpoints"  # ours
 POOL_ENDPOINT_AGE: Final = "inference_pool_endpoint_metrics_age_seconds"  # ours
+POOL_UNHEALTHY: Final = "inference_pool_unhealthy_endpoints"  # ours
+HEALTH_TRANSITIONS: Final = "inference_pool_endpoint_health_transitions"  # ours; _total
 INFO: Final = "inference_extension"  # exposed as inference_extension_info
 
 _PLUGIN_LABELS: Final = ("extension_point", "plugin_type", "plugin_name")
@@ -446,6 +450,48 @@ class ScraperCollector(Collector):
         yield failing
 
 
+class HealthCollector(Collector):
+    """Endpoints taken out of the candidate set by health checks, from an
+    :class:`~inference_sched.datalayer.health.EndpointHealth`; read at collect time.
+
+    Exports ``inference_pool_unhealthy_endpoints{name}`` (taken out now) and
+    ``inference_pool_endpoint_health_transitions_total{name,to}`` (``to`` =
+    ``unhealthy`` | ``healthy``). GIE has no health checks, so no names for these;
+    they follow its style (docs/metrics.md).
+    """
+
+    def __init__(self, health: EndpointHealth, *, pool_name: str = "") -> None:
+        self._health = health
+        self._pool = pool_name
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._health
+        with health.table.lock:  # the three numbers from one moment
+            taken_out = health.num_taken_out
+            out_total = health.num_taken_out_total
+            back_total = health.num_put_back_total
+        unhealthy = GaugeMetricFamily(
+            POOL_UNHEALTHY,
+            "Endpoints taken out of the candidate set because they could not be reached; "
+            "each comes back at its first successful scrape.",
+            labels=["name"],
+        )
+        unhealthy.add_metric([self._pool], taken_out)
+        yield unhealthy
+        transitions = CounterMetricFamily(
+            HEALTH_TRANSITIONS,
+            "Endpoints taken out of (to=unhealthy) or put back into (to=healthy) the "
+            "candidate set by health checks.",
+            labels=["name", "to"],
+        )
+        transitions.add_metric([self._pool, "unhealthy"], out_total)
+        transitions.add_metric([self._pool, "healthy"], back_total)
+        yield transitions
+
+
 def registry_for(
     scheduler: Scheduler,
     *,
@@ -454,9 +500,12 @@ def registry_for(
     clock: Callable[[], float] | None = None,
     registry: CollectorRegistry | None = None,
     scraper: Any = None,
+    health: EndpointHealth | None = None,
 ) -> CollectorRegistry:
-    """A registry exporting ``scheduler`` (a new one unless ``registry`` is given), and
-    the scrape health of ``scraper`` when one is given (:class:`ScraperCollector`).
+    """A registry exporting ``scheduler`` (a new one unless ``registry`` is given), the
+    scrape health of ``scraper`` when one is given (:class:`ScraperCollector`), and the
+    endpoints taken out by ``health`` (:class:`HealthCollector`; by default the
+    scraper's own ``scraper.health``, when it has one).
 
     Mount it with ``prometheus_client.make_asgi_app(registry)`` /
     ``make_wsgi_app(registry)`` / ``start_http_server(port, registry=registry)``, or
@@ -475,6 +524,10 @@ def registry_for(
     )
     if scraper is not None:
         registry.register(ScraperCollector(scraper, pool_name=pool_name))
+    if health is None:
+        health = getattr(scraper, "health", None)
+    if isinstance(health, EndpointHealth):
+        registry.register(HealthCollector(health, pool_name=pool_name))
     return registry
 
 

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import Any, ClassVar
 
+import httpx
 import numpy as np
 import pytest
 
@@ -63,7 +64,7 @@ class _QuietServer(ThreadingHTTPServer):
 class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 (port 0) serving ``self.page`` at any path."""
 
-    def __init__(self, page: Page, *, keep_alive: bool = False) -> None:
+    def __init__(self, page: Page, *, keep_alive: bool = False, listen: bool = True) -> None:
         self.page = page
         self.filtered_page: Page | None = None
         """Served instead of ``page`` to requests with a ``name[]`` query, when set."""
@@ -94,16 +95,25 @@ class LoopbackServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        # Bound but not listening (listen=False): connections to the port are refused
+        # until listen(), as for a model server that is (re)starting.
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self.httpd.server_bind()
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
+        if listen:
+            self.listen()
+
+    def listen(self) -> None:
+        self.httpd.server_activate()
         self._thread.start()
 
     def close(self) -> None:
         self._release.set()
-        self.httpd.shutdown()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=5)
 
@@ -317,7 +327,9 @@ def test_failures_mark_only_that_endpoint_stale_and_recovery_clears_it(
         m = snapshot[name]
         assert (m["waiting"], m["kv_usage_frac"], m["last_update_s"]) == (float(i), 0.5, 100.0)
         assert name in table  # never deleted
-        assert table.is_healthy[table.row(name)]  # health is not the scraper's business
+        # Out of the candidate set only where the connection was refused (at once):
+        # the others failed twice, under the default unhealthy_after=3.
+        assert table.is_healthy[table.row(name)] == (name != "refused")
 
     statuses = scraper.statuses()
     assert statuses["refused"].errors_total == 3  # still failing after recovery of others
@@ -328,6 +340,8 @@ def test_failures_mark_only_that_endpoint_stale_and_recovery_clears_it(
         assert statuses[name].consecutive_failures == 0
         assert not statuses[name].failing
     assert scraper.status("ok").errors_total == 0
+    assert scraper.health.taken_out() == ("refused",)
+    assert not table.is_healthy[table.row("refused")]  # still refusing: still out
 
     assert table.metrics_of("slow")["waiting"] == 70.0  # recovered
     assert table.metrics_of("refused")["last_update_s"] == 100.0
@@ -336,8 +350,11 @@ def test_failures_mark_only_that_endpoint_stale_and_recovery_clears_it(
     assert is_stale(table, table.row("refused"), 400.0, 0.2)
     assert not is_stale(table, table.row("ok"), 400.0, 0.2)
 
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    scraper_logs = [r for r in caplog.records if r.name == "inference_sched.datalayer.scraper"]
+    warnings = [r for r in scraper_logs if r.levelno == logging.WARNING]
     assert sorted(_endpoint(r) for r in warnings) == sorted([*FAILURES, "refused"])
+    health_logs = [r for r in caplog.records if r.name == "inference_sched.datalayer.health"]
+    assert [(r.levelno, _endpoint(r)) for r in health_logs] == [(logging.WARNING, "refused")]
     recoveries = [r for r in caplog.records if "recovered" in r.getMessage()]
     assert sorted(_endpoint(r) for r in recoveries) == sorted(FAILURES)
     messages = {_endpoint(r): r.getMessage() for r in warnings}
@@ -924,3 +941,222 @@ def test_scrape_command_prints_what_the_scheduler_reads(
     assert "d: last error: ConnectError" in out
     assert main(["scrape"]) == 1
     assert "give --endpoint" in capsys.readouterr().err
+
+
+# ====================================================================== endpoint health
+def candidates(table: EndpointTable) -> list[str]:
+    return [table.endpoint_at(row).name for row in table.candidates_for(None).tolist()]
+
+
+def test_an_unreachable_endpoint_leaves_the_candidates_and_returns_at_a_good_scrape(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    table = EndpointTable(clock=Clock())
+    servers += [LoopbackServer(Page(vllm(1, 1, 0.1))), LoopbackServer(Page(vllm(2, 2, 0.2)))]
+    add(table, "a", servers[0].port)
+    add(table, "b", servers[1].port)
+    scraper, _, _ = make(plugins, table)
+    seen: list[tuple[tuple[str, ...], list[str]]] = []
+
+    async def go() -> None:
+        async with scraper:
+            await scraper.scrape_once()
+            servers[1].page = Page("draining", status=503)
+            for _ in range(3):
+                report = await scraper.scrape_once()
+                seen.append((report.failed, candidates(table)))
+            servers[1].page = Page("", delay_s=5.0)  # hung: timeouts keep it out
+            report = await scraper.scrape_once()
+            seen.append((report.failed, candidates(table)))
+            servers[1].page = Page(vllm(3, 3, 0.3))
+            report = await scraper.scrape_once()
+            seen.append((report.failed, candidates(table)))
+
+    asyncio.run(go())
+    assert seen == [
+        (("b",), ["a", "b"]),
+        (("b",), ["a", "b"]),
+        (("b",), ["a"]),  # the third failure in a row
+        (("b",), ["a"]),
+        ((), ["a", "b"]),  # the first good scrape
+    ]
+    assert table.metrics_of("b")["waiting"] == 3.0
+    health = scraper.health
+    assert (health.num_taken_out_total, health.num_put_back_total, health.taken_out()) == (
+        1,
+        1,
+        (),
+    )
+
+
+def test_a_refusing_endpoint_leaves_at_once_and_returns_when_it_listens(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    table = EndpointTable(clock=Clock())
+    servers += [
+        LoopbackServer(Page(vllm(1, 1, 0.1)), keep_alive=True),
+        LoopbackServer(Page(vllm(2, 2, 0.2)), keep_alive=True, listen=False),
+    ]
+    add(table, "up", servers[0].port)
+    add(table, "starting", servers[1].port)
+    scraper, _, _ = make(plugins, table)
+
+    async def go() -> list[list[str]]:
+        async with scraper:
+            report = await scraper.scrape_once()
+            assert report.failed == ("starting",)
+            assert "ConnectError" in scraper.status("starting").last_error
+            out = [candidates(table)]
+            servers[1].listen()
+            await scraper.scrape_once()
+            out.append(candidates(table))
+            return out
+
+    assert asyncio.run(go()) == [["up"], ["up", "starting"]]
+    assert table.metrics_of("starting")["waiting"] == 2.0
+
+
+def test_httpx_path_counts_refusals_and_non_200_too(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    table = EndpointTable(clock=Clock())
+    servers.append(LoopbackServer(Page("", status=500)))
+    add(table, "err", servers[0].port)
+    add(table, "gone", closed_port())
+    # A transport: every URL goes through httpx (the https:// path).
+    transport = httpx.AsyncHTTPTransport()
+    scraper, _, _ = make(plugins, table, transport=transport, unhealthy_after=2)
+
+    async def go() -> list[list[str]]:
+        out = []
+        async with scraper:
+            for _ in range(2):
+                await scraper.scrape_once()
+                out.append(candidates(table))
+        return out
+
+    assert asyncio.run(go()) == [["err"], []]
+    assert scraper.health.taken_out() == ("err", "gone")
+
+
+def test_health_off_and_a_page_nobody_can_read_keep_endpoints_in(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    table = EndpointTable(clock=Clock())
+    servers.append(LoopbackServer(Page("<html>not metrics</html>\n")))
+    add(table, "garbage", servers[0].port)
+    add(table, "gone", closed_port())
+    scraper, _, _ = make(plugins, table, unhealthy_after=0)
+    table2 = EndpointTable(clock=Clock())
+    add(table2, "garbage", servers[0].port)
+    reading, _, _ = make(plugins, table2)
+
+    async def go() -> None:
+        async with scraper, reading:
+            for _ in range(4):
+                assert (await scraper.scrape_once()).written == 0
+                assert (await reading.scrape_once()).failed == ("garbage",)
+
+    asyncio.run(go())
+    assert candidates(table) == ["garbage", "gone"]  # health handling off
+    assert candidates(table2) == ["garbage"]  # the server answers: a config problem
+    assert scraper.status("gone").consecutive_failures == 4
+
+
+def test_a_shared_health_takes_gateway_reports_and_a_scrape_puts_back(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    from inference_sched.datalayer.health import EndpointHealth
+
+    table = EndpointTable(clock=Clock())
+    servers += [LoopbackServer(Page(vllm(1, 1, 0.1))), LoopbackServer(Page(vllm(2, 2, 0.2)))]
+    add(table, "a", servers[0].port)
+    add(table, "b", servers[1].port)
+    health = EndpointHealth(table, unhealthy_after=5)
+    scraper, _, _ = make(plugins, table, health=health, unhealthy_after=1)
+    assert scraper.health is health
+
+    async def go() -> list[list[str]]:
+        async with scraper:
+            # The gateway runs on another thread: a refused upstream connection.
+            took = await asyncio.to_thread(health.report_connect_failure, "b", "refused")
+            assert took
+            out = [candidates(table)]
+            await scraper.scrape_once()
+            out.append(candidates(table))
+            return out
+
+    assert asyncio.run(go()) == [["a"], ["a", "b"]]
+
+
+def test_run_loop_takes_a_killed_endpoint_out_at_its_first_refusal(
+    plugins: ModuleType, servers: list[LoopbackServer]
+) -> None:
+    table = EndpointTable()  # real clock: the scraper's own ticks
+    for i in range(3):
+        # HTTP/1.0: one connection per scrape. (A kept connection would outlive
+        # close(): its handler thread keeps serving, which a killed process does not.)
+        servers.append(LoopbackServer(Page(vllm(i, i, 0.1))))
+        add(table, f"e{i}", servers[-1].port)
+    scraper, _, _ = make(plugins, table, interval_s=0.02)
+
+    async def wait_for(what: str, condition: Any) -> None:
+        deadline = time.monotonic() + 10.0
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.01)
+
+    async def go() -> None:
+        task = asyncio.create_task(scraper.run())
+        try:
+            await wait_for("first scrapes", lambda: all(s.requests for s in servers))
+            servers[1].close()  # killed: connections are refused from now on
+            await wait_for("e1 out", lambda: candidates(table) == ["e0", "e2"])
+            served = [s.requests for s in servers]
+            await wait_for("more scrapes", lambda: servers[0].requests > served[0] + 2)
+        finally:
+            scraper.stop()
+            await asyncio.wait_for(task, 5.0)
+
+    asyncio.run(go())
+    assert scraper.status("e1").consecutive_failures >= 2  # still scraped while out
+    assert "ConnectError" in scraper.status("e1").last_error
+    assert scraper.health.taken_out() == ("e1",)
+    assert candidates(table) == ["e0", "e2"]
+
+
+def test_scrapers_from_config_share_one_health_and_keep_it_from_pollers(
+    plugins: ModuleType,
+) -> None:
+    from inference_sched.datalayer import scrapers_from_config
+    from inference_sched.datalayer.attribute_poller import AttributePoller
+    from inference_sched.datalayer.health import EndpointHealth
+    from inference_sched.framework.config import load_config
+
+    config = load_config(
+        """
+plugins:
+- type: queue-scorer
+- {type: metrics-data-source, name: one}
+- {type: metrics-data-source, name: two}
+- type: core-metrics-extractor
+- type: dcgm-extractor
+dataLayer:
+  sources:
+  - {pluginRef: one, extractors: [{pluginRef: core-metrics-extractor}]}
+  - pluginRef: two
+    extractors: [{pluginRef: core-metrics-extractor}, {pluginRef: dcgm-extractor}]
+"""
+    )
+    table = EndpointTable()
+    first, second, poller = scrapers_from_config(
+        config, table, unhealthy_after=7, unhealthy_on_refused=False
+    )
+    assert isinstance(poller, AttributePoller)
+    assert first.health is second.health
+    assert (first.health.unhealthy_after, first.health.unhealthy_on_refused) == (7, False)
+    shared = EndpointHealth(table)
+    runners = scrapers_from_config(config, table, health=shared)
+    assert [r.health for r in runners[:2]] == [shared, shared]
+    (default,) = scrapers_from_config(None, table)
+    assert (default.health.unhealthy_after, default.health.unhealthy_on_refused) == (3, True)

@@ -372,7 +372,7 @@ def test_bucketed_recorders_are_used_when_present(scheduled: Scheduler) -> None:
     recorder = DurationHistogram()
     for ns in (50_000, 100_000, 100_001, 3_000_000, 2_000_000_000):
         recorder.observe_ns(ns)
-    scheduled.e2e_histogram = recorder  # type: ignore[attr-defined]
+    scheduled.e2e_histogram = recorder
     _, samples = scrape(registry_for(scheduled, clock=lambda: NOW))
     name = "inference_extension_scheduler_e2e_duration_seconds"
     assert series(samples, name + "_bucket") == {
@@ -526,3 +526,51 @@ def test_recorded_plugin_histograms_reach_the_exposition() -> None:
         assert sum(stats.histogram.counts) == stats.calls
     scheduler.record_plugin_histograms(enabled=False)
     assert all(s.histogram is None for s in scheduler.stats())
+
+
+def test_health_collector_exports_taken_out_endpoints_and_transitions() -> None:
+    from inference_sched.datalayer.health import EndpointHealth, FailureKind
+    from inference_sched.observability.prometheus import HealthCollector
+
+    scheduler = Scheduler.from_config(None, pool_table(), seed=0)
+    table = scheduler.table
+    health = EndpointHealth(table, unhealthy_after=2)
+
+    class FakeScraper:
+        def __init__(self) -> None:
+            self.health = health
+
+        def statuses(self) -> dict[str, Any]:
+            return {}
+
+    registry = registry_for(scheduler, pool_name="p", clock=lambda: NOW, scraper=FakeScraper())
+    gauge = "inference_pool_unhealthy_endpoints"
+    counter = "inference_pool_endpoint_health_transitions_total"
+
+    def read() -> tuple[float, dict[str, float], float]:
+        types, samples = scrape(registry)
+        assert types[gauge] == "gauge"
+        assert types[counter.removesuffix("_total")] == "counter"
+        transitions = {dict(k)["to"]: v for k, v in series(samples, counter).items()}
+        healthy = samples[("inference_pool_healthy_endpoints", lab(name="p"))]
+        return samples[(gauge, lab(name="p"))], transitions, healthy
+
+    assert read() == (0.0, {"unhealthy": 0.0, "healthy": 0.0}, 4.0)
+    health.report_connect_failure("e0")  # refused: out at once
+    health.scrape_failed("e1", FailureKind.UNREACHABLE, "timed out")
+    health.scrape_failed("e1", FailureKind.UNREACHABLE, "timed out")
+    health.scrape_failed("e2", FailureKind.REFUSED, "refused")  # already unhealthy: not ours
+    assert read() == (2.0, {"unhealthy": 2.0, "healthy": 0.0}, 2.0)
+    health.scrape_succeeded(["e0", "e2"])
+    assert read() == (1.0, {"unhealthy": 2.0, "healthy": 1.0}, 3.0)
+    table.remove("e1")  # discovery dropped it: no longer counted as taken out
+    assert read() == (0.0, {"unhealthy": 2.0, "healthy": 1.0}, 3.0)
+
+    # Given directly (no scraper), and never twice for one registry.
+    direct = CollectorRegistry()
+    direct.register(HealthCollector(health, pool_name="q"))
+    _, samples = scrape(direct)
+    assert samples[(counter, lab(name="q", to="unhealthy"))] == 2.0
+    assert "inference_pool_unhealthy_endpoints" not in scrape(registry_for(scheduler))[0]
+    with_health = registry_for(scheduler, health=health)
+    assert scrape(with_health)[1][(gauge, lab(name=""))] == 0.0
