@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         FileDiscoveryPlugin,
         MulticlusterFileDiscoveryPlugin,
     )
+    from inference_sched.datalayer.health import EndpointHealth, FailureKind, failure_kind
     from inference_sched.datalayer.k8s import PodDiscovery
     from inference_sched.datalayer.notifications import Topology, attach_notification_sources
     from inference_sched.datalayer.parse import EndpointSample
@@ -68,6 +69,9 @@ _LAZY: dict[str, str] = {
         ("Topology", "attach_notification_sources"), "inference_sched.datalayer.notifications"
     ),
     "AttributePoller": "inference_sched.datalayer.attribute_poller",
+    **dict.fromkeys(
+        ("EndpointHealth", "FailureKind", "failure_kind"), "inference_sched.datalayer.health"
+    ),
     "PodDiscovery": "inference_sched.datalayer.k8s",
     "EndpointSample": "inference_sched.datalayer.parse",
     **dict.fromkeys(
@@ -96,6 +100,10 @@ __all__ = [
     "SyncResult",
     "discovery_from_config",
     "run_discovery",
+    # endpoint health
+    "EndpointHealth",
+    "FailureKind",
+    "failure_kind",
     # endpoint notifications and attributes
     "AttributePoller",
     "Topology",

@@ -37,7 +37,6 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from inference_sched._version import __version__
-from inference_sched.datalayer.health import EndpointHealth
 from inference_sched.framework.profile import PluginStats
 from inference_sched.framework.scheduler import Scheduler
 from inference_sched.framework.stats import DEFAULT_DURATION_BUCKETS_S, DurationHistogram, le_label
@@ -460,7 +459,9 @@ class HealthCollector(Collector):
     they follow its style (docs/metrics.md).
     """
 
-    def __init__(self, health: EndpointHealth, *, pool_name: str = "") -> None:
+    def __init__(self, health: Any, *, pool_name: str = "") -> None:
+        # Duck-typed (table, num_taken_out, ...): observability may not import the
+        # data layer (both are layer 5, docs/architecture.md).
         self._health = health
         self._pool = pool_name
 
@@ -500,7 +501,7 @@ def registry_for(
     clock: Callable[[], float] | None = None,
     registry: CollectorRegistry | None = None,
     scraper: Any = None,
-    health: EndpointHealth | None = None,
+    health: Any = None,
 ) -> CollectorRegistry:
     """A registry exporting ``scheduler`` (a new one unless ``registry`` is given), the
     scrape health of ``scraper`` when one is given (:class:`ScraperCollector`), and the
@@ -526,7 +527,7 @@ def registry_for(
         registry.register(ScraperCollector(scraper, pool_name=pool_name))
     if health is None:
         health = getattr(scraper, "health", None)
-    if isinstance(health, EndpointHealth):
+    if health is not None and hasattr(health, "num_taken_out"):
         registry.register(HealthCollector(health, pool_name=pool_name))
     return registry
 

@@ -39,6 +39,7 @@ from inference_sched.framework.config.model import (
     ProfileSpec,
 )
 from inference_sched.framework.config.model import AUTO_PATH as AUTO_PATH
+from inference_sched.framework.config.fallbacks import with_fallbacks
 from inference_sched.framework.config.phases import default_config, load_config, load_config_file
 from inference_sched.framework.config.values import effective_parameters, parse_quantity
 
@@ -59,4 +60,5 @@ __all__ = [
     "load_config",
     "load_config_file",
     "parse_quantity",
+    "with_fallbacks",
 ]
