@@ -15,6 +15,7 @@ builtin a caller already catches, so ``except ValueError`` keeps working::
     ├── RequestShedError(RuntimeError)   .priority, .saturation, .detector (HTTP 429)
     ├── AdmissionDeniedError(RuntimeError) .priority, .admitter, .reason   (HTTP 500)
     ├── DataError(ValueError)            .source, .line     (metrics text, events, traces)
+    ├── ParseError(ValueError)           .field, .parser    (a parser refused a request: 400)
     └── state.redis.Unavailable          (Redis did not answer: the caller uses local state)
 
 Context lives in attributes as well as in the message, so callers can branch on it
@@ -34,6 +35,7 @@ __all__ = [
     "InferenceSchedError",
     "NoEndpointError",
     "ParameterError",
+    "ParseError",
     "PluginError",
     "PluginLoadError",
     "PluginRegistrationError",
@@ -231,6 +233,25 @@ class DataError(InferenceSchedError, ValueError):
         self.line = line
         where = source + (f":{line}" if line else "")
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ParseError(InferenceSchedError, ValueError):
+    """A request parser refused a request: its path has no parser, or its body does not
+    have the shape the parser's API needs (llm-d-router answers 400, ``docs/parsers.md``).
+
+    Attributes:
+        field: the offending field (``messages``, ``prompt[2]``, ``body``, ``path``).
+        parser: the parser instance's name (empty when no parser was resolved).
+    """
+
+    http_status: ClassVar[int] = 400
+    """What llm-d-router answers (``BadRequest``)."""
+
+    def __init__(self, field: str, problem: str, *, parser: str = "") -> None:
+        self.field = field
+        self.parser = parser
+        self.problem = problem
+        super().__init__(f"{field}: {problem}" if field else problem)
 
 
 def _quote_or(words: list[str]) -> str:

@@ -108,6 +108,13 @@ BUILTIN_FAMILIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
         ),
         "inference_sched.plugins.rollout": ("disaggregatedset-rollout-screener",),
         "inference_sched.plugins.reporting": ("request-attribute-reporter",),
+        "inference_sched.plugins.parsers": (
+            "openai-parser",
+            "anthropic-parser",
+            "vllmhttp-parser",
+            "sglanghttp-parser",
+            "passthrough-parser",
+        ),
         "inference_sched.datalayer.plugins": ("metrics-data-source", "core-metrics-extractor"),
         "inference_sched.datalayer.sources": (
             "models-data-source",

@@ -41,6 +41,7 @@ from inference_sched.framework.types import (
 from inference_sched.state.table import EndpointTable
 
 if TYPE_CHECKING:
+    from inference_sched.framework.parsing import ParsedRequest, ResponseUsageParser
     from inference_sched.framework.profile import SchedulingProfile
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "Filter",
     "Handle",
     "NotificationSource",
+    "Parser",
     "Picker",
     "Plugin",
     "PreRequest",
@@ -524,4 +526,43 @@ class EndpointDiscovery(Plugin, Protocol):
 
     def watch(self) -> AsyncIterator[list[Endpoint]]:
         """Yield the current snapshot, then a new full snapshot whenever it changes."""
+        ...
+
+
+@runtime_checkable
+class Parser(Plugin, Protocol):
+    """Reads request bodies of the paths it claims, and their responses' token usage
+    (llm-d-router ``requesthandling.Parser``; ``docs/parsers.md``).
+
+    Parsers are not part of the scheduling cycle: the gateway resolves one per request
+    (:class:`~inference_sched.framework.parsing.ParserRegistry`, in
+    ``requestHandler.parsers`` order) before it builds the scheduler's ``Request``.
+    """
+
+    def claims(self) -> tuple[str, ...]:
+        """The path suffixes this parser serves (``chat/completions``); called once, when
+        the registry is built. Empty: the parser is the fallback for unclaimed paths.
+        """
+        ...
+
+    def parse_request(self, path: str, headers: Mapping[str, str], body: bytes) -> ParsedRequest:
+        """Read one request body, once the whole body arrived.
+
+        Args:
+            path: the request path, query string removed (``parsing.request_path``).
+            headers: the request headers, keys lower-case.
+            body: the body bytes as received (may be anything: the client wrote them).
+
+        Returns:
+            What the gateway needs to build the scheduler's ``Request`` and to forward.
+
+        Raises:
+            ParseError: the body does not fit the API (HTTP 400); the error names the
+                field. No other exception may escape, whatever the bytes.
+        """
+        ...
+
+    def new_response_parser(self, request: ParsedRequest) -> ResponseUsageParser:
+        """A fresh per-request state that reads token usage from the response (called
+        when the response starts, never for ``skip_response_processing`` requests)."""
         ...

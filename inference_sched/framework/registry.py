@@ -79,6 +79,7 @@ KINDS: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "endpoint-extractor": (interfaces.EndpointExtractor, ("extract_endpoint",)),
     "notification-source": (interfaces.NotificationSource, ("attach",)),
     "endpoint-discovery": (interfaces.EndpointDiscovery, ("endpoints", "watch")),
+    "parser": (interfaces.Parser, ("claims", "parse_request", "new_response_parser")),
 }
 """Extension points: kind → (Protocol, methods that define it). Later subsystems
 (flow control, saturation detection, the data layer) add their kinds here."""

@@ -261,11 +261,21 @@ class Request:
 
 @attrs.frozen
 class Usage:
-    """Token usage reported by the model server (OpenAI ``usage``)."""
+    """Token usage reported by the model server (OpenAI ``usage``).
+
+    ``total_tokens`` defaults to ``prompt_tokens + completion_tokens``; a parser sets it
+    from the server's own ``total_tokens`` when the server reported all three
+    (llm-d-router's merge rule, ``docs/parsers.md``).
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    total_tokens: int = attrs.field(
+        default=attrs.Factory(
+            lambda self: self.prompt_tokens + self.completion_tokens, takes_self=True
+        )
+    )
 
 
 @attrs.frozen

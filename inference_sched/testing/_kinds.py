@@ -10,6 +10,7 @@ checks isolation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import urllib.parse
@@ -19,7 +20,7 @@ from typing import Any, Final, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from inference_sched.errors import AdmissionDeniedError, DataError
+from inference_sched.errors import AdmissionDeniedError, DataError, ParseError
 from inference_sched.framework import registry
 from inference_sched.framework.scheduler import Scheduler
 from inference_sched.framework.types import Endpoint, ProfileRunResult, Request, SchedulingResult
@@ -490,6 +491,33 @@ class KindChecks:
         if names != sorted(names):
             self.fail(kind, f"endpoints() returned {names}: expected them sorted by name")
         self.checked.append("endpoint-discovery: a sorted list of Endpoint")
+
+    def exercise_parser(self, kind: str) -> None:
+        claims = self.call(kind, "claims()", self.instance.claims)
+        if not isinstance(claims, tuple) or not all(isinstance(c, str) for c in claims):
+            self.fail(kind, f"claims() returned {claims!r}: expected a tuple of path suffixes")
+        path = "/v1/" + claims[0] if claims else "/v1/completions"
+        chat = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi"}'
+        parsed = None
+        for body in (chat, b"\x00{not json", b"[]"):
+            try:
+                result = self.instance.parse_request(path, {}, body)
+            except ParseError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - reported as the check's failure
+                self.fail(
+                    kind,
+                    f"parse_request() raised {type(exc).__name__}: {exc} (raise ParseError "
+                    "for a body it cannot read)",
+                )
+            parsed = parsed or result
+        if parsed is not None and not parsed.skip_response_processing:
+            usage = self.call(
+                kind, "new_response_parser()", self.instance.new_response_parser, parsed
+            )
+            feed = functools.partial(usage.feed, end_of_stream=True)
+            self.call(kind, "feed()", feed, b"\x00 not a response")
+        self.checked.append("parser: claims, parse_request raises only ParseError")
 
 
 def _unchanged(

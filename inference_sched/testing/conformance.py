@@ -97,9 +97,11 @@ _DATA_LAYER_KINDS: Final = frozenset(
         "endpoint-extractor",
         "notification-source",
         "endpoint-discovery",
+        "parser",
     }
 )
-"""Kinds the data layer drives (scrapers, pollers, notification sources, discovery)."""
+"""Kinds the scheduling cycle does not call: the data layer's (scrapers, pollers,
+notification sources, discovery) and the gateway's request parsers."""
 
 
 class InjectedFailure(RuntimeError):

@@ -62,8 +62,10 @@ def test_a_config_imports_only_the_families_it_names() -> None:
         "{pluginRef: max-score-picker}]}]\\n', EndpointTable())"
     )
     # queue-scorer's and the picker's families, the default profile handler's, GIE's
-    # default saturation detector's, and the data layer's default source and extractor
+    # default saturation detector's, the data layer's default source and extractor, and
+    # the default request parsers (llm-d-router's requestHandler)
     assert loaded == {
+        "inference_sched.plugins.parsers",
         "inference_sched.plugins.load",
         "inference_sched.plugins.saturation",
         "inference_sched.plugins.pickers",

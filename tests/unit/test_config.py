@@ -54,8 +54,12 @@ from tests.helpers import hide_builtin
 DATA = Path(__file__).parent.parent / "data" / "configs"
 DATA_LAYER = ["metrics-data-source", "core-metrics-extractor"]
 """The data-layer plugins GIE's defaulting adds to every config without a dataLayer."""
-SECTION_DEFAULTS = ["utilization-detector", *DATA_LAYER]
-"""What GIE's defaulting adds for absent sections: the saturation detector, the data layer."""
+PARSER_DEFAULTS = ["openai-parser", "anthropic-parser", "vllmhttp-parser", "passthrough-parser"]
+"""llm-d-router's default ``requestHandler.parsers``, added to every config."""
+SECTION_DEFAULTS = [*PARSER_DEFAULTS, "utilization-detector", *DATA_LAYER]
+"""What the defaulting adds for absent sections: the parsers, the saturation detector, the
+data layer."""
+PARSERS = [(t, t, True) for t in PARSER_DEFAULTS]
 DETECTOR = ("utilization-detector", "utilization-detector", True)
 BAND = {
     "maxBytes": 1_000_000_000,
@@ -248,7 +252,7 @@ def system_stubs() -> Iterator[None]:
         "fcfs-ordering-policy",
         "global-strict-fairness-policy",
         "static-usage-limit-policy",
-        "openai-parser",
+        *PARSER_DEFAULTS,
         "utilization-detector",
         "metrics-data-source",
         "core-metrics-extractor",
@@ -470,6 +474,7 @@ def test_empty_source_is_gie_default(source: str | None) -> None:
         ("prefix-cache-scorer", "prefix-cache-scorer", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        *PARSERS,
         DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
@@ -505,6 +510,7 @@ def test_empty_mapping_gets_the_pipeline_with_no_plugins() -> None:
     assert _types(cfg) == [
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        *PARSERS,
         DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
@@ -542,6 +548,7 @@ def test_gie_full_shape_example() -> None:
         ("my-prefix", "prefix-cache-scorer", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        PARSERS[0],  # parser: {pluginRef: openai-parser}
         DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
@@ -630,6 +637,7 @@ def test_gie_15a_without_the_producer() -> None:
         ("prefix-cache-scorer", "prefix-cache-scorer", False),
         ("max-score-picker", "max-score-picker", False),
         ("single-profile-handler", "single-profile-handler", True),
+        *PARSERS,
         DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
@@ -653,6 +661,7 @@ def test_gie_15d_conformance_profile() -> None:
         ("destination-endpoint-served-verifier", "destination-endpoint-served-verifier", False),
         ("single-profile-handler", "single-profile-handler", True),
         ("max-score-picker", "max-score-picker", True),
+        *PARSERS,
         DETECTOR,
         ("metrics-data-source", "metrics-data-source", True),
         ("core-metrics-extractor", "core-metrics-extractor", True),
@@ -942,7 +951,7 @@ def test_system_defaults_are_added_when_registered(system_stubs: None) -> None:
         "fcfs-ordering-policy",
         "global-strict-fairness-policy",
         "static-usage-limit-policy",
-        "openai-parser",
+        *PARSER_DEFAULTS,
         "utilization-detector",
         "metrics-data-source",
         "core-metrics-extractor",
@@ -1078,11 +1087,12 @@ def test_default_type_failing_to_load_is_skipped_with_a_warning(
         def load(self) -> Any:
             raise ImportError("boom")
 
+    hide_builtin(monkeypatch, "openai-parser")  # as an installation without the built-in
     monkeypatch.setattr(registry, "_entry_points", lambda: {"openai-parser": BrokenEntryPoint()})
     try:
         cfg = load_config(None)
     finally:
-        registry._forget("openai-parser")
+        registry._load_errors.pop("openai-parser", None)  # the built-in comes back
     assert cfg.parsers == (
         "openai-parser",
         "anthropic-parser",
@@ -1183,6 +1193,7 @@ def test_to_dict_shape() -> None:
                 "type": "max-score-picker",
                 "parameters": {"maxNumOfEndpoints": 1},
             },
+            *({"name": t, "type": t} for t in PARSER_DEFAULTS),
             {
                 "name": "utilization-detector",
                 "type": "utilization-detector",
@@ -1323,6 +1334,7 @@ def test_gie_15c_sglang_data_layer() -> None:
     assert [p.name for p in cfg.plugins if p.is_auto] == [
         "single-profile-handler",
         "max-score-picker",
+        *PARSER_DEFAULTS,
         "utilization-detector",
     ]
     extractor = cfg.plugin("core-metrics-extractor")

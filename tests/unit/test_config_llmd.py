@@ -12,7 +12,7 @@ import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
@@ -28,6 +28,7 @@ from inference_sched.framework.config import (
     sections,
 )
 from inference_sched.framework.types import CycleState, Request, SchedulingResult
+from tests.helpers import hide_builtin
 
 DATA = Path(__file__).parent.parent / "data" / "configs"
 PARSERS = ("openai-parser", "anthropic-parser", "vllmhttp-parser", "passthrough-parser")
@@ -173,15 +174,9 @@ def test_configured_parser_is_not_loaded(monkeypatch: pytest.MonkeyPatch) -> Non
     )
 
 
-def test_parser_kind_is_checked_by_protocol_once_registered(
-    monkeypatch: pytest.MonkeyPatch, policy_stubs: None
-) -> None:
-    class Parser(Protocol):
-        def parse_request(self, request: Any) -> Any: ...
-
-    monkeypatch.setitem(registry.KINDS, "parser", (Parser, ("parse_request",)))
-    with pytest.raises(ConfigError, match=r"^requestHandler\.parsers\[0\]\.pluginRef: the plugin 'openai-parser' \(openai-parser, added by default\) is not a parser plugin$"):  # fmt: skip
-        load_config("requestHandler: {parsers: [{pluginRef: openai-parser}]}\n")
+def test_parser_kind_is_checked_by_protocol() -> None:
+    with pytest.raises(ConfigError, match=r"^requestHandler\.parsers\[0\]\.pluginRef: the plugin 'queue-scorer' \(queue-scorer, plugins\[0\]\) is not a parser plugin$"):  # fmt: skip
+        load_config(Q + "requestHandler: {parsers: [{pluginRef: queue-scorer}]}\n")
 
 
 def test_policy_ref_of_a_registered_type_of_another_kind(policy_stubs: None) -> None:
@@ -254,17 +249,26 @@ def test_flow_control_gate_off_fills_nothing() -> None:
 
 
 # ====================================================================== requestHandler
-def test_default_parsers_are_kept_quietly(
+def test_default_parsers_are_added_quietly() -> None:
+    cfg = load_config(Q)
+    assert cfg.parsers == PARSERS
+    assert [p.name for p in cfg.plugins if p.type in PARSERS] == list(PARSERS)
+    assert all(cfg.plugin(name).is_auto for name in PARSERS)
+    assert not any("parser" in w for w in cfg.warnings)
+    assert cfg.to_dict()["requestHandler"] == {"parsers": [{"pluginRef": p} for p in PARSERS]}
+
+
+def test_unavailable_default_parser_is_skipped_quietly(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    hide_builtin(monkeypatch, "openai-parser")  # as an installation without it
     monkeypatch.setattr(phases, "_logged", set())
     caplog.set_level(logging.DEBUG, logger=phases.__name__)
     for _ in range(3):
         cfg = load_config(Q)
         assert cfg.parsers == PARSERS
         assert not any("parser" in w for w in cfg.warnings)
-    assert cfg.to_dict()["requestHandler"] == {"parsers": [{"pluginRef": p} for p in PARSERS]}
-    assert not any(p.type in PARSERS for p in cfg.plugins)
+    assert [p.type for p in cfg.plugins if p.type in PARSERS] == list(PARSERS[1:])
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     openai = [m for m in messages if "default 'openai-parser' is not available" in m]
     assert openai == [
@@ -423,7 +427,7 @@ def test_default_policies_are_added_when_registered(policy_stubs: None) -> None:
         "fcfs-ordering-policy",
         "global-strict-fairness-policy",
         "static-usage-limit-policy",
-        "openai-parser",
+        *PARSERS,
         "utilization-detector",
         "metrics-data-source",
         "core-metrics-extractor",
