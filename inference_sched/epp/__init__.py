@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         RewriteTarget,
     )
     from inference_sched.epp.extproc import ExtProcServer
-    from inference_sched.epp.gateway import HttpGateway
+    from inference_sched.epp.gateway import GatewayStats, HttpGateway
 
 _LAZY: dict[str, str] = {
     **dict.fromkeys(
@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
         "inference_sched.epp.director",
     ),
     "ExtProcServer": "inference_sched.epp.extproc",
+    "GatewayStats": "inference_sched.epp.gateway",
     "HttpGateway": "inference_sched.epp.gateway",
 }
 
@@ -42,6 +43,7 @@ __all__ = [
     "Decision",
     "Director",
     "ExtProcServer",
+    "GatewayStats",
     "HttpGateway",
     "ModelRewrite",
     "Rejection",
