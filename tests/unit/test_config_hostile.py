@@ -203,3 +203,10 @@ def test_token_credentials_are_hidden_from_repr_and_the_printed_config() -> None
     assert "hf_SECRET" not in config.to_yaml()
     # the machine-readable form keeps the value (what a program re-loads)
     assert "hf_SECRET" in repr(config.to_dict())
+
+
+@pytest.mark.parametrize("sources", [1, "x", {"pluginRef": "a"}, True])
+def test_data_layer_sources_of_the_wrong_type_are_a_path_named_error(sources: object) -> None:
+    # a Hypothesis finding: an int crashed the default-source injection
+    with pytest.raises(ConfigError, match=r"dataLayer\.sources: expected a list"):
+        load_config({"dataLayer": {"sources": sources}})

@@ -417,7 +417,10 @@ class Loader(FlowChecker):
         if not section.ok or "enableLegacyMetrics" in self.gates:
             return
         raw: dict[Any, Any] = {"injectDefaults": True} if section.raw is None else section.raw
-        sources = list(raw.get("sources") or ())
+        given = raw.get("sources") or ()
+        if not isinstance(given, list | tuple):
+            return  # not a list: the section check reports it
+        sources = list(given)
         if raw.get("injectDefaults") is False or any(self.is_metrics_source(s) for s in sources):
             section.raw = raw
             self.warn_no_sources(sources)
