@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from inference_sched.cli import scrape as datalayer_cli
+from inference_sched.cli import serve as serve_cli
 from inference_sched.cli import sim_server as sim_server_cli
 from inference_sched.cli import simulate as sim_cli
 from inference_sched.errors import ConfigError, InferenceSchedError
@@ -201,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sim_cli.add_parser(sub)
     sim_server_cli.add_parser(sub)
+    serve_cli.add_parser(sub)
     multicluster = sub.add_parser(
         "simulate-multicluster",
         help="two clusters behind a cluster-level EPP: multicluster scorers vs random and "

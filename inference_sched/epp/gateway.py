@@ -5,7 +5,7 @@ request, asks the :class:`~inference_sched.epp.director.Director` for a decision
 model rewrite, priority, schedule: the same code path as ext_proc), forwards the body to
 the picked endpoint over a pooled keep-alive connection, and streams the answer back
 through the decision's response tracker, which runs the scheduler's response hooks
-(usage, in-flight counters). ``docs/epp-gateway.md`` is the user's page.
+(usage, in-flight counters). ``docs/epp.md ("HTTP gateway")`` is the user's page.
 
 Design note, retries. A request is forwarded to the decision's endpoints in order (the
 pick, then the picker's fallbacks), at most ``max_attempts`` of them. The next one is

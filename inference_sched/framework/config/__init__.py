@@ -25,6 +25,7 @@ The package is split by concern:
 
 from __future__ import annotations
 
+from inference_sched.framework.config.fallbacks import with_fallbacks
 from inference_sched.framework.config.model import (
     API_VERSION,
     API_VERSIONS,
@@ -39,7 +40,6 @@ from inference_sched.framework.config.model import (
     ProfileSpec,
 )
 from inference_sched.framework.config.model import AUTO_PATH as AUTO_PATH
-from inference_sched.framework.config.fallbacks import with_fallbacks
 from inference_sched.framework.config.phases import default_config, load_config, load_config_file
 from inference_sched.framework.config.values import effective_parameters, parse_quantity
 
