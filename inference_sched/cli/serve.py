@@ -188,6 +188,12 @@ def add_parser(sub: Any) -> None:
         default=5.0,
         help="on SIGTERM, time in-flight requests get (default 5s)",
     )
+    p.add_argument(
+        "--allow-experimental-plugins",
+        action="store_true",
+        help="start with Alpha plugin types in the config (llm-d-router refuses them without "
+        "this flag; `inference-sched plugins` lists each type's stability)",
+    )
     p.add_argument("--seed", type=int, help="seed random tie-breaks (tests)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logs")
     p.set_defaults(func=run)
@@ -234,6 +240,37 @@ def options_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def experimental_plugins(config: Any) -> list[str]:
+    """The Alpha plugin instances of a loaded config, as ``name (type)`` (llm-d-router
+    ``ValidatePluginStability``)."""
+    from inference_sched.framework.registry import stability_of
+
+    return [
+        f"{spec.name} ({spec.type})"
+        for spec in config.plugins
+        if spec.cls is not None and stability_of(spec.cls) == "alpha"
+    ]
+
+
+def _check_stability(options: Any, allow: bool) -> str | None:
+    """Load the config once to refuse Alpha plugins unless allowed (None: fine)."""
+    if allow:
+        return None
+    from inference_sched.framework.config import EndpointPickerConfig, load_config
+
+    config = options.config
+    if not isinstance(config, EndpointPickerConfig):
+        config = load_config(config)
+    alpha = experimental_plugins(config)
+    if not alpha:
+        return None
+    return (
+        "the config uses experimental (Alpha) plugins: "
+        + ", ".join(alpha)
+        + "; start with --allow-experimental-plugins to run them"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop, 2 on a bad setting."""
     from inference_sched.errors import InferenceSchedError
@@ -249,7 +286,12 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        serve = Serve(options_from_args(args))
+        options = options_from_args(args)
+        refused = _check_stability(options, args.allow_experimental_plugins)
+        if refused is not None:
+            print(f"serve: {refused}", file=sys.stderr)
+            return 2
+        serve = Serve(options)
     except (InferenceSchedError, ValueError, ImportError, OSError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
