@@ -6,14 +6,18 @@ its own process over them with a prefix-aware config (queue 2, kv-cache 2, prefi
 in-flight accounting; GIE's 50 ms scrapes) and the HTTP gateway on; this process is the
 client. Cases per pool size (3, 16, 64 endpoints; ``--quick``: 3 and 64, fewer requests):
 
-* ``gateway/direct`` and ``gateway/via-serve``: one request at a time (OpenAI
-  completions, ``max_tokens`` 1, prompts sharing a prefix) sent straight to a sim-server
-  (round robin) or through the gateway. ``ratio_vs_baseline`` = via-serve p50 / direct
-  p50; extra ``added_p50_us`` / ``added_p99_us``. Target: <= 500 us added p50 at 64.
+* ``gateway/direct``, ``gateway/via-serve`` and ``gateway/proxy-floor``: one request at a
+  time (OpenAI completions, ``max_tokens`` 1, prompts sharing a prefix) sent straight to
+  a sim-server (round robin), through the gateway, or through a bare aiohttp proxy in
+  its own process (round robin, no parsing or scheduling: the HTTP hop's own cost), the
+  three taking turns request by request. ``ratio_vs_baseline`` = p50 / direct p50; extra
+  ``added_p50_us`` / ``added_p99_us``. Target: <= 500 us added p50 at 64.
 * ``ext_proc/round-trip``: one ext_proc stream per request, the way Envoy opens them on
   a shared HTTP/2 channel: request headers + body (end_of_stream), until the body echo's
   end_of_stream. Target: <= 250 us p50. ``ratio_vs_baseline`` = p50 / the bare gRPC
-  stream of an echo server (``ext_proc/grpc-floor``: the same messages, no scheduling).
+  stream of an echo server (``ext_proc/grpc-floor``: the same messages, no parsing or
+  scheduling, in its own process; ``ext_proc/grpc-floor-throughput``: its CPU per
+  stream under the throughput load below, the per-core ceiling of Python gRPC).
 * ``ext_proc/throughput``: 32 concurrent streams for a few seconds; extra
   ``requests_per_s``, ``serve_cpu_us_per_request`` (serve's CPU time, from
   /proc/<pid>/stat, minus its idle scrape load, per request), ``requests_per_core_s``
@@ -119,15 +123,57 @@ class Stack:
             argv += ["--endpoint", f"sim{i}=127.0.0.1:{port}"]
         self.serve = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         wait_for_line(self.serve, 120)
+        # A bare aiohttp proxy (round robin, no parsing, no scheduling): the HTTP hop's
+        # own cost, the floor of gateway/via-serve.
+        self.proxy = subprocess.Popen(
+            [sys.executable, "-c", PROXY_SCRIPT, *map(str, self.ports)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.proxy_port = int(wait_for_line(self.proxy, 60))
 
     def close(self) -> None:
-        for proc in (self.serve, self.sims):
+        for proc in (self.proxy, self.serve, self.sims):
             proc.terminate()
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+PROXY_SCRIPT = """
+import asyncio, itertools, sys
+import aiohttp
+from aiohttp import web
+
+async def main(ports):
+    upstreams = itertools.cycle(f"http://127.0.0.1:{p}" for p in ports)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding"),
+    )
+
+    async def proxy(request):
+        body = await request.read()
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+        url = next(upstreams) + request.rel_url.raw_path_qs
+        async with session.post(url, data=body, headers=headers) as upstream:
+            data = await upstream.read()
+            return web.Response(status=upstream.status, body=data, headers={
+                "content-type": upstream.headers.get("content-type", "application/json")})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", proxy)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main(sys.argv[1:]))
+"""
 
 
 def prompt(i: int) -> str:
@@ -147,6 +193,24 @@ def sequential_http(urls: list[str], count: int) -> np.ndarray:
             samples[i] = time.perf_counter_ns() - t0
             if response.status_code != 200:
                 raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+    return samples
+
+
+def interleaved_http(url_sets: list[list[str]], count: int) -> list[np.ndarray]:
+    """Nanoseconds per request for each set of base URLs, the sets taking turns request
+    by request, so drift (scrapes, other load) hits them alike."""
+    import httpx
+
+    samples = [np.empty(count, dtype=np.int64) for _ in url_sets]
+    with httpx.Client(timeout=30) as client:
+        for i in range(count):
+            body = {"model": "sim-model", "prompt": prompt(i), "max_tokens": 1}
+            for urls, out in zip(url_sets, samples, strict=True):
+                t0 = time.perf_counter_ns()
+                response = client.post(urls[i % len(urls)] + "/v1/completions", json=body)
+                out[i] = time.perf_counter_ns() - t0
+                if response.status_code != 200:
+                    raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
     return samples
 
 
@@ -230,36 +294,65 @@ async def ext_proc_throughput(target: str, seconds: float, concurrency: int = 32
     return done
 
 
-async def grpc_floor(count: int) -> np.ndarray:
-    """The same stream against an echo servicer in this process: gRPC's own cost."""
-    import grpc
-    from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+ECHO_SCRIPT = """
+import asyncio
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-    class Echo(pb_grpc.ExternalProcessorServicer):
-        async def Process(self, requests: Any, context: Any) -> Any:
-            async for message in requests:
-                if message.HasField("request_body"):
-                    streamed = pb.StreamedBodyResponse(
-                        body=message.request_body.body, end_of_stream=True
-                    )
-                    yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-                    yield pb.ProcessingResponse(
-                        request_body=pb.BodyResponse(
-                            response=pb.CommonResponse(
-                                body_mutation=pb.BodyMutation(streamed_response=streamed)
-                            )
-                        )
-                    )
+class Echo(pb_grpc.ExternalProcessorServicer):
+    async def Process(self, requests, context):
+        async for message in requests:
+            if message.HasField("request_body"):
+                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+                response = pb.ProcessingResponse()
+                streamed = response.request_body.response.body_mutation.streamed_response
+                streamed.body = message.request_body.body
+                streamed.end_of_stream = True
+                yield response
 
+async def main():
     server = grpc.aio.server()
     pb_grpc.add_ExternalProcessorServicer_to_server(Echo(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def grpc_floor(count: int, seconds: float) -> list[dict[str, Any]]:
+    """The same streams against a bare echo servicer in its own process (no parsing,
+    no scheduling): Python gRPC's own cost, the floor of ``ext_proc/*``."""
+    echo = subprocess.Popen([sys.executable, "-c", ECHO_SCRIPT], stdout=subprocess.PIPE, text=True)
     try:
-        return await ext_proc_round_trips(f"127.0.0.1:{port}", count)
+        target = f"127.0.0.1:{int(wait_for_line(echo, 60))}"
+        asyncio.run(ext_proc_round_trips(target, 200))  # warm
+        trips = asyncio.run(ext_proc_round_trips(target, count))
+        c0, t0 = cpu_seconds(echo.pid), time.perf_counter()
+        done = asyncio.run(ext_proc_throughput(target, seconds))
+        wall = time.perf_counter() - t0
+        cpu_us = (cpu_seconds(echo.pid) - c0) / done * 1e6
     finally:
-        await server.stop(0)
+        echo.terminate()
+        echo.wait(10)
+    p50 = percentiles_us(trips)[0]
+    per_request = np.full(1, int(wall / done * 1e9), dtype=np.int64)
+    return [
+        row("ext_proc/grpc-floor", 0, trips, p50),
+        row(
+            "ext_proc/grpc-floor-throughput",
+            0,
+            per_request,
+            p50,
+            requests_per_s=done / wall,
+            serve_cpu_us_per_request=cpu_us,
+            requests_per_core_s=1e6 / cpu_us if cpu_us > 0 else float("inf"),
+            serve_idle_cpu_share=0.0,
+        ),
+    ]
 
 
 def idle_cpu_rate(pid: int, seconds: float) -> float:
@@ -287,20 +380,25 @@ def bench_pool(n: int, count: int, seconds: float, floor_p50: float) -> list[dic
     try:
         direct_urls = [f"http://127.0.0.1:{p}" for p in stack.ports]
         via = [f"http://127.0.0.1:{stack.http_port}"]
+        proxy = [f"http://127.0.0.1:{stack.proxy_port}"]
         sequential_http(direct_urls, 100)  # warm: JIT, connections, caches
         sequential_http(via, 200)
+        sequential_http(proxy, 100)
         asyncio.run(ext_proc_round_trips(f"127.0.0.1:{stack.grpc_port}", 200))
         idle = idle_cpu_rate(stack.serve.pid, 2.0)
-        direct = sequential_http(direct_urls, count)
         c0, t0 = cpu_seconds(stack.serve.pid), time.perf_counter()
-        gateway = sequential_http(via, count)
+        direct, gateway, bare = interleaved_http([direct_urls, via, proxy], count)
         gw_cpu = cpu_seconds(stack.serve.pid) - c0 - idle * (time.perf_counter() - t0)
         d50, d99 = percentiles_us(direct)
         g50, g99 = percentiles_us(gateway)
+        b50, b99 = percentiles_us(bare)
         rows = [
             row("gateway/direct", n, direct, d50),
             row(
                 "gateway/via-serve", n, gateway, d50, added_p50_us=g50 - d50, added_p99_us=g99 - d99
+            ),
+            row(
+                "gateway/proxy-floor", n, bare, d50, added_p50_us=b50 - d50, added_p99_us=b99 - d99
             ),
             row(
                 "gateway/cpu",
@@ -342,9 +440,8 @@ def main() -> None:
     sizes = (3, 64) if args.quick else (3, 16, 64)
     count = 300 if args.quick else 2000
     seconds = 2.0 if args.quick else 5.0
-    floor = asyncio.run(grpc_floor(count))
-    floor_p50 = percentiles_us(floor)[0]
-    results = [row("ext_proc/grpc-floor", 0, floor, floor_p50)]
+    results = grpc_floor(count, seconds)
+    floor_p50 = results[0]["p50_us"]
     for n in sizes:
         results += bench_pool(n, count, seconds, floor_p50)
     for r in results:

@@ -96,6 +96,10 @@ SYSTEM_HEADERS: Final = frozenset(
 )
 """Headers never echoed from the request as set-header mutations (llm-d "System-owned")."""
 
+# A client's own routing headers never reach the plugins (nor the sidecar).
+_HIDDEN: Final = frozenset((*CONTROL_HEADERS, *ROUTING_HEADERS))
+_NOT_ECHOED: Final = SYSTEM_HEADERS | frozenset(ROUTING_HEADERS)
+
 TerminationCause = Literal["complete", "client-disconnect", "error", "evicted"]
 """Why a response ended (llm-d-router ``TerminationCause``)."""
 
@@ -286,7 +290,7 @@ class ResponseTracker:
         """One response body chunk: reads usage, runs ResponseStreaming hooks (and
         ResponseComplete at the end), returns the chunk to forward (model restored)."""
         if self.is_done:
-            return self._restored(chunk)
+            return self.restore(chunk)
         if self._usage_parser is not None:
             self._usage_parser.feed(chunk, end_of_stream=end_of_stream)
         start = self.num_chunks == 0
@@ -298,7 +302,7 @@ class ResponseTracker:
             self._merge_metadata(response)
         if end_of_stream:
             self.finish("complete")
-        return self._restored(chunk)
+        return self.restore(chunk)
 
     def on_trailers(self) -> None:
         """Response trailers arrived (gRPC / HTTP/2): the response is complete."""
@@ -335,7 +339,9 @@ class ResponseTracker:
             time_s=self._clock(),
         )
 
-    def _restored(self, chunk: bytes) -> bytes:
+    def restore(self, chunk: bytes) -> bytes:
+        """``chunk`` with the incoming model name restored (what :meth:`on_body` returns
+        for it), without reading it or running hooks."""
         if self._restore is None:
             return chunk
         return restore_response_model(chunk, *self._restore)
@@ -417,9 +423,7 @@ class Director:
         target = _first(headers, _REWRITE) or parsed.model
         if parsed.rewrites_model and parsed.payload is not None:
             target = self._rewrite(parsed.model) or target
-        # A client's own routing headers never reach the plugins (nor the sidecar).
-        hidden = {*CONTROL_HEADERS, *ROUTING_HEADERS}
-        sched_headers = {k: v for k, v in headers.items() if k not in hidden}
+        sched_headers = {k: v for k, v in headers.items() if k not in _HIDDEN}
         if target:
             sched_headers[HEADER_MODEL_REWRITE] = target
         objective = _first(headers, _OBJECTIVE)
@@ -447,15 +451,17 @@ class Director:
             self.scheduler, request, result, usage_parser, restore_model=restore
         )
         set_headers = {
-            k: v for k, v in headers.items() if k not in SYSTEM_HEADERS and not k.startswith(":")
+            k: v for k, v in headers.items() if k not in _NOT_ECHOED and not k.startswith(":")
         }
-        for name in (*ROUTING_HEADERS, *result.dropped_request_headers):
+        dropped = result.dropped_request_headers
+        for name in dropped:
             set_headers.pop(name.lower(), None)
         set_headers[HEADER_REQUEST_ID] = request.request_id
-        set_headers.update({k.lower(): v for k, v in result.request_headers.items()})
-        removable = {*CONTROL_HEADERS, *ROUTING_HEADERS, *result.dropped_request_headers}
+        for key, value in result.request_headers.items():
+            set_headers[key.lower()] = value
+        # headers is lower-cased: only the dropped names may need it.
         remove = tuple(
-            sorted(k for k in headers if k in removable and k.lower() not in set_headers)
+            sorted(k for k in headers if (k in _HIDDEN or k in dropped) and k not in set_headers)
         )
         return Decision(
             request=request,

@@ -62,6 +62,7 @@ _LB_NAMESPACE: Final = "envoy.lb"
 _STREAMED: Final = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 _BUFFERED: Final = processing_mode_pb2.ProcessingMode.BUFFERED
 _MODES: Final = {"FULL_DUPLEX_STREAMED": _STREAMED, "BUFFERED": _BUFFERED}
+_OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 class _RequestError(Exception):
@@ -178,14 +179,11 @@ class ExtProcServer:
 
 class _Servicer(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, server: ExtProcServer) -> None:
-        self._server = server
-
-    async def Process(  # gRPC's method name
-        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
-    ) -> AsyncIterator[pb.ProcessingResponse]:
-        # An async generator function: grpc.aio streams what it yields.
-        async for response in self._server.process(request_iterator, context):
-            yield response
+        # gRPC's method name, bound to the server's async generator itself: grpc.aio
+        # streams what it yields, and a wrapping generator would cost one more resume
+        # per message. (It must stay an async generator function: anything else grpc.aio
+        # runs in a thread pool.)
+        self.Process = server.process
 
 
 class _Stream:
@@ -300,9 +298,9 @@ class _Stream:
         set_headers = dict(decision.set_headers)
         set_headers[HEADER_DESTINATION_ENDPOINT] = decision.destination
         set_headers["content-length"] = str(len(decision.body))
-        mutation = _mutation(set_headers, decision.remove_headers)
-        metadata = _struct(decision.dynamic_metadata)
         if self._request_mode != _STREAMED:
+            mutation = _mutation(set_headers, decision.remove_headers)
+            metadata = _struct(decision.dynamic_metadata)
             common = pb.CommonResponse(
                 header_mutation=mutation,
                 body_mutation=pb.BodyMutation(body=decision.body),
@@ -313,12 +311,11 @@ class _Stream:
                     request_body=pb.BodyResponse(response=common), dynamic_metadata=metadata
                 )
             ]
-        headers = pb.ProcessingResponse(
-            request_headers=pb.HeadersResponse(
-                response=pb.CommonResponse(header_mutation=mutation, clear_route_cache=True)
-            ),
-            dynamic_metadata=metadata,
-        )
+        headers = pb.ProcessingResponse()
+        common = headers.request_headers.response
+        _mutation(set_headers, decision.remove_headers, into=common.header_mutation)
+        common.clear_route_cache = True
+        _struct(decision.dynamic_metadata, into=headers.dynamic_metadata)
         return [headers, *_streamed("request_body", decision.body)]
 
     def _bodyless(self) -> pb.ProcessingResponse:
@@ -456,22 +453,31 @@ def _status(headers: Mapping[str, str]) -> int:
         return 200
 
 
-def _mutation(set_headers: Mapping[str, str], remove: Iterable[str]) -> pb.HeaderMutation:
-    return pb.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=k, raw_value=v.encode("utf-8", "surrogateescape")),
-                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-            )
-            for k, v in set_headers.items()
-        ],
-        remove_headers=list(remove),
-    )
+def _mutation(
+    set_headers: Mapping[str, str], remove: Iterable[str], into: Any = None
+) -> pb.HeaderMutation:
+    """The header mutation, written into ``into`` (a field of a response being built)
+    when given: filled in place, it costs a third of building each HeaderValueOption
+    from keyword arguments and copying them (upb), on every stream."""
+    mutation = pb.HeaderMutation() if into is None else into
+    mutation.remove_headers.extend(remove)
+    add = mutation.set_headers.add
+    for key, value in set_headers.items():
+        option = add(append_action=_OVERWRITE)
+        option.header.key = key
+        option.header.raw_value = value.encode("utf-8", "surrogateescape")
+    return mutation
 
 
-def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(value)
+def _struct(value: Mapping[str, Any], into: Any = None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct() if into is None else into
+    for namespace, values in value.items():
+        if isinstance(values, Mapping) and all(isinstance(v, str) for v in values.values()):
+            fields = struct.fields[namespace].struct_value.fields
+            for key, text in values.items():  # the common case, written directly
+                fields[key].string_value = text
+        else:
+            struct.update({namespace: values})
     return struct
 
 
@@ -479,11 +485,14 @@ def _streamed(phase: str, body: bytes, end_of_stream: bool = True) -> list[pb.Pr
     """``body`` as ``StreamedBodyResponse`` messages of at most :data:`MAX_CHUNK_BYTES`;
     the last one carries ``end_of_stream``."""
     chunks = [body[i : i + MAX_CHUNK_BYTES] for i in range(0, len(body), MAX_CHUNK_BYTES)] or [b""]
+    last = len(chunks) - 1
     out = []
     for i, chunk in enumerate(chunks):
-        streamed = pb.StreamedBodyResponse(
-            body=chunk, end_of_stream=end_of_stream and i == len(chunks) - 1
-        )
-        common = pb.CommonResponse(body_mutation=pb.BodyMutation(streamed_response=streamed))
-        out.append(pb.ProcessingResponse(**{phase: pb.BodyResponse(response=common)}))
+        response = pb.ProcessingResponse()
+        # Sub-message fields written through the path: no intermediate objects.
+        streamed = getattr(response, phase).response.body_mutation.streamed_response
+        streamed.SetInParent()  # present even when empty
+        streamed.body = chunk
+        streamed.end_of_stream = end_of_stream and i == last
+        out.append(response)
     return out

@@ -392,7 +392,10 @@ class HttpGateway:
                 return self._reject(decision)
             # Deferred plugin work (prefix index updates) runs once this handler yields
             # to wait for the upstream: off the decision path, before the next decision.
-            asyncio.get_running_loop().call_soon(self._run_deferred)
+            # Two hops: aiohttp writes the upstream body in a task scheduled when the
+            # request is sent, and that write goes first.
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._run_deferred)
             return await self._forward(request, decision)
         finally:
             self._active.discard(task)
@@ -587,8 +590,20 @@ class HttpGateway:
                 return self._error(502, f"upstream failed mid-answer: {_describe(exc)}")
             raise _Abort from exc
         if response is None:
-            body = tracker.on_body(b"".join(buffered), True)
-            return web.Response(status=upstream.status, headers=headers, body=body)
+            whole = b"".join(buffered)
+            response = web.Response(
+                status=upstream.status, headers=headers, body=tracker.restore(whole)
+            )
+            try:
+                # The client's answer goes out first; the tracker (usage, the response
+                # hooks, in-flight release) runs right after, off the answer's latency.
+                # Its bytes are whole already, so the request ends "complete" even if
+                # the client hangs up now, as when the tracker ran first.
+                await response.prepare(request)
+                await response.write_eof()
+            finally:
+                tracker.on_body(whole, True)
+            return response
         tail = tracker.on_body(b"", True)
         if tail:
             await response.write(tail)
