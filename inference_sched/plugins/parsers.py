@@ -257,10 +257,9 @@ def _check_images(payload: Mapping[str, Any], parser: str) -> None:
             raise ParseError(key, f"expected {expected}, got {_describe(value)}", parser=parser)
 
 
-@register("openai-parser")
-class OpenAIParser:
-    """OpenAI's HTTP APIs: completions, chat/completions, responses, conversations,
-    embeddings, images/generations and vLLM's ``/render`` variants."""
+class _ParserBase:
+    """What every built-in parser shares: no parameters, Beta (llm-d-router
+    ``cmd/epp/runner/runner.go``)."""
 
     stability: ClassVar[str] = "beta"
     type: ClassVar[str]
@@ -269,6 +268,12 @@ class OpenAIParser:
     def __init__(self, name: str, params: NoParams, handle: Handle | None) -> None:
         self.name = name
         self.params = params
+
+
+@register("openai-parser")
+class OpenAIParser(_ParserBase):
+    """OpenAI's HTTP APIs: completions, chat/completions, responses, conversations,
+    embeddings, images/generations and vLLM's ``/render`` variants."""
 
     def claims(self) -> tuple[str, ...]:
         """The OpenAI path suffixes (llm-d-router's ``Claims().Paths``)."""
@@ -402,17 +407,9 @@ def anthropic_event_usage(document: Any) -> UsagePart | None:
 
 
 @register("anthropic-parser")
-class AnthropicParser:
+class AnthropicParser(_ParserBase):
     """Anthropic's Messages API (``/v1/messages``; ``/v1/messages/count_tokens`` is
     forwarded unread)."""
-
-    stability: ClassVar[str] = "beta"
-    type: ClassVar[str]
-    Params = NoParams
-
-    def __init__(self, name: str, params: NoParams, handle: Handle | None) -> None:
-        self.name = name
-        self.params = params
 
     def claims(self) -> tuple[str, ...]:
         """``messages`` and ``messages/count_tokens``."""
@@ -517,16 +514,8 @@ def _modality_map(features: Mapping[str, Any], key: str, parser: str) -> dict[st
 
 
 @register("vllmhttp-parser")
-class VllmHTTPParser:
+class VllmHTTPParser(_ParserBase):
     """vLLM's token-in generate API (``/inference/v1/generate``, the P/D API)."""
-
-    stability: ClassVar[str] = "beta"
-    type: ClassVar[str]
-    Params = NoParams
-
-    def __init__(self, name: str, params: NoParams, handle: Handle | None) -> None:
-        self.name = name
-        self.params = params
 
     def claims(self) -> tuple[str, ...]:
         """``inference/v1/generate``."""
@@ -596,16 +585,8 @@ def _sglang_final_usage(document: Any) -> UsagePart | None:
 
 
 @register("sglanghttp-parser")
-class SGLangHTTPParser:
+class SGLangHTTPParser(_ParserBase):
     """SGLang's native ``/generate`` with pre-tokenized ``input_ids``."""
-
-    stability: ClassVar[str] = "beta"
-    type: ClassVar[str]
-    Params = NoParams
-
-    def __init__(self, name: str, params: NoParams, handle: Handle | None) -> None:
-        self.name = name
-        self.params = params
 
     def claims(self) -> tuple[str, ...]:
         """``generate``."""
@@ -656,16 +637,8 @@ def _no_usage(document: Any) -> UsagePart | None:
 
 
 @register("passthrough-parser")
-class PassthroughParser:
+class PassthroughParser(_ParserBase):
     """Claims nothing, so it serves every unclaimed path: the body is forwarded as is."""
-
-    stability: ClassVar[str] = "beta"
-    type: ClassVar[str]
-    Params = NoParams
-
-    def __init__(self, name: str, params: NoParams, handle: Handle | None) -> None:
-        self.name = name
-        self.params = params
 
     def claims(self) -> tuple[str, ...]:
         """Nothing: the fallback parser."""
