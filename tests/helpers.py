@@ -25,3 +25,31 @@ def hide_builtin(monkeypatch: pytest.MonkeyPatch, plugin_type: str) -> None:
         "BUILTIN_PLUGINS",
         {k: v for k, v in registry.BUILTIN_PLUGINS.items() if k != plugin_type},
     )
+
+
+# ---------------------------------------------------------------- EPP configs
+EPP_CONFIG = """
+plugins:
+- type: queue-scorer
+- type: inflight-load-producer
+- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
+"""
+
+EPP_PD_CONFIG = """
+plugins:
+- type: disagg-profile-handler
+  parameters: {deciders: {prefill: pd-decider}}
+- {type: always-disagg-pd-decider, name: pd-decider}
+- type: prefill-filter
+- type: decode-filter
+- type: queue-scorer
+- type: max-score-picker
+schedulingProfiles:
+- name: decode
+  plugins: [{pluginRef: decode-filter}, {pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
+- name: prefill
+  plugins: [{pluginRef: prefill-filter}, {pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
+"""

@@ -31,32 +31,11 @@ from inference_sched import Scheduler  # noqa: E402
 from inference_sched.epp import Director, ExtProcServer  # noqa: E402
 from inference_sched.state.table import EndpointTable  # noqa: E402
 from inference_sched.testing import make_table  # noqa: E402
+from tests.helpers import EPP_CONFIG, EPP_PD_CONFIG  # noqa: E402
 
 DEADLINE_S = 10.0
-CONFIG = """
-plugins:
-- type: queue-scorer
-- type: inflight-load-producer
-- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}
-schedulingProfiles:
-- name: default
-  plugins: [{pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
-"""
-PD_CONFIG = """
-plugins:
-- type: disagg-profile-handler
-  parameters: {deciders: {prefill: pd-decider}}
-- {type: always-disagg-pd-decider, name: pd-decider}
-- type: prefill-filter
-- type: decode-filter
-- type: queue-scorer
-- type: max-score-picker
-schedulingProfiles:
-- name: decode
-  plugins: [{pluginRef: decode-filter}, {pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
-- name: prefill
-  plugins: [{pluginRef: prefill-filter}, {pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
-"""
+CONFIG = EPP_CONFIG
+PD_CONFIG = EPP_PD_CONFIG
 CHAT = "/v1/chat/completions"
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello"}]}).encode()
 _STATUS = health_pb2.HealthCheckResponse

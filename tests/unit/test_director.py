@@ -28,32 +28,10 @@ from inference_sched.errors import (
     SchedulingError,
 )
 from inference_sched.testing import make_table
+from tests.helpers import EPP_CONFIG, EPP_PD_CONFIG
 
-CONFIG = """
-plugins:
-- type: queue-scorer
-- type: inflight-load-producer
-- {type: max-score-picker, parameters: {maxNumOfEndpoints: 2}}
-schedulingProfiles:
-- name: default
-  plugins: [{pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
-"""
-
-PD_CONFIG = """
-plugins:
-- type: disagg-profile-handler
-  parameters: {deciders: {prefill: pd-decider}}
-- {type: always-disagg-pd-decider, name: pd-decider}
-- type: prefill-filter
-- type: decode-filter
-- type: queue-scorer
-- type: max-score-picker
-schedulingProfiles:
-- name: decode
-  plugins: [{pluginRef: decode-filter}, {pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
-- name: prefill
-  plugins: [{pluginRef: prefill-filter}, {pluginRef: queue-scorer}, {pluginRef: max-score-picker}]
-"""
+CONFIG = EPP_CONFIG
+PD_CONFIG = EPP_PD_CONFIG
 
 CHAT = "/v1/chat/completions"
 
