@@ -253,15 +253,13 @@ def experimental_plugins(config: Any) -> list[str]:
 
 
 def _check_stability(options: Any, allow: bool) -> str | None:
-    """Load the config once to refuse Alpha plugins unless allowed (None: fine)."""
-    if allow:
-        return None
+    """Refuse Alpha plugins unless allowed (None: fine). Loads the config once and leaves
+    the loaded config in ``options.config``, so ``Serve`` does not load it again."""
     from inference_sched.framework.config import EndpointPickerConfig, load_config
 
-    config = options.config
-    if not isinstance(config, EndpointPickerConfig):
-        config = load_config(config)
-    alpha = experimental_plugins(config)
+    if not isinstance(options.config, EndpointPickerConfig):
+        options.config = load_config(options.config)
+    alpha = [] if allow else experimental_plugins(options.config)
     if not alpha:
         return None
     return (
